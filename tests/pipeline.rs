@@ -1,0 +1,202 @@
+//! The pipeline every tracer rides on, against the real kernel: load and attach, a real
+//! signal arriving as an event, clean detach, and clear errors.
+
+use std::{os::unix::fs::symlink, process::Command, time::Duration};
+
+use nix::sys::signal::Signal;
+use tracer_tests::*;
+
+/// Names (as bpftool shows them, at most 15 characters) of the tracer's attached programs.
+const OUR_PROGRAMS: &[&str] = &["signal_generate", "mark_victim"];
+
+fn ours_loaded() -> Vec<String> {
+    loaded_bpf_programs()
+        .into_iter()
+        .filter(|name| OUR_PROGRAMS.contains(&name.as_str()))
+        .collect()
+}
+
+/// Ours still loaded after giving the kernel a moment: it frees programs asynchronously
+/// (after an RCU grace period) once their last file descriptor is closed.
+fn ours_left_behind() -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = ours_loaded();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn doctor_attaches_every_tracers_hooks() {
+    let out = tracer(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor failed: {text}");
+    assert!(
+        text.contains("signal generation") && text.contains("using tp_btf:signal_generate"),
+        "{text}"
+    );
+    assert!(text.contains("using tp_btf:mark_victim"), "{text}");
+    // This kernel has neither kprobes nor fentry/fexit: the doctor must say so and why.
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    assert_eq!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("kprobe") && l.contains(" ok ")),
+        kprobes,
+        "{text}"
+    );
+    assert!(ours_left_behind().is_empty(), "doctor left programs behind");
+}
+
+#[test]
+fn a_real_signal_arrives_with_the_right_pids() {
+    let mut target = sleeper(&[]);
+    let run = TracerRun::start(&["signals", "--json", "--pid", &target.pid().to_string()]);
+    send(target.pid(), Signal::SIGUSR1);
+    let status = target
+        .wait_timeout(Duration::from_secs(10))
+        .expect("target died of SIGUSR1");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(10)
+    );
+    let out = run.stop();
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+
+    let events = out.of_type("signal");
+    assert_eq!(events.len(), 1, "events: {events:#?}");
+    let e = events[0];
+    assert_eq!(e["signal"], "SIGUSR1");
+    assert_eq!(e["signo"], 10);
+    assert_eq!(e["code"], "kill");
+    assert_eq!(e["result"], "delivered");
+    assert_eq!(e["kernel_reason"], serde_json::Value::Null);
+    assert_eq!(e["target"]["pid"], target.pid());
+    assert_eq!(e["target"]["comm"], "sleep");
+    assert_eq!(e["sender"]["pid"], std::process::id());
+    assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{e}");
+    let summary = out.summary();
+    assert_eq!(summary["events"], 1);
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["stopped_by"], "interrupt");
+}
+
+#[test]
+fn nothing_stays_attached_after_any_kind_of_exit() {
+    assert!(
+        ours_left_behind().is_empty(),
+        "programs of an earlier run still loaded"
+    );
+    let links_before = linked_bpf_program_ids();
+
+    for stop in [Some(Signal::SIGINT), Some(Signal::SIGTERM), None] {
+        let run = match stop {
+            Some(_) => TracerRun::start(&["signals", "--json"]),
+            None => TracerRun::start(&["signals", "--json", "--duration", "1s"]),
+        };
+        let loaded = ours_loaded();
+        assert!(
+            OUR_PROGRAMS.iter().all(|p| loaded.iter().any(|l| l == p)),
+            "while running, bpftool shows {loaded:?}"
+        );
+        let out = match stop {
+            Some(signal) => run.stop_with(signal),
+            None => run.wait(),
+        };
+        assert!(out.status.success(), "{stop:?}: {}", out.stderr);
+        assert!(out.summary().is_object());
+        let left = ours_left_behind();
+        assert!(left.is_empty(), "after {stop:?}: {left:?}");
+        assert_eq!(
+            linked_bpf_program_ids(),
+            links_before,
+            "after {stop:?}: links left"
+        );
+    }
+}
+
+#[test]
+fn count_stops_after_exactly_n_events() {
+    let target = sleeper(&[Signal::SIGUSR2]);
+    let run = TracerRun::start(&[
+        "signals",
+        "--json",
+        "--pid",
+        &target.pid().to_string(),
+        "--count",
+        "3",
+    ]);
+    for _ in 0..5 {
+        send(target.pid(), Signal::SIGUSR2);
+    }
+    let out = run.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.of_type("signal").len(), 3);
+    assert_eq!(out.summary()["stopped_by"], "count");
+}
+
+#[test]
+fn kernel_strings_are_escaped() {
+    // The target's comm (its file name) carries an escape sequence and a newline.
+    let dir = TempDir::new("escape");
+    let evil = dir.0.join("ev\x1b[31mil\nx");
+    symlink("/bin/sleep", &evil).unwrap();
+    let mut target = Owned(Command::new(&evil).arg("300").spawn().unwrap());
+    let run = TracerRun::start(&["signals", "--pid", &target.pid().to_string()]);
+    send(target.pid(), Signal::SIGUSR2);
+    target
+        .wait_timeout(Duration::from_secs(10))
+        .expect("target died");
+    let out = run.stop();
+    let text = out.stdout.join("\n");
+    assert!(
+        !text.contains('\x1b'),
+        "raw escape reached the terminal: {text:?}"
+    );
+    assert!(
+        text.contains("ev\\u{1b}[31mil\\nx(") && text.contains("SIGUSR2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["signals", "--pid", "999999999"],
+            "no process with pid 999999999",
+        ),
+        (&["signals", "--signal", "FOO"], "unknown signal `FOO`"),
+        (&["signals", "--buffer-mb", "3"], "power of two"),
+    ];
+    for (args, expected) in cases {
+        let out = tracer(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn without_privilege_it_says_what_to_do() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tracer_bin())
+        .args(["signals", "--duration", "1s"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("run as root"), "{stderr}");
+}

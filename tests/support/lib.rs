@@ -1,0 +1,316 @@
+//! Test support: run the real `tracer` binary, spawn processes the tests own, and make sure
+//! everything they create is removed again, also when an assertion fails.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// The tracer under test: `TRACER_BIN` (set by `cargo xtask test`) or the release build.
+pub fn tracer_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRACER_BIN") {
+        return path.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("target/release/tracer")
+}
+
+/// A running `tracer`, its stdout collected line by line.
+pub struct TracerRun {
+    child: Option<Child>,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What a finished run printed.
+#[derive(Debug)]
+pub struct TracerOutput {
+    pub status: ExitStatus,
+    /// Every stdout line that parsed as JSON, in order.
+    pub objects: Vec<Value>,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl TracerOutput {
+    /// Objects with `"type": kind`.
+    pub fn of_type(&self, kind: &str) -> Vec<&Value> {
+        self.objects.iter().filter(|o| o["type"] == kind).collect()
+    }
+
+    pub fn summary(&self) -> &Value {
+        self.of_type("summary")
+            .pop()
+            .unwrap_or_else(|| panic!("no summary in output; stderr: {}", self.stderr))
+    }
+}
+
+fn forward_lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl TracerRun {
+    /// Starts `tracer ARGS` and waits (at most 60 s) until it says it is ready.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(tracer_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tracer");
+        let stdout = forward_lines(child.stdout.take().expect("stdout"));
+        let stderr = forward_lines(child.stderr.take().expect("stderr"));
+        let mut run = Self {
+            child: Some(child),
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match run.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let ready = line.starts_with("tracer: ready");
+                    run.stderr_seen.push(line);
+                    if ready {
+                        return run;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "tracer exited before it was ready: {}",
+                        run.stderr_seen.join("\n")
+                    )
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "tracer not ready after 60 s: {}",
+                    run.stderr_seen.join("\n")
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` to the tracer and collects everything it printed (waits at most 60 s).
+    pub fn stop_with(self, signal: Signal) -> TracerOutput {
+        // Give the ring buffer reader a moment to catch up with what the test just did.
+        thread::sleep(Duration::from_millis(300));
+        let _ = kill(Pid::from_raw(self.pid() as i32), signal);
+        self.wait()
+    }
+
+    /// Interrupts the tracer (as Ctrl-C would) and collects its output.
+    pub fn stop(self) -> TracerOutput {
+        self.stop_with(Signal::SIGINT)
+    }
+
+    /// Waits (at most 120 s) for the tracer to exit by itself.
+    pub fn wait(mut self) -> TracerOutput {
+        let mut child = self.child.take().expect("running tracer");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for tracer") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tracer did not exit within 120 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout: Vec<String> = self.stdout.iter().collect();
+        self.stderr_seen.extend(self.stderr.iter());
+        TracerOutput {
+            status,
+            objects: stdout
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+            stdout,
+            stderr: self.stderr_seen.join("\n"),
+        }
+    }
+}
+
+impl Drop for TracerRun {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `tracer ARGS` to completion (for commands that exit by themselves).
+pub fn tracer(args: &[&str]) -> std::process::Output {
+    Command::new(tracer_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tracer")
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct Owned(pub Child);
+
+impl Owned {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().expect("waiting for child") {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` with `ignored` signals set to SIG_IGN (inherited across exec).
+pub fn spawn_ignoring(cmd: &mut Command, ignored: &[Signal]) -> Owned {
+    let ignored = ignored.to_vec();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &sig in &ignored {
+                nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    Owned(
+        cmd.stdin(Stdio::null())
+            .spawn()
+            .expect("spawning test process"),
+    )
+}
+
+/// A `sleep` the test owns.
+pub fn sleeper(ignored: &[Signal]) -> Owned {
+    spawn_ignoring(Command::new("sleep").arg("300"), ignored)
+}
+
+/// The parent of `pid`, from /proc.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    status_field(pid, "PPid:")?.parse().ok()
+}
+
+/// A field of /proc/PID/status (`"Tgid:"`, `"NSpid:"`...), trimmed.
+pub fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_string())
+}
+
+/// The chain of parents of `pid` up to pid 1, from /proc (parent first).
+pub fn ancestry_of(pid: u32) -> Vec<u32> {
+    let mut chain = Vec::new();
+    let mut current = pid;
+    while current > 1 && chain.len() < 64 {
+        let Some(parent) = parent_of(current) else {
+            break;
+        };
+        if parent == 0 {
+            break;
+        }
+        chain.push(parent);
+        current = parent;
+    }
+    chain
+}
+
+/// Names of the BPF programs and links currently loaded (`bpftool prog/link show`).
+pub fn loaded_bpf_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    progs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ids of the programs that BPF links point at (`bpftool link show`).
+pub fn linked_bpf_program_ids() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["link", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    links
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["prog_id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Sends `signal` to `pid`, panicking on failure.
+pub fn send(pid: u32, signal: Signal) {
+    kill(Pid::from_raw(pid as i32), signal).expect("sending signal");
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tracer-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

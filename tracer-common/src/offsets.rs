@@ -1,0 +1,78 @@
+//! Kernel struct layout, resolved from the running kernel's BTF at start-up.
+//!
+//! Rust eBPF programs get no CO-RE field relocations, so the loader reads every offset the
+//! programs need from `/sys/kernel/btf/vmlinux` and hands them over as one read-only global.
+//! A field this kernel lacks is [`MISSING`]; programs skip what is missing.
+
+/// Offset value for a field the running kernel does not have.
+pub const MISSING: u32 = u32::MAX;
+
+/// Byte offsets (and a few sizes and enum values) of the kernel fields the programs read.
+/// Names are `struct_field`; a dotted BTF path such as `file.f_path.dentry` becomes
+/// `file_f_path_dentry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_struct_pid: u32,
+    pub task_struct_tgid: u32,
+    pub task_struct_comm: u32,
+    pub task_struct_real_parent: u32,
+    pub task_struct_group_leader: u32,
+    pub task_struct_start_time: u32,
+    pub task_struct_thread_pid: u32,
+    pub task_struct_cgroups: u32,
+    pub task_struct_mm: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`: stride of `pid.numbers[]`.
+    pub upid_size: u32,
+    pub upid_nr: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub css_set_subsys: u32,
+    pub cgroup_subsys_state_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `enum cgroup_subsys_id` value of the memory controller (index into `css_set.subsys`).
+    pub memory_cgrp_id: u32,
+    pub kernel_siginfo_si_code: u32,
+    pub kernel_siginfo_si_pid: u32,
+    pub kernel_siginfo_si_uid: u32,
+    pub mm_struct_exe_file: u32,
+    pub file_f_path_dentry: u32,
+    pub dentry_d_name_name: u32,
+    pub dentry_d_parent: u32,
+}
+
+impl KernelOffsets {
+    /// Every field missing: what the programs see if the loader never set the global.
+    pub const fn missing() -> Self {
+        Self {
+            task_struct_pid: MISSING,
+            task_struct_tgid: MISSING,
+            task_struct_comm: MISSING,
+            task_struct_real_parent: MISSING,
+            task_struct_group_leader: MISSING,
+            task_struct_start_time: MISSING,
+            task_struct_thread_pid: MISSING,
+            task_struct_cgroups: MISSING,
+            task_struct_mm: MISSING,
+            pid_level: MISSING,
+            pid_numbers: MISSING,
+            upid_size: MISSING,
+            upid_nr: MISSING,
+            css_set_dfl_cgrp: MISSING,
+            css_set_subsys: MISSING,
+            cgroup_subsys_state_cgroup: MISSING,
+            cgroup_kn: MISSING,
+            kernfs_node_id: MISSING,
+            memory_cgrp_id: MISSING,
+            kernel_siginfo_si_code: MISSING,
+            kernel_siginfo_si_pid: MISSING,
+            kernel_siginfo_si_uid: MISSING,
+            mm_struct_exe_file: MISSING,
+            file_f_path_dentry: MISSING,
+            dentry_d_name_name: MISSING,
+            dentry_d_parent: MISSING,
+        }
+    }
+}

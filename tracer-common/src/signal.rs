@@ -1,0 +1,94 @@
+//! Records of the `signals` tracer.
+
+use crate::{EventHeader, TaskInfo, COMM_LEN};
+
+/// Ancestors captured per signal, parent first. When the chain is longer, `ancestry_truncated`
+/// is set.
+pub const ANCESTRY_MAX: usize = 20;
+/// Path components of the sender's executable captured per signal, file name first.
+pub const EXE_DEPTH: usize = 8;
+/// Bytes kept of each executable path component.
+pub const EXE_NAME_LEN: usize = 32;
+
+/// What the tracepoint's `info` argument was. The kernel passes two small integers instead of a
+/// pointer for signals it sends itself.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoKind {
+    /// A real `struct kernel_siginfo *`: `code`, `si_pid` and `si_uid` are filled in.
+    Siginfo = 0,
+    /// `SEND_SIG_NOINFO` (0): sent as if by kill(2) from the current task.
+    NoInfo = 1,
+    /// `SEND_SIG_PRIV` (1): sent by the kernel (OOM killer, SIGKILL on exec/exit, ...).
+    Priv = 2,
+}
+
+/// One process of the sender's ancestry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Ancestor {
+    /// tgid in the initial pid namespace.
+    pub pid: u32,
+    pub _pad: u32,
+    /// Start time of the process (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
+    /// The thread group leader's comm.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One `signal_generate` event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalEvent {
+    pub header: EventHeader,
+    pub signo: i32,
+    /// `si_code`, meaningful only for [`InfoKind::Siginfo`].
+    pub code: i32,
+    /// The tracepoint's delivery result (`enum trace_signal_result`).
+    pub result: i32,
+    /// Non-zero when sent to the whole thread group.
+    pub group: i32,
+    /// An [`InfoKind`] value.
+    pub info_kind: u32,
+    /// `si_pid` / `si_uid` from the siginfo (kill-like codes only).
+    pub si_pid: u32,
+    pub si_uid: u32,
+    pub ancestry_len: u16,
+    pub ancestry_truncated: u16,
+    /// The task in whose context the signal was generated (the sender for kill(2)).
+    pub sender: TaskInfo,
+    pub target: TaskInfo,
+    /// The sender's executable, one path component a row, the file name first.
+    pub exe: [[u8; EXE_NAME_LEN]; EXE_DEPTH],
+    pub exe_depth: u16,
+    pub exe_truncated: u16,
+    pub _pad: u32,
+    pub ancestry: [Ancestor; ANCESTRY_MAX],
+}
+
+/// One `oom:mark_victim` event: the OOM killer chose `victim`; its SIGKILL follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomVictimEvent {
+    pub header: EventHeader,
+    pub victim: TaskInfo,
+    /// The task that was allocating when the OOM killer ran (not a sender).
+    pub allocating: TaskInfo,
+    /// Id of the victim's memory cgroup (kernfs node id on its hierarchy), 0 if unknown.
+    pub memcg_id: u64,
+}
+
+/// In-kernel filter of the `signals` tracer, set once at load time. Zero means "any".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalFilter {
+    /// Target process (tgid).
+    pub target_pid: u32,
+    /// Sender process (tgid).
+    pub sender_pid: u32,
+    /// Bit `n - 1` set: signal `n` passes (1..=64).
+    pub signal_mask: u64,
+    /// Non-zero: only signals whose result is not "delivered".
+    pub failed_only: u32,
+    pub _pad: u32,
+}

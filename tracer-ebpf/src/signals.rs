@@ -1,0 +1,190 @@
+//! `signals`: every signal the kernel generates, with the sender's executable and ancestry
+//! captured here, at the moment of the signal, because a short-lived sender is gone before
+//! userspace could look. `oom:mark_victim` marks the OOM killer's choice so userspace can tell
+//! its SIGKILL apart from kill(2).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tracer_common::{
+    offsets::MISSING,
+    signal::{InfoKind, OomVictimEvent, SignalEvent, SignalFilter, ANCESTRY_MAX},
+    EventKind,
+};
+
+use crate::{
+    pipeline::{count_lost, header, EVENTS},
+    task::{fill_task_info, kernfs_id, leader, off, read, read_bytes},
+};
+
+/// Set by the loader from the command line.
+#[unsafe(no_mangle)]
+static SIGNAL_FILTER: SignalFilter = SignalFilter {
+    target_pid: 0,
+    sender_pid: 0,
+    signal_mask: 0,
+    failed_only: 0,
+    _pad: 0,
+};
+
+macro_rules! filter {
+    ($field:ident) => {
+        // SAFETY: reading a static; volatile keeps the loader's value from being folded away.
+        unsafe { core::ptr::read_volatile(&SIGNAL_FILTER.$field) }
+    };
+}
+
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task,
+/// int group, int result)`.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let sig: i32 = ctx.arg(0);
+    let info: u64 = ctx.arg(1);
+    let target: u64 = ctx.arg(2);
+    let group: i32 = ctx.arg(3);
+    let result: i32 = ctx.arg(4);
+
+    let mask = filter!(signal_mask);
+    if mask != 0 && !((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0) {
+        return 0;
+    }
+    if filter!(failed_only) != 0 && result == 0 {
+        return 0;
+    }
+    let want_target = filter!(target_pid);
+    if want_target != 0 && read::<i32>(target, off!(task_struct_tgid)) != Some(want_target as i32) {
+        return 0;
+    }
+    let want_sender = filter!(sender_pid);
+    if want_sender != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != want_sender {
+        return 0;
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
+        count_lost(EventKind::Signal);
+        return 0;
+    };
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let current = unsafe { bpf_get_current_task() };
+    // SAFETY: the entry is reserved for us; every field userspace reads is written below.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header = header(EventKind::Signal);
+    ev.signo = sig;
+    ev.result = result;
+    ev.group = group;
+    // SEND_SIG_NOINFO and SEND_SIG_PRIV are the integers 0 and 1, not pointers.
+    ev.info_kind = match info {
+        0 => InfoKind::NoInfo,
+        1 => InfoKind::Priv,
+        _ => InfoKind::Siginfo,
+    } as u32;
+    ev.code = read::<i32>(info, off!(kernel_siginfo_si_code)).unwrap_or(0);
+    ev.si_pid = read::<i32>(info, off!(kernel_siginfo_si_pid)).unwrap_or(0) as u32;
+    ev.si_uid = read::<u32>(info, off!(kernel_siginfo_si_uid)).unwrap_or(0);
+    if info <= 1 {
+        ev.code = 0;
+        ev.si_pid = 0;
+        ev.si_uid = 0;
+    }
+    fill_task_info(current, &mut ev.sender);
+    fill_task_info(target, &mut ev.target);
+    fill_exe(current, ev);
+    fill_ancestry(current, ev);
+    entry.submit(0);
+    0
+}
+
+/// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its root.
+#[inline(always)]
+fn fill_exe(task: u64, ev: &mut SignalEvent) {
+    ev.exe_depth = 0;
+    ev.exe_truncated = 0;
+    let mm = read::<u64>(task, off!(task_struct_mm)).unwrap_or(0);
+    let file = read::<u64>(mm, off!(mm_struct_exe_file)).unwrap_or(0);
+    let mut dentry = read::<u64>(file, off!(file_f_path_dentry)).unwrap_or(0);
+    let mut reached_root = dentry == 0;
+    for slot in ev.exe.iter_mut() {
+        let Some(parent) = read::<u64>(dentry, off!(dentry_d_parent)) else {
+            reached_root = true;
+            break;
+        };
+        // The root dentry is its own parent; its name ("/") is not a component.
+        if parent == dentry {
+            reached_root = true;
+            break;
+        }
+        let name = read::<u64>(dentry, off!(dentry_d_name_name)).unwrap_or(0);
+        slot[0] = 0;
+        // SAFETY: the helper checks the address and bounds the copy by the slot.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, slot) };
+        ev.exe_depth += 1;
+        dentry = parent;
+    }
+    if !reached_root {
+        // One more parent that is not the root: the path was deeper than we keep.
+        let parent = read::<u64>(dentry, off!(dentry_d_parent)).unwrap_or(dentry);
+        ev.exe_truncated = (parent != dentry) as u16;
+    }
+}
+
+/// The sender's parents, as processes (tgid and leader's comm), up to pid 1.
+#[inline(always)]
+fn fill_ancestry(task: u64, ev: &mut SignalEvent) {
+    ev.ancestry_len = 0;
+    ev.ancestry_truncated = 0;
+    let mut parent = read::<u64>(leader(task), off!(task_struct_real_parent)).unwrap_or(0);
+    let mut reached_init = parent == 0;
+    for slot in ev.ancestry.iter_mut() {
+        if parent == 0 {
+            reached_init = true;
+            break;
+        }
+        let pid = read::<i32>(parent, off!(task_struct_tgid)).unwrap_or(0);
+        let process = leader(parent);
+        slot.pid = pid as u32;
+        slot.start_ns = read::<u64>(process, off!(task_struct_start_time)).unwrap_or(0);
+        read_bytes(process, off!(task_struct_comm), &mut slot.comm);
+        ev.ancestry_len += 1;
+        if pid <= 1 {
+            reached_init = true;
+            break;
+        }
+        parent = read::<u64>(process, off!(task_struct_real_parent)).unwrap_or(0);
+    }
+    ev.ancestry_truncated = (!reached_init && ev.ancestry_len as usize == ANCESTRY_MAX) as u16;
+}
+
+/// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`.
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
+    let victim: u64 = ctx.arg(0);
+    let want_target = filter!(target_pid);
+    if want_target != 0 && read::<i32>(victim, off!(task_struct_tgid)) != Some(want_target as i32) {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<OomVictimEvent>(0) else {
+        count_lost(EventKind::OomVictim);
+        return 0;
+    };
+    // SAFETY: see signal_generate.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header = header(EventKind::OomVictim);
+    fill_task_info(victim, &mut ev.victim);
+    // SAFETY: bpf_get_current_task has no preconditions.
+    fill_task_info(unsafe { bpf_get_current_task() }, &mut ev.allocating);
+    // victim->cgroups->subsys[memory_cgrp_id]->cgroup: its memory cgroup on whichever hierarchy
+    // the memory controller is mounted.
+    let css_set = read::<u64>(victim, off!(task_struct_cgroups)).unwrap_or(0);
+    let (subsys, memory_id) = (off!(css_set_subsys), off!(memory_cgrp_id));
+    let memcg_css = if subsys == MISSING || memory_id == MISSING {
+        0
+    } else {
+        read::<u64>(css_set, subsys + memory_id * 8).unwrap_or(0)
+    };
+    let cgroup = read::<u64>(memcg_css, off!(cgroup_subsys_state_cgroup)).unwrap_or(0);
+    ev.memcg_id = kernfs_id(cgroup);
+    entry.submit(0);
+    0
+}

@@ -1,0 +1,111 @@
+//! `tracer doctor`: what this kernel supports, and which hook each tracer will use.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::{
+    hooks::{self, LoadOptions},
+    kernel::{
+        btf::{KernelBtf, VMLINUX_BTF},
+        offsets, preflight,
+    },
+    tracers::{
+        signals::{SignalsOptions, SignalsTracer},
+        Tracer,
+    },
+};
+
+fn line(what: &str, ok: bool, detail: &str) {
+    println!("  {what:<30} {:<4} {detail}", if ok { "ok" } else { "no" });
+}
+
+fn detail<T>(result: &Result<T>, ok: &str) -> String {
+    result
+        .as_ref()
+        .map_or_else(|e| format!("{e:#}"), |_| ok.to_string())
+}
+
+/// Every tracer, with default options, as the doctor checks them.
+fn all_tracers() -> Result<Vec<Box<dyn Tracer>>> {
+    Ok(vec![Box::new(SignalsTracer::new(
+        &SignalsOptions::default(),
+    )?)])
+}
+
+/// Prints the report. Exit 0 when every tracer has a usable path, 1 when one has not, 2 when
+/// nothing can run (no privilege, no BTF).
+pub fn run() -> Result<ExitCode> {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            )
+        })
+        .unwrap_or_else(|_| "unknown".into());
+    println!("kernel: {kernel}");
+    println!("basics:");
+    let privileges = preflight::require_privileges();
+    line(
+        "privileges",
+        privileges.is_ok(),
+        &detail(&privileges, "can load eBPF programs"),
+    );
+    let btf = KernelBtf::from_sys_fs();
+    line("kernel BTF", btf.is_ok(), &detail(&btf, VMLINUX_BTF));
+    let (Ok(()), Ok(btf)) = (privileges, btf) else {
+        println!("tracer cannot run here: fix the lines marked `no` above");
+        return Ok(ExitCode::from(2));
+    };
+    let layout = offsets::resolve(&btf);
+    line(
+        "struct layout from BTF",
+        layout.is_ok(),
+        &detail(&layout, "every required field found"),
+    );
+
+    println!("program types:");
+    for probe in hooks::probe_features(&btf) {
+        line(probe.feature, probe.available, &probe.detail);
+    }
+
+    let mut all_usable = layout.is_ok();
+    for tracer in all_tracers()? {
+        println!("tracer `{}`:", tracer.name());
+        let ebpf = hooks::open(
+            &btf,
+            LoadOptions {
+                ring_buffer_bytes: 4096,
+                globals: tracer.globals(),
+            },
+        )?;
+        // Attaching for real (and detaching when `loaded` drops) is the only reliable test of
+        // what this kernel accepts.
+        let loaded = hooks::attach(ebpf, tracer.hooks());
+        for outcome in &loaded.outcomes {
+            let purpose = outcome.spec.purpose;
+            match outcome.used {
+                Some(attach) => line(purpose, true, &format!("using {attach}")),
+                None => {
+                    all_usable &= !outcome.spec.required;
+                    let kind = if outcome.spec.required {
+                        "required"
+                    } else {
+                        "optional"
+                    };
+                    line(purpose, false, &format!("{kind}; {}", outcome.reasons()));
+                }
+            }
+            for (attach, why) in outcome.rejected.iter().filter(|_| outcome.used.is_some()) {
+                println!("  {:<30}      not using {attach}: {why}", "");
+            }
+        }
+    }
+    Ok(if all_usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,84 @@
+//! cgroup ids (kernfs node ids, which are the cgroup directories' inode numbers) to paths.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// Directories visited at most when searching a hierarchy, so that a huge cgroup tree cannot
+/// stall the tracer.
+const MAX_DIRS: usize = 100_000;
+
+/// Mount point of the hierarchy that holds `controller` (cgroup v1), or of the unified
+/// hierarchy (cgroup v2) when `controller` is `None` or lives there.
+pub fn hierarchy_root(controller: Option<&str>) -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut unified = None;
+    for line in mountinfo.lines() {
+        // Fields: id parent major:minor root mount-point options ... - fstype source super-options
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        let mut right = right.split(' ');
+        let fstype = right.next()?;
+        let super_options = right.nth(1).unwrap_or("");
+        match (fstype, controller) {
+            ("cgroup", Some(c)) if super_options.split(',').any(|o| o == c) => {
+                return Some(PathBuf::from(mount_point));
+            }
+            ("cgroup2", _) if unified.is_none() => unified = Some(PathBuf::from(mount_point)),
+            _ => {}
+        }
+    }
+    unified
+}
+
+/// The path (relative to the hierarchy root, starting with `/`) of the cgroup whose id is
+/// `id`, searching breadth-first below `root`.
+pub fn path_of(root: &Path, id: u64) -> Option<String> {
+    if id == 0 {
+        return None;
+    }
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    let mut visited = 0;
+    while let Some(dir) = queue.pop_front() {
+        visited += 1;
+        if visited > MAX_DIRS {
+            return None;
+        }
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            let relative = dir.strip_prefix(root).ok()?;
+            return Some(format!("/{}", relative.display()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_own_cgroup_by_inode() {
+        let Some(root) = hierarchy_root(None) else {
+            panic!("no cgroup2 hierarchy on this machine");
+        };
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let relative = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 line");
+        let dir = root.join(relative.trim_start_matches('/'));
+        let id = fs::metadata(&dir).unwrap().ino();
+        assert_eq!(path_of(&root, id).as_deref(), Some(relative));
+        assert_eq!(path_of(&root, 0), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! Loading the kernel programs and attaching them: each tracer names the hooks it needs, each
+//! with its candidates in order of preference; the first candidate this kernel accepts is used,
+//! and what happened to the others is kept for `tracer doctor` and `--verbose`.
+
+use std::{fmt, path::Path};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    programs::{BtfTracePoint, FExit, ProgramError},
+    Btf, Ebpf, EbpfLoader,
+};
+
+use crate::kernel::{btf::KernelBtf, offsets, preflight};
+
+/// The compiled kernel programs (tracer-ebpf), embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Ring buffer shared by all programs.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU counts of records that did not fit in the ring buffer, by event kind.
+pub const LOST_MAP: &str = "LOST";
+
+/// How a program attaches to the kernel.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// BTF-typed raw tracepoint (`tp_btf/<name>`): typed arguments, no record fill.
+    TpBtf(&'static str),
+}
+
+impl fmt::Display for Attach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attach::TpBtf(name) => write!(f, "tp_btf:{name}"),
+        }
+    }
+}
+
+/// One way to provide a hook: a program of the object and where it attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    pub program: &'static str,
+    pub attach: Attach,
+}
+
+/// Something a tracer needs from the kernel, with the ways to get it, best first.
+#[derive(Clone, Copy, Debug)]
+pub struct HookSpec {
+    /// What the hook is for, in a few words ("signal generation").
+    pub purpose: &'static str,
+    pub candidates: &'static [Candidate],
+    /// A tracer without a required hook cannot run; an optional one only loses detail.
+    pub required: bool,
+}
+
+/// What happened when a hook was attached.
+pub struct HookOutcome {
+    pub spec: HookSpec,
+    /// The candidate in use, if any.
+    pub used: Option<Attach>,
+    /// Candidates that failed, with the reason.
+    pub rejected: Vec<(Attach, String)>,
+}
+
+/// The loaded object and its attached programs. Dropping it detaches everything: programs
+/// are never pinned, so nothing outlives the process.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub outcomes: Vec<HookOutcome>,
+}
+
+/// Settings every run shares, and each tracer's globals.
+pub struct LoadOptions<'a> {
+    pub ring_buffer_bytes: u32,
+    /// `(global name, bytes)` pairs, e.g. the tracers' filters.
+    pub globals: Vec<(&'static str, aya::GlobalData<'a>)>,
+}
+
+/// Opens the object with offsets resolved from this kernel's BTF and the given globals.
+pub fn open(btf: &KernelBtf, options: LoadOptions<'_>) -> Result<Ebpf> {
+    preflight::raise_memlock_limit();
+    let offsets = offsets::resolve(btf)?;
+    let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for the loader")?;
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes);
+    for (name, value) in options.globals {
+        loader.override_global(name, value, true);
+    }
+    loader.load(EBPF_OBJECT).map_err(|e| {
+        anyhow!(e).context("creating the tracer's eBPF maps (is this kernel older than 5.8, without ring buffers?)")
+    })
+}
+
+/// Attaches one program per spec, trying candidates in order, and records what happened.
+pub fn attach(ebpf: Ebpf, specs: &[HookSpec]) -> Loaded {
+    let mut loaded = Loaded {
+        ebpf,
+        outcomes: Vec::new(),
+    };
+    for spec in specs {
+        let outcome = attach_one(&mut loaded.ebpf, *spec);
+        loaded.outcomes.push(outcome);
+    }
+    loaded
+}
+
+impl HookOutcome {
+    /// Every candidate's reason for failing, on one line.
+    pub fn reasons(&self) -> String {
+        self.rejected
+            .iter()
+            .map(|(a, why)| format!("{a}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Loaded {
+    /// Fails if a required hook has no usable candidate, naming every reason; warns about
+    /// optional hooks that are missing.
+    pub fn require_usable(self) -> Result<Self> {
+        for outcome in self.outcomes.iter().filter(|o| o.used.is_none()) {
+            if outcome.spec.required {
+                return Err(anyhow!(
+                    "this kernel offers no hook for {} ({}); `tracer doctor` shows every hook's status",
+                    outcome.spec.purpose,
+                    outcome.reasons()
+                ));
+            }
+            log::warn!(
+                "no hook for {} on this kernel ({}); continuing without it",
+                outcome.spec.purpose,
+                outcome.reasons()
+            );
+        }
+        Ok(self)
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, spec: HookSpec) -> HookOutcome {
+    let mut outcome = HookOutcome {
+        spec,
+        used: None,
+        rejected: Vec::new(),
+    };
+    for candidate in spec.candidates {
+        match attach_candidate(ebpf, candidate) {
+            Ok(()) => {
+                outcome.used = Some(candidate.attach);
+                break;
+            }
+            Err(e) => outcome.rejected.push((candidate.attach, format!("{e:#}"))),
+        }
+    }
+    outcome
+}
+
+fn attach_candidate(ebpf: &mut Ebpf, candidate: &Candidate) -> Result<()> {
+    let program = ebpf
+        .program_mut(candidate.program)
+        .ok_or_else(|| anyhow!("program {} is not in the object", candidate.program))?;
+    match candidate.attach {
+        Attach::TpBtf(name) => {
+            let btf = Btf::from_sys_fs()?;
+            let program: &mut BtfTracePoint = program.try_into()?;
+            program.load(name, &btf).map_err(explain)?;
+            program.attach().map_err(explain)?;
+        }
+    }
+    Ok(())
+}
+
+/// Turns the common load errors into what they mean.
+fn explain(e: ProgramError) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        anyhow!("not permitted (EPERM): the kernel (lockdown or an LSM) refuses this program type")
+    } else if text.contains("No such file") || text.contains("ENOENT") {
+        anyhow!("not found in this kernel")
+    } else {
+        anyhow!(e)
+    }
+}
+
+/// Kernel features the tracers could use, probed for `tracer doctor`.
+pub struct FeatureProbe {
+    pub feature: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// Probes the attachment methods this build knows, whether or not a tracer uses them yet, so
+/// that `doctor` can say why a faster hook is not used.
+pub fn probe_features(btf: &KernelBtf) -> Vec<FeatureProbe> {
+    let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe");
+    let mut probes = vec![FeatureProbe {
+        feature: "kprobe",
+        available: kprobe_pmu.exists(),
+        detail: if kprobe_pmu.exists() {
+            "kprobe PMU present".into()
+        } else {
+            format!(
+                "{} is missing: kernel built without CONFIG_KPROBES",
+                kprobe_pmu.display()
+            )
+        },
+    }];
+    let fexit = match open(
+        btf,
+        LoadOptions {
+            ring_buffer_bytes: 4096,
+            globals: Vec::new(),
+        },
+    )
+    .and_then(|mut ebpf| probe_fexit(&mut ebpf))
+    {
+        Ok(()) => FeatureProbe {
+            feature: "fentry/fexit",
+            available: true,
+            detail: "a test fexit program loaded".into(),
+        },
+        Err(e) => FeatureProbe {
+            feature: "fentry/fexit",
+            available: false,
+            detail: format!("{e:#}"),
+        },
+    };
+    probes.push(fexit);
+    let tracefs = preflight::ensure_tracefs();
+    probes.push(FeatureProbe {
+        feature: "tracepoint",
+        available: tracefs.is_ok(),
+        detail: match tracefs {
+            Ok(()) => format!("tracefs at {}", preflight::TRACEFS),
+            Err(e) => format!("{e:#}"),
+        },
+    });
+    probes
+}
+
+fn probe_fexit(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs()?;
+    let program: &mut FExit = ebpf
+        .program_mut("probe_fexit")
+        .ok_or_else(|| anyhow!("probe_fexit is not in the object"))?
+        .try_into()?;
+    program.load("do_send_sig_info", &btf).map_err(explain)?;
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Fills [`KernelOffsets`] from the running kernel's BTF.
+
+use anyhow::{Context as _, Result};
+use tracer_common::offsets::{KernelOffsets, MISSING};
+
+use super::btf::KernelBtf;
+
+/// Resolves every offset the kernel programs read. The fields that identify a task are
+/// required; the rest (executable path, memory cgroup) degrade to "unknown" when a kernel
+/// lacks them.
+pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
+    let required = |s: &str, f: &str| {
+        btf.field_offset(s, f)
+            .with_context(|| format!("resolving `{s}.{f}` from kernel BTF"))
+    };
+    let optional = |s: &str, f: &str| {
+        btf.field_offset(s, f).unwrap_or_else(|e| {
+            log::debug!("{e:#}; the value that needs it is reported as unknown");
+            MISSING
+        })
+    };
+    Ok(KernelOffsets {
+        task_struct_pid: required("task_struct", "pid")?,
+        task_struct_tgid: required("task_struct", "tgid")?,
+        task_struct_comm: required("task_struct", "comm")?,
+        task_struct_real_parent: required("task_struct", "real_parent")?,
+        task_struct_group_leader: required("task_struct", "group_leader")?,
+        task_struct_start_time: required("task_struct", "start_time")?,
+        task_struct_thread_pid: required("task_struct", "thread_pid")?,
+        task_struct_cgroups: optional("task_struct", "cgroups"),
+        task_struct_mm: optional("task_struct", "mm"),
+        pid_level: required("pid", "level")?,
+        pid_numbers: required("pid", "numbers")?,
+        upid_size: btf
+            .struct_size("upid")
+            .context("resolving `sizeof(struct upid)`")?,
+        upid_nr: required("upid", "nr")?,
+        css_set_dfl_cgrp: optional("css_set", "dfl_cgrp"),
+        css_set_subsys: optional("css_set", "subsys"),
+        cgroup_subsys_state_cgroup: optional("cgroup_subsys_state", "cgroup"),
+        cgroup_kn: optional("cgroup", "kn"),
+        kernfs_node_id: optional("kernfs_node", "id"),
+        memory_cgrp_id: btf
+            .enum_value("cgroup_subsys_id", "memory_cgrp_id")
+            .map(|v| v as u32)
+            .unwrap_or(MISSING),
+        kernel_siginfo_si_code: required("kernel_siginfo", "si_code")?,
+        kernel_siginfo_si_pid: optional("kernel_siginfo", "_sifields._kill._pid"),
+        kernel_siginfo_si_uid: optional("kernel_siginfo", "_sifields._kill._uid"),
+        mm_struct_exe_file: optional("mm_struct", "exe_file"),
+        file_f_path_dentry: optional("file", "f_path.dentry"),
+        dentry_d_name_name: optional("dentry", "d_name.name"),
+        dentry_d_parent: optional("dentry", "d_parent"),
+    })
+}

@@ -1,0 +1,102 @@
+//! The last stage of the pipeline: events and the summary, as aligned human lines or as one
+//! JSON object per line.
+
+use std::io::{self, BufWriter, Stdout, Write};
+
+use serde::Serialize;
+
+/// An event a tracer emits: serialisable for `--json`, and one human line (or a few).
+pub trait Event: Serialize {
+    /// Writes the human form, ending with a newline.
+    fn write_human(&self, w: &mut dyn Write) -> io::Result<()>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// Where events go. Buffered; flushed after each batch read from the ring buffer, so a
+/// reader of a pipe sees events promptly without a syscall per event.
+pub struct Output {
+    format: Format,
+    out: BufWriter<Stdout>,
+}
+
+impl Output {
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+        }
+    }
+
+    /// A column header, written once before the first event, in human format only.
+    pub fn human_header(&mut self, line: &str) -> io::Result<()> {
+        match self.format {
+            Format::Human => writeln!(self.out, "{line}"),
+            Format::Json => Ok(()),
+        }
+    }
+
+    pub fn event(&mut self, event: &impl Event) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, event)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Human => event.write_human(&mut self.out),
+        }
+    }
+
+    /// The end-of-run summary: a `{"type":"summary",...}` object, or indented `key: value`
+    /// lines under a rule.
+    pub fn summary(&mut self, summary: &serde_json::Value) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, summary)?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Human => {
+                writeln!(self.out, "--- summary ---")?;
+                write_human_value(&mut self.out, summary, 0)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Renders a JSON summary as indented `key: value` lines.
+fn write_human_value(w: &mut dyn Write, value: &serde_json::Value, depth: usize) -> io::Result<()> {
+    let indent = "  ".repeat(depth);
+    if let serde_json::Value::Object(map) = value {
+        for (key, v) in map {
+            if key == "type" {
+                continue;
+            }
+            match v {
+                serde_json::Value::Object(inner) if !inner.is_empty() => {
+                    writeln!(w, "{indent}{key}:")?;
+                    write_human_value(w, v, depth + 1)?;
+                }
+                serde_json::Value::Array(items) => {
+                    writeln!(w, "{indent}{key}:")?;
+                    for item in items {
+                        match item {
+                            serde_json::Value::String(s) => writeln!(w, "{indent}  - {s}")?,
+                            other => writeln!(w, "{indent}  - {other}")?,
+                        }
+                    }
+                }
+                serde_json::Value::String(s) => writeln!(w, "{indent}{key}: {s}")?,
+                other => writeln!(w, "{indent}{key}: {other}")?,
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Ring-buffer records of the `signals` tracer to typed events.
+
+use std::{io, io::Write, time::Duration};
+
+use serde::Serialize;
+use tracer_common::{
+    signal::{InfoKind, OomVictimEvent, SignalEvent},
+    TaskInfo,
+};
+
+use super::names::{
+    code_name, is_user_sent, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE,
+};
+use crate::{
+    clock::{self, Clock},
+    output::Event,
+    text::kernel_str,
+};
+
+/// One side of a signal.
+#[derive(Clone, Debug, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's name.
+    pub comm: String,
+    /// The process's name (its main thread's comm), when it differs from `comm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_comm: Option<String>,
+    /// Pid inside the process's own pid namespace, when it differs from `pid`.
+    pub ns_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_tid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// cgroup v2 id of the thread's cgroup.
+    pub cgroup_id: u64,
+    pub container: Option<serde_json::Value>,
+    pub pod: Option<serde_json::Value>,
+}
+
+impl Process {
+    pub fn from_task(task: &TaskInfo) -> Self {
+        let comm = kernel_str(&task.comm);
+        let process_comm = kernel_str(&task.leader_comm);
+        Self {
+            pid: task.pid,
+            tid: task.tid,
+            process_comm: (process_comm != comm).then_some(process_comm),
+            comm,
+            ns_pid: (task.ns_pid != task.pid && task.ns_pid != 0).then_some(task.ns_pid),
+            ns_tid: (task.ns_tid != task.tid && task.ns_tid != 0 && task.tid != task.pid)
+                .then_some(task.ns_tid),
+            exe: None,
+            cgroup_id: task.cgroup_id,
+            container: None,
+            pod: None,
+        }
+    }
+
+    /// `comm(pid)`, `comm(pid/tid)`, with `ns pid N` when it differs.
+    pub fn label(&self) -> String {
+        let mut ids = self.pid.to_string();
+        if self.tid != self.pid {
+            ids.push_str(&format!("/{}", self.tid));
+        }
+        if let Some(ns_pid) = self.ns_pid {
+            ids.push_str(&format!(", ns pid {ns_pid}"));
+        }
+        format!(
+            "{}({ids})",
+            self.process_comm.as_deref().unwrap_or(&self.comm)
+        )
+    }
+}
+
+/// One process of the sender's ancestry.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: String,
+    /// How long the process had been running when the signal was sent.
+    pub running_ms: u64,
+}
+
+/// The OOM killer's view of a kill.
+#[derive(Clone, Debug, Serialize)]
+pub struct OomDetail {
+    /// The victim's memory cgroup (path on the memory hierarchy), when found.
+    pub memcg: Option<String>,
+    pub memcg_id: u64,
+    /// The task that was allocating memory when the OOM killer ran. It did not send the
+    /// signal; it only triggered the kill.
+    pub allocating: Process,
+}
+
+/// One signal.
+#[derive(Clone, Debug, Serialize)]
+pub struct SignalRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub signal: String,
+    pub signo: i32,
+    /// How it was sent (`kill`, `tkill`, `sigqueue`, `kernel`, `SEGV_MAPERR`, ...).
+    pub code: String,
+    pub result: &'static str,
+    /// Sent to the whole process (rather than one thread).
+    pub group: bool,
+    /// Why the kernel sent it; null when a process sent it with kill(2)/tkill(2)/sigqueue(2).
+    pub kernel_reason: Option<KernelReason>,
+    /// The sending process; null when the kernel sent the signal.
+    pub sender: Option<Process>,
+    pub target: Process,
+    /// For kernel-sent signals, the task that was running when the kernel sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<Process>,
+    /// The sender's parents, parent first, ending at pid 1.
+    pub ancestry: Vec<Ancestor>,
+    pub ancestry_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom: Option<OomDetail>,
+    pub cpu: u32,
+    #[serde(skip)]
+    pub ktime_ns: u64,
+}
+
+/// Joins the executable path components the kernel captured (file name first).
+fn exe_path(ev: &SignalEvent) -> Option<String> {
+    let depth = (ev.exe_depth as usize).min(ev.exe.len());
+    if depth == 0 {
+        return None;
+    }
+    let mut parts: Vec<String> = ev.exe[..depth]
+        .iter()
+        .rev()
+        .map(|c| kernel_str(c))
+        .collect();
+    if ev.exe_truncated != 0 {
+        parts.insert(0, "...".into());
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+impl SignalRecord {
+    pub fn decode(ev: &SignalEvent, clock: &Clock) -> Self {
+        let info_kind = match ev.info_kind {
+            0 => InfoKind::Siginfo,
+            1 => InfoKind::NoInfo,
+            _ => InfoKind::Priv,
+        };
+        let kernel_reason = match info_kind {
+            InfoKind::Siginfo if is_user_sent(ev.code) => None,
+            InfoKind::Siginfo => Some(reason_from_code(ev.signo, ev.code)),
+            InfoKind::NoInfo if ev.signo == SIGPIPE => Some(KernelReason::Pipe),
+            // The OOM killer is recognised later, when its mark_victim record is matched.
+            InfoKind::NoInfo | InfoKind::Priv => Some(KernelReason::Kernel),
+        };
+        let code = match info_kind {
+            InfoKind::Siginfo => code_name(ev.signo, ev.code),
+            InfoKind::NoInfo => "kernel (no info)".to_string(),
+            InfoKind::Priv => "kernel (privileged)".to_string(),
+        };
+        let mut current = Process::from_task(&ev.sender);
+        current.exe = exe_path(ev);
+        let ancestry = ev.ancestry[..(ev.ancestry_len as usize).min(ev.ancestry.len())]
+            .iter()
+            .map(|a| Ancestor {
+                pid: a.pid,
+                comm: kernel_str(&a.comm),
+                running_ms: ev.header.ktime_ns.saturating_sub(a.start_ns) / 1_000_000,
+            })
+            .collect();
+        let (sender, context, ancestry) = if kernel_reason.is_none() {
+            (Some(current), None, ancestry)
+        } else {
+            (None, Some(current), Vec::new())
+        };
+        Self {
+            kind: "signal",
+            time: clock::rfc3339(clock.wall(ev.header.ktime_ns)),
+            signal: signal_name(ev.signo),
+            signo: ev.signo,
+            code,
+            result: result_name(ev.result),
+            group: ev.group != 0,
+            kernel_reason,
+            ancestry_truncated: sender.is_some() && ev.ancestry_truncated != 0,
+            sender,
+            target: Process::from_task(&ev.target),
+            context,
+            ancestry,
+            oom: None,
+            cpu: ev.header.cpu,
+            ktime_ns: ev.header.ktime_ns,
+        }
+    }
+
+    /// Whether this could be the OOM killer's SIGKILL (sent with kernel privilege).
+    pub fn is_privileged_kill(&self) -> bool {
+        self.signo == super::names::SIGKILL && self.code == "kernel (privileged)"
+    }
+
+    /// Who sent it, for the human line.
+    pub fn sender_label(&self) -> String {
+        match (&self.sender, self.kernel_reason) {
+            (Some(sender), _) => sender.label(),
+            (None, Some(reason)) => format!("[{}]", reason.describe()),
+            (None, None) => "[unknown]".into(),
+        }
+    }
+}
+
+impl Event for SignalRecord {
+    fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
+        let time = clock::time_of_day(&self.time);
+        writeln!(
+            w,
+            "{time}  {:<10} {:<16} {} -> {}  ({})",
+            self.signal,
+            self.result,
+            self.sender_label(),
+            self.target.label(),
+            self.code
+        )?;
+        if let Some(sender) = &self.sender {
+            if let Some(exe) = &sender.exe {
+                writeln!(w, "    sender exe: {exe}")?;
+            }
+        }
+        if !self.ancestry.is_empty() {
+            let mut chain: Vec<String> = self
+                .ancestry
+                .iter()
+                .rev()
+                .map(|a| {
+                    format!(
+                        "{}({}, up {})",
+                        a.comm,
+                        a.pid,
+                        clock::short_duration(Duration::from_millis(a.running_ms))
+                    )
+                })
+                .collect();
+            if self.ancestry_truncated {
+                chain.insert(0, "...".into());
+            }
+            if let Some(sender) = &self.sender {
+                chain.push(sender.label());
+            }
+            writeln!(w, "    ancestry: {}", chain.join(" => "))?;
+        }
+        if let Some(oom) = &self.oom {
+            writeln!(
+                w,
+                "    OOM kill: memory cgroup {} hit its limit while {} was allocating",
+                oom.memcg.as_deref().unwrap_or("(unknown)"),
+                oom.allocating.label()
+            )?;
+        } else if let Some(context) = &self.context {
+            writeln!(
+                w,
+                "    sent by the kernel while {} was running",
+                context.label()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The OOM killer's choice, waiting to be matched with its SIGKILL.
+#[derive(Clone, Debug)]
+pub struct OomVictim {
+    pub victim_pid: u32,
+    pub memcg_id: u64,
+    pub allocating: Process,
+    pub ktime_ns: u64,
+}
+
+impl OomVictim {
+    pub fn decode(ev: &OomVictimEvent) -> Self {
+        Self {
+            victim_pid: ev.victim.pid,
+            memcg_id: ev.memcg_id,
+            allocating: Process::from_task(&ev.allocating),
+            ktime_ns: ev.header.ktime_ns,
+        }
+    }
+}

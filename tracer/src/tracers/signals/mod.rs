@@ -1,0 +1,256 @@
+//! `tracer signals`: who sent which signal to which process, and why it died.
+
+mod decode;
+pub mod names;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use anyhow::{bail, Context as _, Result};
+use aya::GlobalData;
+use serde_json::{json, Map, Value};
+use tracer_common::{
+    signal::{OomVictimEvent, SignalEvent, SignalFilter},
+    EventKind,
+};
+
+use self::{
+    decode::{OomDetail, OomVictim, SignalRecord},
+    names::{explain_exit_code, KernelReason, SIGKILL},
+};
+use super::{decode_record, Tracer};
+use crate::{
+    clock::Clock,
+    enrich::cgroup,
+    hooks::{Attach, Candidate, HookSpec},
+    output::Output,
+    pipeline::RunStats,
+};
+
+const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        purpose: "signal generation",
+        candidates: &[Candidate {
+            program: "signal_generate",
+            attach: Attach::TpBtf("signal_generate"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "OOM killer victim selection",
+        candidates: &[Candidate {
+            program: "mark_victim",
+            attach: Attach::TpBtf("mark_victim"),
+        }],
+        required: false,
+    },
+];
+
+/// How long a privileged SIGKILL waits for the OOM killer's `mark_victim` record (the kernel
+/// sends the SIGKILL first, then marks the victim, microseconds apart).
+const OOM_MATCH_WINDOW_NS: u64 = 200_000_000;
+
+/// What the user asked for on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct SignalsOptions {
+    pub pid: Option<u32>,
+    pub sender_pid: Option<u32>,
+    pub signals: Option<String>,
+    pub failed_only: bool,
+    /// Trace `pid` even though no such process exists yet.
+    pub wait: bool,
+}
+
+/// The process (tgid) a pid or thread id belongs to, from /proc.
+fn process_of(id: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub struct SignalsTracer {
+    filter: SignalFilter,
+    clock: Clock,
+    /// Privileged SIGKILLs held back until their `mark_victim` arrives or the window passes.
+    held: VecDeque<SignalRecord>,
+    /// Recent OOM victims by pid, for a SIGKILL that comes after its `mark_victim`.
+    oom_victims: HashMap<u32, OomVictim>,
+    memcg_root: Option<std::path::PathBuf>,
+    by_signal: BTreeMap<String, u64>,
+    by_result: BTreeMap<&'static str, u64>,
+    by_reason: BTreeMap<&'static str, u64>,
+    /// The last SIGKILL delivered to each target, to explain an exit code 137.
+    kills: BTreeMap<u32, SignalRecord>,
+    header_written: bool,
+}
+
+impl SignalsTracer {
+    pub fn new(options: &SignalsOptions) -> Result<Self> {
+        let mut filter = SignalFilter::default();
+        if let Some(pid) = options.pid {
+            filter.target_pid = match process_of(pid) {
+                Some(tgid) => tgid,
+                None if options.wait => pid,
+                None => bail!(
+                    "no process with pid {pid} exists (it may have exited); \
+                     use --wait to trace it once it appears"
+                ),
+            };
+        }
+        if let Some(pid) = options.sender_pid {
+            filter.sender_pid = process_of(pid).unwrap_or(pid);
+        }
+        if let Some(list) = &options.signals {
+            filter.signal_mask = names::parse_signal_mask(list).context("--signal")?;
+        }
+        filter.failed_only = options.failed_only as u32;
+        Ok(Self {
+            filter,
+            clock: Clock::new(),
+            held: VecDeque::new(),
+            oom_victims: HashMap::new(),
+            memcg_root: cgroup::hierarchy_root(Some("memory")),
+            by_signal: BTreeMap::new(),
+            by_result: BTreeMap::new(),
+            by_reason: BTreeMap::new(),
+            kills: BTreeMap::new(),
+            header_written: false,
+        })
+    }
+
+    fn oom_detail(&self, victim: &OomVictim) -> OomDetail {
+        OomDetail {
+            memcg: self
+                .memcg_root
+                .as_deref()
+                .and_then(|root| cgroup::path_of(root, victim.memcg_id)),
+            memcg_id: victim.memcg_id,
+            allocating: victim.allocating.clone(),
+        }
+    }
+
+    /// Marks `record` as the OOM killer's if its target was chosen as a victim.
+    fn match_oom(&mut self, record: &mut SignalRecord) -> bool {
+        let Some(victim) = self.oom_victims.remove(&record.target.pid) else {
+            return false;
+        };
+        record.kernel_reason = Some(KernelReason::Oom);
+        record.oom = Some(self.oom_detail(&victim));
+        true
+    }
+
+    fn emit(&mut self, record: SignalRecord, out: &mut Output) -> Result<u64> {
+        if !self.header_written {
+            out.human_header(&format!(
+                "{:<15}  {:<10} {:<16} SENDER -> TARGET  (HOW)",
+                "TIME (UTC)", "SIGNAL", "RESULT"
+            ))?;
+            self.header_written = true;
+        }
+        *self.by_signal.entry(record.signal.clone()).or_default() += 1;
+        *self.by_result.entry(record.result).or_default() += 1;
+        let reason = record.kernel_reason.map_or("kill(2)", |r| r.describe());
+        *self.by_reason.entry(reason).or_default() += 1;
+        out.event(&record)?;
+        if record.signo == SIGKILL && record.result == "delivered" {
+            self.kills.insert(record.target.pid, record);
+        }
+        Ok(1)
+    }
+
+    fn on_signal(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
+        let mut record = SignalRecord::decode(&decode_record::<SignalEvent>(raw)?, &self.clock);
+        if record.is_privileged_kill() && !self.match_oom(&mut record) {
+            self.held.push_back(record);
+            return Ok(0);
+        }
+        self.emit(record, out)
+    }
+
+    fn on_oom_victim(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
+        let victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
+        if let Some(i) = self
+            .held
+            .iter()
+            .position(|r| r.target.pid == victim.victim_pid)
+        {
+            let mut record = self.held.remove(i).expect("index from position");
+            record.kernel_reason = Some(KernelReason::Oom);
+            record.oom = Some(self.oom_detail(&victim));
+            return self.emit(record, out);
+        }
+        self.oom_victims.insert(victim.victim_pid, victim);
+        Ok(0)
+    }
+
+    /// One line per target that got a SIGKILL and is gone now: the likely cause of its 137.
+    fn exit_code_findings(&self) -> Vec<Value> {
+        self.kills
+            .values()
+            .filter(|r| !std::path::Path::new(&format!("/proc/{}", r.target.pid)).exists())
+            .map(|r| {
+                let cause = match (&r.sender, &r.oom) {
+                    (_, Some(oom)) => format!(
+                        "the OOM killer (memory cgroup {})",
+                        oom.memcg.as_deref().unwrap_or("unknown")
+                    ),
+                    (Some(sender), None) => format!("{} with {}", sender.label(), r.code),
+                    (None, None) => r.sender_label(),
+                };
+                Value::String(format!(
+                    "{} is gone: exit code {}; SIGKILL from {cause} at {}",
+                    r.target.label(),
+                    explain_exit_code(128 + SIGKILL),
+                    r.time
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Tracer for SignalsTracer {
+    fn name(&self) -> &'static str {
+        "signals"
+    }
+
+    fn hooks(&self) -> &'static [HookSpec] {
+        HOOKS
+    }
+
+    fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
+        vec![("SIGNAL_FILTER", (&self.filter).into())]
+    }
+
+    fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
+        match kind {
+            EventKind::Signal => self.on_signal(raw, out),
+            EventKind::OomVictim => self.on_oom_victim(raw, out),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        let now = Clock::monotonic_now_ns();
+        let mut written = 0;
+        while let Some(first) = self.held.front() {
+            if !final_flush && now.saturating_sub(first.ktime_ns) < OOM_MATCH_WINDOW_NS {
+                break;
+            }
+            let record = self.held.pop_front().expect("front exists");
+            written += self.emit(record, out)?;
+        }
+        self.oom_victims
+            .retain(|_, v| now.saturating_sub(v.ktime_ns) < OOM_MATCH_WINDOW_NS);
+        Ok(written)
+    }
+
+    fn summarize(&self, _stats: &RunStats, summary: &mut Map<String, Value>) {
+        summary.insert("by_signal".into(), json!(self.by_signal));
+        summary.insert("by_result".into(), json!(self.by_result));
+        summary.insert("by_sender".into(), json!(self.by_reason));
+        let findings = self.exit_code_findings();
+        if !findings.is_empty() {
+            summary.insert("exit_codes".into(), Value::Array(findings));
+        }
+    }
+}

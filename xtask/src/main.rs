@@ -1,0 +1,151 @@
+//! `cargo xtask <task>`: the project's own build, run and test tasks, including the setup a
+//! fresh machine needs. Every task installs what is missing first, so the README's two
+//! commands work on a new machine.
+//!
+//! - `cargo xtask setup`: install prerequisites (idempotent, quick when present).
+//! - `cargo xtask run -- <tracer args>`: setup, build, run `tracer` as root.
+//! - `cargo xtask test`: setup, format and lint checks, unit tests, kernel integration tests.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <task>\n\n\
+         tasks:\n  \
+         setup              install what building and testing need (apt packages, nightly rust-src, bpf-linker)\n  \
+         run -- ARGS        setup, build, and run `tracer ARGS`\n  \
+         test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_else(|| usage());
+    let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
+    match task.as_str() {
+        "setup" => setup::all(),
+        "run" => {
+            setup::all()?;
+            cargo(&["build", "--release", "--package", "tracer"])?;
+            let status = Command::new(workspace_root().join("target/release/tracer"))
+                .args(&rest)
+                .status()
+                .context("starting tracer")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        "test" => {
+            setup::all()?;
+            test(&rest)
+        }
+        _ => usage(),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {cmd:?}");
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run_checked(Command::new(env!("CARGO")).args(args))
+}
+
+/// Passed and failed test counts, summed over cargo test's `test result:` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        let count = |word: &str| {
+            rest.split(';')
+                .find_map(|part| part.trim().strip_suffix(word))
+                .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        self.passed += count(" passed");
+        self.failed += count(" failed");
+    }
+}
+
+/// Runs cargo test with `args`, echoing its output and counting its results.
+fn cargo_test(args: &[&str], tally: &mut Tally) -> Result<()> {
+    eprintln!("xtask: $ cargo {}", args.join(" "));
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .env("TRACER_BIN", workspace_root().join("target/release/tracer"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["build", "--release", "--package", "tracer"])?;
+    let mut tally = Tally::default();
+    // Unit tests, then the integration tests against the real kernel: those change global
+    // state (attached programs, namespaces, sysctls), so they run one at a time.
+    let unit = [
+        "test",
+        "--release",
+        "--package",
+        "tracer",
+        "--package",
+        "tracer-common",
+    ];
+    let mut integration = vec!["test", "--release", "--package", "tracer-tests", "--"];
+    integration.push("--test-threads=1");
+    integration.extend(filter.iter().map(String::as_str));
+    let result = cargo_test(&unit, &mut tally).and_then(|()| cargo_test(&integration, &mut tally));
+    // The closing line CI reads: a total over every test binary.
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    result
+}
