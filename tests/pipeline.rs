@@ -7,7 +7,13 @@ use nix::sys::signal::Signal;
 use tracer_tests::*;
 
 /// Names (as bpftool shows them, at most 15 characters) of the tracer's attached programs.
-const OUR_PROGRAMS: &[&str] = &["signal_generate", "mark_victim"];
+const OUR_PROGRAMS: &[&str] = &["signal_generate", "mark_victim", "kfree_skb"];
+
+/// Every tracer, and the programs it attaches.
+const TRACERS: &[(&str, &[&str])] = &[
+    ("signals", &["signal_generate", "mark_victim"]),
+    ("conntrack-drops", &["kfree_skb"]),
+];
 
 fn ours_loaded() -> Vec<String> {
     loaded_bpf_programs()
@@ -39,6 +45,7 @@ fn doctor_attaches_every_tracers_hooks() {
         "{text}"
     );
     assert!(text.contains("using tp_btf:mark_victim"), "{text}");
+    assert!(text.contains("using tp_btf:kfree_skb"), "{text}");
     // This kernel has neither kprobes nor fentry/fexit: the doctor must say so and why.
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     assert_eq!(
@@ -91,29 +98,31 @@ fn nothing_stays_attached_after_any_kind_of_exit() {
     );
     let links_before = linked_bpf_program_ids();
 
-    for stop in [Some(Signal::SIGINT), Some(Signal::SIGTERM), None] {
-        let run = match stop {
-            Some(_) => TracerRun::start(&["signals", "--json"]),
-            None => TracerRun::start(&["signals", "--json", "--duration", "1s"]),
-        };
-        let loaded = ours_loaded();
-        assert!(
-            OUR_PROGRAMS.iter().all(|p| loaded.iter().any(|l| l == p)),
-            "while running, bpftool shows {loaded:?}"
-        );
-        let out = match stop {
-            Some(signal) => run.stop_with(signal),
-            None => run.wait(),
-        };
-        assert!(out.status.success(), "{stop:?}: {}", out.stderr);
-        assert!(out.summary().is_object());
-        let left = ours_left_behind();
-        assert!(left.is_empty(), "after {stop:?}: {left:?}");
-        assert_eq!(
-            linked_bpf_program_ids(),
-            links_before,
-            "after {stop:?}: links left"
-        );
+    for (tracer, programs) in TRACERS {
+        for stop in [Some(Signal::SIGINT), Some(Signal::SIGTERM), None] {
+            let run = match stop {
+                Some(_) => TracerRun::start(&[tracer, "--json"]),
+                None => TracerRun::start(&[tracer, "--json", "--duration", "1s"]),
+            };
+            let loaded = ours_loaded();
+            assert!(
+                programs.iter().all(|p| loaded.iter().any(|l| l == p)),
+                "{tracer}: while running, bpftool shows {loaded:?}"
+            );
+            let out = match stop {
+                Some(signal) => run.stop_with(signal),
+                None => run.wait(),
+            };
+            assert!(out.status.success(), "{tracer} {stop:?}: {}", out.stderr);
+            assert!(out.summary().is_object());
+            let left = ours_left_behind();
+            assert!(left.is_empty(), "{tracer} after {stop:?}: {left:?}");
+            assert_eq!(
+                linked_bpf_program_ids(),
+                links_before,
+                "{tracer} after {stop:?}: links left"
+            );
+        }
     }
 }
 

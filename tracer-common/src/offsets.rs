@@ -41,6 +41,26 @@ pub struct KernelOffsets {
     pub file_f_path_dentry: u32,
     pub dentry_d_name_name: u32,
     pub dentry_d_parent: u32,
+    pub sk_buff_nfct: u32,
+    pub sk_buff_dev: u32,
+    pub sk_buff_sk: u32,
+    pub sk_buff_head: u32,
+    pub sk_buff_network_header: u32,
+    pub sk_buff_transport_header: u32,
+    pub net_device_nd_net_net: u32,
+    pub sock_sk_common_skc_net_net: u32,
+    pub nf_conn_tuplehash: u32,
+    pub nf_conn_status: u32,
+    pub nf_conn_ct_net_net: u32,
+    pub nf_conntrack_tuple_hash_tuple: u32,
+    /// `sizeof(struct nf_conntrack_tuple_hash)`: stride of `nf_conn.tuplehash[]`.
+    pub nf_conntrack_tuple_hash_size: u32,
+    pub net_ns_inum: u32,
+    pub net_net_cookie: u32,
+    pub net_ct_stat: u32,
+    /// Where a per-CPU array map keeps its per-CPU pointers: used to learn this CPU's
+    /// per-CPU offset (see tracer-ebpf/src/percpu.rs).
+    pub bpf_array_pptrs: u32,
 }
 
 impl KernelOffsets {
@@ -73,6 +93,23 @@ impl KernelOffsets {
             file_f_path_dentry: MISSING,
             dentry_d_name_name: MISSING,
             dentry_d_parent: MISSING,
+            sk_buff_nfct: MISSING,
+            sk_buff_dev: MISSING,
+            sk_buff_sk: MISSING,
+            sk_buff_head: MISSING,
+            sk_buff_network_header: MISSING,
+            sk_buff_transport_header: MISSING,
+            net_device_nd_net_net: MISSING,
+            sock_sk_common_skc_net_net: MISSING,
+            nf_conn_tuplehash: MISSING,
+            nf_conn_status: MISSING,
+            nf_conn_ct_net_net: MISSING,
+            nf_conntrack_tuple_hash_tuple: MISSING,
+            nf_conntrack_tuple_hash_size: MISSING,
+            net_ns_inum: MISSING,
+            net_net_cookie: MISSING,
+            net_ct_stat: MISSING,
+            bpf_array_pptrs: MISSING,
         }
     }
 }

@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod percpu;
 mod pipeline;
 mod probes;
 mod signals;

@@ -11,6 +11,7 @@ use crate::{
         offsets, preflight,
     },
     tracers::{
+        conntrack::{ConntrackOptions, ConntrackTracer},
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -27,10 +28,12 @@ fn detail<T>(result: &Result<T>, ok: &str) -> String {
 }
 
 /// Every tracer, with default options, as the doctor checks them.
-fn all_tracers() -> Result<Vec<Box<dyn Tracer>>> {
-    Ok(vec![Box::new(SignalsTracer::new(
-        &SignalsOptions::default(),
-    )?)])
+fn all_tracers(btf: &KernelBtf) -> Vec<Result<Box<dyn Tracer>>> {
+    vec![
+        SignalsTracer::new(&SignalsOptions::default()).map(|t| Box::new(t) as Box<dyn Tracer>),
+        ConntrackTracer::new(btf, ConntrackOptions::default())
+            .map(|t| Box::new(t) as Box<dyn Tracer>),
+    ]
 }
 
 /// Prints the report. Exit 0 when every tracer has a usable path, 1 when one has not, 2 when
@@ -72,7 +75,15 @@ pub fn run() -> Result<ExitCode> {
     }
 
     let mut all_usable = layout.is_ok();
-    for tracer in all_tracers()? {
+    for tracer in all_tracers(&btf) {
+        let tracer = match tracer {
+            Ok(tracer) => tracer,
+            Err(e) => {
+                println!("tracer cannot start: {e:#}");
+                all_usable = false;
+                continue;
+            }
+        };
         println!("tracer `{}`:", tracer.name());
         let ebpf = hooks::open(
             &btf,

@@ -179,6 +179,19 @@ fn explain(e: ProgramError) -> anyhow::Error {
         anyhow!("not permitted (EPERM): the kernel (lockdown or an LSM) refuses this program type")
     } else if text.contains("No such file") || text.contains("ENOENT") {
         anyhow!("not found in this kernel")
+    } else if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
+        // The whole verifier log can be thousands of lines; its end says what failed.
+        let log = verifier_log.to_string();
+        let tail: Vec<&str> = log.lines().rev().take(4).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow!(
+            "the verifier rejected the program ({io_error}): {}",
+            tail.join(" | ")
+        )
     } else {
         anyhow!(e)
     }

@@ -26,6 +26,7 @@ use crate::{
     output::{Format, Output},
     pipeline::StopWhen,
     tracers::{
+        conntrack::{self, ConntrackOptions, ConntrackTracer},
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -60,6 +61,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 failed_only: args.failed,
                 wait: args.wait,
             })?;
+            trace(&mut tracer, &args.run)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ConntrackDrops(args) => {
+            preflight::require_privileges()?;
+            let btf = KernelBtf::from_sys_fs()?;
+            let proto = args
+                .proto
+                .as_deref()
+                .map(conntrack::parse_proto)
+                .transpose()?;
+            let mut tracer = ConntrackTracer::new(
+                &btf,
+                ConntrackOptions {
+                    netns: args.netns,
+                    proto,
+                    port: args.port,
+                    conntrack_only: args.conntrack_only,
+                },
+            )?;
             trace(&mut tracer, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -99,7 +120,7 @@ fn trace(tracer: &mut dyn Tracer, run: &RunArgs) -> Result<()> {
     } else {
         Format::Human
     };
-    let mut out = Output::new(format);
+    let mut out = Output::new(format, tracer.human_header());
     let stop = StopWhen {
         duration: run.duration,
         count: run.count,

@@ -22,21 +22,16 @@ pub enum Format {
 pub struct Output {
     format: Format,
     out: BufWriter<Stdout>,
+    /// Column header, written before the first event in human format.
+    header: Option<String>,
 }
 
 impl Output {
-    pub fn new(format: Format) -> Self {
+    pub fn new(format: Format, header: String) -> Self {
         Self {
             format,
             out: BufWriter::with_capacity(64 * 1024, io::stdout()),
-        }
-    }
-
-    /// A column header, written once before the first event, in human format only.
-    pub fn human_header(&mut self, line: &str) -> io::Result<()> {
-        match self.format {
-            Format::Human => writeln!(self.out, "{line}"),
-            Format::Json => Ok(()),
+            header: (format == Format::Human).then_some(header),
         }
     }
 
@@ -46,7 +41,12 @@ impl Output {
                 serde_json::to_writer(&mut self.out, event)?;
                 self.out.write_all(b"\n")
             }
-            Format::Human => event.write_human(&mut self.out),
+            Format::Human => {
+                if let Some(header) = self.header.take() {
+                    writeln!(self.out, "{header}")?;
+                }
+                event.write_human(&mut self.out)
+            }
         }
     }
 

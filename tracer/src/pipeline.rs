@@ -41,12 +41,6 @@ impl RunStats {
     }
 }
 
-fn kind_of(value: u32) -> Option<EventKind> {
-    [EventKind::Signal, EventKind::OomVictim]
-        .into_iter()
-        .find(|k| *k as u32 == value)
-}
-
 /// Sums the per-CPU lost counters.
 fn read_lost(lost: &PerCpuArray<MapData, u64>) -> [u64; EVENT_KINDS as usize] {
     let mut totals = [0u64; EVENT_KINDS as usize];
@@ -70,9 +64,9 @@ fn drain(
     while events < limit {
         let Some(item) = ring.next() else { break };
         let header: EventHeader = decode_record(&item)?;
-        match kind_of(header.kind) {
-            Some(kind) => events += tracer.on_record(kind, &item, out)?,
-            None => log::warn!("ring-buffer record of unknown kind {}", header.kind),
+        match EventKind::try_from(header.kind) {
+            Ok(kind) => events += tracer.on_record(kind, &item, out)?,
+            Err(kind) => log::warn!("ring-buffer record of unknown kind {kind}"),
         }
     }
     out.flush().context("writing events")?;

@@ -2,5 +2,6 @@
 //! capabilities (privileges, tracefs, which hooks load) that decide which programs can run.
 
 pub mod btf;
+pub mod netns;
 pub mod offsets;
 pub mod preflight;

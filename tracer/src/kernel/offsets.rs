@@ -51,5 +51,24 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         file_f_path_dentry: optional("file", "f_path.dentry"),
         dentry_d_name_name: optional("dentry", "d_name.name"),
         dentry_d_parent: optional("dentry", "d_parent"),
+        sk_buff_nfct: optional("sk_buff", "_nfct"),
+        sk_buff_dev: optional("sk_buff", "dev"),
+        sk_buff_sk: optional("sk_buff", "sk"),
+        sk_buff_head: optional("sk_buff", "head"),
+        sk_buff_network_header: optional("sk_buff", "network_header"),
+        sk_buff_transport_header: optional("sk_buff", "transport_header"),
+        net_device_nd_net_net: optional("net_device", "nd_net.net"),
+        sock_sk_common_skc_net_net: optional("sock", "__sk_common.skc_net.net"),
+        nf_conn_tuplehash: optional("nf_conn", "tuplehash"),
+        nf_conn_status: optional("nf_conn", "status"),
+        nf_conn_ct_net_net: optional("nf_conn", "ct_net.net"),
+        nf_conntrack_tuple_hash_tuple: optional("nf_conntrack_tuple_hash", "tuple"),
+        nf_conntrack_tuple_hash_size: btf
+            .struct_size("nf_conntrack_tuple_hash")
+            .unwrap_or(MISSING),
+        net_ns_inum: optional("net", "ns.inum"),
+        net_net_cookie: optional("net", "net_cookie"),
+        net_ct_stat: optional("net", "ct.stat"),
+        bpf_array_pptrs: optional("bpf_array", "pptrs"),
     })
 }

@@ -6,6 +6,7 @@
 //! A new tracer adds its kernel program in tracer-ebpf, its record type and `EventKind` in
 //! tracer-common, a module here, and a subcommand in `cli.rs`.
 
+pub mod conntrack;
 pub mod signals;
 
 use anyhow::Result;
@@ -20,6 +21,9 @@ pub trait Tracer {
 
     /// Hooks to attach, each with its candidates, best first.
     fn hooks(&self) -> &'static [HookSpec];
+
+    /// The column header of the human output.
+    fn human_header(&self) -> String;
 
     /// Globals to set in the kernel programs before loading (filters).
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)>;

@@ -82,7 +82,6 @@ pub struct SignalsTracer {
     by_reason: BTreeMap<&'static str, u64>,
     /// The last SIGKILL delivered to each target, to explain an exit code 137.
     kills: BTreeMap<u32, SignalRecord>,
-    header_written: bool,
 }
 
 impl SignalsTracer {
@@ -115,7 +114,6 @@ impl SignalsTracer {
             by_result: BTreeMap::new(),
             by_reason: BTreeMap::new(),
             kills: BTreeMap::new(),
-            header_written: false,
         })
     }
 
@@ -141,13 +139,6 @@ impl SignalsTracer {
     }
 
     fn emit(&mut self, record: SignalRecord, out: &mut Output) -> Result<u64> {
-        if !self.header_written {
-            out.human_header(&format!(
-                "{:<15}  {:<10} {:<16} SENDER -> TARGET  (HOW)",
-                "TIME (UTC)", "SIGNAL", "RESULT"
-            ))?;
-            self.header_written = true;
-        }
         *self.by_signal.entry(record.signal.clone()).or_default() += 1;
         *self.by_result.entry(record.result).or_default() += 1;
         let reason = record.kernel_reason.map_or("kill(2)", |r| r.describe());
@@ -218,6 +209,13 @@ impl Tracer for SignalsTracer {
         HOOKS
     }
 
+    fn human_header(&self) -> String {
+        format!(
+            "{:<15}  {:<10} {:<16} SENDER -> TARGET  (HOW)",
+            "TIME (UTC)", "SIGNAL", "RESULT"
+        )
+    }
+
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
         vec![("SIGNAL_FILTER", (&self.filter).into())]
     }
@@ -226,6 +224,7 @@ impl Tracer for SignalsTracer {
         match kind {
             EventKind::Signal => self.on_signal(raw, out),
             EventKind::OomVictim => self.on_oom_victim(raw, out),
+            other => bail!("the signals tracer got a {other:?} record"),
         }
     }
 

@@ -1,0 +1,252 @@
+//! Network namespaces, nft rules and conntrack counters for tests: everything made here is
+//! removed when its guard drops, also when an assertion fails.
+
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::MetadataExt as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::sched::{setns, CloneFlags};
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `tag` keeps names apart; the test process id keeps parallel runs apart.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("trt-{}-{tag}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Inode of the namespace, as the kernel reports it.
+    pub fn inode(&self) -> u64 {
+        fs::metadata(self.path()).expect("netns bind mount").ino()
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Loads an nft ruleset inside the namespace.
+    pub fn nft(&self, ruleset: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it creates belong to the namespace.
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = fs::File::open(self.path()).expect("opening netns");
+        std::thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread inside netns")
+    }
+
+    /// The namespace's conntrack counters summed over CPUs, read by the kernel's own
+    /// `/proc/net/stat/nf_conntrack` inside it (through thread-self: `/proc/net` follows the
+    /// process, not the thread that entered the namespace).
+    pub fn conntrack_counters(&self) -> ConntrackCounters {
+        self.run_inside(|| {
+            let text = fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
+                .expect("conntrack stats");
+            ConntrackCounters::parse(&text)
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still inside would keep it alive: end them first.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A veth pair between two namespaces, with an address on each end.
+pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
+    let (a_if, b_if) = (
+        format!("v{}a", std::process::id() % 100_000),
+        format!("v{}b", std::process::id() % 100_000),
+    );
+    run(
+        "ip",
+        &[
+            "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
+            &b.name,
+        ],
+    );
+    a.ip(&["addr", "add", a_addr, "dev", &a_if]);
+    b.ip(&["addr", "add", b_addr, "dev", &b_if]);
+    a.ip(&["link", "set", &a_if, "up"]);
+    b.ip(&["link", "set", &b_if, "up"]);
+}
+
+/// Conntrack counters of one namespace, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackCounters {
+    pub insert_failed: u64,
+    pub drop: u64,
+    pub early_drop: u64,
+    pub clash_resolve: u64,
+}
+
+impl ConntrackCounters {
+    fn parse(text: &str) -> Self {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let mut sum = Self::default();
+        for line in lines {
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .map(|x| u64::from_str_radix(x, 16).unwrap())
+                .collect();
+            sum.insert_failed += v[col("insert_failed")];
+            sum.drop += v[col("drop")];
+            sum.early_drop += v[col("early_drop")];
+            sum.clash_resolve += v[col("clashres")];
+        }
+        sum
+    }
+
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            insert_failed: self.insert_failed - before.insert_failed,
+            drop: self.drop - before.drop,
+            early_drop: self.early_drop - before.early_drop,
+            clash_resolve: self.clash_resolve - before.clash_resolve,
+        }
+    }
+}
+
+/// A sysctl set for the duration of a test. Restored on drop, and by a watchdog process if the
+/// test process dies without unwinding (killed, aborted).
+pub struct SysctlGuard {
+    path: String,
+    old: String,
+    watchdog: std::process::Child,
+}
+
+impl SysctlGuard {
+    pub fn set(path: &str, value: &str) -> Self {
+        let old = fs::read_to_string(path)
+            .expect("reading sysctl")
+            .trim()
+            .to_string();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; echo {old} > {path}",
+            pid = std::process::id()
+        );
+        let watchdog = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sysctl watchdog");
+        fs::write(path, value).expect("writing sysctl");
+        Self {
+            path: path.to_string(),
+            old,
+            watchdog,
+        }
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, &self.old);
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// A UDP echo server on `addr` inside `ns`, until the guard drops (bounded by `max`).
+pub struct EchoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, addr: &str, max: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socket = {
+            let addr = addr.to_string();
+            ns.run_inside(move || std::net::UdpSocket::bind(addr).expect("echo bind"))
+        };
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + max;
+            let mut buf = [0u8; 512];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! This CPU's per-CPU offset, learnt from our own per-CPU map.
+//!
+//! Kernel per-CPU data (such as a namespace's conntrack statistics) lives at
+//! `percpu_pointer + __per_cpu_offset[cpu]`. On kernels whose BTF has no `percpu` type tags and
+//! whose kallsyms has no data symbols, neither `bpf_this_cpu_ptr` nor `__per_cpu_offset` is
+//! usable. But a per-CPU array map keeps, in its `struct bpf_array`, the per-CPU pointer of
+//! its element (`pptrs[0]`), and `bpf_map_lookup_elem` returns this CPU's copy: the difference
+//! is this CPU's offset, the same for every per-CPU allocation.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
+use crate::task::{off, read};
+
+#[map]
+static PERCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Holds an address for a moment: read back from a map value, an address is a plain number
+/// the verifier lets us do arithmetic with and pass to bpf_probe_read_kernel.
+#[map]
+static ADDRESS_SLOT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn as_number(slot: *mut u64, address: u64) -> u64 {
+    // SAFETY: a per-CPU slot of our own map; volatile keeps the round trip.
+    unsafe {
+        core::ptr::write_volatile(slot, address);
+        core::ptr::read_volatile(slot)
+    }
+}
+
+/// `__per_cpu_offset[this cpu]`, or `None` if it cannot be learnt on this kernel.
+#[inline(always)]
+pub fn this_cpu_offset() -> Option<u64> {
+    let slot = ADDRESS_SLOT.get_ptr_mut(0)?;
+    let this_cpu_copy = as_number(slot, PERCPU_PROBE.get_ptr(0)? as u64);
+    let array = as_number(slot, &PERCPU_PROBE as *const _ as u64);
+    let percpu_pointer = read::<u64>(array, off!(bpf_array_pptrs))?;
+    Some(this_cpu_copy.wrapping_sub(percpu_pointer))
+}

@@ -1,0 +1,315 @@
+//! `tracer conntrack-drops`: packets netfilter's connection tracking drops, classified, with
+//! the kernel's own counters beside the tracer's.
+//!
+//! The kernel program reports every packet freed with reason NETFILTER_DROP together with this
+//! CPU's conntrack statistics of its namespace. Conntrack bumps `insert_failed` (a lost insert
+//! race) or `drop` (for instance a full table) on the same CPU right before the packet is
+//! freed, while a firewall rule's drop moves neither: comparing each record with the previous
+//! one of the same namespace and CPU classifies the packet.
+
+mod decode;
+mod stats;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{bail, Context as _, Result};
+use aya::GlobalData;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tracer_common::{
+    conntrack::{ConntrackConfig, NetfilterDropEvent, STAT_BYTES, TUPLE_BYTES},
+    EventKind,
+};
+
+use self::{
+    decode::{ConntrackDrop, DropClass, TupleLayout},
+    stats::{CtStats, StatLayout},
+};
+use super::{decode_record, Tracer};
+use crate::{
+    clock::Clock,
+    hooks::{Attach, Candidate, HookSpec},
+    kernel::{btf::KernelBtf, netns},
+    output::Output,
+    pipeline::RunStats,
+};
+
+const HOOKS: &[HookSpec] = &[HookSpec {
+    purpose: "netfilter packet drops",
+    candidates: &[Candidate {
+        program: "kfree_skb",
+        attach: Attach::TpBtf("kfree_skb"),
+    }],
+    required: true,
+}];
+
+const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// What the user asked for on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct ConntrackOptions {
+    pub netns: Option<u32>,
+    /// `tcp`, `udp`, ... (IP protocol number).
+    pub proto: Option<u8>,
+    pub port: Option<u16>,
+    /// Leave out packets a firewall rule dropped (they are still counted in the summary).
+    pub conntrack_only: bool,
+}
+
+/// Parses `--proto`.
+pub fn parse_proto(text: &str) -> Result<u8> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(6),
+        "udp" => Ok(17),
+        "icmp" => Ok(1),
+        "sctp" => Ok(132),
+        other => other.parse().map_err(|_| {
+            anyhow::anyhow!("unknown protocol `{text}`: use tcp, udp, icmp, sctp or a number")
+        }),
+    }
+}
+
+/// Drops seen in one namespace.
+#[derive(Debug, Default, Serialize)]
+struct NetnsTally {
+    cookie: u64,
+    drops: BTreeMap<&'static str, u64>,
+}
+
+pub struct ConntrackTracer {
+    config: ConntrackConfig,
+    options: ConntrackOptions,
+    clock: Clock,
+    tuple_layout: TupleLayout,
+    stat_layout: StatLayout,
+    cpus: Vec<u32>,
+    /// Per-CPU statistics of every namespace found at start-up, by inode.
+    at_start: HashMap<u64, BTreeMap<u32, CtStats>>,
+    /// Inodes whose start-up statistics a namespace (cookie) has taken as its baseline.
+    claimed: HashSet<u64>,
+    /// The statistics of the last record per (namespace cookie, CPU).
+    last: HashMap<(u64, u32), CtStats>,
+    tally: BTreeMap<u32, NetnsTally>,
+    by_class: BTreeMap<&'static str, u64>,
+    warned_no_stats: bool,
+    /// Namespaces by inode, rediscovered when a drop names an unknown one.
+    namespaces: BTreeMap<u64, netns::NetnsRef>,
+    /// Recently read entry counts by namespace inode.
+    entries: HashMap<u64, (std::time::Instant, u64)>,
+}
+
+/// Fields the program reads that a kernel may lack (nf_conntrack as a module keeps its types
+/// in /sys/kernel/btf/nf_conntrack).
+const REQUIRED_FIELDS: &[(&str, &str)] = &[
+    ("sk_buff", "_nfct"),
+    ("nf_conn", "tuplehash"),
+    ("nf_conn", "ct_net"),
+    ("net", "ct.stat"),
+    ("net", "net_cookie"),
+    ("bpf_array", "pptrs"),
+];
+
+impl ConntrackTracer {
+    pub fn new(btf: &KernelBtf, options: ConntrackOptions) -> Result<Self> {
+        for (s, f) in REQUIRED_FIELDS {
+            btf.field_offset(s, f).with_context(|| {
+                format!("conntrack-drops needs `{s}.{f}` in the kernel's BTF (is nf_conntrack loaded and built with BTF?)")
+            })?;
+        }
+        let netfilter_drop_reason = btf
+            .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
+            .context(
+                "this kernel does not report netfilter drop reasons (needs Linux 5.17 or later)",
+            )? as u32;
+        let tuple_layout = TupleLayout::resolve(btf)?;
+        let stat_layout = StatLayout::resolve(btf)?;
+        if tuple_layout.size as usize > TUPLE_BYTES || stat_layout.size as usize > STAT_BYTES {
+            bail!(
+                "this kernel's conntrack structs are larger than tracer expects; please report it"
+            );
+        }
+        let cpus = stats::possible_cpus()?;
+        let namespaces = netns::discover();
+        let at_start = namespaces
+            .values()
+            .filter(|n| options.netns.is_none_or(|want| n.inode == want as u64))
+            .filter_map(|n| Some((n.inode, stats::read_netns(n, &cpus).ok()?)))
+            .collect();
+        Ok(Self {
+            config: ConntrackConfig {
+                netfilter_drop_reason,
+                netns_inum: options.netns.unwrap_or(0),
+                tuple_size: tuple_layout.size,
+                stat_size: stat_layout.size,
+            },
+            options,
+            clock: Clock::new(),
+            tuple_layout,
+            stat_layout,
+            cpus,
+            at_start,
+            claimed: HashSet::new(),
+            last: HashMap::new(),
+            tally: BTreeMap::new(),
+            by_class: BTreeMap::new(),
+            warned_no_stats: false,
+            namespaces,
+            entries: HashMap::new(),
+        })
+    }
+
+    /// The statistics this namespace and CPU had before this record: from its previous record,
+    /// else from start-up, else zero (a namespace made after start-up starts at zero).
+    fn baseline(&mut self, ev: &NetfilterDropEvent) -> CtStats {
+        let key = (ev.net_cookie, ev.header.cpu);
+        if let Some(last) = self.last.get(&key) {
+            return *last;
+        }
+        let inode = ev.netns_inum as u64;
+        let first_of_namespace = !self.last.keys().any(|(cookie, _)| *cookie == ev.net_cookie);
+        if first_of_namespace && !self.claimed.insert(inode) {
+            // The inode was already claimed by another namespace: a reused inode number.
+            self.at_start.remove(&inode);
+        }
+        self.at_start
+            .get(&inode)
+            .and_then(|per_cpu| per_cpu.get(&ev.header.cpu))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn classify(&mut self, ev: &NetfilterDropEvent) -> DropClass {
+        if ev.stats_valid == 0 {
+            if !self.warned_no_stats {
+                log::warn!("conntrack statistics unreadable on this kernel: drops are reported as rule drops");
+                self.warned_no_stats = true;
+            }
+            return DropClass::Rule;
+        }
+        let before = self.baseline(ev);
+        let now = self.stat_layout.decode(&ev.stats);
+        self.last.insert((ev.net_cookie, ev.header.cpu), now);
+        let grew = now.since(&before);
+        match (grew.insert_failed > 0, grew.drop > 0, ev.has_ct != 0) {
+            (true, _, _) => DropClass::InsertFailed,
+            (false, false, _) => DropClass::Rule,
+            // Conntrack dropped the packet before giving it an entry: the entry could not be
+            // allocated, which is a full table (or, rarely, the allocation itself failing).
+            (false, true, false) => DropClass::TableFull,
+            (false, true, true) => DropClass::ConntrackOther,
+        }
+    }
+
+    /// Entries in the packet's namespace (read from inside it, at most every 100 ms per
+    /// namespace) and the global limit.
+    fn table_state(&mut self, inode: u64) -> (Option<u64>, Option<u64>) {
+        let max = std::fs::read_to_string(CONNTRACK_MAX)
+            .ok()
+            .and_then(|m| m.trim().parse::<u64>().ok());
+        if let Some((at, count)) = self.entries.get(&inode) {
+            if at.elapsed() < std::time::Duration::from_millis(100) {
+                return (Some(*count), max);
+            }
+        }
+        if !self.namespaces.contains_key(&inode) {
+            self.namespaces = netns::discover();
+        }
+        let count = self
+            .namespaces
+            .get(&inode)
+            .and_then(|n| stats::entries(n).ok());
+        if let Some(count) = count {
+            self.entries
+                .insert(inode, (std::time::Instant::now(), count));
+        }
+        (count, max)
+    }
+
+    fn wanted(&self, drop: &ConntrackDrop) -> bool {
+        let o = &self.options;
+        !(o.conntrack_only && drop.class == DropClass::Rule)
+            && o.proto.is_none_or(|p| drop.proto_number == Some(p))
+            && o.port.is_none_or(|p| drop.ports.contains(&p))
+    }
+
+    /// Per namespace: the tracer's drops beside the kernel's own counter growth over the run.
+    fn per_netns(&self) -> Vec<Value> {
+        let now = netns::discover();
+        let mut inodes: Vec<u64> = self.tally.keys().map(|i| *i as u64).collect();
+        inodes.extend(self.at_start.keys().copied());
+        inodes.sort_unstable();
+        inodes.dedup();
+        inodes
+            .into_iter()
+            .filter_map(|inode| {
+                let kernel = now
+                    .get(&inode)
+                    .and_then(|n| stats::read_netns(n, &self.cpus).ok())
+                    .map(|end| {
+                        let start = self
+                            .at_start
+                            .get(&inode)
+                            .map(stats::total)
+                            .unwrap_or_default();
+                        stats::total(&end).since(&start)
+                    });
+                let tally = self.tally.get(&(inode as u32));
+                if tally.is_none() && kernel.is_none_or(|k| k.is_zero()) {
+                    return None;
+                }
+                Some(json!({
+                    "netns": inode,
+                    "drops": tally.map(|t| &t.drops),
+                    "kernel_counters": kernel,
+                }))
+            })
+            .collect()
+    }
+}
+
+impl Tracer for ConntrackTracer {
+    fn name(&self) -> &'static str {
+        "conntrack-drops"
+    }
+
+    fn hooks(&self) -> &'static [HookSpec] {
+        HOOKS
+    }
+
+    fn human_header(&self) -> String {
+        format!(
+            "{:<15}  {:<15} {:<10} {:<5} SRC -> DST (NAT)",
+            "TIME (UTC)", "CLASS", "NETNS", "PROTO"
+        )
+    }
+
+    fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
+        vec![("CONNTRACK_CONFIG", (&self.config).into())]
+    }
+
+    fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
+        if kind != EventKind::NetfilterDrop {
+            bail!("the conntrack-drops tracer got a {kind:?} record");
+        }
+        let ev: NetfilterDropEvent = decode_record(raw)?;
+        let class = self.classify(&ev);
+        let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
+        if class == DropClass::TableFull {
+            (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
+        }
+        let tally = self.tally.entry(ev.netns_inum).or_default();
+        tally.cookie = ev.net_cookie;
+        *tally.drops.entry(class.name()).or_default() += 1;
+        *self.by_class.entry(class.name()).or_default() += 1;
+        if !self.wanted(&drop) {
+            return Ok(0);
+        }
+        out.event(&drop)?;
+        Ok(1)
+    }
+
+    fn summarize(&self, _stats: &RunStats, summary: &mut Map<String, Value>) {
+        summary.insert("by_class".into(), json!(self.by_class));
+        summary.insert("by_netns".into(), Value::Array(self.per_netns()));
+    }
+}
