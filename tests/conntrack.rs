@@ -294,3 +294,33 @@ fn full_table_drops_are_counted_with_count_and_max() {
     assert_eq!(node["kernel_counters"]["drop"], kernel.drop);
     assert_eq!(node["drops"]["table_full"], kernel.drop);
 }
+
+#[test]
+fn a_flood_of_drops_is_reported_in_full_or_the_shortfall_is_counted() {
+    let t = topology();
+    let inode = t.node.inode();
+    let run = TracerRun::start(&["conntrack-drops", "--json", "--netns", &inode.to_string()]);
+    let refused = t.node.run_inside(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut refused = 0u64;
+        for _ in 0..50_000 {
+            if s.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err() {
+                refused += 1;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        refused
+    });
+    let out = run.stop();
+    let reported = drops_in(&out.of_type("conntrack_drop"), inode, "rule").len() as u64;
+    let lost = out.summary()["lost"].as_u64().unwrap();
+    assert!(refused > 10_000, "flood too small: {refused}");
+    assert_eq!(
+        reported + lost,
+        refused,
+        "reported {reported} + lost {lost}"
+    );
+}
