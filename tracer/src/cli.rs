@@ -77,6 +77,13 @@ pub enum Command {
     /// Show what this kernel supports and which hook each tracer will use.
     Doctor,
 
+    /// Attach an empty program to a tracer's hook until interrupted: the benchmark's baseline.
+    #[command(name = "bench-empty-hook", hide = true)]
+    BenchEmptyHook {
+        /// `signal_generate` or `kfree_skb`.
+        hook: String,
+    },
+
     /// Explain a process exit code (137 = killed by SIGKILL, ...).
     ExitCode {
         /// The exit code, as shown by a shell or `kubectl describe pod`.

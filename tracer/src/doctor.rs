@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::{
-    hooks::{self, LoadOptions},
+    hooks::{self, KernelContext, LoadOptions},
     kernel::{
         btf::{KernelBtf, VMLINUX_BTF},
         offsets, preflight,
@@ -68,14 +68,21 @@ pub fn run() -> Result<ExitCode> {
         layout.is_ok(),
         &detail(&layout, "every required field found"),
     );
+    let Ok(offsets) = layout else {
+        println!("tracer cannot run here: fix the lines marked `no` above");
+        return Ok(ExitCode::from(2));
+    };
+    let tracers = all_tracers(&btf);
+    drop(btf);
+    let kernel = KernelContext::new(offsets)?;
 
     println!("program types:");
-    for probe in hooks::probe_features(&btf) {
+    for probe in hooks::probe_features(&kernel) {
         line(probe.feature, probe.available, &probe.detail);
     }
 
-    let mut all_usable = layout.is_ok();
-    for tracer in all_tracers(&btf) {
+    let mut all_usable = true;
+    for tracer in tracers {
         let tracer = match tracer {
             Ok(tracer) => tracer,
             Err(e) => {
@@ -86,7 +93,7 @@ pub fn run() -> Result<ExitCode> {
         };
         println!("tracer `{}`:", tracer.name());
         let ebpf = hooks::open(
-            &btf,
+            &kernel,
             LoadOptions {
                 ring_buffer_bytes: 4096,
                 globals: tracer.globals(),
@@ -94,7 +101,7 @@ pub fn run() -> Result<ExitCode> {
         )?;
         // Attaching for real (and detaching when `loaded` drops) is the only reliable test of
         // what this kernel accepts.
-        let loaded = hooks::attach(ebpf, tracer.hooks());
+        let loaded = hooks::attach(ebpf, tracer.hooks(), &kernel);
         for outcome in &loaded.outcomes {
             let purpose = outcome.spec.purpose;
             match outcome.used {

@@ -10,7 +10,9 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 
-use crate::kernel::{btf::KernelBtf, offsets, preflight};
+use tracer_common::offsets::KernelOffsets;
+
+use crate::kernel::preflight;
 
 /// The compiled kernel programs (tracer-ebpf), embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -75,15 +77,30 @@ pub struct LoadOptions<'a> {
     pub globals: Vec<(&'static str, aya::GlobalData<'a>)>,
 }
 
-/// Opens the object with offsets resolved from this kernel's BTF and the given globals.
-pub fn open(btf: &KernelBtf, options: LoadOptions<'_>) -> Result<Ebpf> {
+/// What loading needs from the running kernel: the struct offsets the programs read, and the
+/// kernel's BTF in aya's form. Build it after dropping the `KernelBtf` the offsets came from,
+/// so that the two parsed copies of the kernel's BTF are never in memory at once.
+pub struct KernelContext {
+    offsets: KernelOffsets,
+    btf: Btf,
+}
+
+impl KernelContext {
+    pub fn new(offsets: KernelOffsets) -> Result<Self> {
+        Ok(Self {
+            offsets,
+            btf: Btf::from_sys_fs().context("reading kernel BTF for the loader")?,
+        })
+    }
+}
+
+/// Opens the object with this kernel's offsets and the given globals.
+pub fn open(kernel: &KernelContext, options: LoadOptions<'_>) -> Result<Ebpf> {
     preflight::raise_memlock_limit();
-    let offsets = offsets::resolve(btf)?;
-    let aya_btf = Btf::from_sys_fs().context("reading kernel BTF for the loader")?;
     let mut loader = EbpfLoader::new();
     loader
-        .btf(Some(&aya_btf))
-        .override_global("OFFSETS", &offsets, true)
+        .btf(Some(&kernel.btf))
+        .override_global("OFFSETS", &kernel.offsets, true)
         .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes);
     for (name, value) in options.globals {
         loader.override_global(name, value, true);
@@ -94,13 +111,13 @@ pub fn open(btf: &KernelBtf, options: LoadOptions<'_>) -> Result<Ebpf> {
 }
 
 /// Attaches one program per spec, trying candidates in order, and records what happened.
-pub fn attach(ebpf: Ebpf, specs: &[HookSpec]) -> Loaded {
+pub fn attach(ebpf: Ebpf, specs: &[HookSpec], kernel: &KernelContext) -> Loaded {
     let mut loaded = Loaded {
         ebpf,
         outcomes: Vec::new(),
     };
     for spec in specs {
-        let outcome = attach_one(&mut loaded.ebpf, *spec);
+        let outcome = attach_one(&mut loaded.ebpf, *spec, kernel);
         loaded.outcomes.push(outcome);
     }
     loaded
@@ -139,14 +156,14 @@ impl Loaded {
     }
 }
 
-fn attach_one(ebpf: &mut Ebpf, spec: HookSpec) -> HookOutcome {
+fn attach_one(ebpf: &mut Ebpf, spec: HookSpec, kernel: &KernelContext) -> HookOutcome {
     let mut outcome = HookOutcome {
         spec,
         used: None,
         rejected: Vec::new(),
     };
     for candidate in spec.candidates {
-        match attach_candidate(ebpf, candidate) {
+        match attach_candidate(ebpf, candidate, kernel) {
             Ok(()) => {
                 outcome.used = Some(candidate.attach);
                 break;
@@ -157,15 +174,14 @@ fn attach_one(ebpf: &mut Ebpf, spec: HookSpec) -> HookOutcome {
     outcome
 }
 
-fn attach_candidate(ebpf: &mut Ebpf, candidate: &Candidate) -> Result<()> {
+fn attach_candidate(ebpf: &mut Ebpf, candidate: &Candidate, kernel: &KernelContext) -> Result<()> {
     let program = ebpf
         .program_mut(candidate.program)
         .ok_or_else(|| anyhow!("program {} is not in the object", candidate.program))?;
     match candidate.attach {
         Attach::TpBtf(name) => {
-            let btf = Btf::from_sys_fs()?;
             let program: &mut BtfTracePoint = program.try_into()?;
-            program.load(name, &btf).map_err(explain)?;
+            program.load(name, &kernel.btf).map_err(explain)?;
             program.attach().map_err(explain)?;
         }
     }
@@ -197,6 +213,26 @@ fn explain(e: ProgramError) -> anyhow::Error {
     }
 }
 
+/// Empty programs on the tracers' hooks, for `cargo xtask bench` (`tracer bench-empty-hook`).
+pub const EMPTY_HOOKS: &[HookSpec] = &[
+    HookSpec {
+        purpose: "signal_generate",
+        candidates: &[Candidate {
+            program: "bench_sig",
+            attach: Attach::TpBtf("signal_generate"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "kfree_skb",
+        candidates: &[Candidate {
+            program: "bench_skb",
+            attach: Attach::TpBtf("kfree_skb"),
+        }],
+        required: true,
+    },
+];
+
 /// Kernel features the tracers could use, probed for `tracer doctor`.
 pub struct FeatureProbe {
     pub feature: &'static str,
@@ -206,7 +242,7 @@ pub struct FeatureProbe {
 
 /// Probes the attachment methods this build knows, whether or not a tracer uses them yet, so
 /// that `doctor` can say why a faster hook is not used.
-pub fn probe_features(btf: &KernelBtf) -> Vec<FeatureProbe> {
+pub fn probe_features(kernel: &KernelContext) -> Vec<FeatureProbe> {
     let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe");
     let mut probes = vec![FeatureProbe {
         feature: "kprobe",
@@ -221,13 +257,13 @@ pub fn probe_features(btf: &KernelBtf) -> Vec<FeatureProbe> {
         },
     }];
     let fexit = match open(
-        btf,
+        kernel,
         LoadOptions {
             ring_buffer_bytes: 4096,
             globals: Vec::new(),
         },
     )
-    .and_then(|mut ebpf| probe_fexit(&mut ebpf))
+    .and_then(|mut ebpf| probe_fexit(&mut ebpf, &kernel.btf))
     {
         Ok(()) => FeatureProbe {
             feature: "fentry/fexit",
@@ -253,12 +289,11 @@ pub fn probe_features(btf: &KernelBtf) -> Vec<FeatureProbe> {
     probes
 }
 
-fn probe_fexit(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = Btf::from_sys_fs()?;
+fn probe_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     let program: &mut FExit = ebpf
         .program_mut("probe_fexit")
         .ok_or_else(|| anyhow!("probe_fexit is not in the object"))?
         .try_into()?;
-    program.load("do_send_sig_info", &btf).map_err(explain)?;
+    program.load("do_send_sig_info", btf).map_err(explain)?;
     Ok(())
 }

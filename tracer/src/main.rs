@@ -18,11 +18,13 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use serde_json::{json, Map, Value};
+use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::offsets::KernelOffsets;
 
 use crate::{
     cli::{Cli, Command, RunArgs},
-    hooks::LoadOptions,
-    kernel::{btf::KernelBtf, preflight},
+    hooks::{KernelContext, LoadOptions},
+    kernel::{btf::KernelBtf, offsets, preflight},
     output::{Format, Output},
     pipeline::StopWhen,
     tracers::{
@@ -54,37 +56,38 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Signals(args) => {
-            let mut tracer = SignalsTracer::new(&SignalsOptions {
+            let options = SignalsOptions {
                 pid: args.pid,
                 sender_pid: args.sender_pid,
                 signals: args.signal,
                 failed_only: args.failed,
                 wait: args.wait,
-            })?;
-            trace(&mut tracer, &args.run)?;
+            };
+            let (mut tracer, offsets) = from_kernel_btf(|_| SignalsTracer::new(&options))?;
+            trace(&mut tracer, offsets, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
-            preflight::require_privileges()?;
-            let btf = KernelBtf::from_sys_fs()?;
             let proto = args
                 .proto
                 .as_deref()
                 .map(conntrack::parse_proto)
                 .transpose()?;
-            let mut tracer = ConntrackTracer::new(
-                &btf,
-                ConntrackOptions {
-                    netns: args.netns,
-                    proto,
-                    port: args.port,
-                    conntrack_only: args.conntrack_only,
-                },
-            )?;
-            trace(&mut tracer, &args.run)?;
+            let options = ConntrackOptions {
+                netns: args.netns,
+                proto,
+                port: args.port,
+                conntrack_only: args.conntrack_only,
+            };
+            let (mut tracer, offsets) = from_kernel_btf(|btf| ConntrackTracer::new(btf, options))?;
+            trace(&mut tracer, offsets, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => doctor::run(),
+        Command::BenchEmptyHook { hook } => {
+            attach_empty_hook(&hook)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ExitCode { code } => {
             println!("{}", tracers::signals::names::explain_exit_code(code));
             Ok(ExitCode::SUCCESS)
@@ -92,19 +95,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
-/// prints the summary. Everything is detached before this returns.
-fn trace(tracer: &mut dyn Tracer, run: &RunArgs) -> Result<()> {
+/// Reads the kernel's BTF for the programs' offsets and for whatever `f` needs (a tracer's
+/// layouts), then drops it before anything is loaded (see `KernelContext`).
+fn from_kernel_btf<T>(f: impl FnOnce(&KernelBtf) -> Result<T>) -> Result<(T, KernelOffsets)> {
     preflight::require_privileges()?;
     let btf = KernelBtf::from_sys_fs()?;
+    Ok((f(&btf)?, offsets::resolve(&btf)?))
+}
+
+/// `tracer bench-empty-hook`: an empty program on `hook` until Ctrl-C or SIGTERM.
+fn attach_empty_hook(hook: &str) -> Result<()> {
+    let spec = hooks::EMPTY_HOOKS
+        .iter()
+        .find(|s| s.purpose == hook)
+        .with_context(|| format!("no empty program for hook `{hook}`"))?;
+    let ((), offsets) = from_kernel_btf(|_| Ok(()))?;
+    let kernel = KernelContext::new(offsets)?;
+    let options = LoadOptions {
+        ring_buffer_bytes: 4096,
+        globals: Vec::new(),
+    };
+    let ebpf = hooks::open(&kernel, options)?;
+    let _loaded = hooks::attach(ebpf, std::slice::from_ref(spec), &kernel).require_usable()?;
+    eprintln!("tracer: ready: empty program on {hook}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
+/// prints the summary. Everything is detached before this returns.
+fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Result<()> {
+    let kernel = KernelContext::new(offsets)?;
     let ebpf = hooks::open(
-        &btf,
+        &kernel,
         LoadOptions {
             ring_buffer_bytes: run.buffer_mb << 20,
             globals: tracer.globals(),
         },
     )?;
-    let loaded = hooks::attach(ebpf, tracer.hooks()).require_usable()?;
+    let loaded = hooks::attach(ebpf, tracer.hooks(), &kernel).require_usable()?;
     let used: Vec<String> = loaded
         .outcomes
         .iter()

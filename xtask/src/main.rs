@@ -6,6 +6,7 @@
 //! - `cargo xtask run -- <tracer args>`: setup, build, run `tracer` as root.
 //! - `cargo xtask test`: setup, format and lint checks, unit tests, kernel integration tests.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -21,7 +22,8 @@ fn usage() -> ! {
          tasks:\n  \
          setup              install what building and testing need (apt packages, nightly rust-src, bpf-linker)\n  \
          run -- ARGS        setup, build, and run `tracer ARGS`\n  \
-         test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests"
+         test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
+         bench [--quick]    setup, then measure start-up, kernel cost, throughput and overhead against baselines"
     );
     std::process::exit(2)
 }
@@ -51,6 +53,10 @@ fn run() -> Result<()> {
         "test" => {
             setup::all()?;
             test(&rest)
+        }
+        "bench" => {
+            setup::all()?;
+            bench::run(rest.iter().any(|a| a == "--quick"))
         }
         _ => usage(),
     }
@@ -144,7 +150,17 @@ fn test(filter: &[String]) -> Result<()> {
     let mut integration = vec!["test", "--release", "--package", "tracer-tests", "--"];
     integration.push("--test-threads=1");
     integration.extend(filter.iter().map(String::as_str));
-    let result = cargo_test(&unit, &mut tally).and_then(|()| cargo_test(&integration, &mut tally));
+    let mut result =
+        cargo_test(&unit, &mut tally).and_then(|()| cargo_test(&integration, &mut tally));
+    if result.is_ok() && filter.is_empty() {
+        // The benchmark harness's own test: a short run proves it works (figures not asserted).
+        eprintln!("xtask: bench --quick (the harness's test)");
+        result = bench::run(true);
+        match &result {
+            Ok(()) => tally.passed += 1,
+            Err(_) => tally.failed += 1,
+        }
+    }
     // The closing line CI reads: a total over every test binary.
     println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     result

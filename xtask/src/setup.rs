@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "conntrack",
     "procps",
     "util-linux",
+    "bpftrace",
 ];
 
 pub fn all() -> Result<()> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -25,8 +25,11 @@ impl KernelBtf {
         Self::from_file(Path::new(VMLINUX_BTF))
     }
 
+    /// Maps the file where the kernel allows it (no up-front parse of every type: faster and
+    /// smaller), else reads and parses it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path)
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("reading BTF from {}", path.display()))?;
         Ok(Self { btf })

@@ -1,0 +1,654 @@
+//! `cargo xtask bench [--quick]`: start-up, kernel cost per event, throughput without loss, cost
+//! to the traced path and userspace CPU, each beside a baseline measured in the same run
+//! (bpftrace on the same tracepoint, an empty program on the same hook, or no tracer at all).
+//! Prints a table and writes the figures as JSON to target/bench/bench.json.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read},
+    net::UdpSocket,
+    os::unix::{io::AsRawFd as _, process::CommandExt as _},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::workspace_root;
+
+/// How much work each measurement does.
+#[derive(Clone, Copy)]
+struct Scale {
+    startup_runs: usize,
+    storm: u64,
+    flood: u64,
+    rates: &'static [u64],
+    window: Duration,
+}
+
+const FULL: Scale = Scale {
+    startup_runs: 5,
+    storm: 200_000,
+    flood: 200_000,
+    rates: &[50_000, 100_000, 200_000, 400_000, 800_000],
+    window: Duration::from_secs(2),
+};
+
+const QUICK: Scale = Scale {
+    startup_runs: 1,
+    storm: 5_000,
+    flood: 5_000,
+    rates: &[20_000],
+    window: Duration::from_millis(300),
+};
+
+/// One line of the results table.
+struct Row {
+    measure: String,
+    ours: f64,
+    baseline_name: String,
+    baseline: f64,
+    unit: &'static str,
+    goal: &'static str,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        if self.baseline == 0.0 {
+            f64::NAN
+        } else {
+            self.ours / self.baseline
+        }
+    }
+}
+
+fn tracer_bin() -> PathBuf {
+    workspace_root().join("target/release/tracer")
+}
+
+/// A running tracer (ours, bpftrace, or the empty program), stopped on drop.
+struct Attacher {
+    child: Child,
+    startup: Duration,
+    /// Peak resident set size when it became ready, KiB.
+    rss_kib: u64,
+    output: Option<thread::JoinHandle<String>>,
+}
+
+impl Attacher {
+    /// Starts `cmd` and waits (at most 60 s) for a line containing `ready` on stderr (ours) or
+    /// stdout (bpftrace). Everything else the process prints is read and kept or discarded.
+    fn start(mut cmd: Command, ready_on_stdout: bool, keep_stdout: bool) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let watch = move |stream: Box<dyn Read + Send>, signals_ready: bool, keep: bool| {
+            let tx = ready_tx.clone();
+            thread::spawn(move || {
+                let mut kept = String::new();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if signals_ready && line.contains("ready") {
+                        let _ = tx.send(());
+                    }
+                    if keep {
+                        kept.push_str(&line);
+                        kept.push('\n');
+                    }
+                }
+                kept
+            })
+        };
+        let out = watch(Box::new(stdout), ready_on_stdout, keep_stdout);
+        watch(Box::new(stderr), !ready_on_stdout, false);
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            bail!("{cmd:?} did not become ready within 60 s");
+        }
+        let startup = started.elapsed();
+        let rss_kib = status_kib(child.id(), "VmHWM:").unwrap_or(0);
+        Ok(Self {
+            child,
+            startup,
+            rss_kib,
+            output: Some(out),
+        })
+    }
+
+    /// Interrupts it and returns what it printed on stdout (if kept).
+    fn stop(mut self) -> String {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// CPU time (user + system) used so far, seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at "state".
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / hz
+    }
+}
+
+impl Drop for Attacher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn ours(args: &[&str]) -> Command {
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(args);
+    cmd
+}
+
+fn bpftrace(script: &str) -> Command {
+    let mut cmd = Command::new("bpftrace");
+    cmd.args(["-e", script]);
+    cmd
+}
+
+/// A process that ignores SIGUSR1: the target of signal storms.
+fn signal_target() -> Result<Child> {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600").stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    cmd.spawn().context("starting the signal target")
+}
+
+/// Sends `n` SIGUSR1 as fast as possible; returns signals per second.
+fn storm(pid: u32, n: u64) -> f64 {
+    let started = Instant::now();
+    for _ in 0..n {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Sends SIGUSR1 at `rate` per second for `window`; returns how many were sent.
+fn paced(pid: u32, rate: u64, window: Duration) -> u64 {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < window {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+            sent += 1;
+        }
+        thread::yield_now();
+    }
+    sent
+}
+
+/// A network namespace with kube-proxy-like DNAT: traffic to 10.96.0.10:53 is translated to
+/// 127.0.0.2:53 and dropped by a rule; traffic to 10.96.0.11:53 goes to 127.0.0.3:53.
+struct BenchNet {
+    name: String,
+}
+
+impl BenchNet {
+    fn new() -> Result<Self> {
+        let name = format!("trbench-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        crate::run_checked(Command::new("ip").args(["netns", "add", &name]))?;
+        let net = Self { name };
+        crate::run_checked(Command::new("ip").args(["-n", &net.name, "link", "set", "lo", "up"]))?;
+        crate::run_checked(Command::new("ip").args([
+            "-n",
+            &net.name,
+            "route",
+            "add",
+            "10.96.0.0/16",
+            "dev",
+            "lo",
+        ]))?;
+        let ruleset = "table ip bench {
+  chain nat {
+    type nat hook output priority -100;
+    ip daddr 10.96.0.10 udp dport 53 dnat to 127.0.0.2:53
+    ip daddr 10.96.0.11 udp dport 53 dnat to 127.0.0.3:53
+  }
+  chain filter {
+    type filter hook output priority 0;
+    ip daddr 127.0.0.2 udp dport 53 drop
+  }
+}
+";
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &net.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(
+            &mut nft.stdin.take().context("nft stdin")?,
+            ruleset.as_bytes(),
+        )?;
+        if !nft.wait()?.success() {
+            bail!("nft rejected the bench ruleset");
+        }
+        Ok(net)
+    }
+
+    /// Sends UDP to `vip`:53 from inside the namespace, for `window` or `limit` packets;
+    /// returns packets per second attempted.
+    fn flood(&self, vip: &'static str, limit: u64, window: Duration) -> Result<f64> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = fs::File::open(&path)?;
+        thread::spawn(move || -> Result<f64> {
+            // SAFETY: setns on a valid namespace fd, affecting only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            let sink = UdpSocket::bind("127.0.0.3:53")?;
+            sink.set_nonblocking(true)?;
+            let socket = UdpSocket::bind("127.0.0.1:0")?;
+            let started = Instant::now();
+            let mut sent = 0u64;
+            let mut buf = [0u8; 64];
+            while sent < limit && started.elapsed() < window {
+                let _ = socket.send_to(b"bench", (vip, 53));
+                sent += 1;
+                while sink.recv_from(&mut buf).is_ok() {}
+            }
+            Ok(sent as f64 / started.elapsed().as_secs_f64())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("flood thread panicked"))?
+    }
+}
+
+impl Drop for BenchNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `kernel.bpf_stats_enabled` on for the run, restored after.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = fs::read_to_string(PATH).context("reading bpf_stats_enabled")?;
+        fs::write(PATH, "1").context("enabling bpf_stats")?;
+        Ok(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// `(id, run_time_ns, run_cnt)` of every loaded program.
+fn program_stats() -> Result<Vec<(u64, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()?;
+    let progs: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(progs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+                    (n("id"), n("run_time_ns"), n("run_cnt"))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Nanoseconds per run of the busiest program that `attach` loads while `work` runs.
+fn kernel_ns_per_event(
+    attach: Command,
+    ready_on_stdout: bool,
+    work: &dyn Fn() -> Result<()>,
+) -> Result<f64> {
+    let before: Vec<u64> = program_stats()?.into_iter().map(|(id, ..)| id).collect();
+    let attacher = Attacher::start(attach, ready_on_stdout, false)?;
+    work()?;
+    let busiest = program_stats()?
+        .into_iter()
+        .filter(|(id, ..)| !before.contains(id))
+        .max_by_key(|(_, _, cnt)| *cnt);
+    attacher.stop();
+    match busiest {
+        Some((_, ns, cnt)) if cnt > 0 => Ok(ns as f64 / cnt as f64),
+        _ => bail!("no program ran"),
+    }
+}
+
+/// `SKB_DROP_REASON_NETFILTER_DROP` on this kernel, for the bpftrace baseline's filter.
+fn netfilter_drop_reason() -> Result<u64> {
+    let out = Command::new("bpftool")
+        .args([
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "c",
+        ])
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SKB_DROP_REASON_NETFILTER_DROP = "))
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
+        .context("SKB_DROP_REASON_NETFILTER_DROP not in kernel BTF")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let scale = if quick { QUICK } else { FULL };
+    crate::run_checked(Command::new(env!("CARGO")).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+    ]))?;
+    let mut rows = Vec::new();
+    let mut target = signal_target()?;
+    let pid = target.id();
+    let result = measure(scale, pid, &mut rows);
+    let _ = target.kill();
+    let _ = target.wait();
+    result?;
+    report(&rows, quick)
+}
+
+fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
+    let reason = netfilter_drop_reason()?;
+    let sig_script = format!(
+        "tracepoint:signal:signal_generate /args->pid == {pid}/ {{ printf(\"%s %d -> %d sig %d result %d\\n\", comm, pid, args->pid, args->sig, args->result); }} BEGIN {{ printf(\"ready\\n\"); }}"
+    );
+    let skb_script = format!(
+        "tracepoint:skb:kfree_skb /args->reason == {reason}/ {{ printf(\"%p proto %d\\n\", args->skbaddr, args->protocol); }} BEGIN {{ printf(\"ready\\n\"); }}"
+    );
+    let pid_s = pid.to_string();
+
+    // 1. Start-up time and peak RSS.
+    let startup = |cmd: &dyn Fn() -> Command, on_stdout: bool| -> Result<(f64, f64)> {
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..scale.startup_runs {
+            let a = Attacher::start(cmd(), on_stdout, false)?;
+            times.push(a.startup.as_secs_f64() * 1000.0);
+            rss.push(a.rss_kib as f64 / 1024.0);
+            a.stop();
+        }
+        Ok((median(times), median(rss)))
+    };
+    for (name, args, script) in [
+        (
+            "signals --pid",
+            vec!["signals", "--pid", pid_s.as_str()],
+            &sig_script,
+        ),
+        ("conntrack-drops", vec!["conntrack-drops"], &skb_script),
+    ] {
+        let (our_ms, our_mib) = startup(&|| ours(&args), false)?;
+        let (bt_ms, bt_mib) = startup(&|| bpftrace(script), true)?;
+        rows.push(Row {
+            measure: format!("start-up, {name}"),
+            ours: our_ms,
+            baseline_name: "bpftrace".into(),
+            baseline: bt_ms,
+            unit: "ms",
+            goal: "<= 0.25",
+        });
+        rows.push(Row {
+            measure: format!("peak RSS, {name}"),
+            ours: our_mib,
+            baseline_name: "bpftrace".into(),
+            baseline: bt_mib,
+            unit: "MiB",
+            goal: "<= 0.20",
+        });
+    }
+
+    // 2. Kernel cost per event.
+    let _stats = BpfStats::enable()?;
+    let signal_work = || -> Result<()> {
+        storm(pid, scale.storm);
+        Ok(())
+    };
+    let net = BenchNet::new()?;
+    let drop_work = || -> Result<()> {
+        net.flood("10.96.0.10", scale.flood, Duration::from_secs(30))
+            .map(|_| ())
+    };
+    let sig_ours = kernel_ns_per_event(
+        ours(&["signals", "--pid", &pid_s, "--json"]),
+        false,
+        &signal_work,
+    )?;
+    let sig_empty = kernel_ns_per_event(
+        ours(&["bench-empty-hook", "signal_generate"]),
+        false,
+        &signal_work,
+    )?;
+    let sig_bt = kernel_ns_per_event(bpftrace(&sig_script), true, &signal_work)?;
+    let skb_ours = kernel_ns_per_event(ours(&["conntrack-drops", "--json"]), false, &drop_work)?;
+    let skb_empty =
+        kernel_ns_per_event(ours(&["bench-empty-hook", "kfree_skb"]), false, &drop_work)?;
+    let skb_bt = kernel_ns_per_event(bpftrace(&skb_script), true, &drop_work)?;
+    for (hook, ours_ns, empty, bt) in [
+        ("signal_generate", sig_ours, sig_empty, sig_bt),
+        ("kfree_skb", skb_ours, skb_empty, skb_bt),
+    ] {
+        rows.push(Row {
+            measure: format!("kernel ns/event, {hook}"),
+            ours: ours_ns,
+            baseline_name: "empty program".into(),
+            baseline: empty,
+            unit: "ns",
+            goal: "<= 3",
+        });
+        rows.push(Row {
+            measure: format!("kernel ns/event, {hook}"),
+            ours: ours_ns,
+            baseline_name: "bpftrace".into(),
+            baseline: bt,
+            unit: "ns",
+            goal: "",
+        });
+    }
+
+    // 3 and 5. Throughput without loss, and userspace CPU.
+    let mut best = 0.0;
+    for &rate in scale.rates {
+        let tracer = Attacher::start(ours(&["signals", "--pid", &pid_s, "--json"]), false, true)?;
+        let cpu_before = tracer.cpu_seconds();
+        let started = Instant::now();
+        let sent = paced(pid, rate, scale.window);
+        let achieved = sent as f64 / started.elapsed().as_secs_f64();
+        thread::sleep(Duration::from_millis(300));
+        let cpu = tracer.cpu_seconds() - cpu_before;
+        let elapsed = started.elapsed().as_secs_f64();
+        let out = tracer.stop();
+        let summary: Value = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .context("no summary")?;
+        let (events, lost) = (
+            summary["events"].as_u64().unwrap_or(0),
+            summary["lost"].as_u64().unwrap_or(0),
+        );
+        if events + lost != sent {
+            bail!("signals at {rate}/s: sent {sent}, reported {events} + lost {lost}");
+        }
+        if lost == 0 {
+            best = achieved;
+        }
+        let events_per_s = events as f64 / elapsed;
+        rows.push(Row {
+            measure: format!(
+                "userspace CPU per 10k events/s (at {:.0}k/s, lost {lost})",
+                achieved / 1000.0
+            ),
+            ours: 100.0 * cpu / elapsed / (events_per_s / 10_000.0),
+            baseline_name: "-".into(),
+            baseline: 0.0,
+            unit: "% of a core",
+            goal: "",
+        });
+    }
+    rows.push(Row {
+        measure: "signals/s with no loss".into(),
+        ours: best,
+        baseline_name: "-".into(),
+        baseline: 0.0,
+        unit: "/s",
+        goal: "",
+    });
+
+    // 4. Cost to the traced path.
+    let bare = storm(pid, scale.storm);
+    let traced = {
+        let a = Attacher::start(ours(&["signals", "--pid", &pid_s, "--json"]), false, false)?;
+        let r = storm(pid, scale.storm);
+        a.stop();
+        r
+    };
+    rows.push(Row {
+        measure: "kill(2) rate, signals tracer attached".into(),
+        ours: traced,
+        baseline_name: "no tracer".into(),
+        baseline: bare,
+        unit: "/s",
+        goal: ">= 0.97",
+    });
+    let window = scale.window;
+    let bare = net.flood("10.96.0.11", u64::MAX, window)?;
+    let traced = {
+        let a = Attacher::start(ours(&["conntrack-drops", "--json"]), false, false)?;
+        let r = net.flood("10.96.0.11", u64::MAX, window)?;
+        a.stop();
+        r
+    };
+    rows.push(Row {
+        measure: "UDP through DNAT, conntrack-drops attached".into(),
+        ours: traced,
+        baseline_name: "no tracer".into(),
+        baseline: bare,
+        unit: "pkt/s",
+        goal: ">= 0.97",
+    });
+    Ok(())
+}
+
+fn machine() -> Value {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "kernel": kernel.trim(),
+        "cpu": cpu,
+        "cpus": thread::available_parallelism().map_or(0, |n| n.get()),
+    })
+}
+
+fn report(rows: &[Row], quick: bool) -> Result<()> {
+    println!("| measure | tracer | baseline | baseline value | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let baseline = if r.baseline_name == "-" {
+            "-".to_string()
+        } else {
+            format!("{:.1} {}", r.baseline, r.unit)
+        };
+        let ratio = if r.baseline_name == "-" {
+            "-".to_string()
+        } else {
+            format!("{:.2}", r.ratio())
+        };
+        println!(
+            "| {} | {:.1} {} | {} | {} | {} | {} |",
+            r.measure, r.ours, r.unit, r.baseline_name, baseline, ratio, r.goal
+        );
+    }
+    let figures: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"measure": r.measure, "tracer": r.ours, "unit": r.unit, "baseline": r.baseline_name,
+                   "baseline_value": r.baseline, "ratio": r.ratio(), "goal": r.goal})
+        })
+        .collect();
+    let dir = workspace_root().join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(if quick {
+        "bench-quick.json"
+    } else {
+        "bench.json"
+    });
+    fs::write(
+        &path,
+        serde_json::to_string_pretty(
+            &json!({"machine": machine(), "quick": quick, "results": figures}),
+        )?,
+    )?;
+    println!("figures written to {}", path.display());
+    Ok(())
+}
