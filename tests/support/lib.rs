@@ -264,34 +264,35 @@ pub fn ancestry_of(pid: u32) -> Vec<u32> {
     chain
 }
 
-/// Names of the BPF programs and links currently loaded (`bpftool prog/link show`).
-pub fn loaded_bpf_programs() -> Vec<String> {
+fn bpftool_json(what: &str) -> Vec<Value> {
     let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
+        .args([what, "show", "--json"])
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    progs
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    match serde_json::from_slice(&out.stdout) {
+        Ok(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
 }
 
-/// Ids of the programs that BPF links point at (`bpftool link show`).
-pub fn linked_bpf_program_ids() -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["link", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    links
-        .as_array()
-        .map(|a| a.iter().filter_map(|l| l["prog_id"].as_u64()).collect())
-        .unwrap_or_default()
+/// Names of the BPF programs currently loaded (`bpftool prog show`).
+pub fn loaded_bpf_programs() -> Vec<String> {
+    bpftool_json("prog")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Names of the programs that BPF links currently attach (`bpftool link show`).
+pub fn linked_bpf_programs() -> Vec<String> {
+    let names: std::collections::HashMap<u64, String> = bpftool_json("prog")
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_string())))
+        .collect();
+    bpftool_json("link")
+        .iter()
+        .filter_map(|l| names.get(&l["prog_id"].as_u64()?).cloned())
+        .collect()
 }
 
 /// Sends `signal` to `pid`, panicking on failure.

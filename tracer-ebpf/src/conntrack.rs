@@ -13,7 +13,7 @@ use tracer_common::{
 
 use crate::{
     percpu::this_cpu_offset,
-    pipeline::{count_lost, header, EVENTS},
+    pipeline::{count_lost, header, submit_flags, EVENTS},
     task::{off, read, read_bytes},
 };
 
@@ -126,6 +126,6 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
             ev.packet_valid = 1;
         }
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }

@@ -4,7 +4,9 @@
 //! its SIGKILL apart from kill(2).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -15,8 +17,8 @@ use tracer_common::{
 };
 
 use crate::{
-    pipeline::{count_lost, header, EVENTS},
-    task::{fill_task_info, kernfs_id, leader, off, read, read_bytes},
+    pipeline::{count_lost, header, submit_flags, EVENTS},
+    task::{fill_task_info, kernfs_id, leader, off, read, Typed},
 };
 
 /// Set by the loader from the command line.
@@ -42,7 +44,7 @@ macro_rules! filter {
 pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     let sig: i32 = ctx.arg(0);
     let info: u64 = ctx.arg(1);
-    let target: u64 = ctx.arg(2);
+    let target = Typed::new(ctx.arg(2));
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
 
@@ -54,7 +56,7 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let want_target = filter!(target_pid);
-    if want_target != 0 && read::<i32>(target, off!(task_struct_tgid)) != Some(want_target as i32) {
+    if want_target != 0 && target.get::<i32>(off!(task_struct_tgid)) != Some(want_target as i32) {
         return 0;
     }
     let want_sender = filter!(sender_pid);
@@ -66,8 +68,8 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
         count_lost(EventKind::Signal);
         return 0;
     };
-    // SAFETY: bpf_get_current_task has no preconditions.
-    let current = unsafe { bpf_get_current_task() };
+    // SAFETY: no preconditions.
+    let current = Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8);
     // SAFETY: the entry is reserved for us; every field userspace reads is written below.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.header = header(EventKind::Signal);
@@ -92,30 +94,28 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     fill_task_info(target, &mut ev.target);
     fill_exe(current, ev);
     fill_ancestry(current, ev);
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }
 
 /// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its root.
 #[inline(always)]
-fn fill_exe(task: u64, ev: &mut SignalEvent) {
+fn fill_exe(task: Typed, ev: &mut SignalEvent) {
     ev.exe_depth = 0;
     ev.exe_truncated = 0;
-    let mm = read::<u64>(task, off!(task_struct_mm)).unwrap_or(0);
-    let file = read::<u64>(mm, off!(mm_struct_exe_file)).unwrap_or(0);
-    let mut dentry = read::<u64>(file, off!(file_f_path_dentry)).unwrap_or(0);
-    let mut reached_root = dentry == 0;
+    let mut dentry = task
+        .ptr(off!(task_struct_mm))
+        .ptr(off!(mm_struct_exe_file))
+        .ptr(off!(file_f_path_dentry));
+    let mut reached_root = dentry.is_null();
     for slot in ev.exe.iter_mut() {
-        let Some(parent) = read::<u64>(dentry, off!(dentry_d_parent)) else {
-            reached_root = true;
-            break;
-        };
+        let parent = dentry.ptr(off!(dentry_d_parent));
         // The root dentry is its own parent; its name ("/") is not a component.
-        if parent == dentry {
+        if parent.is_null() || parent.addr() == dentry.addr() {
             reached_root = true;
             break;
         }
-        let name = read::<u64>(dentry, off!(dentry_d_name_name)).unwrap_or(0);
+        let name = dentry.get::<u64>(off!(dentry_d_name_name)).unwrap_or(0);
         slot[0] = 0;
         // SAFETY: the helper checks the address and bounds the copy by the slot.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, slot) };
@@ -124,34 +124,36 @@ fn fill_exe(task: u64, ev: &mut SignalEvent) {
     }
     if !reached_root {
         // One more parent that is not the root: the path was deeper than we keep.
-        let parent = read::<u64>(dentry, off!(dentry_d_parent)).unwrap_or(dentry);
-        ev.exe_truncated = (parent != dentry) as u16;
+        let parent = dentry.ptr(off!(dentry_d_parent));
+        ev.exe_truncated = (!parent.is_null() && parent.addr() != dentry.addr()) as u16;
     }
 }
 
 /// The sender's parents, as processes (tgid and leader's comm), up to pid 1.
 #[inline(always)]
-fn fill_ancestry(task: u64, ev: &mut SignalEvent) {
+fn fill_ancestry(task: Typed, ev: &mut SignalEvent) {
     ev.ancestry_len = 0;
     ev.ancestry_truncated = 0;
-    let mut parent = read::<u64>(leader(task), off!(task_struct_real_parent)).unwrap_or(0);
-    let mut reached_init = parent == 0;
+    let mut parent = leader(task).ptr(off!(task_struct_real_parent));
+    let mut reached_init = parent.is_null();
     for slot in ev.ancestry.iter_mut() {
-        if parent == 0 {
+        if parent.is_null() {
             reached_init = true;
             break;
         }
-        let pid = read::<i32>(parent, off!(task_struct_tgid)).unwrap_or(0);
+        let pid = parent.get::<i32>(off!(task_struct_tgid)).unwrap_or(0);
         let process = leader(parent);
         slot.pid = pid as u32;
-        slot.start_ns = read::<u64>(process, off!(task_struct_start_time)).unwrap_or(0);
-        read_bytes(process, off!(task_struct_comm), &mut slot.comm);
+        slot.start_ns = process
+            .get::<u64>(off!(task_struct_start_time))
+            .unwrap_or(0);
+        slot.comm = process.get(off!(task_struct_comm)).unwrap_or([0; 16]);
         ev.ancestry_len += 1;
         if pid <= 1 {
             reached_init = true;
             break;
         }
-        parent = read::<u64>(process, off!(task_struct_real_parent)).unwrap_or(0);
+        parent = process.ptr(off!(task_struct_real_parent));
     }
     ev.ancestry_truncated = (!reached_init && ev.ancestry_len as usize == ANCESTRY_MAX) as u16;
 }
@@ -159,9 +161,9 @@ fn fill_ancestry(task: u64, ev: &mut SignalEvent) {
 /// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`.
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
-    let victim: u64 = ctx.arg(0);
+    let victim = Typed::new(ctx.arg(0));
     let want_target = filter!(target_pid);
-    if want_target != 0 && read::<i32>(victim, off!(task_struct_tgid)) != Some(want_target as i32) {
+    if want_target != 0 && victim.get::<i32>(off!(task_struct_tgid)) != Some(want_target as i32) {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<OomVictimEvent>(0) else {
@@ -172,19 +174,19 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.header = header(EventKind::OomVictim);
     fill_task_info(victim, &mut ev.victim);
-    // SAFETY: bpf_get_current_task has no preconditions.
-    fill_task_info(unsafe { bpf_get_current_task() }, &mut ev.allocating);
+    // SAFETY: no preconditions.
+    let current = Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8);
+    fill_task_info(current, &mut ev.allocating);
     // victim->cgroups->subsys[memory_cgrp_id]->cgroup: its memory cgroup on whichever hierarchy
     // the memory controller is mounted.
-    let css_set = read::<u64>(victim, off!(task_struct_cgroups)).unwrap_or(0);
+    let css_set = victim.ptr(off!(task_struct_cgroups));
     let (subsys, memory_id) = (off!(css_set_subsys), off!(memory_cgrp_id));
     let memcg_css = if subsys == MISSING || memory_id == MISSING {
-        0
+        Typed::new(core::ptr::null())
     } else {
-        read::<u64>(css_set, subsys + memory_id * 8).unwrap_or(0)
+        css_set.ptr(subsys + memory_id * 8)
     };
-    let cgroup = read::<u64>(memcg_css, off!(cgroup_subsys_state_cgroup)).unwrap_or(0);
-    ev.memcg_id = kernfs_id(cgroup);
-    entry.submit(0);
+    ev.memcg_id = kernfs_id(memcg_css.ptr(off!(cgroup_subsys_state_cgroup)));
+    entry.submit(submit_flags());
     0
 }

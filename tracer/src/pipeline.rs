@@ -89,8 +89,10 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    // Held-back events are released and the lost counters checked on every tick.
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // The kernel programs wake this reader only when records pile up (a wakeup per record is
+    // expensive), so it also drains on every tick, releases held-back events and checks the
+    // lost counters.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     let started = Instant::now();
     let deadline = stop.duration.map(|d| tokio::time::Instant::now() + d);
     let mut stats = RunStats::default();
@@ -112,6 +114,8 @@ pub async fn run(
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                 if deadline.is_some() => break "duration",
             _ = tick.tick() => {
+                let room = stop.count.map_or(u64::MAX, |n| n - stats.events);
+                stats.events += drain(ring.get_mut(), tracer, out, room)?;
                 stats.events += tracer.flush(out, false)?;
                 out.flush().context("writing events")?;
                 let now = read_lost(&lost).iter().sum::<u64>();
