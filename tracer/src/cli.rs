@@ -52,6 +52,22 @@ pub enum Command {
     )]
     Signals(SignalsArgs),
 
+    /// Network namespaces: which are alive, who holds them, what looks wrong.
+    #[command(
+        long_about = "Network namespaces: which are alive, who holds them, what looks wrong.\n\n\
+            Lists every network namespace held by a process (/proc/PID/ns/net) or a bind mount \
+            (ip netns, container runtimes, kubelet), with its interfaces and addresses, the \
+            processes inside (with the kernel function a process in D state waits in) and its \
+            mounts. Flags: orphaned (held only by a bind mount), stuck (a process inside has \
+            been in D state longer than --stuck-after), ip-conflict (the same address in two \
+            namespaces). Exit code 1 when a shown namespace is flagged.",
+        after_help = "Examples:\n  \
+            tracer netns                          every namespace, flagged\n  \
+            tracer netns --inode 4026532290       one namespace (flags still compare with all)\n  \
+            tracer netns --json                   one JSON object per namespace"
+    )]
+    Netns(NetnsArgs),
+
     /// Show what this kernel supports and which hook each tracer will use.
     Doctor,
 
@@ -117,6 +133,20 @@ pub struct SignalsArgs {
     /// Only signals that were not delivered (ignored, already pending, queue overflow).
     #[arg(long)]
     pub failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NetnsArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Only these namespaces: inode numbers (of /proc/PID/ns/net), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "INODE")]
+    pub inode: Vec<u64>,
+
+    /// A process inside in D state for longer than this flags its namespace `stuck`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub stuck_after: Duration,
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use crate::{
     output::{Format, Output},
     pipeline::StopWhen,
     tracers::{
+        netns::snapshot::SnapshotOptions,
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -63,11 +64,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             trace(&mut tracer, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
+            format: format(&args.run),
+            inodes: args.inode,
+            stuck_after: args.stuck_after,
+        }),
         Command::Doctor => doctor::run(),
         Command::ExitCode { code } => {
             println!("{}", tracers::signals::names::explain_exit_code(code));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn format(run: &RunArgs) -> Format {
+    if run.json {
+        Format::Json
+    } else {
+        Format::Human
     }
 }
 
@@ -94,12 +108,7 @@ fn trace(tracer: &mut dyn Tracer, run: &RunArgs) -> Result<()> {
         tracer.name(),
         used.join(", ")
     );
-    let format = if run.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let mut out = Output::new(format);
+    let mut out = Output::new(format(run));
     let stop = StopWhen {
         duration: run.duration,
         count: run.count,

@@ -6,6 +6,7 @@
 //! A new tracer adds its kernel program in tracer-ebpf, its record type and `EventKind` in
 //! tracer-common, a module here, and a subcommand in `cli.rs`.
 
+pub mod netns;
 pub mod signals;
 
 use anyhow::Result;

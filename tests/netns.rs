@@ -1,0 +1,353 @@
+//! `tracer netns` against the real kernel: namespaces the test creates (with `ip netns`,
+//! `unshare` and a vfork()ed holder), checked against the inodes the kernel shows for them and
+//! the pids the test spawned. Every namespace is removed again, also when an assertion fails.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd).args(args).status().expect(cmd);
+    assert!(status.success(), "{cmd} {args:?}: {status}");
+}
+
+fn inode_of(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn netns_of(pid: u32) -> Option<u64> {
+    inode_of(Path::new(&format!("/proc/{pid}/ns/net")))
+}
+
+/// A namespace made with `ip netns add`, deleted when dropped unless the test deleted it.
+struct NamedNetns {
+    name: String,
+    deleted: bool,
+}
+
+impl NamedNetns {
+    fn new(tag: &str) -> Self {
+        let name = format!("trtest-{tag}-{}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        Self {
+            name,
+            deleted: false,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    fn inode(&self) -> u64 {
+        inode_of(&self.path()).expect("bind mount of the namespace")
+    }
+
+    /// A `sleep` inside the namespace (`ip netns exec` execs it: the pid is the child's).
+    fn enter_sleeper(&self) -> Owned {
+        let child = Owned(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, "sleep", "300"])
+                .spawn()
+                .expect("ip netns exec"),
+        );
+        let inode = self.inode();
+        wait_for("the sleeper to enter", Duration::from_secs(10), || {
+            (netns_of(child.pid()) == Some(inode)).then_some(())
+        });
+        child
+    }
+
+    fn delete(&mut self) {
+        run("ip", &["netns", "del", &self.name]);
+        self.deleted = true;
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+}
+
+/// `unshare -n sleep 300`: a process holding a new namespace of its own, and that namespace.
+fn process_in_new_netns() -> (Owned, u64) {
+    let own = netns_of(std::process::id()).unwrap();
+    let child = Owned(
+        Command::new("unshare")
+            .args(["-n", "sleep", "300"])
+            .spawn()
+            .expect("unshare"),
+    );
+    let inode = wait_for(
+        "unshare to enter its namespace",
+        Duration::from_secs(10),
+        || netns_of(child.pid()).filter(|&i| i != own),
+    );
+    (child, inode)
+}
+
+/// Adds `address` to the loopback device of `pid`'s namespace.
+fn add_address(pid: u32, address: &str) {
+    let pid = pid.to_string();
+    run(
+        "nsenter",
+        &["-t", &pid, "-n", "ip", "addr", "add", address, "dev", "lo"],
+    );
+}
+
+/// `tracer netns --json ARGS`: exit code and the snapshot's objects.
+fn snapshot(args: &[&str]) -> (i32, Vec<Value>) {
+    let mut all = vec!["netns", "--json"];
+    all.extend_from_slice(args);
+    let out = tracer(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code().unwrap_or_else(|| panic!("{stderr}"));
+    assert!(code < 2, "tracer netns failed: {stderr}");
+    let objects = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (code, objects)
+}
+
+fn report(objects: &[Value], inode: u64) -> &Value {
+    objects
+        .iter()
+        .find(|o| o["inode"] == inode)
+        .unwrap_or_else(|| panic!("namespace {inode} not in {objects:#?}"))
+}
+
+fn flag_names(report: &Value) -> Vec<&str> {
+    report["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["flag"].as_str().unwrap())
+        .collect()
+}
+
+fn holder_pids(report: &Value) -> Vec<u64> {
+    report["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["pid"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn deleted_namespace_lives_on_with_its_holder() {
+    let mut named = NamedNetns::new("held");
+    let inode = named.inode();
+    let mut sleeper = named.enter_sleeper();
+    named.delete();
+    assert!(!named.path().exists());
+    assert_eq!(netns_of(sleeper.pid()), Some(inode));
+
+    let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
+    let ns = report(&objects, inode);
+    assert_eq!(objects.len(), 1, "{objects:#?}");
+    assert_eq!(ns["held_by"], "process", "{ns:#}");
+    assert_eq!(holder_pids(ns), [sleeper.pid() as u64], "{ns:#}");
+    assert_eq!(ns["holders"][0]["comm"], "sleep");
+    assert_eq!(ns["mounts"], serde_json::json!([]));
+    assert!(ns["cookie"].as_u64().is_some(), "{ns:#}");
+    assert_eq!(ns["pod"], Value::Null);
+    assert_eq!(code, 0, "{ns:#}");
+
+    drop(sleeper.0.kill());
+    sleeper
+        .wait_timeout(Duration::from_secs(10))
+        .expect("sleeper exited");
+    let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "the namespace is gone");
+}
+
+#[test]
+fn bind_mount_alone_is_orphaned() {
+    let named = NamedNetns::new("orphan");
+    let (code, objects) = snapshot(&["--inode", &named.inode().to_string()]);
+    let ns = report(&objects, named.inode());
+    assert_eq!(ns["held_by"], "bind mount");
+    assert_eq!(ns["mounts"][0], named.path().to_str().unwrap());
+    assert_eq!(flag_names(ns), ["orphaned"], "{ns:#}");
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn same_address_in_two_namespaces_is_a_conflict() {
+    let (a, a_inode) = process_in_new_netns();
+    let (b, b_inode) = process_in_new_netns();
+    // Benchmarking addresses (198.18.0.0/15), never routed; no traffic is sent.
+    let octet = std::process::id() % 250 + 1;
+    let shared = format!("198.18.{octet}.1/24");
+    add_address(a.pid(), &shared);
+    add_address(b.pid(), &shared);
+    let selection = format!("{a_inode},{b_inode}");
+
+    let (code, objects) = snapshot(&["--inode", &selection]);
+    assert_eq!(code, 1, "{objects:#?}");
+    for (this, this_holder, other, other_holder) in [
+        (a_inode, a.pid(), b_inode, b.pid()),
+        (b_inode, b.pid(), a_inode, a.pid()),
+    ] {
+        let ns = report(&objects, this);
+        assert_eq!(holder_pids(ns), [this_holder as u64], "{ns:#}");
+        let addresses: Vec<&Value> = ns["addresses"].as_array().unwrap().iter().collect();
+        assert!(
+            addresses
+                .iter()
+                .any(|a| a["address"] == shared.trim_end_matches("/24")),
+            "{ns:#}"
+        );
+        let conflict = ns["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["flag"] == "ip-conflict")
+            .unwrap_or_else(|| panic!("no ip-conflict on {this}: {ns:#}"));
+        assert_eq!(
+            conflict["namespaces"],
+            serde_json::json!([other]),
+            "{conflict:#}"
+        );
+        let explanation = conflict["explanation"].as_str().unwrap();
+        assert!(
+            explanation.contains(&other.to_string())
+                && explanation.contains(&format!("sleep({other_holder})")),
+            "{explanation}"
+        );
+    }
+
+    // Moving b to another address clears the conflict: nothing else is wrong with these two.
+    let pid = b.pid().to_string();
+    run(
+        "nsenter",
+        &["-t", &pid, "-n", "ip", "addr", "del", &shared, "dev", "lo"],
+    );
+    add_address(b.pid(), &format!("198.18.{octet}.2/24"));
+    let (code, objects) = snapshot(&["--inode", &selection]);
+    for inode in [a_inode, b_inode] {
+        assert_eq!(flag_names(report(&objects, inode)), Vec::<&str>::new());
+    }
+    assert_eq!(code, 0, "{objects:#?}");
+}
+
+/// The vfork()ed holder: its parent, blocked in D state, and the sleeping child. Both are
+/// killed when dropped.
+struct VforkHolder {
+    parent: Owned,
+    child: u32,
+}
+
+impl VforkHolder {
+    fn start() -> Self {
+        let parent = Owned(
+            Command::new(env!("CARGO_BIN_EXE_vfork-holder"))
+                .arg("120")
+                .spawn()
+                .expect("vfork-holder"),
+        );
+        let children = format!("/proc/{0}/task/{0}/children", parent.pid());
+        let child = wait_for("the vfork child", Duration::from_secs(10), || {
+            fs::read_to_string(&children)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+        Self { parent, child }
+    }
+
+    fn kill_child(&self) {
+        send(self.child, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for VforkHolder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[test]
+fn holder_in_uninterruptible_sleep_is_stuck() {
+    let mut holder = VforkHolder::start();
+    let parent = holder.parent.pid();
+    let inode = wait_for("the holder's namespace", Duration::from_secs(10), || {
+        netns_of(parent).filter(|&i| Some(i) != netns_of(std::process::id()))
+    });
+    wait_for(
+        "the parent to block in D state",
+        Duration::from_secs(10),
+        || status_field(parent, "State:").filter(|s| s.starts_with('D')),
+    );
+    thread::sleep(Duration::from_millis(1500));
+
+    let (code, objects) = snapshot(&["--inode", &inode.to_string(), "--stuck-after", "1s"]);
+    let ns = report(&objects, inode);
+    let mut pids = holder_pids(ns);
+    pids.sort();
+    let mut expected = vec![parent as u64, holder.child as u64];
+    expected.sort();
+    assert_eq!(pids, expected, "{ns:#}");
+    let blocked = ns["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["pid"] == parent)
+        .unwrap();
+    assert_eq!(blocked["state"], "D", "{blocked:#}");
+    let wchan = blocked["wchan"].as_str().expect("a wchan for the D holder");
+    assert!(
+        blocked["blocked_ms"].as_u64().unwrap() >= 1000,
+        "{blocked:#}"
+    );
+    assert_eq!(flag_names(ns), ["stuck"], "{ns:#}");
+    let explanation = ns["flags"][0]["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains(&format!("({parent})")) && explanation.contains(wchan),
+        "{explanation}"
+    );
+    assert_eq!(code, 1);
+
+    // Below the threshold, the same holder is not flagged.
+    let (code, objects) = snapshot(&["--inode", &inode.to_string(), "--stuck-after", "1h"]);
+    assert_eq!(flag_names(report(&objects, inode)), Vec::<&str>::new());
+    assert_eq!(code, 0);
+
+    holder.kill_child();
+    holder
+        .parent
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the parent returns from vfork and exits");
+}

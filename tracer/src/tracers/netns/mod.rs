@@ -1,0 +1,6 @@
+//! `tracer netns`: network namespaces, and the ones that outlive their pod.
+
+mod discover;
+mod flags;
+mod inside;
+pub mod snapshot;
