@@ -160,11 +160,118 @@ fn holder_pids(report: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// `tracer netns --watch --json`, ready.
+fn watch() -> TracerRun {
+    TracerRun::start(&["netns", "--watch", "--json"])
+}
+
+/// Waits (at most 10 s) for the `action` event of namespace `inode` (create) or `cookie`.
+fn event(run: &mut TracerRun, action: &str, key: &str, value: u64) -> Value {
+    run.wait_for_json(Duration::from_secs(10), |v| {
+        v["type"] == "netns" && v["action"] == action && v[key] == value
+    })
+    .unwrap_or_else(|| panic!("no {action} event with {key} {value}"))
+}
+
+fn cookie_of(event: &Value) -> u64 {
+    let cookie = event["cookie"].as_u64().expect("a cookie");
+    assert_ne!(cookie, 0, "{event:#}");
+    cookie
+}
+
+/// The actions of the namespace with `cookie`, in output order; each event must carry `inode`.
+fn actions_of(out: &TracerOutput, cookie: u64, inode: u64) -> Vec<String> {
+    out.of_type("netns")
+        .into_iter()
+        .filter(|e| e["cookie"] == cookie)
+        .map(|e| {
+            assert_eq!(e["inode"], inode, "{e:#}");
+            e["action"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn lifetime_ms(out: &TracerOutput, cookie: u64, action: &str) -> u64 {
+    let e = out
+        .of_type("netns")
+        .into_iter()
+        .find(|e| e["cookie"] == cookie && e["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} for cookie {cookie}"));
+    e["lifetime_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no lifetime: {e:#}"))
+}
+
+#[test]
+fn lifecycle_events_carry_the_kernels_inode_and_cookie() {
+    let started = Instant::now();
+    let mut run = watch();
+    let mut named = NamedNetns::new("life");
+    let named_at = Instant::now();
+    let named_inode = named.inode();
+    let mut sleeper = named.enter_sleeper();
+    let (mut own, own_inode) = process_in_new_netns();
+
+    let create = event(&mut run, "create", "inode", named_inode);
+    assert_eq!(create["comm"], "ip", "{create:#}");
+    let named_cookie = cookie_of(&create);
+    let create = event(&mut run, "create", "inode", own_inode);
+    assert_eq!(create["pid"], own.pid(), "{create:#}");
+    assert_eq!(create["comm"], "unshare", "{create:#}");
+    let own_cookie = cookie_of(&create);
+    assert_ne!(named_cookie, own_cookie);
+
+    // The last process leaves the named namespace; its bind mount keeps it alive.
+    let _ = sleeper.0.kill();
+    sleeper
+        .wait_timeout(Duration::from_secs(10))
+        .expect("sleeper exited");
+    let last = event(&mut run, "last_holder_exit", "cookie", named_cookie);
+    assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
+    assert_eq!(last["comm"], "sleep", "{last:#}");
+
+    let _ = own.0.kill();
+    own.wait_timeout(Duration::from_secs(10))
+        .expect("unshare'd sleep exited");
+    let deleted_after = named_at.elapsed();
+    named.delete();
+    event(&mut run, "teardown_end", "cookie", own_cookie);
+    event(&mut run, "teardown_end", "cookie", named_cookie);
+    let elapsed = started.elapsed().as_millis() as u64;
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    assert_eq!(
+        actions_of(&out, named_cookie, named_inode),
+        [
+            "create",
+            "last_holder_exit",
+            "teardown_start",
+            "teardown_end"
+        ]
+    );
+    // No bind mount holds the unshare'd namespace: its last exit is not worth an event.
+    assert_eq!(
+        actions_of(&out, own_cookie, own_inode),
+        ["create", "teardown_start", "teardown_end"]
+    );
+    for cookie in [named_cookie, own_cookie] {
+        let (start, end) = (
+            lifetime_ms(&out, cookie, "teardown_start"),
+            lifetime_ms(&out, cookie, "teardown_end"),
+        );
+        assert!(start <= end && end <= elapsed, "{start} {end} {elapsed}");
+    }
+    assert!(lifetime_ms(&out, named_cookie, "teardown_end") >= deleted_after.as_millis() as u64);
+}
+
 #[test]
 fn deleted_namespace_lives_on_with_its_holder() {
+    let mut run = watch();
     let mut named = NamedNetns::new("held");
     let inode = named.inode();
     let mut sleeper = named.enter_sleeper();
+    let cookie = cookie_of(&event(&mut run, "create", "inode", inode));
     named.delete();
     assert!(!named.path().exists());
     assert_eq!(netns_of(sleeper.pid()), Some(inode));
@@ -176,16 +283,36 @@ fn deleted_namespace_lives_on_with_its_holder() {
     assert_eq!(holder_pids(ns), [sleeper.pid() as u64], "{ns:#}");
     assert_eq!(ns["holders"][0]["comm"], "sleep");
     assert_eq!(ns["mounts"], serde_json::json!([]));
-    assert!(ns["cookie"].as_u64().is_some(), "{ns:#}");
+    // The cookie read over a socket inside the namespace is the one the kernel program read.
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
     assert_eq!(ns["pod"], Value::Null);
     assert_eq!(code, 0, "{ns:#}");
 
-    drop(sleeper.0.kill());
+    // Deleted, but held: no teardown while the holder lives.
+    let early = run.wait_for_json(Duration::from_secs(1), |v| {
+        v["cookie"] == cookie
+            && v["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("teardown"))
+    });
+    assert_eq!(early, None);
+
+    let _ = sleeper.0.kill();
     sleeper
         .wait_timeout(Duration::from_secs(10))
         .expect("sleeper exited");
+    event(&mut run, "teardown_end", "cookie", cookie);
+    let out = run.stop();
+    assert_eq!(
+        actions_of(&out, cookie, inode),
+        ["create", "teardown_start", "teardown_end"]
+    );
+    // Gone from the snapshot too; its inode may already belong to a newer namespace.
     let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
-    assert_eq!(out.status.code(), Some(2), "the namespace is gone");
+    if out.status.code() != Some(2) {
+        let now: Value = serde_json::from_slice(&out.stdout).expect("one namespace");
+        assert_ne!(now["cookie"], cookie, "{now:#}");
+    }
 }
 
 #[test]
@@ -301,11 +428,15 @@ impl Drop for VforkHolder {
 
 #[test]
 fn holder_in_uninterruptible_sleep_is_stuck() {
+    let mut run = watch();
     let mut holder = VforkHolder::start();
     let parent = holder.parent.pid();
     let inode = wait_for("the holder's namespace", Duration::from_secs(10), || {
         netns_of(parent).filter(|&i| Some(i) != netns_of(std::process::id()))
     });
+    let create = event(&mut run, "create", "inode", inode);
+    assert_eq!(create["pid"], parent, "{create:#}");
+    let cookie = cookie_of(&create);
     wait_for(
         "the parent to block in D state",
         Duration::from_secs(10),
@@ -345,9 +476,17 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
     assert_eq!(flag_names(report(&objects, inode)), Vec::<&str>::new());
     assert_eq!(code, 0);
 
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
+
     holder.kill_child();
     holder
         .parent
         .wait_timeout(Duration::from_secs(10))
         .expect("the parent returns from vfork and exits");
+    event(&mut run, "teardown_end", "cookie", cookie);
+    let out = run.stop();
+    assert_eq!(
+        actions_of(&out, cookie, inode),
+        ["create", "teardown_start", "teardown_end"]
+    );
 }

@@ -5,6 +5,7 @@
 //! Userspace-only conveniences live behind the `user` feature.
 #![no_std]
 
+pub mod netns;
 pub mod offsets;
 pub mod signal;
 
@@ -14,10 +15,11 @@ pub mod signal;
 pub enum EventKind {
     Signal = 1,
     OomVictim = 2,
+    Netns = 3,
 }
 
 /// Number of [`EventKind`] slots in the per-CPU `LOST` counter map (index = kind value).
-pub const EVENT_KINDS: u32 = 3;
+pub const EVENT_KINDS: u32 = 4;
 
 /// Length of the kernel's `task_struct.comm`.
 pub const COMM_LEN: usize = 16;
@@ -64,4 +66,6 @@ mod user {
     unsafe impl aya::Pod for crate::signal::SignalFilter {}
     unsafe impl aya::Pod for crate::signal::SignalEvent {}
     unsafe impl aya::Pod for crate::signal::OomVictimEvent {}
+    unsafe impl aya::Pod for crate::netns::NetnsEvent {}
+    unsafe impl aya::Pod for crate::netns::NetnsConfig {}
 }

@@ -41,6 +41,17 @@ pub struct KernelOffsets {
     pub file_f_path_dentry: u32,
     pub dentry_d_name_name: u32,
     pub dentry_d_parent: u32,
+    pub task_struct_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns_inum: u32,
+    /// `net.ns.ns_type` (6.18+): tells a `struct net` from another object of the same size.
+    pub net_ns_ns_type: u32,
+    /// `net.ns.__ns_ref` (`ns.count` before 6.18): 0 once teardown is queued.
+    pub net_ns_refcount: u32,
+    pub net_net_cookie: u32,
+    pub net_list: u32,
+    pub net_gen: u32,
+    pub work_struct_func: u32,
 }
 
 impl KernelOffsets {
@@ -73,6 +84,15 @@ impl KernelOffsets {
             file_f_path_dentry: MISSING,
             dentry_d_name_name: MISSING,
             dentry_d_parent: MISSING,
+            task_struct_nsproxy: MISSING,
+            nsproxy_net_ns: MISSING,
+            net_ns_inum: MISSING,
+            net_ns_ns_type: MISSING,
+            net_ns_refcount: MISSING,
+            net_net_cookie: MISSING,
+            net_list: MISSING,
+            net_gen: MISSING,
+            work_struct_func: MISSING,
         }
     }
 }

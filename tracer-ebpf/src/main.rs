@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod netns;
 mod pipeline;
 mod probes;
 mod signals;

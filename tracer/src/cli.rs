@@ -60,11 +60,15 @@ pub enum Command {
             processes inside (with the kernel function a process in D state waits in) and its \
             mounts. Flags: orphaned (held only by a bind mount), stuck (a process inside has \
             been in D state longer than --stuck-after), ip-conflict (the same address in two \
-            namespaces). Exit code 1 when a shown namespace is flagged.",
+            namespaces). Exit code 1 when a shown namespace is flagged.\n\n\
+            With --watch: events as namespaces are created (clone/unshare), start and finish \
+            their teardown, and when the last process inside one exits while a bind mount keeps \
+            it alive. Events carry the inode and the never-reused net_cookie.",
         after_help = "Examples:\n  \
             tracer netns                          every namespace, flagged\n  \
             tracer netns --inode 4026532290       one namespace (flags still compare with all)\n  \
-            tracer netns --json                   one JSON object per namespace"
+            tracer netns --json                   one JSON object per namespace\n  \
+            tracer netns --watch                  creation and teardown as they happen"
     )]
     Netns(NetnsArgs),
 
@@ -140,12 +144,21 @@ pub struct NetnsArgs {
     #[command(flatten)]
     pub run: RunArgs,
 
+    /// Trace namespaces being created and torn down (kernel programs) instead of a snapshot.
+    #[arg(long)]
+    pub watch: bool,
+
     /// Only these namespaces: inode numbers (of /proc/PID/ns/net), comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "INODE")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "INODE",
+        conflicts_with = "watch"
+    )]
     pub inode: Vec<u64>,
 
     /// A process inside in D state for longer than this flags its namespace `stuck`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "watch")]
     pub stuck_after: Duration,
 }
 

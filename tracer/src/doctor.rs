@@ -11,6 +11,7 @@ use crate::{
         offsets, preflight,
     },
     tracers::{
+        netns::NetnsTracer,
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -28,9 +29,10 @@ fn detail<T>(result: &Result<T>, ok: &str) -> String {
 
 /// Every tracer, with default options, as the doctor checks them.
 fn all_tracers() -> Result<Vec<Box<dyn Tracer>>> {
-    Ok(vec![Box::new(SignalsTracer::new(
-        &SignalsOptions::default(),
-    )?)])
+    Ok(vec![
+        Box::new(SignalsTracer::new(&SignalsOptions::default())?),
+        Box::new(NetnsTracer::new()),
+    ])
 }
 
 /// Prints the report. Exit 0 when every tracer has a usable path, 1 when one has not, 2 when

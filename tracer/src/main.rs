@@ -26,7 +26,7 @@ use crate::{
     output::{Format, Output},
     pipeline::StopWhen,
     tracers::{
-        netns::snapshot::SnapshotOptions,
+        netns::{snapshot::SnapshotOptions, NetnsTracer},
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -62,6 +62,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 wait: args.wait,
             })?;
             trace(&mut tracer, &args.run)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Netns(args) if args.watch => {
+            trace(&mut NetnsTracer::new(), &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {

@@ -42,7 +42,7 @@ impl RunStats {
 }
 
 fn kind_of(value: u32) -> Option<EventKind> {
-    [EventKind::Signal, EventKind::OomVictim]
+    [EventKind::Signal, EventKind::OomVictim, EventKind::Netns]
         .into_iter()
         .find(|k| *k as u32 == value)
 }

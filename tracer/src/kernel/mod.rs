@@ -4,3 +4,4 @@
 pub mod btf;
 pub mod offsets;
 pub mod preflight;
+pub mod symbols;

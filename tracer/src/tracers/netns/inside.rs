@@ -185,9 +185,13 @@ fn read_current() -> Result<Inside> {
     Ok(inside)
 }
 
-/// Reads the namespace at `path` (a bind mount or /proc/PID/ns/net), which must be the one
-/// with `inode`: a pid may have been reused since the namespace was found.
-pub fn look_inside(path: &Path, inode: u64) -> Result<Inside> {
+/// Runs `read` in a thread inside the namespace at `path` (a bind mount or /proc/PID/ns/net),
+/// which must be the one with `inode`: a pid may have been reused since it was found.
+fn in_namespace<T: Send>(
+    path: &Path,
+    inode: u64,
+    read: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let actual = file.metadata()?.ino();
     if actual != inode {
@@ -198,9 +202,22 @@ pub fn look_inside(path: &Path, inode: u64) -> Result<Inside> {
         s.spawn(|| {
             setns(&file, CloneFlags::CLONE_NEWNET)
                 .with_context(|| format!("entering {}", path.display()))?;
-            read_current()
+            read()
         })
         .join()
         .map_err(|_| anyhow!("reading namespace {inode}: the reader thread panicked"))?
+    })
+}
+
+/// Interfaces, addresses and cookie of the namespace at `path`.
+pub fn look_inside(path: &Path, inode: u64) -> Result<Inside> {
+    in_namespace(path, inode, read_current)
+}
+
+/// The cookie of the namespace at `path`.
+pub fn cookie_of(path: &Path, inode: u64) -> Result<u64> {
+    in_namespace(path, inode, || {
+        let socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        cookie(&socket).context("SO_NETNS_COOKIE (Linux 5.14+)")
     })
 }

@@ -226,6 +226,8 @@ impl Tracer for SignalsTracer {
         match kind {
             EventKind::Signal => self.on_signal(raw, out),
             EventKind::OomVictim => self.on_oom_victim(raw, out),
+            // Other tracers' programs are not attached in this run.
+            _ => Ok(0),
         }
     }
 
