@@ -301,12 +301,7 @@ fn deleted_namespace_lives_on_with_its_holder() {
     sleeper
         .wait_timeout(Duration::from_secs(10))
         .expect("sleeper exited");
-    event(&mut run, "teardown_end", "cookie", cookie);
-    let out = run.stop();
-    assert_eq!(
-        actions_of(&out, cookie, inode),
-        ["create", "teardown_start", "teardown_end"]
-    );
+    expect_plain_life(run, cookie, inode);
     // Gone from the snapshot too; its inode may already belong to a newer namespace.
     let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
     if out.status.code() != Some(2) {
@@ -385,23 +380,23 @@ fn same_address_in_two_namespaces_is_a_conflict() {
     assert_eq!(code, 0, "{objects:#?}");
 }
 
-/// The vfork()ed holder: its parent, blocked in D state, and the sleeping child. Both are
-/// killed when dropped.
-struct VforkHolder {
+/// `netns-holder MODE`: the holder process and its child, both killed when dropped (the
+/// child dies with its parent).
+struct Holder {
     parent: Owned,
     child: u32,
 }
 
-impl VforkHolder {
-    fn start() -> Self {
+impl Holder {
+    fn start(mode: &str) -> Self {
         let parent = Owned(
-            Command::new(env!("CARGO_BIN_EXE_vfork-holder"))
-                .arg("120")
+            Command::new(env!("CARGO_BIN_EXE_netns-holder"))
+                .args([mode, "120"])
                 .spawn()
-                .expect("vfork-holder"),
+                .expect("netns-holder"),
         );
         let children = format!("/proc/{0}/task/{0}/children", parent.pid());
-        let child = wait_for("the vfork child", Duration::from_secs(10), || {
+        let child = wait_for("the holder's child", Duration::from_secs(10), || {
             fs::read_to_string(&children)
                 .ok()?
                 .split_whitespace()
@@ -412,12 +407,27 @@ impl VforkHolder {
         Self { parent, child }
     }
 
-    fn kill_child(&self) {
+    /// Kills the child; the parent returns (from vfork, or from waiting) and exits.
+    fn end(&mut self) {
         send(self.child, nix::sys::signal::Signal::SIGKILL);
+        self.parent
+            .wait_timeout(Duration::from_secs(10))
+            .expect("the holder exits after its child");
     }
 }
 
-impl Drop for VforkHolder {
+/// Waits for the teardown of the namespace `cookie` to end, stops the tracer, and checks the
+/// whole life of the namespace, as `inode`, in order.
+fn expect_plain_life(mut run: TracerRun, cookie: u64, inode: u64) {
+    event(&mut run, "teardown_end", "cookie", cookie);
+    let out = run.stop();
+    assert_eq!(
+        actions_of(&out, cookie, inode),
+        ["create", "teardown_start", "teardown_end"]
+    );
+}
+
+impl Drop for Holder {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child as i32),
@@ -426,14 +436,35 @@ impl Drop for VforkHolder {
     }
 }
 
+/// The namespace `pid` is in, once it differs from this test's.
+fn new_netns_of(pid: u32) -> u64 {
+    wait_for("a new namespace", Duration::from_secs(10), || {
+        netns_of(pid).filter(|&i| Some(i) != netns_of(std::process::id()))
+    })
+}
+
+#[test]
+fn clone_into_a_new_namespace_is_a_creation() {
+    let mut run = watch();
+    let mut holder = Holder::start("clone");
+    let inode = new_netns_of(holder.child);
+    assert_ne!(netns_of(holder.parent.pid()), Some(inode));
+    let create = event(&mut run, "create", "inode", inode);
+    // The new task is the one inside.
+    assert_eq!(create["pid"], holder.child, "{create:#}");
+    assert_eq!(create["comm"], "netns-holder", "{create:#}");
+    let cookie = cookie_of(&create);
+
+    holder.end();
+    expect_plain_life(run, cookie, inode);
+}
+
 #[test]
 fn holder_in_uninterruptible_sleep_is_stuck() {
     let mut run = watch();
-    let mut holder = VforkHolder::start();
+    let mut holder = Holder::start("vfork");
     let parent = holder.parent.pid();
-    let inode = wait_for("the holder's namespace", Duration::from_secs(10), || {
-        netns_of(parent).filter(|&i| Some(i) != netns_of(std::process::id()))
-    });
+    let inode = new_netns_of(parent);
     let create = event(&mut run, "create", "inode", inode);
     assert_eq!(create["pid"], parent, "{create:#}");
     let cookie = cookie_of(&create);
@@ -478,15 +509,6 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
 
     assert_eq!(ns["cookie"], cookie, "{ns:#}");
 
-    holder.kill_child();
-    holder
-        .parent
-        .wait_timeout(Duration::from_secs(10))
-        .expect("the parent returns from vfork and exits");
-    event(&mut run, "teardown_end", "cookie", cookie);
-    let out = run.stop();
-    assert_eq!(
-        actions_of(&out, cookie, inode),
-        ["create", "teardown_start", "teardown_end"]
-    );
+    holder.end();
+    expect_plain_life(run, cookie, inode);
 }
