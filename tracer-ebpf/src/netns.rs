@@ -1,7 +1,7 @@
 //! `netns --watch`: network namespaces created (clone/unshare with `CLONE_NEWNET`), their
 //! teardown starting (`cleanup_net` runs) and ending (the last passive reference goes), and
-//! exits of processes inside non-initial namespaces. Every event carries `net->net_cookie`, which is
-//! never reused, beside the inode number, which is.
+//! exits of processes inside non-initial namespaces. Every event carries `net->net_cookie`,
+//! which is never reused, beside the inode number, which is.
 
 use core::ffi::c_void;
 
@@ -40,7 +40,7 @@ const MAX_NAMESPACES: u32 = 1024;
 /// Identity of a namespace being torn down.
 #[derive(Clone, Copy)]
 #[repr(C)]
-pub struct Dying {
+struct Dying {
     cookie: u64,
     inum: u32,
     _pad: u32,

@@ -85,11 +85,6 @@ const HOOKS: &[HookSpec] = &[
 /// process releases its namespaces right after the tracepoint.
 const EXIT_SETTLE_NS: u64 = 100_000_000;
 
-/// A process exit inside a non-initial namespace, waiting to be checked.
-struct PendingExit {
-    record: Record,
-}
-
 pub struct NetnsTracer {
     config: NetnsConfig,
     clock: Clock,
@@ -97,7 +92,8 @@ pub struct NetnsTracer {
     created: HashMap<u64, u64>,
     /// Cookies whose teardown started and has not ended.
     tearing_down: HashSet<u64>,
-    pending_exits: Vec<PendingExit>,
+    /// Exits inside non-initial namespaces, waiting to be checked.
+    pending_exits: Vec<Record>,
     by_action: BTreeMap<&'static str, u64>,
     header_written: bool,
 }
@@ -173,12 +169,12 @@ impl NetnsTracer {
         let (ready, waiting): (Vec<_>, Vec<_>) = self
             .pending_exits
             .drain(..)
-            .partition(|p| final_flush || now.saturating_sub(p.record.ktime_ns) >= EXIT_SETTLE_NS);
+            .partition(|r| final_flush || now.saturating_sub(r.ktime_ns) >= EXIT_SETTLE_NS);
         self.pending_exits = waiting;
         if ready.is_empty() {
             return Vec::new();
         }
-        let inside: HashSet<u64> = discover::process_namespaces()
+        let occupied: HashSet<u64> = discover::process_namespaces()
             .into_iter()
             .map(|(_, inode)| inode)
             .collect();
@@ -186,10 +182,10 @@ impl NetnsTracer {
         // The last exit per namespace is the last holder's.
         let mut last: BTreeMap<u64, Record> = BTreeMap::new();
         for exit in ready {
-            last.insert(exit.record.cookie, exit.record);
+            last.insert(exit.cookie, exit);
         }
         last.into_values()
-            .filter(|r| !inside.contains(&r.inode))
+            .filter(|r| !occupied.contains(&r.inode))
             .filter(|r| {
                 mounts.iter().any(|(point, inode)| {
                     *inode == r.inode
@@ -237,7 +233,7 @@ impl Tracer for NetnsTracer {
                 NetnsRecord::new("teardown_end", &record, created, &self.clock)
             }
             NetnsAction::ProcessExit => {
-                self.pending_exits.push(PendingExit { record });
+                self.pending_exits.push(record);
                 return Ok(0);
             }
         };
