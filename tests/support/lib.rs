@@ -34,6 +34,8 @@ pub struct TracerRun {
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    /// stdout lines already read by [`TracerRun::wait_for_json`].
+    stdout_seen: Vec<String>,
 }
 
 /// What a finished run printed.
@@ -89,6 +91,7 @@ impl TracerRun {
             stdout,
             stderr,
             stderr_seen: Vec::new(),
+            stdout_seen: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -115,6 +118,41 @@ impl TracerRun {
                 );
             }
         }
+    }
+
+    /// The first JSON line on stdout, printed already or within `timeout`, that `accept` takes;
+    /// every line read stays part of the run's output.
+    pub fn wait_for_json(
+        &mut self,
+        timeout: Duration,
+        mut accept: impl FnMut(&Value) -> bool,
+    ) -> Option<Value> {
+        let seen = self
+            .stdout_seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| accept(v));
+        if seen.is_some() {
+            return seen;
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self
+                .stdout
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    let value = serde_json::from_str(&line).ok();
+                    self.stdout_seen.push(line);
+                    if let Some(value) = value.filter(|v| accept(v)) {
+                        return Some(value);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        None
     }
 
     pub fn pid(&self) -> u32 {
@@ -148,7 +186,11 @@ impl TracerRun {
             }
             thread::sleep(Duration::from_millis(20));
         };
-        let stdout: Vec<String> = self.stdout.iter().collect();
+        let stdout: Vec<String> = self
+            .stdout_seen
+            .drain(..)
+            .chain(self.stdout.iter())
+            .collect();
         self.stderr_seen.extend(self.stderr.iter());
         TracerOutput {
             status,

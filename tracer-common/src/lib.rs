@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod conntrack;
+pub mod netns;
 pub mod offsets;
 pub mod signal;
 
@@ -16,21 +17,27 @@ pub enum EventKind {
     Signal = 1,
     OomVictim = 2,
     NetfilterDrop = 3,
+    Netns = 4,
 }
 
 impl TryFrom<u32> for EventKind {
     type Error = u32;
 
     fn try_from(value: u32) -> Result<Self, u32> {
-        [Self::Signal, Self::OomVictim, Self::NetfilterDrop]
-            .into_iter()
-            .find(|k| *k as u32 == value)
-            .ok_or(value)
+        [
+            Self::Signal,
+            Self::OomVictim,
+            Self::NetfilterDrop,
+            Self::Netns,
+        ]
+        .into_iter()
+        .find(|k| *k as u32 == value)
+        .ok_or(value)
     }
 }
 
 /// Number of [`EventKind`] slots in the per-CPU `LOST` counter map (index = kind value).
-pub const EVENT_KINDS: u32 = 4;
+pub const EVENT_KINDS: u32 = 5;
 
 /// Length of the kernel's `task_struct.comm`.
 pub const COMM_LEN: usize = 16;
@@ -79,4 +86,6 @@ mod user {
     unsafe impl aya::Pod for crate::signal::OomVictimEvent {}
     unsafe impl aya::Pod for crate::conntrack::NetfilterDropEvent {}
     unsafe impl aya::Pod for crate::conntrack::ConntrackConfig {}
+    unsafe impl aya::Pod for crate::netns::NetnsEvent {}
+    unsafe impl aya::Pod for crate::netns::NetnsConfig {}
 }

@@ -61,6 +61,15 @@ pub struct KernelOffsets {
     /// Where a per-CPU array map keeps its per-CPU pointers: used to learn this CPU's
     /// per-CPU offset (see tracer-ebpf/src/percpu.rs).
     pub bpf_array_pptrs: u32,
+    pub task_struct_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    /// `net.ns.ns_type` (6.18+): tells a `struct net` from another object of the same size.
+    pub net_ns_ns_type: u32,
+    /// `net.ns.__ns_ref` (`ns.count` before 6.18): 0 once teardown is queued.
+    pub net_ns_refcount: u32,
+    pub net_list: u32,
+    pub net_gen: u32,
+    pub work_struct_func: u32,
 }
 
 impl KernelOffsets {
@@ -110,6 +119,13 @@ impl KernelOffsets {
             net_net_cookie: MISSING,
             net_ct_stat: MISSING,
             bpf_array_pptrs: MISSING,
+            task_struct_nsproxy: MISSING,
+            nsproxy_net_ns: MISSING,
+            net_ns_ns_type: MISSING,
+            net_ns_refcount: MISSING,
+            net_list: MISSING,
+            net_gen: MISSING,
+            work_struct_func: MISSING,
         }
     }
 }

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod conntrack;
+mod netns;
 mod percpu;
 mod pipeline;
 mod probes;

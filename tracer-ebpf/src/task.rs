@@ -24,6 +24,16 @@ macro_rules! off {
 }
 pub(crate) use off;
 
+/// A field of a global the loader sets (`global!(NETNS_CONFIG.cleanup_net)`). The volatile
+/// read keeps the compiler from folding in the compile-time default.
+macro_rules! global {
+    ($global:ident . $field:ident) => {
+        // SAFETY: reading a static.
+        unsafe { core::ptr::read_volatile(&$global.$field) }
+    };
+}
+pub(crate) use global;
+
 /// Reads a `T` at `base + off`; `None` for a null base, a missing field or a failed read.
 #[inline(always)]
 pub fn read<T>(base: u64, off: u32) -> Option<T> {

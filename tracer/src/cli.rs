@@ -74,6 +74,26 @@ pub enum Command {
     )]
     ConntrackDrops(ConntrackArgs),
 
+    /// Network namespaces: which are alive, who holds them, what looks wrong.
+    #[command(
+        long_about = "Network namespaces: which are alive, who holds them, what looks wrong.\n\n\
+            Lists every network namespace held by a process (/proc/PID/ns/net) or a bind mount \
+            (ip netns, container runtimes, kubelet), with its interfaces and addresses, the \
+            processes inside (with the kernel function a process in D state waits in) and its \
+            mounts. Flags: orphaned (held only by a bind mount), stuck (a process inside has \
+            been in D state longer than --stuck-after), ip-conflict (the same address in two \
+            namespaces). Exit code 1 when a shown namespace is flagged.\n\n\
+            With --watch: events as namespaces are created (clone/unshare), start and finish \
+            their teardown, and when the last process inside one exits while a bind mount keeps \
+            it alive. Events carry the inode and the never-reused net_cookie.",
+        after_help = "Examples:\n  \
+            tracer netns                          every namespace, flagged\n  \
+            tracer netns --inode 4026532290       one namespace (flags still compare with all)\n  \
+            tracer netns --json                   one JSON object per namespace\n  \
+            tracer netns --watch                  creation and teardown as they happen"
+    )]
+    Netns(NetnsArgs),
+
     /// Show what this kernel supports and which hook each tracer will use.
     Doctor,
 
@@ -146,6 +166,29 @@ pub struct SignalsArgs {
     /// Only signals that were not delivered (ignored, already pending, queue overflow).
     #[arg(long)]
     pub failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NetnsArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Trace namespaces being created and torn down (kernel programs) instead of a snapshot.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Only these namespaces: inode numbers (of /proc/PID/ns/net), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "INODE",
+        conflicts_with = "watch"
+    )]
+    pub inode: Vec<u64>,
+
+    /// A process inside in D state for longer than this flags its namespace `stuck`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "watch")]
+    pub stuck_after: Duration,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::{
     },
     tracers::{
         conntrack::{ConntrackOptions, ConntrackTracer},
+        netns::NetnsTracer,
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -33,6 +34,7 @@ fn all_tracers(btf: &KernelBtf) -> Vec<Result<Box<dyn Tracer>>> {
         SignalsTracer::new(&SignalsOptions::default()).map(|t| Box::new(t) as Box<dyn Tracer>),
         ConntrackTracer::new(btf, ConntrackOptions::default())
             .map(|t| Box::new(t) as Box<dyn Tracer>),
+        Ok(Box::new(NetnsTracer::new())),
     ]
 }
 

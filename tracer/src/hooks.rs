@@ -6,7 +6,7 @@ use std::{fmt, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    programs::{BtfTracePoint, FExit, ProgramError},
+    programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 
@@ -27,12 +27,15 @@ pub const LOST_MAP: &str = "LOST";
 pub enum Attach {
     /// BTF-typed raw tracepoint (`tp_btf/<name>`): typed arguments, no record fill.
     TpBtf(&'static str),
+    /// Classic tracepoint (`tracepoint/<category>/<name>`), attached through tracefs.
+    TracePoint(&'static str, &'static str),
 }
 
 impl fmt::Display for Attach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Attach::TpBtf(name) => write!(f, "tp_btf:{name}"),
+            Attach::TracePoint(category, name) => write!(f, "tracepoint:{category}:{name}"),
         }
     }
 }
@@ -183,6 +186,12 @@ fn attach_candidate(ebpf: &mut Ebpf, candidate: &Candidate, kernel: &KernelConte
             let program: &mut BtfTracePoint = program.try_into()?;
             program.load(name, &kernel.btf).map_err(explain)?;
             program.attach().map_err(explain)?;
+        }
+        Attach::TracePoint(category, name) => {
+            preflight::ensure_tracefs()?;
+            let program: &mut TracePoint = program.try_into()?;
+            program.load().map_err(explain)?;
+            program.attach(category, name).map_err(explain)?;
         }
     }
     Ok(())

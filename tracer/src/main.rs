@@ -29,6 +29,7 @@ use crate::{
     pipeline::StopWhen,
     tracers::{
         conntrack::{self, ConntrackOptions, ConntrackTracer},
+        netns::{snapshot::SnapshotOptions, NetnsTracer},
         signals::{SignalsOptions, SignalsTracer},
         Tracer,
     },
@@ -83,6 +84,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             trace(&mut tracer, offsets, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Netns(args) if args.watch => {
+            let (mut tracer, offsets) = from_kernel_btf(|_| Ok(NetnsTracer::new()))?;
+            trace(&mut tracer, offsets, &args.run)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
+            format: format(&args.run),
+            inodes: args.inode,
+            stuck_after: args.stuck_after,
+        }),
         Command::Doctor => doctor::run(),
         Command::BenchEmptyHook { hook } => {
             attach_empty_hook(&hook)?;
@@ -92,6 +103,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", tracers::signals::names::explain_exit_code(code));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn format(run: &RunArgs) -> Format {
+    if run.json {
+        Format::Json
+    } else {
+        Format::Human
     }
 }
 
@@ -153,12 +172,7 @@ fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Resu
         tracer.name(),
         used.join(", ")
     );
-    let format = if run.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let mut out = Output::new(format, tracer.human_header());
+    let mut out = Output::new(format(run), tracer.human_header());
     let stop = StopWhen {
         duration: run.duration,
         count: run.count,

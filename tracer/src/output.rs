@@ -35,6 +35,14 @@ impl Output {
         }
     }
 
+    /// A line for people only (a closing count), left out of JSON output.
+    pub fn human_line(&mut self, line: &str) -> io::Result<()> {
+        match self.format {
+            Format::Human => writeln!(self.out, "{line}"),
+            Format::Json => Ok(()),
+        }
+    }
+
     pub fn event(&mut self, event: &impl Event) -> io::Result<()> {
         match self.format {
             Format::Json => {

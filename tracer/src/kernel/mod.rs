@@ -5,3 +5,4 @@ pub mod btf;
 pub mod netns;
 pub mod offsets;
 pub mod preflight;
+pub mod symbols;

@@ -1,14 +1,20 @@
-//! Finding the node's network namespaces and reading files from inside one.
+//! Finding the node's network namespaces (through every process's /proc/PID/ns/net and every
+//! nsfs bind mount: `ip netns`, container runtimes, kubelet), and doing something inside one.
 
 use std::{
     collections::BTreeMap,
-    fs,
+    fs::{self, File},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use nix::sched::{setns, CloneFlags};
+
+use crate::text::escape;
+
+/// Processes looked at, at most, so that a runaway fork bomb cannot stall a scan.
+const MAX_PROCESSES: usize = 1_000_000;
 
 /// A file that refers to a network namespace: `/proc/PID/ns/net` or an nsfs bind mount such as
 /// `/run/netns/NAME`.
@@ -18,53 +24,36 @@ pub struct NetnsRef {
     pub path: PathBuf,
 }
 
-/// Every network namespace reachable through a process or a bind mount, by inode.
-pub fn discover() -> BTreeMap<u64, NetnsRef> {
-    let mut found = BTreeMap::new();
-    let mut add = |path: PathBuf| {
-        if let Ok(meta) = fs::metadata(&path) {
-            found.entry(meta.ino()).or_insert(NetnsRef {
-                inode: meta.ino(),
-                path,
-            });
-        }
-    };
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-            {
-                add(entry.path().join("ns/net"));
-            }
-        }
-    }
-    for mount in nsfs_mounts() {
-        add(mount);
-    }
-    found
+/// /proc/PID/ns/net.
+pub fn net_ns_link(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
-/// Mount points of nsfs files (namespaces kept alive by a bind mount), from mountinfo.
-pub fn nsfs_mounts() -> Vec<PathBuf> {
-    let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            (right.split(' ').next() == Some("nsfs")).then(|| left.split(' ').nth(4))?
-        })
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
+/// The inode of the network namespace of `pid`; `None` once it has exited (or is a zombie).
+pub fn net_ns_of(pid: u32) -> Option<u64> {
+    fs::metadata(net_ns_link(pid)).ok().map(|m| m.ino())
+}
+
+/// Every process id in /proc.
+fn pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .take(MAX_PROCESSES)
+}
+
+/// `(pid, namespace inode)` of every process.
+pub fn process_namespaces() -> Vec<(u32, u64)> {
+    pids()
+        .filter_map(|pid| Some((pid, net_ns_of(pid)?)))
         .collect()
 }
 
-/// mountinfo escapes spaces, tabs, newlines and backslashes as octal (`\040`).
-fn unescape_mount_path(path: &str) -> String {
-    let bytes = path.as_bytes();
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mount_point(raw: &str) -> String {
+    let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -74,8 +63,8 @@ fn unescape_mount_path(path: &str) -> String {
                 .and_then(|d| u8::from_str_radix(d, 8).ok())
         });
         match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
+            (b'\\', Some(byte)) => {
+                out.push(byte);
                 i += 4;
             }
             (b, _) => {
@@ -84,20 +73,94 @@ fn unescape_mount_path(path: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    escape(&out)
 }
 
-/// Reads `path` as seen from inside the namespace `netns`: `/proc/thread-self/net/...` shows
-/// that namespace's network files, `/proc/sys/net/...` its sysctls. A short-lived thread
-/// enters the namespace, so the process itself never moves.
-pub fn read_in(netns: &Path, path: &'static str) -> Result<String> {
-    let file = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    std::thread::spawn(move || -> Result<String> {
-        setns(&file, CloneFlags::CLONE_NEWNET).context("entering the network namespace")?;
+/// `(mount point, namespace inode)` of every network-namespace bind mount in `mountinfo`:
+/// nsfs mounts whose root is `net:[INODE]`.
+pub fn parse_netns_mounts(mountinfo: &str) -> Vec<(String, u64)> {
+    let mut mounts = Vec::new();
+    for line in mountinfo.lines() {
+        // Fields: id parent major:minor root mount-point options ... - fstype source options
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split(' ').next() != Some("nsfs") {
+            continue;
+        }
+        let mut fields = left.split(' ');
+        let (Some(root), Some(point)) = (fields.nth(3), fields.next()) else {
+            continue;
+        };
+        let inode = root
+            .strip_prefix("net:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|i| i.parse().ok());
+        if let Some(inode) = inode {
+            let point = unescape_mount_point(point);
+            if !mounts.contains(&(point.clone(), inode)) {
+                mounts.push((point, inode));
+            }
+        }
+    }
+    mounts
+}
+
+/// Network-namespace bind mounts visible in this mount namespace.
+pub fn netns_mounts() -> Vec<(String, u64)> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| parse_netns_mounts(&m))
+        .unwrap_or_default()
+}
+
+/// Every network namespace reachable through a bind mount or a process, by inode.
+pub fn discover() -> BTreeMap<u64, NetnsRef> {
+    let mut found = BTreeMap::new();
+    for (point, inode) in netns_mounts() {
+        found.entry(inode).or_insert(NetnsRef {
+            inode,
+            path: point.into(),
+        });
+    }
+    for (pid, inode) in process_namespaces() {
+        found.entry(inode).or_insert(NetnsRef {
+            inode,
+            path: net_ns_link(pid),
+        });
+    }
+    found
+}
+
+/// Runs `read` in a thread inside the namespace at `path` (a bind mount or /proc/PID/ns/net),
+/// which must be the one with `inode`: a pid may have been reused since it was found.
+pub fn in_namespace<T: Send>(
+    path: &Path,
+    inode: u64,
+    read: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let actual = file.metadata()?.ino();
+    if actual != inode {
+        bail!("{} is now namespace {actual}, not {inode}", path.display());
+    }
+    // Only this short-lived thread changes namespace; the tracer's own threads stay put.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", path.display()))?;
+            read()
+        })
+        .join()
+        .map_err(|_| anyhow!("reading namespace {inode}: the reader thread panicked"))?
+    })
+}
+
+/// Reads `path` as seen from inside `netns`: `/proc/thread-self/net/...` shows that
+/// namespace's network files, `/proc/sys/net/...` its sysctls.
+pub fn read_in(netns: &NetnsRef, path: &'static str) -> Result<String> {
+    in_namespace(&netns.path, netns.inode, || {
         fs::read_to_string(path).with_context(|| format!("reading {path}"))
     })
-    .join()
-    .map_err(|_| anyhow!("the namespace reader thread panicked"))?
 }
 
 #[cfg(test)]
@@ -105,18 +168,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_own_namespace_and_reads_inside_it() {
-        let own = fs::metadata("/proc/self/ns/net").unwrap().ino();
-        let all = discover();
-        assert!(all.contains_key(&own));
-        let dev = read_in(&all[&own].path, "/proc/thread-self/net/dev").unwrap();
-        assert!(dev.contains("lo:"), "{dev}");
+    fn finds_net_nsfs_mounts_only() {
+        let mountinfo = "\
+22 28 0:4 / /proc rw,nosuid - proc proc rw
+612 29 0:4 net:[4026532290] /run/netns/a rw shared:5 - nsfs nsfs rw
+613 29 0:4 net:[4026532290] /run/netns/a rw shared:5 - nsfs nsfs rw
+614 29 0:4 mnt:[4026532291] /run/mnt-ns rw - nsfs nsfs rw
+615 29 0:4 net:[4026532300] /var/run/with\\040space rw - nsfs nsfs rw";
+        assert_eq!(
+            parse_netns_mounts(mountinfo),
+            [
+                ("/run/netns/a".to_string(), 4026532290),
+                ("/var/run/with space".to_string(), 4026532300)
+            ]
+        );
     }
 
     #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path("/run/netns/a\\040b"), "/run/netns/a b");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
-        assert_eq!(unescape_mount_path("/trailing\\04"), "/trailing\\04");
+    fn finds_own_namespace_and_reads_inside_it() {
+        let own = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let all = discover();
+        let dev = read_in(&all[&own], "/proc/thread-self/net/dev").unwrap();
+        assert!(dev.contains("lo:"), "{dev}");
     }
 }

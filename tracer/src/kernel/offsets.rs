@@ -70,5 +70,15 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         net_net_cookie: optional("net", "net_cookie"),
         net_ct_stat: optional("net", "ct.stat"),
         bpf_array_pptrs: optional("bpf_array", "pptrs"),
+        // Network namespaces: only `tracer netns --watch` needs these; it checks them itself.
+        task_struct_nsproxy: optional("task_struct", "nsproxy"),
+        nsproxy_net_ns: optional("nsproxy", "net_ns"),
+        net_ns_ns_type: optional("net", "ns.ns_type"),
+        net_ns_refcount: btf
+            .field_offset("net", "ns.__ns_ref")
+            .unwrap_or_else(|_| optional("net", "ns.count")),
+        net_list: optional("net", "list"),
+        net_gen: optional("net", "gen"),
+        work_struct_func: optional("work_struct", "func"),
     })
 }

@@ -7,6 +7,7 @@
 //! tracer-common, a module here, and a subcommand in `cli.rs`.
 
 pub mod conntrack;
+pub mod netns;
 pub mod signals;
 
 use anyhow::Result;

@@ -143,14 +143,14 @@ pub fn parse_proc_stat(text: &str, cpus: &[u32]) -> Result<BTreeMap<u32, CtStats
 /// The per-CPU statistics of the namespace `netns`, read from inside it.
 pub fn read_netns(netns: &netns::NetnsRef, cpus: &[u32]) -> Result<BTreeMap<u32, CtStats>> {
     parse_proc_stat(
-        &netns::read_in(&netns.path, "/proc/thread-self/net/stat/nf_conntrack")?,
+        &netns::read_in(netns, "/proc/thread-self/net/stat/nf_conntrack")?,
         cpus,
     )
 }
 
 /// Conntrack entries in the namespace `netns` (its `nf_conntrack_count` sysctl).
 pub fn entries(netns: &netns::NetnsRef) -> Result<u64> {
-    let text = netns::read_in(&netns.path, "/proc/sys/net/netfilter/nf_conntrack_count")?;
+    let text = netns::read_in(netns, "/proc/sys/net/netfilter/nf_conntrack_count")?;
     text.trim().parse().context("parsing nf_conntrack_count")
 }
 

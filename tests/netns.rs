@@ -1,0 +1,514 @@
+//! `tracer netns` against the real kernel: namespaces the test creates (with `ip netns`,
+//! `unshare` and a vfork()ed holder), checked against the inodes the kernel shows for them and
+//! the pids the test spawned. Every namespace is removed again, also when an assertion fails.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tracer_tests::*;
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd).args(args).status().expect(cmd);
+    assert!(status.success(), "{cmd} {args:?}: {status}");
+}
+
+fn inode_of(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn netns_of(pid: u32) -> Option<u64> {
+    inode_of(Path::new(&format!("/proc/{pid}/ns/net")))
+}
+
+/// A namespace made with `ip netns add`, deleted when dropped unless the test deleted it.
+struct NamedNetns {
+    name: String,
+    deleted: bool,
+}
+
+impl NamedNetns {
+    fn new(tag: &str) -> Self {
+        let name = format!("trtest-{tag}-{}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        Self {
+            name,
+            deleted: false,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    fn inode(&self) -> u64 {
+        inode_of(&self.path()).expect("bind mount of the namespace")
+    }
+
+    /// A `sleep` inside the namespace (`ip netns exec` execs it: the pid is the child's).
+    fn enter_sleeper(&self) -> Owned {
+        let child = Owned(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, "sleep", "300"])
+                .spawn()
+                .expect("ip netns exec"),
+        );
+        let inode = self.inode();
+        wait_for("the sleeper to enter", Duration::from_secs(10), || {
+            (netns_of(child.pid()) == Some(inode)).then_some(())
+        });
+        child
+    }
+
+    fn delete(&mut self) {
+        run("ip", &["netns", "del", &self.name]);
+        self.deleted = true;
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+}
+
+/// `unshare -n sleep 300`: a process holding a new namespace of its own, and that namespace.
+fn process_in_new_netns() -> (Owned, u64) {
+    let own = netns_of(std::process::id()).unwrap();
+    let child = Owned(
+        Command::new("unshare")
+            .args(["-n", "sleep", "300"])
+            .spawn()
+            .expect("unshare"),
+    );
+    let inode = wait_for(
+        "unshare to enter its namespace",
+        Duration::from_secs(10),
+        || netns_of(child.pid()).filter(|&i| i != own),
+    );
+    (child, inode)
+}
+
+/// Adds `address` to the loopback device of `pid`'s namespace.
+fn add_address(pid: u32, address: &str) {
+    let pid = pid.to_string();
+    run(
+        "nsenter",
+        &["-t", &pid, "-n", "ip", "addr", "add", address, "dev", "lo"],
+    );
+}
+
+/// `tracer netns --json ARGS`: exit code and the snapshot's objects.
+fn snapshot(args: &[&str]) -> (i32, Vec<Value>) {
+    let mut all = vec!["netns", "--json"];
+    all.extend_from_slice(args);
+    let out = tracer(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code().unwrap_or_else(|| panic!("{stderr}"));
+    assert!(code < 2, "tracer netns failed: {stderr}");
+    let objects = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (code, objects)
+}
+
+fn report(objects: &[Value], inode: u64) -> &Value {
+    objects
+        .iter()
+        .find(|o| o["inode"] == inode)
+        .unwrap_or_else(|| panic!("namespace {inode} not in {objects:#?}"))
+}
+
+fn flag_names(report: &Value) -> Vec<&str> {
+    report["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["flag"].as_str().unwrap())
+        .collect()
+}
+
+fn holder_pids(report: &Value) -> Vec<u64> {
+    report["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["pid"].as_u64().unwrap())
+        .collect()
+}
+
+/// `tracer netns --watch --json`, ready.
+fn watch() -> TracerRun {
+    TracerRun::start(&["netns", "--watch", "--json"])
+}
+
+/// Waits (at most 10 s) for the `action` event of namespace `inode` (create) or `cookie`.
+fn event(run: &mut TracerRun, action: &str, key: &str, value: u64) -> Value {
+    run.wait_for_json(Duration::from_secs(10), |v| {
+        v["type"] == "netns" && v["action"] == action && v[key] == value
+    })
+    .unwrap_or_else(|| panic!("no {action} event with {key} {value}"))
+}
+
+fn cookie_of(event: &Value) -> u64 {
+    let cookie = event["cookie"].as_u64().expect("a cookie");
+    assert_ne!(cookie, 0, "{event:#}");
+    cookie
+}
+
+/// The actions of the namespace with `cookie`, in output order; each event must carry `inode`.
+fn actions_of(out: &TracerOutput, cookie: u64, inode: u64) -> Vec<String> {
+    out.of_type("netns")
+        .into_iter()
+        .filter(|e| e["cookie"] == cookie)
+        .map(|e| {
+            assert_eq!(e["inode"], inode, "{e:#}");
+            e["action"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn lifetime_ms(out: &TracerOutput, cookie: u64, action: &str) -> u64 {
+    let e = out
+        .of_type("netns")
+        .into_iter()
+        .find(|e| e["cookie"] == cookie && e["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} for cookie {cookie}"));
+    e["lifetime_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no lifetime: {e:#}"))
+}
+
+#[test]
+fn lifecycle_events_carry_the_kernels_inode_and_cookie() {
+    let started = Instant::now();
+    let mut run = watch();
+    let mut named = NamedNetns::new("life");
+    let named_at = Instant::now();
+    let named_inode = named.inode();
+    let mut sleeper = named.enter_sleeper();
+    let (mut own, own_inode) = process_in_new_netns();
+
+    let create = event(&mut run, "create", "inode", named_inode);
+    assert_eq!(create["comm"], "ip", "{create:#}");
+    let named_cookie = cookie_of(&create);
+    let create = event(&mut run, "create", "inode", own_inode);
+    assert_eq!(create["pid"], own.pid(), "{create:#}");
+    assert_eq!(create["comm"], "unshare", "{create:#}");
+    let own_cookie = cookie_of(&create);
+    assert_ne!(named_cookie, own_cookie);
+
+    // The last process leaves the named namespace; its bind mount keeps it alive.
+    let _ = sleeper.0.kill();
+    sleeper
+        .wait_timeout(Duration::from_secs(10))
+        .expect("sleeper exited");
+    let last = event(&mut run, "last_holder_exit", "cookie", named_cookie);
+    assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
+    assert_eq!(last["comm"], "sleep", "{last:#}");
+
+    let _ = own.0.kill();
+    own.wait_timeout(Duration::from_secs(10))
+        .expect("unshare'd sleep exited");
+    let deleted_after = named_at.elapsed();
+    named.delete();
+    event(&mut run, "teardown_end", "cookie", own_cookie);
+    event(&mut run, "teardown_end", "cookie", named_cookie);
+    let elapsed = started.elapsed().as_millis() as u64;
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    assert_eq!(
+        actions_of(&out, named_cookie, named_inode),
+        [
+            "create",
+            "last_holder_exit",
+            "teardown_start",
+            "teardown_end"
+        ]
+    );
+    // No bind mount holds the unshare'd namespace: its last exit is not worth an event.
+    assert_eq!(
+        actions_of(&out, own_cookie, own_inode),
+        ["create", "teardown_start", "teardown_end"]
+    );
+    for cookie in [named_cookie, own_cookie] {
+        let (start, end) = (
+            lifetime_ms(&out, cookie, "teardown_start"),
+            lifetime_ms(&out, cookie, "teardown_end"),
+        );
+        assert!(start <= end && end <= elapsed, "{start} {end} {elapsed}");
+    }
+    assert!(lifetime_ms(&out, named_cookie, "teardown_end") >= deleted_after.as_millis() as u64);
+}
+
+#[test]
+fn deleted_namespace_lives_on_with_its_holder() {
+    let mut run = watch();
+    let mut named = NamedNetns::new("held");
+    let inode = named.inode();
+    let mut sleeper = named.enter_sleeper();
+    let cookie = cookie_of(&event(&mut run, "create", "inode", inode));
+    named.delete();
+    assert!(!named.path().exists());
+    assert_eq!(netns_of(sleeper.pid()), Some(inode));
+
+    let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
+    let ns = report(&objects, inode);
+    assert_eq!(objects.len(), 1, "{objects:#?}");
+    assert_eq!(ns["held_by"], "process", "{ns:#}");
+    assert_eq!(holder_pids(ns), [sleeper.pid() as u64], "{ns:#}");
+    assert_eq!(ns["holders"][0]["comm"], "sleep");
+    assert_eq!(ns["mounts"], serde_json::json!([]));
+    // The cookie read over a socket inside the namespace is the one the kernel program read.
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
+    assert_eq!(ns["pod"], Value::Null);
+    assert_eq!(code, 0, "{ns:#}");
+
+    // Deleted, but held: no teardown while the holder lives.
+    let early = run.wait_for_json(Duration::from_secs(1), |v| {
+        v["cookie"] == cookie
+            && v["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("teardown"))
+    });
+    assert_eq!(early, None);
+
+    let _ = sleeper.0.kill();
+    sleeper
+        .wait_timeout(Duration::from_secs(10))
+        .expect("sleeper exited");
+    expect_plain_life(run, cookie, inode);
+    // Gone from the snapshot too; its inode may already belong to a newer namespace.
+    let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
+    if out.status.code() != Some(2) {
+        let now: Value = serde_json::from_slice(&out.stdout).expect("one namespace");
+        assert_ne!(now["cookie"], cookie, "{now:#}");
+    }
+}
+
+#[test]
+fn bind_mount_alone_is_orphaned() {
+    let named = NamedNetns::new("orphan");
+    let (code, objects) = snapshot(&["--inode", &named.inode().to_string()]);
+    let ns = report(&objects, named.inode());
+    assert_eq!(ns["held_by"], "bind mount");
+    assert_eq!(ns["mounts"][0], named.path().to_str().unwrap());
+    assert_eq!(flag_names(ns), ["orphaned"], "{ns:#}");
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn same_address_in_two_namespaces_is_a_conflict() {
+    let (a, a_inode) = process_in_new_netns();
+    let (b, b_inode) = process_in_new_netns();
+    // Benchmarking addresses (198.18.0.0/15), never routed; no traffic is sent.
+    let octet = std::process::id() % 250 + 1;
+    let shared = format!("198.18.{octet}.1/24");
+    add_address(a.pid(), &shared);
+    add_address(b.pid(), &shared);
+    let selection = format!("{a_inode},{b_inode}");
+
+    let (code, objects) = snapshot(&["--inode", &selection]);
+    assert_eq!(code, 1, "{objects:#?}");
+    for (this, this_holder, other, other_holder) in [
+        (a_inode, a.pid(), b_inode, b.pid()),
+        (b_inode, b.pid(), a_inode, a.pid()),
+    ] {
+        let ns = report(&objects, this);
+        assert_eq!(holder_pids(ns), [this_holder as u64], "{ns:#}");
+        let addresses: Vec<&Value> = ns["addresses"].as_array().unwrap().iter().collect();
+        assert!(
+            addresses
+                .iter()
+                .any(|a| a["address"] == shared.trim_end_matches("/24")),
+            "{ns:#}"
+        );
+        let conflict = ns["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["flag"] == "ip-conflict")
+            .unwrap_or_else(|| panic!("no ip-conflict on {this}: {ns:#}"));
+        assert_eq!(
+            conflict["namespaces"],
+            serde_json::json!([other]),
+            "{conflict:#}"
+        );
+        let explanation = conflict["explanation"].as_str().unwrap();
+        assert!(
+            explanation.contains(&other.to_string())
+                && explanation.contains(&format!("sleep({other_holder})")),
+            "{explanation}"
+        );
+    }
+
+    // Moving b to another address clears the conflict: nothing else is wrong with these two.
+    let pid = b.pid().to_string();
+    run(
+        "nsenter",
+        &["-t", &pid, "-n", "ip", "addr", "del", &shared, "dev", "lo"],
+    );
+    add_address(b.pid(), &format!("198.18.{octet}.2/24"));
+    let (code, objects) = snapshot(&["--inode", &selection]);
+    for inode in [a_inode, b_inode] {
+        assert_eq!(flag_names(report(&objects, inode)), Vec::<&str>::new());
+    }
+    assert_eq!(code, 0, "{objects:#?}");
+}
+
+/// `netns-holder MODE`: the holder process and its child, both killed when dropped (the
+/// child dies with its parent).
+struct Holder {
+    parent: Owned,
+    child: u32,
+}
+
+impl Holder {
+    fn start(mode: &str) -> Self {
+        let parent = Owned(
+            Command::new(env!("CARGO_BIN_EXE_netns-holder"))
+                .args([mode, "120"])
+                .spawn()
+                .expect("netns-holder"),
+        );
+        let children = format!("/proc/{0}/task/{0}/children", parent.pid());
+        let child = wait_for("the holder's child", Duration::from_secs(10), || {
+            fs::read_to_string(&children)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+        Self { parent, child }
+    }
+
+    /// Kills the child; the parent returns (from vfork, or from waiting) and exits.
+    fn end(&mut self) {
+        send(self.child, nix::sys::signal::Signal::SIGKILL);
+        self.parent
+            .wait_timeout(Duration::from_secs(10))
+            .expect("the holder exits after its child");
+    }
+}
+
+/// Waits for the teardown of the namespace `cookie` to end, stops the tracer, and checks the
+/// whole life of the namespace, as `inode`, in order.
+fn expect_plain_life(mut run: TracerRun, cookie: u64, inode: u64) {
+    event(&mut run, "teardown_end", "cookie", cookie);
+    let out = run.stop();
+    assert_eq!(
+        actions_of(&out, cookie, inode),
+        ["create", "teardown_start", "teardown_end"]
+    );
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The namespace `pid` is in, once it differs from this test's.
+fn new_netns_of(pid: u32) -> u64 {
+    wait_for("a new namespace", Duration::from_secs(10), || {
+        netns_of(pid).filter(|&i| Some(i) != netns_of(std::process::id()))
+    })
+}
+
+#[test]
+fn clone_into_a_new_namespace_is_a_creation() {
+    let mut run = watch();
+    let mut holder = Holder::start("clone");
+    let inode = new_netns_of(holder.child);
+    assert_ne!(netns_of(holder.parent.pid()), Some(inode));
+    let create = event(&mut run, "create", "inode", inode);
+    // The new task is the one inside.
+    assert_eq!(create["pid"], holder.child, "{create:#}");
+    assert_eq!(create["comm"], "netns-holder", "{create:#}");
+    let cookie = cookie_of(&create);
+
+    holder.end();
+    expect_plain_life(run, cookie, inode);
+}
+
+#[test]
+fn holder_in_uninterruptible_sleep_is_stuck() {
+    let mut run = watch();
+    let mut holder = Holder::start("vfork");
+    let parent = holder.parent.pid();
+    let inode = new_netns_of(parent);
+    let create = event(&mut run, "create", "inode", inode);
+    assert_eq!(create["pid"], parent, "{create:#}");
+    let cookie = cookie_of(&create);
+    wait_for(
+        "the parent to block in D state",
+        Duration::from_secs(10),
+        || status_field(parent, "State:").filter(|s| s.starts_with('D')),
+    );
+    thread::sleep(Duration::from_millis(1500));
+
+    let (code, objects) = snapshot(&["--inode", &inode.to_string(), "--stuck-after", "1s"]);
+    let ns = report(&objects, inode);
+    let mut pids = holder_pids(ns);
+    pids.sort();
+    let mut expected = vec![parent as u64, holder.child as u64];
+    expected.sort();
+    assert_eq!(pids, expected, "{ns:#}");
+    let blocked = ns["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["pid"] == parent)
+        .unwrap();
+    assert_eq!(blocked["state"], "D", "{blocked:#}");
+    let wchan = blocked["wchan"].as_str().expect("a wchan for the D holder");
+    assert!(
+        blocked["blocked_ms"].as_u64().unwrap() >= 1000,
+        "{blocked:#}"
+    );
+    assert_eq!(flag_names(ns), ["stuck"], "{ns:#}");
+    let explanation = ns["flags"][0]["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains(&format!("({parent})")) && explanation.contains(wchan),
+        "{explanation}"
+    );
+    assert_eq!(code, 1);
+
+    // Below the threshold, the same holder is not flagged.
+    let (code, objects) = snapshot(&["--inode", &inode.to_string(), "--stuck-after", "1h"]);
+    assert_eq!(flag_names(report(&objects, inode)), Vec::<&str>::new());
+    assert_eq!(code, 0);
+
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
+
+    holder.end();
+    expect_plain_life(run, cookie, inode);
+}

@@ -1,0 +1,108 @@
+//! Ring-buffer records of `netns --watch` to typed events.
+
+use std::{io, io::Write, time::Duration};
+
+use serde::Serialize;
+use tracer_common::netns::{NetnsAction, NetnsEvent};
+
+use crate::{
+    clock::{self, Clock},
+    output::Event,
+    text::kernel_str,
+};
+
+/// One kernel record, decoded.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub action: NetnsAction,
+    pub inode: u64,
+    pub cookie: u64,
+    /// The process concerned (none for teardown, which a kernel worker does).
+    pub process: Option<(u32, String)>,
+    pub ktime_ns: u64,
+}
+
+impl Record {
+    /// `None` for an action this build does not know.
+    pub fn decode(ev: &NetnsEvent) -> Option<Self> {
+        let action = [
+            NetnsAction::Create,
+            NetnsAction::TeardownStart,
+            NetnsAction::TeardownEnd,
+            NetnsAction::ProcessExit,
+        ]
+        .into_iter()
+        .find(|a| *a as u32 == ev.action)?;
+        Some(Self {
+            action,
+            inode: ev.inum.into(),
+            cookie: ev.cookie,
+            process: (ev.task.pid != 0).then(|| (ev.task.pid, kernel_str(&ev.task.leader_comm))),
+            ktime_ns: ev.header.ktime_ns,
+        })
+    }
+}
+
+/// One network-namespace event.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetnsRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    /// `create`, `teardown_start`, `teardown_end` or `last_holder_exit`.
+    pub action: &'static str,
+    pub inode: u64,
+    pub cookie: u64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub container: Option<serde_json::Value>,
+    pub pod: Option<serde_json::Value>,
+    /// Since creation, when the creation was seen in this run.
+    pub lifetime_ms: Option<u64>,
+}
+
+impl NetnsRecord {
+    /// `created_ns`: when the namespace was created, if known.
+    pub fn new(
+        action: &'static str,
+        record: &Record,
+        created_ns: Option<u64>,
+        clock: &Clock,
+    ) -> Self {
+        let (pid, comm) = record.process.clone().unzip();
+        Self {
+            kind: "netns",
+            time: clock::rfc3339(clock.wall(record.ktime_ns)),
+            action,
+            inode: record.inode,
+            cookie: record.cookie,
+            pid,
+            comm,
+            container: None,
+            pod: None,
+            lifetime_ms: created_ns.map(|c| record.ktime_ns.saturating_sub(c) / 1_000_000),
+        }
+    }
+}
+
+impl Event for NetnsRecord {
+    fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
+        let process = match (&self.comm, self.pid) {
+            (Some(comm), Some(pid)) => format!("{comm}({pid})"),
+            _ => "-".into(),
+        };
+        let lifetime = self.lifetime_ms.map_or_else(
+            || "-".into(),
+            |ms| clock::short_duration(Duration::from_millis(ms)),
+        );
+        writeln!(
+            w,
+            "{}  {:<16} {:<11} {:<8} {:<24} {lifetime}",
+            clock::time_of_day(&self.time),
+            self.action,
+            self.inode,
+            self.cookie,
+            process
+        )
+    }
+}

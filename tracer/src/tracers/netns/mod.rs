@@ -1,0 +1,258 @@
+//! `tracer netns`: network namespaces, and the ones that outlive their pod. Without `--watch`
+//! a snapshot (`snapshot`); with it, the namespaces' lifecycle from kernel programs.
+
+mod decode;
+mod discover;
+mod flags;
+mod inside;
+pub mod snapshot;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use aya::GlobalData;
+use serde_json::{json, Map, Value};
+use tracer_common::{
+    netns::{NetnsAction, NetnsConfig, NetnsEvent},
+    EventKind,
+};
+
+use self::decode::{NetnsRecord, Record};
+use super::{decode_record, Tracer};
+use crate::{
+    clock::Clock,
+    hooks::{Attach, Candidate, HookSpec},
+    kernel::{preflight, symbols},
+    output::Output,
+    pipeline::RunStats,
+};
+
+const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        purpose: "netns create (clone)",
+        candidates: &[Candidate {
+            program: "netns_task_newtask",
+            attach: Attach::TpBtf("task_newtask"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "netns create (unshare entry)",
+        candidates: &[Candidate {
+            program: "netns_unshare_enter",
+            attach: Attach::TracePoint("syscalls", "sys_enter_unshare"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "netns create (unshare exit)",
+        candidates: &[Candidate {
+            program: "netns_unshare_exit",
+            attach: Attach::TracePoint("syscalls", "sys_exit_unshare"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "netns teardown start",
+        candidates: &[Candidate {
+            program: "netns_cleanup_start",
+            attach: Attach::TpBtf("workqueue_execute_start"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "netns teardown end",
+        candidates: &[Candidate {
+            program: "netns_teardown_end",
+            attach: Attach::TpBtf("kfree"),
+        }],
+        required: true,
+    },
+    HookSpec {
+        purpose: "exit inside a netns",
+        candidates: &[Candidate {
+            program: "netns_process_exit",
+            attach: Attach::TpBtf("sched_process_exit"),
+        }],
+        required: false,
+    },
+];
+
+/// How long an exit waits before /proc is asked whether anyone is still inside: the exiting
+/// process releases its namespaces right after the tracepoint.
+const EXIT_SETTLE_NS: u64 = 100_000_000;
+
+pub struct NetnsTracer {
+    config: NetnsConfig,
+    clock: Clock,
+    /// Creation time of the namespaces created during the run, by cookie.
+    created: HashMap<u64, u64>,
+    /// Cookies whose teardown started and has not ended.
+    tearing_down: HashSet<u64>,
+    /// Exits inside non-initial namespaces, waiting to be checked.
+    pending_exits: Vec<Record>,
+    by_action: BTreeMap<&'static str, u64>,
+}
+
+/// What the programs need from this kernel beyond BTF. Missing pieces only lose detail (the
+/// hooks that need them then fail to attach or stay silent), so they are logged, not fatal.
+fn kernel_config() -> NetnsConfig {
+    let mut config = NetnsConfig::default();
+    match symbols::function_range("cleanup_net")
+        .and_then(|c| Ok((c, symbols::function_range("net_passive_dec")?)))
+    {
+        Ok(((start, end), (dec_start, dec_end))) => {
+            (config.cleanup_net, config.cleanup_net_end) = (start, end);
+            (config.passive_dec, config.passive_dec_end) = (dec_start, dec_end);
+        }
+        Err(e) => log::warn!("{e:#}; teardown will not be reported"),
+    }
+    // Kernel threads always live in the initial namespace; kthreadd is pid 2.
+    let init_net = crate::kernel::netns::net_ns_link(2);
+    match crate::kernel::netns::net_ns_of(2)
+        .context("kthreadd's namespace")
+        .and_then(|inode| inside::cookie_of(&init_net, inode))
+    {
+        Ok(cookie) => config.init_net_cookie = cookie,
+        Err(e) => log::warn!("cookie of the initial network namespace: {e:#}"),
+    }
+    let offsets = preflight::ensure_tracefs().and_then(|()| {
+        Ok((
+            symbols::tracepoint_field_offset("syscalls", "sys_enter_unshare", "unshare_flags")?,
+            symbols::tracepoint_field_offset("syscalls", "sys_exit_unshare", "ret")?,
+        ))
+    });
+    match offsets {
+        Ok((flags, ret)) => {
+            config.unshare_flags_offset = flags;
+            config.unshare_ret_offset = ret;
+        }
+        Err(e) => log::debug!("{e:#}; the unshare hooks will not attach"),
+    }
+    config
+}
+
+impl NetnsTracer {
+    pub fn new() -> Self {
+        Self {
+            config: kernel_config(),
+            clock: Clock::new(),
+            created: HashMap::new(),
+            tearing_down: HashSet::new(),
+            pending_exits: Vec::new(),
+            by_action: BTreeMap::new(),
+        }
+    }
+
+    fn emit(&mut self, record: NetnsRecord, out: &mut Output) -> Result<u64> {
+        *self.by_action.entry(record.action).or_default() += 1;
+        out.event(&record)?;
+        Ok(1)
+    }
+
+    /// The pending exits after which no process is inside while a bind mount still holds the
+    /// namespace (the same one: its cookie is checked). One /proc scan for all of them.
+    fn last_holder_exits(&mut self, final_flush: bool) -> Vec<Record> {
+        let now = Clock::monotonic_now_ns();
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .pending_exits
+            .drain(..)
+            .partition(|r| final_flush || now.saturating_sub(r.ktime_ns) >= EXIT_SETTLE_NS);
+        self.pending_exits = waiting;
+        if ready.is_empty() {
+            return Vec::new();
+        }
+        let occupied: HashSet<u64> = crate::kernel::netns::process_namespaces()
+            .into_iter()
+            .map(|(_, inode)| inode)
+            .collect();
+        let mounts = crate::kernel::netns::netns_mounts();
+        // The last exit per namespace is the last holder's.
+        let mut last: BTreeMap<u64, Record> = BTreeMap::new();
+        for exit in ready {
+            last.insert(exit.cookie, exit);
+        }
+        last.into_values()
+            .filter(|r| !occupied.contains(&r.inode))
+            .filter(|r| {
+                mounts.iter().any(|(point, inode)| {
+                    *inode == r.inode
+                        && inside::cookie_of(Path::new(point), *inode).ok() == Some(r.cookie)
+                })
+            })
+            .collect()
+    }
+}
+
+impl Tracer for NetnsTracer {
+    fn human_header(&self) -> String {
+        format!(
+            "{:<15}  {:<16} {:<11} {:<8} {:<24} LIFETIME",
+            "TIME (UTC)", "ACTION", "INODE", "COOKIE", "PROCESS"
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        "netns"
+    }
+
+    fn hooks(&self) -> &'static [HookSpec] {
+        HOOKS
+    }
+
+    fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
+        vec![("NETNS_CONFIG", (&self.config).into())]
+    }
+
+    fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
+        if kind != EventKind::Netns {
+            return Ok(0);
+        }
+        let Some(record) = Record::decode(&decode_record::<NetnsEvent>(raw)?) else {
+            return Ok(0);
+        };
+        let created = self.created.get(&record.cookie).copied();
+        let event = match record.action {
+            NetnsAction::Create => {
+                self.created.insert(record.cookie, record.ktime_ns);
+                NetnsRecord::new("create", &record, None, &self.clock)
+            }
+            // A batch may list a namespace twice if it was queued while the list was walked.
+            NetnsAction::TeardownStart if !self.tearing_down.insert(record.cookie) => return Ok(0),
+            NetnsAction::TeardownStart => {
+                NetnsRecord::new("teardown_start", &record, created, &self.clock)
+            }
+            NetnsAction::TeardownEnd => {
+                self.tearing_down.remove(&record.cookie);
+                self.created.remove(&record.cookie);
+                NetnsRecord::new("teardown_end", &record, created, &self.clock)
+            }
+            NetnsAction::ProcessExit => {
+                self.pending_exits.push(record);
+                return Ok(0);
+            }
+        };
+        self.emit(event, out)
+    }
+
+    fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        let mut written = 0;
+        for record in self.last_holder_exits(final_flush) {
+            let created = self.created.get(&record.cookie).copied();
+            let event = NetnsRecord::new("last_holder_exit", &record, created, &self.clock);
+            written += self.emit(event, out)?;
+        }
+        Ok(written)
+    }
+
+    fn summarize(&self, _stats: &RunStats, summary: &mut Map<String, Value>) {
+        summary.insert("by_action".into(), json!(self.by_action));
+        summary.insert(
+            "teardown_unfinished".into(),
+            json!(self.tearing_down.iter().collect::<Vec<_>>()),
+        );
+    }
+}
