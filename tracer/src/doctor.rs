@@ -103,7 +103,7 @@ pub fn run() -> Result<ExitCode> {
         )?;
         // Attaching for real (and detaching when `loaded` drops) is the only reliable test of
         // what this kernel accepts.
-        let loaded = hooks::attach(ebpf, tracer.hooks(), &kernel);
+        let loaded = hooks::attach(ebpf, &tracer.hooks(), &kernel);
         for outcome in &loaded.outcomes {
             let purpose = outcome.spec.purpose;
             match outcome.used {

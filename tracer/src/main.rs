@@ -161,7 +161,7 @@ fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Resu
             globals: tracer.globals(),
         },
     )?;
-    let loaded = hooks::attach(ebpf, tracer.hooks(), &kernel).require_usable()?;
+    let loaded = hooks::attach(ebpf, &tracer.hooks(), &kernel).require_usable()?;
     let used: Vec<String> = loaded
         .outcomes
         .iter()

@@ -65,7 +65,12 @@ fn drain(
         let Some(item) = ring.next() else { break };
         let header: EventHeader = decode_record(&item)?;
         match EventKind::try_from(header.kind) {
-            Ok(kind) => events += tracer.on_record(kind, &item, out)?,
+            Ok(kind) if tracer.kinds().contains(&kind) => {
+                events += tracer.on_record(kind, &item, out)?
+            }
+            Ok(kind) => log::warn!(
+                "ring-buffer record of kind {kind:?}, which no tracer of this run handles"
+            ),
             Err(kind) => log::warn!("ring-buffer record of unknown kind {kind}"),
         }
     }

@@ -21,7 +21,10 @@ pub trait Tracer {
     fn name(&self) -> &'static str;
 
     /// Hooks to attach, each with its candidates, best first.
-    fn hooks(&self) -> &'static [HookSpec];
+    fn hooks(&self) -> Vec<HookSpec>;
+
+    /// The kinds of ring-buffer record this tracer's programs write.
+    fn kinds(&self) -> &'static [EventKind];
 
     /// The column header of the human output.
     fn human_header(&self) -> String;

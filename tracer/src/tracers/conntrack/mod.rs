@@ -272,8 +272,12 @@ impl Tracer for ConntrackTracer {
         "conntrack-drops"
     }
 
-    fn hooks(&self) -> &'static [HookSpec] {
-        HOOKS
+    fn hooks(&self) -> Vec<HookSpec> {
+        HOOKS.to_vec()
+    }
+
+    fn kinds(&self) -> &'static [EventKind] {
+        &[EventKind::NetfilterDrop]
     }
 
     fn human_header(&self) -> String {

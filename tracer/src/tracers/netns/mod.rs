@@ -199,8 +199,12 @@ impl Tracer for NetnsTracer {
         "netns"
     }
 
-    fn hooks(&self) -> &'static [HookSpec] {
-        HOOKS
+    fn hooks(&self) -> Vec<HookSpec> {
+        HOOKS.to_vec()
+    }
+
+    fn kinds(&self) -> &'static [EventKind] {
+        &[EventKind::Netns]
     }
 
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {

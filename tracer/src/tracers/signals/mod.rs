@@ -205,8 +205,12 @@ impl Tracer for SignalsTracer {
         "signals"
     }
 
-    fn hooks(&self) -> &'static [HookSpec] {
-        HOOKS
+    fn hooks(&self) -> Vec<HookSpec> {
+        HOOKS.to_vec()
+    }
+
+    fn kinds(&self) -> &'static [EventKind] {
+        &[EventKind::Signal, EventKind::OomVictim]
     }
 
     fn human_header(&self) -> String {
