@@ -13,6 +13,7 @@ use super::names::{
 };
 use crate::{
     clock::{self, Clock},
+    enrich::identity::{Container, Enricher, Pod},
     output::Event,
     text::kernel_str,
 };
@@ -35,8 +36,10 @@ pub struct Process {
     pub exe: Option<String>,
     /// cgroup v2 id of the thread's cgroup.
     pub cgroup_id: u64,
-    pub container: Option<serde_json::Value>,
-    pub pod: Option<serde_json::Value>,
+    /// The container the process runs in; null for a host process.
+    pub container: Option<Container>,
+    /// The Kubernetes pod the process runs in; null outside pods.
+    pub pod: Option<Pod>,
 }
 
 impl Process {
@@ -59,6 +62,13 @@ impl Process {
     }
 
     /// `comm(pid)`, `comm(pid/tid)`, with `ns pid N` when it differs.
+    /// Fills in the container and pod from the kernel's cgroup id (or the pid).
+    pub fn enrich(&mut self, enricher: &mut Enricher) {
+        let identity = enricher.identify(self.cgroup_id, self.pid);
+        self.container = identity.container;
+        self.pod = identity.pod;
+    }
+
     pub fn label(&self) -> String {
         let mut ids = self.pid.to_string();
         if self.tid != self.pid {

@@ -20,7 +20,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::cgroup,
+    enrich::{cgroup, identity::Enricher},
     hooks::{Attach, Candidate, HookSpec},
     output::Output,
     pipeline::RunStats,
@@ -77,6 +77,7 @@ pub struct SignalsTracer {
     /// Recent OOM victims by pid, for a SIGKILL that comes after its `mark_victim`.
     oom_victims: HashMap<u32, OomVictim>,
     memcg_root: Option<std::path::PathBuf>,
+    enricher: Enricher,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
     by_reason: BTreeMap<&'static str, u64>,
@@ -111,6 +112,7 @@ impl SignalsTracer {
             held: VecDeque::new(),
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
+            enricher: Enricher::new(),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
             by_reason: BTreeMap::new(),
@@ -161,6 +163,17 @@ impl SignalsTracer {
 
     fn on_signal(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
         let mut record = SignalRecord::decode(&decode_record::<SignalEvent>(raw)?, &self.clock);
+        // Now, not when the record is written: a killed process's cgroup goes away soon.
+        for process in [
+            record.sender.as_mut(),
+            Some(&mut record.target),
+            record.context.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            process.enrich(&mut self.enricher);
+        }
         if record.is_privileged_kill() && !self.match_oom(&mut record) {
             self.held.push_back(record);
             return Ok(0);
@@ -169,7 +182,8 @@ impl SignalsTracer {
     }
 
     fn on_oom_victim(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
-        let victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
+        let mut victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
+        victim.allocating.enrich(&mut self.enricher);
         if let Some(i) = self
             .held
             .iter()

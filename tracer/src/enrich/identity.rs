@@ -1,0 +1,330 @@
+//! cgroup ids and pids to the container and pod they belong to, with a cache.
+//!
+//! The kernel reports a task's cgroup v2 id; the cache is keyed by it, so a process that has
+//! already exited (the victim of a SIGKILL is gone before userspace reads the event) is still
+//! named: its cgroup was seen either at start-up or when the first unknown id triggered a new
+//! walk of the hierarchy. Identities of cgroups that disappeared are kept for the whole run.
+
+use std::{
+    collections::HashMap,
+    fs,
+    ops::ControlFlow,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::{
+    cgroup,
+    cgroup_path::{self, PathIdentity},
+    metadata::{Metadata, StateDirs},
+};
+
+/// The most cgroups remembered; past it, those no longer on the node are forgotten first.
+const MAX_CACHED: usize = 65_536;
+
+/// Unknown ids trigger a new walk at most this often, so a stream of events from cgroups that
+/// are already gone cannot keep the tracer walking the hierarchy.
+const MIN_WALK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The container a process runs in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    /// The container's name in its pod (or Docker name); null for a pod's sandbox.
+    pub name: Option<String>,
+    /// `containerd`, `cri-o`, `docker`, `podman`; null when neither the cgroup path nor any
+    /// runtime's state tells.
+    pub runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// The Kubernetes pod a process runs in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: String,
+    /// `guaranteed`, `burstable`, `besteffort`, from the kubelet's cgroup layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<&'static str>,
+}
+
+/// Container and pod of one process; both `None` for a host process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub container: Option<Container>,
+    pub pod: Option<Pod>,
+}
+
+/// Combines what the cgroup path says with what the runtime's state says.
+fn identity_of(path: &PathIdentity, state: &StateDirs) -> (Identity, Option<Metadata>) {
+    let found = path
+        .container
+        .as_ref()
+        .and_then(|c| state.lookup(&c.id, c.runtime));
+    if let (Some(c), None) = (&path.container, &found) {
+        log::debug!("container {}: no runtime state found", c.id);
+    }
+    let metadata = found.as_ref().map(|(_, m)| m);
+    let container = path.container.as_ref().map(|c| Container {
+        id: c.id.clone(),
+        name: metadata.and_then(|m| m.name.clone()),
+        runtime: found
+            .as_ref()
+            .map(|(r, _)| *r)
+            .or(c.runtime)
+            .map(|r| r.name()),
+        image: metadata.and_then(|m| m.image.clone()),
+    });
+    let uid = path
+        .pod
+        .as_ref()
+        .map(|p| p.uid.clone())
+        .or_else(|| metadata.and_then(|m| m.pod_uid.clone()));
+    let pod = uid.map(|uid| Pod {
+        namespace: metadata.and_then(|m| m.pod_namespace.clone()),
+        name: metadata.and_then(|m| m.pod_name.clone()),
+        uid,
+        qos: path.pod.as_ref().map(|p| p.qos),
+    });
+    (Identity { container, pod }, found.map(|(_, m)| m))
+}
+
+/// The inode of the network namespace at `path` (a bind mount or /proc/PID/ns/net).
+fn netns_inode(path: &Path) -> Option<u64> {
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// The network namespace of the first process in cgroup `dir`.
+fn netns_of_cgroup(dir: &Path) -> Option<u64> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let pid = procs.lines().next()?.trim();
+    netns_inode(&Path::new("/proc").join(pid).join("ns/net"))
+}
+
+/// The cache. One per tracer run.
+pub struct Enricher {
+    /// The unified (cgroup v2) hierarchy, where the kernel's cgroup ids live.
+    root: Option<PathBuf>,
+    state: StateDirs,
+    by_cgroup: HashMap<u64, Identity>,
+    /// Ids seen in the latest walk, to know which cached entries are gone.
+    present: std::collections::HashSet<u64>,
+    /// Pod sandboxes' network namespaces (inode) to their pod.
+    netns: HashMap<u64, Pod>,
+    /// Id of the root cgroup, where every task of a runtime that does not join the unified
+    /// hierarchy on a hybrid host appears to be.
+    root_id: Option<u64>,
+    last_walk: Option<Instant>,
+}
+
+impl Enricher {
+    /// Learns every container cgroup on the node now.
+    pub fn new() -> Self {
+        let root = cgroup::hierarchy_root(None);
+        let mut enricher = Self {
+            root_id: root
+                .as_deref()
+                .and_then(|r| fs::metadata(r).ok())
+                .map(|m| m.ino()),
+            root,
+            state: StateDirs::default(),
+            by_cgroup: HashMap::new(),
+            present: Default::default(),
+            netns: HashMap::new(),
+            last_walk: None,
+        };
+        enricher.walk();
+        enricher
+    }
+
+    /// Walks the unified hierarchy and resolves every cgroup not seen before.
+    fn walk(&mut self) {
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        self.last_walk = Some(Instant::now());
+        self.state = StateDirs::discover();
+        self.present.clear();
+        let mut new = Vec::new();
+        cgroup::walk(&root, |id, path| {
+            self.present.insert(id);
+            if !self.by_cgroup.contains_key(&id) {
+                new.push((id, path.to_string()));
+            }
+            ControlFlow::Continue(())
+        });
+        for (id, path) in new {
+            let (identity, metadata) = identity_of(&cgroup_path::parse(&path), &self.state);
+            if let (Some(pod), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
+                let dir = root.join(path.trim_start_matches('/'));
+                let netns = m
+                    .netns_path
+                    .as_deref()
+                    .and_then(|p| netns_inode(Path::new(p)))
+                    .or_else(|| netns_of_cgroup(&dir));
+                if let Some(inode) = netns {
+                    self.netns.insert(inode, pod.clone());
+                }
+            }
+            self.by_cgroup.insert(id, identity);
+        }
+        if self.by_cgroup.len() > MAX_CACHED {
+            let present = &self.present;
+            self.by_cgroup.retain(|id, _| present.contains(id));
+        }
+    }
+
+    /// Walks again unless a walk just happened.
+    fn walk_if_due(&mut self) -> bool {
+        let due = self
+            .last_walk
+            .is_none_or(|t| t.elapsed() >= MIN_WALK_INTERVAL);
+        if due {
+            self.walk();
+        }
+        due
+    }
+
+    /// The container and pod of the task with cgroup v2 id `cgroup_id` and process id `pid`.
+    pub fn identify(&mut self, cgroup_id: u64, pid: u32) -> Identity {
+        if cgroup_id != 0 && Some(cgroup_id) != self.root_id {
+            if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
+                return identity.clone();
+            }
+            if self.walk_if_due() {
+                if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
+                    return identity.clone();
+                }
+            }
+            log::debug!("cgroup {cgroup_id} (pid {pid}) is gone or was not found");
+            return Identity::default();
+        }
+        // In the root of the unified hierarchy: a host process, or a container whose runtime
+        // uses only the v1 hierarchies (hybrid hosts); its v1 paths tell.
+        self.identify_by_pid(pid)
+    }
+
+    fn identify_by_pid(&self, pid: u32) -> Identity {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return Identity::default();
+        };
+        match cgroup_path::best_in_proc_cgroup(&text) {
+            Some((_, path)) => identity_of(&path, &self.state).0,
+            None => Identity::default(),
+        }
+    }
+
+    /// The pod whose sandbox owns the network namespace with inode `inode`: for the tracers
+    /// that report network namespaces rather than processes.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for the netns and conntrack tracers")
+    )]
+    pub fn pod_of_netns(&mut self, inode: u64) -> Option<Pod> {
+        if !self.netns.contains_key(&inode) {
+            self.walk_if_due();
+        }
+        self.netns.get(&inode).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::cgroup_path::{ContainerRef, PodRef, Runtime};
+
+    #[test]
+    fn path_and_state_combine() {
+        let root = std::env::temp_dir().join(format!("tracer-unit-ident-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let id = "c".repeat(64);
+        let bundle = root.join(format!("tasks/k8s.io/{id}"));
+        fs::create_dir_all(&bundle).unwrap();
+        // Any file stands for the netns bind mount: what matters is its inode.
+        let netns_file = root.join("netns");
+        fs::write(&netns_file, "").unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            format!(
+                r#"{{"annotations": {{"io.kubernetes.cri.container-type": "sandbox",
+                "io.kubernetes.cri.sandbox-name": "web", "io.kubernetes.cri.sandbox-namespace": "shop"}},
+                "linux": {{"namespaces": [{{"type": "network", "path": "{}"}}]}}}}"#,
+                netns_file.display()
+            ),
+        )
+        .unwrap();
+        let state = StateDirs {
+            containerd_tasks: vec![root.join("tasks")],
+            ..Default::default()
+        };
+        let path = PathIdentity {
+            container: Some(ContainerRef {
+                id: id.clone(),
+                runtime: None,
+            }),
+            pod: Some(PodRef {
+                uid: "u-1".into(),
+                qos: "besteffort",
+            }),
+        };
+        let (identity, metadata) = identity_of(&path, &state);
+        let container = identity.container.unwrap();
+        assert_eq!(container.runtime, Some("containerd"));
+        assert_eq!(container.name, None, "a sandbox has no container name");
+        let pod = identity.pod.unwrap();
+        assert_eq!(
+            (
+                pod.namespace.as_deref(),
+                pod.name.as_deref(),
+                pod.uid.as_str()
+            ),
+            (Some("shop"), Some("web"), "u-1")
+        );
+        let netns = metadata.unwrap().netns_path.unwrap();
+        assert_eq!(
+            netns_inode(Path::new(&netns)),
+            Some(fs::metadata(&netns_file).unwrap().ino())
+        );
+
+        // No state: the path's facts only, nothing invented.
+        let bare = PathIdentity {
+            container: Some(ContainerRef {
+                id: "d".repeat(64),
+                runtime: Some(Runtime::CriO),
+            }),
+            pod: None,
+        };
+        let (identity, _) = identity_of(&bare, &state);
+        assert_eq!(identity.container.unwrap().runtime, Some("cri-o"));
+        assert_eq!(identity.pod, None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn host_process_has_no_identity() {
+        let mut enricher = Enricher::new();
+        let own = fs::metadata(
+            cgroup::hierarchy_root(None).unwrap().join(
+                fs::read_to_string("/proc/self/cgroup")
+                    .unwrap()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap()
+                    .trim_start_matches('/'),
+            ),
+        )
+        .unwrap()
+        .ino();
+        assert_eq!(
+            enricher.identify(own, std::process::id()),
+            Identity::default()
+        );
+        assert_eq!(enricher.identify(u64::MAX, 1), Identity::default());
+        assert_eq!(enricher.pod_of_netns(1), None);
+    }
+}
