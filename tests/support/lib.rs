@@ -1,6 +1,8 @@
 //! Test support: run the real `tracer` binary, spawn processes the tests own, and make sure
 //! everything they create is removed again, also when an assertion fails.
 
+pub mod cri;
+
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,

@@ -23,6 +23,13 @@ const APT_PACKAGES: &[&str] = &[
     "conntrack",
     "procps",
     "util-linux",
+    // A CRI node for the container identity tests (tests/support/cri.rs), and protoc for the
+    // CRI client's generated code.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
+    "protobuf-compiler",
 ];
 
 pub fn all() -> Result<()> {

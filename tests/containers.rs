@@ -1,0 +1,116 @@
+//! Container and pod identity on a real containerd driven through the CRI API (as a kubelet
+//! drives it): every expectation comes from what the runtime returned to the test.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tracer_tests::{
+    cri::{self, Container, CriNode, Pod},
+    send, TracerRun,
+};
+
+/// Checks one side of a signal against the container and pod the runtime created.
+fn assert_identity(process: &Value, container: &Container, name: &str, pod: &Pod) {
+    assert_eq!(
+        process["container"]["id"],
+        container.id.as_str(),
+        "{process:#}"
+    );
+    assert_eq!(process["container"]["name"], name, "{process:#}");
+    assert_eq!(process["container"]["runtime"], "containerd", "{process:#}");
+    assert_eq!(process["container"]["image"], cri::IMAGE, "{process:#}");
+    assert_eq!(process["pod"]["name"], pod.name.as_str(), "{process:#}");
+    assert_eq!(
+        process["pod"]["namespace"],
+        pod.namespace.as_str(),
+        "{process:#}"
+    );
+    assert_eq!(process["pod"]["uid"], pod.uid.as_str(), "{process:#}");
+    assert_eq!(process["pod"]["qos"], "besteffort", "{process:#}");
+}
+
+#[test]
+fn signal_from_the_host_names_the_killed_containers_pod() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let app = node.start_container(&web, "app", &["/bin/sleep", "3600"]);
+    let run = TracerRun::start(&["signals", "--json", "--pid", &app.pid.to_string()]);
+    // SIGUSR1 is ignored by the container's init; SIGKILL from the host kills it, so the
+    // tracer must name a process (and soon a cgroup) that is gone.
+    send(app.pid, Signal::SIGUSR1);
+    send(app.pid, Signal::SIGKILL);
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.of_type("signal");
+    let signals: Vec<&Value> = events.iter().map(|e| &e["signal"]).collect();
+    assert_eq!(signals, ["SIGUSR1", "SIGKILL"], "{events:#?}");
+    for e in &events {
+        assert_eq!(e["target"]["pid"], app.pid);
+        assert_identity(&e["target"], &app, "app", &web);
+        assert_eq!(e["sender"]["pid"], std::process::id());
+        assert_eq!(e["sender"]["container"], Value::Null, "the host sent it");
+        assert_eq!(e["sender"]["pod"], Value::Null);
+    }
+}
+
+#[test]
+fn signal_between_containers_of_two_pods_names_both() {
+    let mut node = CriNode::up();
+    // The sender's pod shares the node's pid namespace, so it can name the target's pid.
+    let client = node.run_pod("shop", "client", true);
+    let killer = node.start_container(&client, "killer", &["/bin/sleep", "3600"]);
+    // The tracer starts before the target's pod exists: its cgroup is unknown at start-up.
+    let run = TracerRun::start(&["signals", "--json", "--signal", "USR2"]);
+    let db = node.run_pod("store", "db", false);
+    let postgres = node.start_container(&db, "postgres", &["/bin/sleep", "3600"]);
+    let status = node.exec(&killer, &["/bin/kill", "-USR2", &postgres.pid.to_string()]);
+    assert_eq!(status, 0, "kill in the killer container");
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let events: Vec<&Value> = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| e["target"]["pid"] == postgres.pid)
+        .collect();
+    assert_eq!(events.len(), 1, "{:#?}", out.objects);
+    let e = events[0];
+    assert_eq!(e["sender"]["comm"], "kill", "{e:#}");
+    assert_identity(&e["sender"], &killer, "killer", &client);
+    assert_identity(&e["target"], &postgres, "postgres", &db);
+}
+
+#[test]
+fn cri_node_leaves_nothing_behind() {
+    let mut node = CriNode::up();
+    let footprint = node.footprint();
+    let pod = node.run_pod("shop", "web", false);
+    let app = node.start_container(&pod, "app", &["/bin/sleep", "3600"]);
+    assert!(std::path::Path::new(&format!("/proc/{}", app.pid)).exists());
+    // One pod removed the kubelet's way, one left for the teardown to find.
+    node.remove_pod(&pod);
+    let other = node.run_pod("shop", "other", false);
+    let other_app = node.start_container(&other, "app", &["/bin/sleep", "3600"]);
+    node.down();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}", other_app.pid)).exists() {
+        assert!(std::time::Instant::now() < deadline, "container still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(footprint.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn cri_node_is_removed_when_a_test_fails_half_way() {
+    let mut footprint = None;
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut node = CriNode::up();
+        footprint = Some(node.footprint());
+        let pod = node.run_pod("shop", "web", false);
+        node.start_container(&pod, "app", &["/bin/sleep", "3600"]);
+        panic!("an assertion fails with a pod running");
+    }));
+    assert!(failed.is_err());
+    let footprint = footprint.expect("the node came up");
+    assert_eq!(footprint.leftovers(), Vec::<String>::new());
+}
