@@ -10,6 +10,10 @@ use tracer_tests::{
     send, TracerRun,
 };
 
+/// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
+/// so that the tests' signals leave it running.
+const SLEEPER: &[&str] = &["/bin/sh", "-c", "trap '' USR1 USR2; exec sleep 3600"];
+
 /// Checks one side of a signal against the container and pod the runtime created.
 fn assert_identity(process: &Value, container: &Container, name: &str, pod: &Pod) {
     assert_eq!(
@@ -34,17 +38,29 @@ fn assert_identity(process: &Value, container: &Container, name: &str, pod: &Pod
 fn signal_from_the_host_names_the_killed_containers_pod() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
-    let app = node.start_container(&web, "app", &["/bin/sleep", "3600"]);
+    let app = node.start_container(&web, "app", SLEEPER);
     let run = TracerRun::start(&["signals", "--json", "--pid", &app.pid.to_string()]);
-    // SIGUSR1 is ignored by the container's init; SIGKILL from the host kills it, so the
-    // tracer must name a process (and soon a cgroup) that is gone.
+    // The app ignores SIGUSR1; SIGKILL kills it, so the tracer must name a process (and soon
+    // a cgroup) that is gone.
     send(app.pid, Signal::SIGUSR1);
     send(app.pid, Signal::SIGKILL);
     let out = run.stop();
     assert!(out.status.success(), "{}", out.stderr);
     let events = out.of_type("signal");
-    let signals: Vec<&Value> = events.iter().map(|e| &e["signal"]).collect();
-    assert_eq!(signals, ["SIGUSR1", "SIGKILL"], "{events:#?}");
+    let signals: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["signal"].as_str().unwrap_or_default(),
+                e["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        signals,
+        [("SIGUSR1", "ignored"), ("SIGKILL", "delivered")],
+        "{events:#?}"
+    );
     for e in &events {
         assert_eq!(e["target"]["pid"], app.pid);
         assert_identity(&e["target"], &app, "app", &web);
@@ -59,11 +75,11 @@ fn signal_between_containers_of_two_pods_names_both() {
     let mut node = CriNode::up();
     // The sender's pod shares the node's pid namespace, so it can name the target's pid.
     let client = node.run_pod("shop", "client", true);
-    let killer = node.start_container(&client, "killer", &["/bin/sleep", "3600"]);
+    let killer = node.start_container(&client, "killer", SLEEPER);
     // The tracer starts before the target's pod exists: its cgroup is unknown at start-up.
     let run = TracerRun::start(&["signals", "--json", "--signal", "USR2"]);
     let db = node.run_pod("store", "db", false);
-    let postgres = node.start_container(&db, "postgres", &["/bin/sleep", "3600"]);
+    let postgres = node.start_container(&db, "postgres", SLEEPER);
     let status = node.exec(&killer, &["/bin/kill", "-USR2", &postgres.pid.to_string()]);
     assert_eq!(status, 0, "kill in the killer container");
     let out = run.stop();
@@ -85,12 +101,12 @@ fn cri_node_leaves_nothing_behind() {
     let mut node = CriNode::up();
     let footprint = node.footprint();
     let pod = node.run_pod("shop", "web", false);
-    let app = node.start_container(&pod, "app", &["/bin/sleep", "3600"]);
+    let app = node.start_container(&pod, "app", SLEEPER);
     assert!(std::path::Path::new(&format!("/proc/{}", app.pid)).exists());
     // One pod removed the kubelet's way, one left for the teardown to find.
     node.remove_pod(&pod);
     let other = node.run_pod("shop", "other", false);
-    let other_app = node.start_container(&other, "app", &["/bin/sleep", "3600"]);
+    let other_app = node.start_container(&other, "app", SLEEPER);
     node.down();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{}", other_app.pid)).exists() {
@@ -107,10 +123,46 @@ fn cri_node_is_removed_when_a_test_fails_half_way() {
         let mut node = CriNode::up();
         footprint = Some(node.footprint());
         let pod = node.run_pod("shop", "web", false);
-        node.start_container(&pod, "app", &["/bin/sleep", "3600"]);
+        node.start_container(&pod, "app", SLEEPER);
         panic!("an assertion fails with a pod running");
     }));
     assert!(failed.is_err());
     let footprint = footprint.expect("the node came up");
     assert_eq!(footprint.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn workload_filter_follows_the_pod_across_a_container_restart() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let other = node.run_pod("shop", "other", false);
+    let app = node.start_container(&web, "app", SLEEPER);
+    let other_app = node.start_container(&other, "app", SLEEPER);
+    let run = TracerRun::start(&[
+        "signals",
+        "--json",
+        "--pod",
+        "web",
+        "--namespace",
+        "shop",
+        "--signal",
+        "USR1",
+    ]);
+    send(app.pid, Signal::SIGUSR1);
+    send(other_app.pid, Signal::SIGUSR1);
+    // The container crashes and the kubelet starts it again: a new container id and cgroup.
+    send(app.pid, Signal::SIGKILL);
+    let restarted = node.start_container(&web, "app", SLEEPER);
+    assert_ne!(restarted.id, app.id);
+    // The tracer looks for new cgroups twice a second.
+    std::thread::sleep(Duration::from_secs(2));
+    send(restarted.pid, Signal::SIGUSR1);
+    send(other_app.pid, Signal::SIGUSR1);
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.of_type("signal");
+    let targets: Vec<&Value> = events.iter().map(|e| &e["target"]["pid"]).collect();
+    assert_eq!(targets, [app.pid, restarted.pid], "{events:#?}");
+    assert_identity(&events[0]["target"], &app, "app", &web);
+    assert_identity(&events[1]["target"], &restarted, "app", &web);
 }

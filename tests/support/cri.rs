@@ -19,9 +19,10 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
     ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 use sha2::{Digest as _, Sha256};
@@ -58,6 +59,8 @@ pub struct Pod {
     pub uid: String,
     pub name: String,
     pub namespace: String,
+    /// The pod shares the node's pid namespace (`hostPID`).
+    pub host_pid: bool,
 }
 
 /// A running container.
@@ -74,6 +77,9 @@ pub struct CriNode {
     runtime: tokio::runtime::Runtime,
     client: Option<RuntimeServiceClient<Channel>>,
     pods: Vec<Pod>,
+    /// Containers created so far by (pod id, name): the next one is a restart, with the next
+    /// attempt number, as the kubelet numbers them.
+    attempts: HashMap<(String, String), u32>,
 }
 
 /// What a node puts on the machine, found by name, so that all of it can be removed (and
@@ -105,6 +111,19 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// The kubelet's pid namespace choice: the node's for `hostPID` pods, else one per container
+/// (pods do not share a process namespace by default).
+fn pid_namespace(host_pid: bool) -> NamespaceOption {
+    NamespaceOption {
+        pid: if host_pid {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Container
+        } as i32,
+        ..Default::default()
+    }
 }
 
 /// A fresh pod UID from the kernel's generator.
@@ -223,6 +242,7 @@ impl CriNode {
                 .expect("a tokio runtime"),
             client: None,
             pods: Vec::new(),
+            attempts: HashMap::new(),
         };
         // Whatever a previous run of this test process left (same pid, unlikely) goes first.
         node.down();
@@ -401,6 +421,7 @@ state = "{d}/state"
             uid,
             name: name.into(),
             namespace: namespace.into(),
+            host_pid,
         };
         self.pods.push(pod.clone());
         pod
@@ -436,14 +457,7 @@ state = "{d}/state"
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: format!("{}/kubepods/besteffort/pod{uid}", self.cgroup_root()),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        pid: if host_pid {
-                            NamespaceMode::Node
-                        } else {
-                            NamespaceMode::Container
-                        } as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(pid_namespace(host_pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -452,21 +466,35 @@ state = "{d}/state"
         }
     }
 
-    /// Creates and starts container `name` running `command` in `pod`; returns its id and
-    /// pid as the runtime reports them.
+    /// Creates and starts container `name` running `command` in `pod` (a restart when the pod
+    /// already had a container of that name); returns its id and pid as the runtime reports
+    /// them.
     pub fn start_container(&mut self, pod: &Pod, name: &str, command: &[&str]) -> Container {
-        let sandbox_config = self.sandbox_config(&pod.namespace, &pod.name, &pod.uid, false);
+        let attempts = self
+            .attempts
+            .entry((pod.id.clone(), name.to_string()))
+            .or_default();
+        let attempt = *attempts;
+        *attempts += 1;
+        let sandbox_config = self.sandbox_config(&pod.namespace, &pod.name, &pod.uid, pod.host_pid);
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.into(),
-                attempt: 0,
+                attempt,
             }),
             image: Some(ImageSpec {
                 image: IMAGE.into(),
                 ..Default::default()
             }),
             command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
+            log_path: format!("{name}-{attempt}.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(pid_namespace(pod.host_pid)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let pod_id = pod.id.clone();

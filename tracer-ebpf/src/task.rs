@@ -55,7 +55,7 @@ fn ns_nr(task: u64) -> u32 {
 
 /// `task->cgroups->dfl_cgrp->kn->id`: the task's cgroup v2 id.
 #[inline(always)]
-fn cgroup_id(task: u64) -> u64 {
+pub fn cgroup_id(task: u64) -> u64 {
     let css_set = read::<u64>(task, off!(task_struct_cgroups)).unwrap_or(0);
     let cgroup = read::<u64>(css_set, off!(css_set_dfl_cgrp)).unwrap_or(0);
     kernfs_id(cgroup)

@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     cli::{Cli, Command, RunArgs},
+    enrich::selector::Selector,
     hooks::LoadOptions,
     kernel::{btf::KernelBtf, preflight},
     output::{Format, Output},
@@ -59,6 +60,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 signals: args.signal,
                 failed_only: args.failed,
                 wait: args.wait,
+                workload: Selector {
+                    container: args.container,
+                    pod: args.pod,
+                    namespace: args.namespace,
+                },
             })?;
             trace(&mut tracer, &args.run)?;
             Ok(ExitCode::SUCCESS)
@@ -83,7 +89,8 @@ fn trace(tracer: &mut dyn Tracer, run: &RunArgs) -> Result<()> {
             globals: tracer.globals(),
         },
     )?;
-    let loaded = hooks::attach(ebpf, tracer.hooks()).require_usable()?;
+    let mut loaded = hooks::attach(ebpf, tracer.hooks()).require_usable()?;
+    tracer.use_maps(&mut loaded.ebpf)?;
     let used: Vec<String> = loaded
         .outcomes
         .iter()

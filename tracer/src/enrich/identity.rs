@@ -179,6 +179,16 @@ impl Enricher {
         }
     }
 
+    /// Learns the cgroups that appeared since the last walk.
+    pub fn refresh(&mut self) {
+        self.walk();
+    }
+
+    /// Every cgroup known so far (those gone included) with its identity.
+    pub fn cgroups(&self) -> impl Iterator<Item = (u64, &Identity)> {
+        self.by_cgroup.iter().map(|(id, identity)| (*id, identity))
+    }
+
     /// Walks again unless a walk just happened.
     fn walk_if_due(&mut self) -> bool {
         let due = self

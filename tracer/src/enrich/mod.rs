@@ -4,3 +4,4 @@ pub mod cgroup;
 pub mod cgroup_path;
 pub mod identity;
 pub mod metadata;
+pub mod selector;

@@ -3,13 +3,19 @@
 mod decode;
 pub mod names;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _, Result};
-use aya::GlobalData;
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    Ebpf, GlobalData,
+};
 use serde_json::{json, Map, Value};
 use tracer_common::{
-    signal::{OomVictimEvent, SignalEvent, SignalFilter},
+    signal::{OomVictimEvent, SignalEvent, SignalFilter, TARGET_CGROUPS_MAP},
     EventKind,
 };
 
@@ -20,7 +26,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::{cgroup, identity::Enricher},
+    enrich::{cgroup, identity::Enricher, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     output::Output,
     pipeline::RunStats,
@@ -49,6 +55,9 @@ const HOOKS: &[HookSpec] = &[
 /// sends the SIGKILL first, then marks the victim, microseconds apart).
 const OOM_MATCH_WINDOW_NS: u64 = 200_000_000;
 
+/// How often the workload filter looks for new cgroups (a restarted container, a new pod).
+const WORKLOAD_REFRESH: Duration = Duration::from_millis(500);
+
 /// What the user asked for on the command line.
 #[derive(Clone, Debug, Default)]
 pub struct SignalsOptions {
@@ -58,6 +67,15 @@ pub struct SignalsOptions {
     pub failed_only: bool,
     /// Trace `pid` even though no such process exists yet.
     pub wait: bool,
+    /// Only signals to these workloads.
+    pub workload: Selector,
+}
+
+/// The kernel's set of cgroups the workload filter selects, kept current from the enricher.
+struct TargetCgroups {
+    map: BpfHashMap<MapData, u64, u8>,
+    added: HashSet<u64>,
+    refreshed: Instant,
 }
 
 /// The process (tgid) a pid or thread id belongs to, from /proc.
@@ -78,6 +96,8 @@ pub struct SignalsTracer {
     oom_victims: HashMap<u32, OomVictim>,
     memcg_root: Option<std::path::PathBuf>,
     enricher: Enricher,
+    workload: Selector,
+    targets: Option<TargetCgroups>,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
     by_reason: BTreeMap<&'static str, u64>,
@@ -106,6 +126,7 @@ impl SignalsTracer {
             filter.signal_mask = names::parse_signal_mask(list).context("--signal")?;
         }
         filter.failed_only = options.failed_only as u32;
+        filter.target_cgroups_only = options.workload.is_active() as u32;
         Ok(Self {
             filter,
             clock: Clock::new(),
@@ -113,12 +134,35 @@ impl SignalsTracer {
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
             enricher: Enricher::new(),
+            workload: options.workload.clone(),
+            targets: None,
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
             by_reason: BTreeMap::new(),
             kills: BTreeMap::new(),
             header_written: false,
         })
+    }
+
+    /// Adds the selected workloads' cgroups the kernel does not know yet.
+    fn sync_targets(&mut self) {
+        let Some(targets) = &mut self.targets else {
+            return;
+        };
+        for (id, identity) in self.enricher.cgroups() {
+            if targets.added.contains(&id) || !self.workload.matches(identity) {
+                continue;
+            }
+            match targets.map.insert(id, 1, 0) {
+                Ok(()) => {
+                    targets.added.insert(id);
+                }
+                Err(e) => {
+                    log::warn!("workload filter: cannot add cgroup {id}: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     fn oom_detail(&self, victim: &OomVictim) -> OomDetail {
@@ -236,6 +280,22 @@ impl Tracer for SignalsTracer {
         vec![("SIGNAL_FILTER", (&self.filter).into())]
     }
 
+    fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        if !self.workload.is_active() {
+            return Ok(());
+        }
+        let map = ebpf
+            .take_map(TARGET_CGROUPS_MAP)
+            .context("no TARGET_CGROUPS map")?;
+        self.targets = Some(TargetCgroups {
+            map: BpfHashMap::try_from(map)?,
+            added: HashSet::new(),
+            refreshed: Instant::now(),
+        });
+        self.sync_targets();
+        Ok(())
+    }
+
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
         match kind {
             EventKind::Signal => self.on_signal(raw, out),
@@ -244,6 +304,17 @@ impl Tracer for SignalsTracer {
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        if self
+            .targets
+            .as_ref()
+            .is_some_and(|t| t.refreshed.elapsed() >= WORKLOAD_REFRESH)
+        {
+            self.enricher.refresh();
+            self.sync_targets();
+            if let Some(targets) = &mut self.targets {
+                targets.refreshed = Instant::now();
+            }
+        }
         let now = Clock::monotonic_now_ns();
         let mut written = 0;
         while let Some(first) = self.held.front() {
