@@ -40,10 +40,18 @@ fn signal_from_the_host_names_the_killed_containers_pod() {
     let web = node.run_pod("shop", "web", false);
     let app = node.start_container(&web, "app", SLEEPER);
     let run = TracerRun::start(&["signals", "--json", "--pid", &app.pid.to_string()]);
+    let human = TracerRun::start(&["signals", "--pid", &app.pid.to_string()]);
     // The app ignores SIGUSR1; SIGKILL kills it, so the tracer must name a process (and soon
     // a cgroup) that is gone.
     send(app.pid, Signal::SIGUSR1);
     send(app.pid, Signal::SIGKILL);
+    let human = human.stop();
+    let expected = format!(
+        "    target in pod shop/web, container app (containerd {})",
+        &app.id[..12]
+    );
+    let lines = human.stdout.iter().filter(|l| **l == expected).count();
+    assert_eq!(lines, 2, "{:#?}", human.stdout);
     let out = run.stop();
     assert!(out.status.success(), "{}", out.stderr);
     let events = out.of_type("signal");
