@@ -223,7 +223,10 @@ impl CriNode {
     /// Starts containerd with the CRI plugin and imports the test image. Panics (after
     /// cleaning up) when it cannot.
     pub fn up() -> Self {
-        let name = format!("tracer-cri-{}", std::process::id());
+        // Unique per node, so that tests running in parallel threads get a node each.
+        static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("tracer-cri-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&name);
         let mut node = Self {
             footprint: Footprint {
@@ -244,7 +247,7 @@ impl CriNode {
             pods: Vec::new(),
             attempts: HashMap::new(),
         };
-        // Whatever a previous run of this test process left (same pid, unlikely) goes first.
+        // Whatever a previous process with the same pid left (unlikely) goes first.
         node.down();
         if let Err(e) = node.start() {
             node.down();
@@ -272,8 +275,8 @@ impl CriNode {
         fs::create_dir_all(dir.join("cni")).map_err(|e| e.to_string())?;
         run(Command::new("ip").args(["netns", "add", &name]))?;
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
-        // Bridge names are at most 15 bytes.
-        let bridge = format!("trc{}", std::process::id() % 1_000_000_000);
+        // The bridge lives in the node's own netns, so one name serves every node.
+        let bridge = "tracer-cri0";
         let cni = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": name,

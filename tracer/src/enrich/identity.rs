@@ -316,6 +316,42 @@ mod tests {
     }
 
     #[test]
+    fn pod_netns_maps_to_the_pod_on_a_real_runtime() {
+        let mut node = tracer_tests::cri::CriNode::up();
+        let pod = node.run_pod("shop", "web", false);
+        let app = node.start_container(&pod, "app", &["/bin/sleep", "3600"]);
+        let inode = |path: String| fs::metadata(path).unwrap().ino();
+        let mut enricher = Enricher::new();
+        // The app joined its pod's netns, which the sandbox owns.
+        let found = enricher
+            .pod_of_netns(inode(format!("/proc/{}/ns/net", app.pid)))
+            .expect("the pod of the app's netns");
+        assert_eq!(
+            (found.namespace.as_deref(), found.name.as_deref(), found.uid),
+            (Some("shop"), Some("web"), pod.uid.clone())
+        );
+        assert_eq!(
+            enricher.pod_of_netns(inode("/proc/self/ns/net".into())),
+            None
+        );
+        // Its identity by cgroup id: what the kernel reports for the app's tasks.
+        let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", app.pid)).unwrap();
+        let relative = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let root = cgroup::hierarchy_root(None).unwrap();
+        let id = inode(
+            root.join(relative.trim_start_matches('/'))
+                .display()
+                .to_string(),
+        );
+        let identity = enricher.identify(id, app.pid);
+        let container = identity.container.expect("the app's container");
+        assert_eq!(
+            (container.id, container.name.as_deref(), container.runtime),
+            (app.id.clone(), Some("app"), Some("containerd"))
+        );
+    }
+
+    #[test]
     fn host_process_has_no_identity() {
         let mut enricher = Enricher::new();
         let own = fs::metadata(
