@@ -6,7 +6,7 @@
 //! walk of the hierarchy. Identities of cgroups that disappeared are kept for the whole run.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     ops::ControlFlow,
     os::unix::fs::MetadataExt as _,
@@ -113,7 +113,7 @@ pub struct Enricher {
     state: StateDirs,
     by_cgroup: HashMap<u64, Identity>,
     /// Ids seen in the latest walk, to know which cached entries are gone.
-    present: std::collections::HashSet<u64>,
+    present: HashSet<u64>,
     /// Pod sandboxes' network namespaces (inode) to their pod.
     netns: HashMap<u64, Pod>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
@@ -134,7 +134,7 @@ impl Enricher {
             root,
             state: StateDirs::default(),
             by_cgroup: HashMap::new(),
-            present: Default::default(),
+            present: HashSet::new(),
             netns: HashMap::new(),
             last_walk: None,
         };
@@ -144,11 +144,11 @@ impl Enricher {
 
     /// Walks the unified hierarchy and resolves every cgroup not seen before.
     fn walk(&mut self) {
+        self.last_walk = Some(Instant::now());
+        self.state = StateDirs::discover();
         let Some(root) = self.root.clone() else {
             return;
         };
-        self.last_walk = Some(Instant::now());
-        self.state = StateDirs::discover();
         self.present.clear();
         let mut new = Vec::new();
         cgroup::walk(&root, |id, path| {
@@ -202,21 +202,27 @@ impl Enricher {
 
     /// The container and pod of the task with cgroup v2 id `cgroup_id` and process id `pid`.
     pub fn identify(&mut self, cgroup_id: u64, pid: u32) -> Identity {
-        if cgroup_id != 0 && Some(cgroup_id) != self.root_id {
+        if !self.has_cgroup_ids() || cgroup_id == 0 || Some(cgroup_id) == self.root_id {
+            // In the root of the unified hierarchy, or on a host without one: a host process,
+            // or a container whose runtime uses only the v1 hierarchies; its v1 paths tell.
+            return self.identify_by_pid(pid);
+        }
+        if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
+            return identity.clone();
+        }
+        if self.walk_if_due() {
             if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
                 return identity.clone();
             }
-            if self.walk_if_due() {
-                if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
-                    return identity.clone();
-                }
-            }
-            log::debug!("cgroup {cgroup_id} (pid {pid}) is gone or was not found");
-            return Identity::default();
         }
-        // In the root of the unified hierarchy: a host process, or a container whose runtime
-        // uses only the v1 hierarchies (hybrid hosts); its v1 paths tell.
-        self.identify_by_pid(pid)
+        log::debug!("cgroup {cgroup_id} (pid {pid}) is gone or was not found");
+        Identity::default()
+    }
+
+    /// Whether the kernel's cgroup ids can be resolved here (a cgroup v2 hierarchy is
+    /// mounted): what the workload filters need.
+    pub fn has_cgroup_ids(&self) -> bool {
+        self.root.is_some()
     }
 
     fn identify_by_pid(&self, pid: u32) -> Identity {

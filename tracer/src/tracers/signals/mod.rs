@@ -127,13 +127,20 @@ impl SignalsTracer {
         }
         filter.failed_only = options.failed_only as u32;
         filter.target_cgroups_only = options.workload.is_active() as u32;
+        let enricher = Enricher::new();
+        if options.workload.is_active() && !enricher.has_cgroup_ids() {
+            bail!(
+                "--container, --pod and --namespace need a cgroup v2 (unified) hierarchy, \
+                 and none is mounted"
+            );
+        }
         Ok(Self {
             filter,
             clock: Clock::new(),
             held: VecDeque::new(),
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
-            enricher: Enricher::new(),
+            enricher,
             workload: options.workload.clone(),
             targets: None,
             by_signal: BTreeMap::new(),
