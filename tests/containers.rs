@@ -1,13 +1,16 @@
 //! Container and pod identity on a real containerd driven through the CRI API (as a kubelet
 //! drives it): every expectation comes from what the runtime returned to the test.
 
-use std::time::Duration;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
-    cri::{self, Container, CriNode, Pod},
-    send, TracerRun,
+    cri::{self, Container, CriNode, Footprint, Pod},
+    send, Owned, TempDir, TracerRun,
 };
 
 /// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
@@ -107,7 +110,6 @@ fn signal_between_containers_of_two_pods_names_both() {
 #[test]
 fn cri_node_leaves_nothing_behind() {
     let mut node = CriNode::up();
-    let footprint = node.footprint();
     let pod = node.run_pod("shop", "web", false);
     let app = node.start_container(&pod, "app", SLEEPER);
     assert!(std::path::Path::new(&format!("/proc/{}", app.pid)).exists());
@@ -115,6 +117,7 @@ fn cri_node_leaves_nothing_behind() {
     node.remove_pod(&pod);
     let other = node.run_pod("shop", "other", false);
     let other_app = node.start_container(&other, "app", SLEEPER);
+    let footprint = node.footprint();
     node.down();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{}", other_app.pid)).exists() {
@@ -129,9 +132,9 @@ fn cri_node_is_removed_when_a_test_fails_half_way() {
     let mut footprint = None;
     let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut node = CriNode::up();
-        footprint = Some(node.footprint());
         let pod = node.run_pod("shop", "web", false);
         node.start_container(&pod, "app", SLEEPER);
+        footprint = Some(node.footprint());
         panic!("an assertion fails with a pod running");
     }));
     assert!(failed.is_err());
@@ -173,4 +176,46 @@ fn workload_filter_follows_the_pod_across_a_container_restart() {
     assert_eq!(targets, [app.pid, restarted.pid], "{events:#?}");
     assert_identity(&events[0]["target"], &app, "app", &web);
     assert_identity(&events[1]["target"], &restarted, "app", &web);
+}
+
+#[test]
+fn cri_node_of_a_killed_test_process_is_removed_by_the_next_node() {
+    const TEST: &str = "cri_node_of_a_killed_test_process_is_removed_by_the_next_node";
+    // In the helper process this test starts: bring a node up, say so, and wait to be killed.
+    if let Some(report) = std::env::var_os("TRACER_CRI_HELPER_REPORT") {
+        let mut node = CriNode::up();
+        let pod = node.run_pod("shop", "web", false);
+        node.start_container(&pod, "app", SLEEPER);
+        std::fs::write(report, node.footprint().name()).unwrap();
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    let dir = TempDir::new("cri-helper");
+    let report = dir.0.join("node");
+    let mut helper = Owned(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--test-threads=1"])
+            .env("TRACER_CRI_HELPER_REPORT", &report)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !report.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the helper's node did not come up"
+        );
+        assert!(helper.0.try_wait().unwrap().is_none(), "the helper failed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: no unwinding, no Drop, everything stays.
+    helper.0.kill().unwrap();
+    helper.0.wait().unwrap();
+    let left = Footprint::named(&std::fs::read_to_string(&report).unwrap());
+    assert!(!left.leftovers().is_empty());
+    // The next node removes it; once that one is down too, nothing of either is left.
+    drop(CriNode::up());
+    assert_eq!(left.leftovers(), Vec::<String>::new());
 }

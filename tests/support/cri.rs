@@ -30,6 +30,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::Owned;
 
+/// Every node's name starts so, followed by the pid of the process that made it.
+const NAME_PREFIX: &str = "tracer-cri-";
+
 /// The image every pod and container runs (its sandbox image too): busybox, built here.
 pub const IMAGE: &str = "localhost/tracer-test/busybox:1";
 
@@ -48,6 +51,10 @@ const HOST_DIRS: &[&str] = &[
     "/var/lib/cni/results",
     "/var/lib/cni",
 ];
+
+/// The file in a node's directory that lists the host directories it made, so that the next
+/// node can remove them when this one's process was killed.
+const MADE_HOST_DIRS: &str = "made-host-dirs";
 
 /// How long one CRI call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -92,6 +99,8 @@ pub struct Footprint {
     name: String,
     /// Those of [`HOST_DIRS`] that did not exist before the node came up.
     made_host_dirs: Vec<&'static str>,
+    /// Ids of the tasks (sandboxes, containers) seen in the node's state.
+    tasks: Vec<String>,
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -226,17 +235,19 @@ impl CriNode {
         // Unique per node, so that tests running in parallel threads get a node each.
         static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("tracer-cri-{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(&name);
+        // A test process killed outright (no unwinding) leaves its node behind.
+        for stale in Footprint::stale() {
+            stale.remove();
+        }
+        let made_host_dirs = HOST_DIRS
+            .iter()
+            .copied()
+            .filter(|d| !Path::new(d).exists())
+            .collect();
         let mut node = Self {
             footprint: Footprint {
-                dir,
-                name,
-                made_host_dirs: HOST_DIRS
-                    .iter()
-                    .copied()
-                    .filter(|d| !Path::new(d).exists())
-                    .collect(),
+                made_host_dirs,
+                ..Footprint::named(&format!("{NAME_PREFIX}{}-{n}", std::process::id()))
             },
             containerd: None,
             runtime: tokio::runtime::Builder::new_current_thread()
@@ -248,7 +259,7 @@ impl CriNode {
             attempts: HashMap::new(),
         };
         // Whatever a previous process with the same pid left (unlikely) goes first.
-        node.down();
+        node.footprint.remove();
         if let Err(e) = node.start() {
             node.down();
             panic!("bringing the CRI node up: {e}");
@@ -256,9 +267,12 @@ impl CriNode {
         node
     }
 
-    /// What the node put on the machine: for [`Footprint::leftovers`] once it is down.
+    /// What the node put on the machine so far: for [`Footprint::leftovers`] once it is down.
     pub fn footprint(&self) -> Footprint {
-        self.footprint.clone()
+        Footprint {
+            tasks: self.footprint.current_tasks(),
+            ..self.footprint.clone()
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -271,8 +285,15 @@ impl CriNode {
     }
 
     fn start(&mut self) -> Result<(), String> {
-        let Footprint { dir, name, .. } = self.footprint.clone();
+        let Footprint {
+            dir,
+            name,
+            made_host_dirs,
+            ..
+        } = self.footprint.clone();
         fs::create_dir_all(dir.join("cni")).map_err(|e| e.to_string())?;
+        fs::write(dir.join(MADE_HOST_DIRS), made_host_dirs.join("\n"))
+            .map_err(|e| e.to_string())?;
         run(Command::new("ip").args(["netns", "add", &name]))?;
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
         // The bridge lives in the node's own netns, so one name serves every node.
@@ -595,14 +616,72 @@ state = "{d}/state"
 }
 
 impl Footprint {
+    /// The footprint of the node called `name`, as its directory records it.
+    pub fn named(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        let written = fs::read_to_string(dir.join(MADE_HOST_DIRS)).unwrap_or_default();
+        let mut footprint = Self {
+            made_host_dirs: HOST_DIRS
+                .iter()
+                .copied()
+                .filter(|d| written.lines().any(|l| l == *d))
+                .collect(),
+            dir,
+            name: name.to_string(),
+            tasks: Vec::new(),
+        };
+        footprint.tasks = footprint.current_tasks();
+        footprint
+    }
+
+    /// Ids of the tasks in the node's state now.
+    fn current_tasks(&self) -> Vec<String> {
+        let tasks = self.dir.join("state/io.containerd.runtime.v2.task/k8s.io");
+        fs::read_dir(tasks)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The node's name: its directory's, netns's and top cgroup's.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Nodes whose process is gone, found by their directories, netns and cgroups.
+    fn stale() -> Vec<Self> {
+        let mut places: Vec<PathBuf> = vec![std::env::temp_dir(), "/run/netns".into()];
+        places.extend(cgroup_roots());
+        let mut names: Vec<String> = places
+            .iter()
+            .filter_map(|place| fs::read_dir(place).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| {
+                let pid = name
+                    .strip_prefix(NAME_PREFIX)
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names.iter().map(|name| Self::named(name)).collect()
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
 
-    /// The node's shims (its socket is in their command line) and every process in its
-    /// cgroups.
+    /// The node's containerd and shims (its directory is in their command lines) and every
+    /// process in its cgroups.
     fn processes(&self) -> Vec<i32> {
-        let socket = self.socket().display().to_string();
+        let dir = self.dir.display().to_string();
         let mut pids: Vec<i32> = cgroup_roots()
             .iter()
             .flat_map(|root| procs_below(&root.join(&self.name)))
@@ -612,7 +691,7 @@ impl Footprint {
                 let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
                 let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
                 String::from_utf8_lossy(&cmdline)
-                    .contains(&socket)
+                    .contains(&dir)
                     .then_some(pid)
             }));
         }
@@ -673,10 +752,35 @@ impl Footprint {
         }
         // With the netns go the bridge, the veths' host ends and any rule the plugins added.
         let _ = run(Command::new("ip").args(["netns", "delete", &self.name]));
+        for file in self.host_files() {
+            let _ = fs::remove_file(file);
+        }
         let _ = fs::remove_dir_all(&self.dir);
         for dir in &self.made_host_dirs {
             let _ = fs::remove_dir(dir);
         }
+    }
+
+    /// What containerd and libcni keep outside the node's directory for each task, which
+    /// they remove themselves unless the node was killed: the shim's socket
+    /// (`/run/containerd/s/<sha256 of ADDRESS/NAMESPACE/ID>`, containerd 1.6) and the CNI
+    /// result cache (`/var/lib/cni/results/<network>-<ID>-<ifname>`).
+    fn host_files(&self) -> Vec<PathBuf> {
+        let socket = self.socket().display().to_string();
+        let mut tasks = self.current_tasks();
+        tasks.extend(self.tasks.iter().cloned());
+        tasks
+            .iter()
+            .flat_map(|id| {
+                let hash = format!("{:x}", Sha256::digest(format!("{socket}/k8s.io/{id}")));
+                let results = Path::new("/var/lib/cni/results");
+                [
+                    Path::new("/run/containerd/s").join(hash),
+                    results.join(format!("{}-{id}-eth0", self.name)),
+                    results.join(format!("cni-loopback-{id}-lo")),
+                ]
+            })
+            .collect()
     }
 
     /// What is still on the machine: empty once the node is down.
@@ -688,6 +792,12 @@ impl Footprint {
             .filter(|d| Path::new(d).exists())
             .map(|d| format!("directory {d}"))
             .collect();
+        found.extend(
+            self.host_files()
+                .into_iter()
+                .filter(|f| f.exists())
+                .map(|f| format!("file {}", f.display())),
+        );
         found.extend(self.mounts().into_iter().map(|p| format!("mount {p}")));
         found.extend(
             self.cgroups()
