@@ -72,6 +72,15 @@ fn signal_from_the_host_names_the_killed_containers_pod() {
         [("SIGUSR1", "ignored"), ("SIGKILL", "delivered")],
         "{events:#?}"
     );
+    // The summary's explanation of the app's exit code 137 names its pod.
+    let exit_codes = out.summary()["exit_codes"].to_string();
+    assert!(
+        exit_codes.contains(&format!(
+            "in pod shop/web, container app (containerd {}) is gone: exit code 137",
+            &app.id[..12]
+        )),
+        "{exit_codes}"
+    );
     for e in &events {
         assert_eq!(e["target"]["pid"], app.pid);
         assert_identity(&e["target"], &app, "app", &web);

@@ -145,9 +145,19 @@ pub fn parse(path: &str) -> PathIdentity {
             identity.pod = Some(pod);
             // A pod's containers are below it: an outer container is another workload.
             identity.container = None;
+        } else if has_id_run(component) {
+            log::debug!("cgroup {path}: `{component}` holds an id in an unknown shape");
         }
     }
     identity
+}
+
+/// Whether `s` holds 64 hex digits in a row: a container id in a layout this module does
+/// not know (a new runtime, a new naming), worth a debug message.
+fn has_id_run(s: &str) -> bool {
+    s.as_bytes()
+        .split(|b| !b.is_ascii_hexdigit())
+        .any(|run| run.len() >= 64)
 }
 
 /// The most telling cgroup path in a /proc/PID/cgroup text: the one naming a container, else
@@ -304,6 +314,8 @@ mod tests {
             UID
         );
         assert_eq!(pod("/not-kubepods/pod1234"), None);
+        assert!(has_id_run(&format!("runtime-x-{ID}.scope")));
+        assert!(!has_id_run("session-3.scope"));
     }
 
     #[test]

@@ -263,9 +263,12 @@ impl SignalsTracer {
                     (Some(sender), None) => format!("{} with {}", sender.label(), r.code),
                     (None, None) => r.sender_label(),
                 };
+                let target = match r.target.workload() {
+                    Some(workload) => format!("{} in {workload}", r.target.label()),
+                    None => r.target.label(),
+                };
                 Value::String(format!(
-                    "{} is gone: exit code {}; SIGKILL from {cause} at {}",
-                    r.target.label(),
+                    "{target} is gone: exit code {}; SIGKILL from {cause} at {}",
                     explain_exit_code(128 + SIGKILL),
                     r.time
                 ))
