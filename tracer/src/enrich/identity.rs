@@ -29,6 +29,13 @@ const MAX_CACHED: usize = 65_536;
 /// are already gone cannot keep the tracer walking the hierarchy.
 const MIN_WALK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How long an identity found through /proc/PID/cgroup is reused: long enough that a signal
+/// storm does not read the file per event, short enough that a reused pid is soon seen anew.
+const PID_TTL: Duration = Duration::from_secs(1);
+
+/// Pids remembered at most; past it, the expired ones are forgotten.
+const MAX_PIDS: usize = 4_096;
+
 /// The container a process runs in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Container {
@@ -120,6 +127,8 @@ pub struct Enricher {
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
     last_walk: Option<Instant>,
+    /// Identities found by pid (tasks in the root cgroup), with when they were found.
+    by_pid: HashMap<u32, (Instant, Identity)>,
 }
 
 impl Enricher {
@@ -137,6 +146,7 @@ impl Enricher {
             present: HashSet::new(),
             netns: HashMap::new(),
             last_walk: None,
+            by_pid: HashMap::new(),
         };
         enricher.walk();
         enricher
@@ -225,14 +235,27 @@ impl Enricher {
         self.root.is_some()
     }
 
-    fn identify_by_pid(&self, pid: u32) -> Identity {
+    fn identify_by_pid(&mut self, pid: u32) -> Identity {
+        if let Some((found, identity)) = self.by_pid.get(&pid) {
+            if found.elapsed() < PID_TTL {
+                return identity.clone();
+            }
+        }
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
             return Identity::default();
         };
-        match cgroup_path::best_in_proc_cgroup(&text) {
+        let identity = match cgroup_path::best_in_proc_cgroup(&text) {
             Some((_, path)) => identity_of(&path, &self.state).0,
             None => Identity::default(),
+        };
+        if self.by_pid.len() >= MAX_PIDS {
+            self.by_pid
+                .retain(|_, (found, _)| found.elapsed() < PID_TTL);
         }
+        if self.by_pid.len() < MAX_PIDS {
+            self.by_pid.insert(pid, (Instant::now(), identity.clone()));
+        }
+        identity
     }
 
     /// The pod whose sandbox owns the network namespace with inode `inode`: for the tracers
