@@ -183,6 +183,7 @@ impl Enricher {
             }
             self.by_cgroup.insert(id, identity);
         }
+        self.name_pods_by_uid();
         if self.by_cgroup.len() > MAX_CACHED {
             let present = &self.present;
             self.by_cgroup.retain(|id, _| present.contains(id));
@@ -197,6 +198,24 @@ impl Enricher {
     /// Every cgroup known so far (those gone included) with its identity.
     pub fn cgroups(&self) -> impl Iterator<Item = (u64, &Identity)> {
         self.by_cgroup.iter().map(|(id, identity)| (*id, identity))
+    }
+
+    /// Names the pods that only a UID identifies (the pod's own cgroup, a runtime's monitor
+    /// in it) after another cgroup of the same pod whose container state named it.
+    fn name_pods_by_uid(&mut self) {
+        let names: HashMap<String, (Option<String>, Option<String>)> = self
+            .by_cgroup
+            .values()
+            .filter_map(|identity| identity.pod.as_ref())
+            .filter(|pod| pod.name.is_some())
+            .map(|pod| (pod.uid.clone(), (pod.namespace.clone(), pod.name.clone())))
+            .collect();
+        for pod in self.by_cgroup.values_mut().filter_map(|i| i.pod.as_mut()) {
+            if let (None, Some((namespace, name))) = (&pod.name, names.get(&pod.uid)) {
+                pod.namespace.clone_from(namespace);
+                pod.name.clone_from(name);
+            }
+        }
     }
 
     /// Walks again unless a walk just happened.
@@ -377,6 +396,16 @@ mod tests {
         assert_eq!(
             (container.id, container.name.as_deref(), container.runtime),
             (app.id.clone(), Some("app"), Some("containerd"))
+        );
+        // The pod's own cgroup (the app's parent) has no container state: named after its
+        // containers.
+        let pod_dir = root.join(relative.trim_start_matches('/')).join("..");
+        let pod_level = enricher.identify(inode(pod_dir.display().to_string()), 0);
+        assert_eq!(pod_level.container, None);
+        let pod_of_cgroup = pod_level.pod.expect("the pod's cgroup");
+        assert_eq!(
+            (pod_of_cgroup.name.as_deref(), pod_of_cgroup.uid.as_str()),
+            (Some("web"), pod.uid.as_str())
         );
     }
 
