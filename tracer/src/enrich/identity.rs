@@ -141,7 +141,7 @@ impl Enricher {
                 .and_then(|r| fs::metadata(r).ok())
                 .map(|m| m.ino()),
             root,
-            state: StateDirs::default(),
+            state: StateDirs::discover(),
             by_cgroup: HashMap::new(),
             present: HashSet::new(),
             netns: HashMap::new(),
@@ -155,7 +155,6 @@ impl Enricher {
     /// Walks the unified hierarchy and resolves every cgroup not seen before.
     fn walk(&mut self) {
         self.last_walk = Some(Instant::now());
-        self.state = StateDirs::discover();
         let Some(root) = self.root.clone() else {
             return;
         };
@@ -164,12 +163,25 @@ impl Enricher {
         cgroup::walk(&root, |id, path| {
             self.present.insert(id);
             if !self.by_cgroup.contains_key(&id) {
-                new.push((id, path.to_string()));
+                new.push((id, path.to_string(), cgroup_path::parse(path)));
             }
             ControlFlow::Continue(())
         });
-        for (id, path) in new {
-            let (identity, metadata) = identity_of(&cgroup_path::parse(&path), &self.state);
+        // Looking for runtimes' state directories reads every process's name: only when a
+        // new container's state is not where the known ones are (a runtime started since).
+        let unknown_state = |path: &PathIdentity, state: &StateDirs| {
+            path.container
+                .as_ref()
+                .is_some_and(|c| state.lookup(&c.id, c.runtime).is_none())
+        };
+        if new
+            .iter()
+            .any(|(_, _, path)| unknown_state(path, &self.state))
+        {
+            self.state = StateDirs::discover();
+        }
+        for (id, path, parsed) in new {
+            let (identity, metadata) = identity_of(&parsed, &self.state);
             if let (Some(pod), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
                 let dir = root.join(path.trim_start_matches('/'));
                 let netns = m
