@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod cgroup_path;
+pub mod filter;
 pub mod identity;
 pub mod metadata;
 pub mod selector;

@@ -3,16 +3,10 @@
 mod decode;
 pub mod names;
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    time::{Duration, Instant},
-};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
-    Ebpf, GlobalData,
-};
+use aya::{Ebpf, GlobalData};
 use serde_json::{json, Map, Value};
 use tracer_common::{
     signal::{OomVictimEvent, SignalEvent, SignalFilter, TARGET_CGROUPS_MAP},
@@ -26,7 +20,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::{cgroup, identity::Enricher, selector::Selector},
+    enrich::{cgroup, filter::WorkloadFilter, identity::Enricher, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     output::Output,
     pipeline::RunStats,
@@ -55,9 +49,6 @@ const HOOKS: &[HookSpec] = &[
 /// sends the SIGKILL first, then marks the victim, microseconds apart).
 const OOM_MATCH_WINDOW_NS: u64 = 200_000_000;
 
-/// How often the workload filter looks for new cgroups (a restarted container, a new pod).
-const WORKLOAD_REFRESH: Duration = Duration::from_millis(500);
-
 /// What the user asked for on the command line.
 #[derive(Clone, Debug, Default)]
 pub struct SignalsOptions {
@@ -69,13 +60,6 @@ pub struct SignalsOptions {
     pub wait: bool,
     /// Only signals to these workloads.
     pub workload: Selector,
-}
-
-/// The kernel's set of cgroups the workload filter selects, kept current from the enricher.
-struct TargetCgroups {
-    map: BpfHashMap<MapData, u64, u8>,
-    added: HashSet<u64>,
-    refreshed: Instant,
 }
 
 /// The process (tgid) a pid or thread id belongs to, from /proc.
@@ -96,8 +80,7 @@ pub struct SignalsTracer {
     oom_victims: HashMap<u32, OomVictim>,
     memcg_root: Option<std::path::PathBuf>,
     enricher: Enricher,
-    workload: Selector,
-    targets: Option<TargetCgroups>,
+    workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
     by_reason: BTreeMap<&'static str, u64>,
@@ -141,35 +124,13 @@ impl SignalsTracer {
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
             enricher,
-            workload: options.workload.clone(),
-            targets: None,
+            workload: WorkloadFilter::new(options.workload.clone()),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
             by_reason: BTreeMap::new(),
             kills: BTreeMap::new(),
             header_written: false,
         })
-    }
-
-    /// Adds the selected workloads' cgroups the kernel does not know yet.
-    fn sync_targets(&mut self) {
-        let Some(targets) = &mut self.targets else {
-            return;
-        };
-        for (id, identity) in self.enricher.cgroups() {
-            if targets.added.contains(&id) || !self.workload.matches(identity) {
-                continue;
-            }
-            match targets.map.insert(id, 1, 0) {
-                Ok(()) => {
-                    targets.added.insert(id);
-                }
-                Err(e) => {
-                    log::warn!("workload filter: cannot add cgroup {id}: {e}");
-                    return;
-                }
-            }
-        }
     }
 
     fn oom_detail(&self, victim: &OomVictim) -> OomDetail {
@@ -291,19 +252,8 @@ impl Tracer for SignalsTracer {
     }
 
     fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        if !self.workload.is_active() {
-            return Ok(());
-        }
-        let map = ebpf
-            .take_map(TARGET_CGROUPS_MAP)
-            .context("no TARGET_CGROUPS map")?;
-        self.targets = Some(TargetCgroups {
-            map: BpfHashMap::try_from(map)?,
-            added: HashSet::new(),
-            refreshed: Instant::now(),
-        });
-        self.sync_targets();
-        Ok(())
+        self.workload
+            .attach(ebpf, TARGET_CGROUPS_MAP, &self.enricher)
     }
 
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
@@ -314,17 +264,7 @@ impl Tracer for SignalsTracer {
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
-        if self
-            .targets
-            .as_ref()
-            .is_some_and(|t| t.refreshed.elapsed() >= WORKLOAD_REFRESH)
-        {
-            self.enricher.refresh();
-            self.sync_targets();
-            if let Some(targets) = &mut self.targets {
-                targets.refreshed = Instant::now();
-            }
-        }
+        self.workload.refresh_if_due(&mut self.enricher);
         let now = Clock::monotonic_now_ns();
         let mut written = 0;
         while let Some(first) = self.held.front() {
