@@ -421,6 +421,57 @@ mod tests {
         );
     }
 
+    /// A process in a v1 cgroup named like Docker's, its unified cgroup left at the root: as
+    /// a runtime that does not join the unified hierarchy leaves it on a hybrid host.
+    struct V1Container {
+        child: std::process::Child,
+        /// The cgroups made, deepest first.
+        dirs: Vec<PathBuf>,
+    }
+
+    impl Drop for V1Container {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for dir in &self.dirs {
+                // A killed task leaves its cgroup a moment after it is reaped.
+                for _ in 0..50 {
+                    if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn container_known_only_to_v1_hierarchies_is_found_by_pid() {
+        let Some(pids_root) = cgroup::hierarchy_root(Some("pids")) else {
+            return; // a cgroup v2-only host has no v1 paths to fall back to
+        };
+        let id = format!("{:064x}", u64::from(std::process::id()) << 20 | 0xabc);
+        let top = pids_root.join(format!("tracer-unit-v1-{}", std::process::id()));
+        let dir = top.join("docker").join(&id);
+        fs::create_dir_all(&dir).unwrap();
+        let guard = V1Container {
+            child: std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+            dirs: vec![dir.clone(), top.join("docker"), top],
+        };
+        let pid = guard.child.id();
+        fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        let mut enricher = Enricher::new();
+        let root_id = enricher.root_id.expect("a unified hierarchy");
+        let container = enricher
+            .identify(root_id, pid)
+            .container
+            .expect("the v1 path's container");
+        assert_eq!((container.id, container.runtime), (id, Some("docker")));
+    }
+
     #[test]
     fn host_process_has_no_identity() {
         let mut enricher = Enricher::new();
