@@ -4,7 +4,9 @@
 //!
 //! [`CriNode::up`] brings it up; dropping the node (or [`CriNode::down`]) removes everything
 //! it made: pods, processes, mounts, cgroups, the network namespace with its bridge and
-//! rules, files. Nothing touches a containerd of the machine or the host's network.
+//! rules, files. Nothing touches a containerd of the machine or the host's network; the only
+//! files outside the node's directory are those containerd 1.6 and libcni always write
+//! (below [`HOST_DIRS`]), and the node removes them too.
 
 use std::{
     collections::HashMap,
@@ -118,8 +120,13 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// An OCI digest.
 fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
+    format!("sha256:{}", sha256_hex(bytes))
 }
 
 /// The kubelet's pid namespace choice: the node's for `hostPID` pods, else one per container
@@ -772,7 +779,7 @@ impl Footprint {
         tasks
             .iter()
             .flat_map(|id| {
-                let hash = format!("{:x}", Sha256::digest(format!("{socket}/k8s.io/{id}")));
+                let hash = sha256_hex(format!("{socket}/k8s.io/{id}"));
                 let results = Path::new("/var/lib/cni/results");
                 [
                     Path::new("/run/containerd/s").join(hash),
