@@ -1,6 +1,7 @@
 //! Test support: run the real `tracer` binary, spawn processes the tests own, and make sure
 //! everything they create is removed again, also when an assertion fails.
 
+pub mod cri;
 pub mod net;
 
 use std::{

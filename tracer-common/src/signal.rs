@@ -90,5 +90,12 @@ pub struct SignalFilter {
     pub signal_mask: u64,
     /// Non-zero: only signals whose result is not "delivered".
     pub failed_only: u32,
-    pub _pad: u32,
+    /// Non-zero: only signals to tasks whose cgroup v2 id is in [`TARGET_CGROUPS_MAP`]
+    /// (`--container`, `--pod`, `--namespace`; userspace keeps the map current).
+    pub target_cgroups_only: u32,
 }
+
+/// Name of the hash map (cgroup v2 id → 1) of the cgroups the workload filters select.
+pub const TARGET_CGROUPS_MAP: &str = "TARGET_CGROUPS";
+/// Cgroups the workload filters can select at once.
+pub const TARGET_CGROUPS_MAX: u32 = 16_384;

@@ -7,18 +7,21 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes,
     },
-    macros::btf_tracepoint,
+    macros::{btf_tracepoint, map},
+    maps::HashMap,
     programs::BtfTracePointContext,
 };
 use tracer_common::{
     offsets::MISSING,
-    signal::{InfoKind, OomVictimEvent, SignalEvent, SignalFilter, ANCESTRY_MAX},
+    signal::{
+        InfoKind, OomVictimEvent, SignalEvent, SignalFilter, ANCESTRY_MAX, TARGET_CGROUPS_MAX,
+    },
     EventKind,
 };
 
 use crate::{
     pipeline::{count_lost, header, submit_flags, EVENTS},
-    task::{fill_task_info, kernfs_id, leader, off, read, Typed},
+    task::{cgroup_id, fill_task_info, kernfs_id, leader, off, read, Typed},
 };
 
 /// Set by the loader from the command line.
@@ -28,14 +31,26 @@ static SIGNAL_FILTER: SignalFilter = SignalFilter {
     sender_pid: 0,
     signal_mask: 0,
     failed_only: 0,
-    _pad: 0,
+    target_cgroups_only: 0,
 };
+
+/// The cgroups of the workloads `--container/--pod/--namespace` select; userspace adds new
+/// ones as they appear, so the filter follows a workload across container restarts.
+#[map]
+static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(TARGET_CGROUPS_MAX, 0);
 
 macro_rules! filter {
     ($field:ident) => {
         // SAFETY: reading a static; volatile keeps the loader's value from being folded away.
         unsafe { core::ptr::read_volatile(&SIGNAL_FILTER.$field) }
     };
+}
+
+/// Whether `task` passes the workload filter.
+#[inline(always)]
+fn in_target_cgroups(task: Typed) -> bool {
+    // SAFETY: the value is only tested for presence, not kept.
+    filter!(target_cgroups_only) == 0 || unsafe { TARGET_CGROUPS.get(cgroup_id(task)) }.is_some()
 }
 
 /// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task,
@@ -57,6 +72,9 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     }
     let want_target = filter!(target_pid);
     if want_target != 0 && target.get::<i32>(off!(task_struct_tgid)) != Some(want_target as i32) {
+        return 0;
+    }
+    if !in_target_cgroups(target) {
         return 0;
     }
     let want_sender = filter!(sender_pid);
@@ -164,6 +182,9 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
     let victim = Typed::new(ctx.arg(0));
     let want_target = filter!(target_pid);
     if want_target != 0 && victim.get::<i32>(off!(task_struct_tgid)) != Some(want_target as i32) {
+        return 0;
+    }
+    if !in_target_cgroups(victim) {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<OomVictimEvent>(0) else {

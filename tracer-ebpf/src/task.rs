@@ -115,6 +115,15 @@ pub fn kernfs_id(cgroup: Typed) -> u64 {
         .unwrap_or(0)
 }
 
+/// `task->cgroups->dfl_cgrp->kn->id`: the task's cgroup v2 id.
+#[inline(always)]
+pub fn cgroup_id(task: Typed) -> u64 {
+    kernfs_id(
+        task.ptr(off!(task_struct_cgroups))
+            .ptr(off!(css_set_dfl_cgrp)),
+    )
+}
+
 /// `task->group_leader`, or the task itself if unreadable.
 #[inline(always)]
 pub fn leader(task: Typed) -> Typed {
@@ -134,11 +143,7 @@ pub fn fill_task_info(task: Typed, out: &mut TaskInfo) {
     out.pid = task.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32;
     out.ns_tid = ns_nr(task);
     out.ns_pid = ns_nr(leader);
-    // task->cgroups->dfl_cgrp: the task's cgroup v2.
-    out.cgroup_id = kernfs_id(
-        task.ptr(off!(task_struct_cgroups))
-            .ptr(off!(css_set_dfl_cgrp)),
-    );
+    out.cgroup_id = cgroup_id(task);
     out.start_ns = leader.get::<u64>(off!(task_struct_start_time)).unwrap_or(0);
     out.comm = task.get(off!(task_struct_comm)).unwrap_or([0; 16]);
     out.leader_comm = leader.get(off!(task_struct_comm)).unwrap_or([0; 16]);

@@ -48,7 +48,9 @@ pub enum Command {
             tracer signals --pid 7942 --signal KILL     only SIGKILLs to it\n  \
             tracer signals --sender-pid 4242            what pid 4242 sends\n  \
             tracer signals --failed                     signals that were not delivered\n  \
-            tracer signals --pid 7942 --wait            pid 7942 does not exist yet"
+            tracer signals --pid 7942 --wait            pid 7942 does not exist yet\n  \
+            tracer signals --pod web --namespace shop   signals to pod shop/web's containers\n  \
+            tracer signals --container app -s KILL      SIGKILLs to containers named app"
     )]
     Signals(SignalsArgs),
 
@@ -166,6 +168,19 @@ pub struct SignalsArgs {
     /// Only signals that were not delivered (ignored, already pending, queue overflow).
     #[arg(long)]
     pub failed: bool,
+
+    /// Only signals to this container: an id prefix or a container name. Follows the
+    /// workload: containers that start later (a restart) are added within a second.
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+
+    /// Only signals to processes of this pod (by name).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+
+    /// Only signals to processes of pods in this namespace.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ use tracer_common::offsets::KernelOffsets;
 
 use crate::{
     cli::{Cli, Command, RunArgs},
+    enrich::selector::Selector,
     hooks::{KernelContext, LoadOptions},
     kernel::{btf::KernelBtf, offsets, preflight},
     output::{Format, Output},
@@ -63,6 +64,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 signals: args.signal,
                 failed_only: args.failed,
                 wait: args.wait,
+                workload: Selector {
+                    container: args.container,
+                    pod: args.pod,
+                    namespace: args.namespace,
+                },
             };
             let (mut tracer, offsets) = from_kernel_btf(|_| SignalsTracer::new(&options))?;
             trace(&mut tracer, offsets, &args.run)?;
@@ -161,7 +167,8 @@ fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Resu
             globals: tracer.globals(),
         },
     )?;
-    let loaded = hooks::attach(ebpf, &tracer.hooks(), &kernel).require_usable()?;
+    let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &kernel).require_usable()?;
+    tracer.use_maps(&mut loaded.ebpf)?;
     let used: Vec<String> = loaded
         .outcomes
         .iter()

@@ -24,6 +24,13 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "util-linux",
     "bpftrace",
+    // A CRI node for the container identity tests (tests/support/cri.rs), and protoc for the
+    // CRI client's generated code.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
+    "protobuf-compiler",
 ];
 
 pub fn all() -> Result<()> {

@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    ops::ControlFlow,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -33,22 +34,21 @@ pub fn hierarchy_root(controller: Option<&str>) -> Option<PathBuf> {
     unified
 }
 
-/// The path (relative to the hierarchy root, starting with `/`) of the cgroup whose id is
-/// `id`, searching breadth-first below `root`.
-pub fn path_of(root: &Path, id: u64) -> Option<String> {
-    if id == 0 {
-        return None;
-    }
+/// Visits the cgroups below `root` breadth-first (at most [`MAX_DIRS`]) with their ids and
+/// paths (relative to `root`, starting with `/`), until `visit` says to stop.
+pub fn walk(root: &Path, mut visit: impl FnMut(u64, &str) -> ControlFlow<()>) {
     let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
     let mut visited = 0;
     while let Some(dir) = queue.pop_front() {
         visited += 1;
         if visited > MAX_DIRS {
-            return None;
+            log::debug!("more than {MAX_DIRS} cgroups below {}", root.display());
+            return;
         }
-        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            let relative = dir.strip_prefix(root).ok()?;
-            return Some(format!("/{}", relative.display()));
+        if let (Ok(meta), Ok(relative)) = (fs::metadata(&dir), dir.strip_prefix(root)) {
+            if visit(meta.ino(), &format!("/{}", relative.display())).is_break() {
+                return;
+            }
         }
         if let Ok(entries) = fs::read_dir(&dir) {
             queue.extend(
@@ -59,7 +59,23 @@ pub fn path_of(root: &Path, id: u64) -> Option<String> {
             );
         }
     }
-    None
+}
+
+/// The path (relative to the hierarchy root, starting with `/`) of the cgroup whose id is
+/// `id`, searching breadth-first below `root`.
+pub fn path_of(root: &Path, id: u64) -> Option<String> {
+    if id == 0 {
+        return None;
+    }
+    let mut found = None;
+    walk(root, |ino, path| {
+        if ino != id {
+            return ControlFlow::Continue(());
+        }
+        found = Some(path.to_string());
+        ControlFlow::Break(())
+    });
+    found
 }
 
 #[cfg(test)]

@@ -32,6 +32,12 @@ pub trait Tracer {
     /// Globals to set in the kernel programs before loading (filters).
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)>;
 
+    /// Takes the maps the tracer itself keeps current (filters that change during the run),
+    /// once the programs are loaded and before any event is read.
+    fn use_maps(&mut self, _ebpf: &mut aya::Ebpf) -> Result<()> {
+        Ok(())
+    }
+
     /// Handles one ring-buffer record of one of this tracer's kinds. Returns how many events
     /// were written (they count towards `--count`).
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64>;

@@ -13,6 +13,7 @@ use super::names::{
 };
 use crate::{
     clock::{self, Clock},
+    enrich::identity::{Container, Enricher, Pod},
     output::Event,
     text::kernel_str,
 };
@@ -35,8 +36,10 @@ pub struct Process {
     pub exe: Option<String>,
     /// cgroup v2 id of the thread's cgroup.
     pub cgroup_id: u64,
-    pub container: Option<serde_json::Value>,
-    pub pod: Option<serde_json::Value>,
+    /// The container the process runs in; null for a host process.
+    pub container: Option<Container>,
+    /// The Kubernetes pod the process runs in; null outside pods.
+    pub pod: Option<Pod>,
 }
 
 impl Process {
@@ -59,6 +62,37 @@ impl Process {
     }
 
     /// `comm(pid)`, `comm(pid/tid)`, with `ns pid N` when it differs.
+    /// Fills in the container and pod from the kernel's cgroup id (or the pid).
+    pub fn enrich(&mut self, enricher: &mut Enricher) {
+        let identity = enricher.identify(self.cgroup_id, self.pid);
+        self.container = identity.container;
+        self.pod = identity.pod;
+    }
+
+    /// `pod shop/web, container app (containerd 4f1c3c0c7b5e)`; `None` for a host process.
+    pub fn workload(&self) -> Option<String> {
+        let pod = self.pod.as_ref().map(|p| match (&p.namespace, &p.name) {
+            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
+            _ => format!("pod uid {}", p.uid),
+        });
+        let container = self.container.as_ref().map(|c| {
+            let short_id = &c.id[..c.id.len().min(12)];
+            let name = c.name.as_deref().unwrap_or(if self.pod.is_some() {
+                "(sandbox)"
+            } else {
+                "(unnamed)"
+            });
+            match c.runtime {
+                Some(runtime) => format!("container {name} ({runtime} {short_id})"),
+                None => format!("container {name} ({short_id})"),
+            }
+        });
+        match (pod, container) {
+            (Some(pod), Some(container)) => Some(format!("{pod}, {container}")),
+            (pod, container) => pod.or(container),
+        }
+    }
+
     pub fn label(&self) -> String {
         let mut ids = self.pid.to_string();
         if self.tid != self.pid {
@@ -223,7 +257,13 @@ impl Event for SignalRecord {
             self.target.label(),
             self.code
         )?;
+        if let Some(workload) = self.target.workload() {
+            writeln!(w, "    target in {workload}")?;
+        }
         if let Some(sender) = &self.sender {
+            if let Some(workload) = sender.workload() {
+                writeln!(w, "    sender in {workload}")?;
+            }
             if let Some(exe) = &sender.exe {
                 writeln!(w, "    sender exe: {exe}")?;
             }
@@ -285,5 +325,40 @@ impl OomVictim {
             allocating: Process::from_task(&ev.allocating),
             ktime_ns: ev.header.ktime_ns,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_lines() {
+        // SAFETY: TaskInfo is plain data; all zeroes is a valid (empty) value.
+        let mut p = Process::from_task(&unsafe { std::mem::zeroed::<TaskInfo>() });
+        assert_eq!(p.workload(), None);
+        p.container = Some(Container {
+            id: "4f1c3c0c7b5e7d0a8a6a".into(),
+            name: Some("app".into()),
+            runtime: Some("containerd"),
+            image: None,
+        });
+        assert_eq!(
+            p.workload().as_deref(),
+            Some("container app (containerd 4f1c3c0c7b5e)")
+        );
+        p.pod = Some(Pod {
+            namespace: Some("shop".into()),
+            name: Some("web".into()),
+            uid: "u1".into(),
+            qos: Some("besteffort"),
+        });
+        assert_eq!(
+            p.workload().as_deref(),
+            Some("pod shop/web, container app (containerd 4f1c3c0c7b5e)")
+        );
+        p.container = None;
+        p.pod.as_mut().unwrap().name = None;
+        assert_eq!(p.workload().as_deref(), Some("pod uid u1"));
     }
 }

@@ -6,10 +6,10 @@ pub mod names;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use anyhow::{bail, Context as _, Result};
-use aya::GlobalData;
+use aya::{Ebpf, GlobalData};
 use serde_json::{json, Map, Value};
 use tracer_common::{
-    signal::{OomVictimEvent, SignalEvent, SignalFilter},
+    signal::{OomVictimEvent, SignalEvent, SignalFilter, TARGET_CGROUPS_MAP},
     EventKind,
 };
 
@@ -20,7 +20,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::cgroup,
+    enrich::{cgroup, filter::WorkloadFilter, identity::Enricher, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     output::Output,
     pipeline::RunStats,
@@ -58,6 +58,8 @@ pub struct SignalsOptions {
     pub failed_only: bool,
     /// Trace `pid` even though no such process exists yet.
     pub wait: bool,
+    /// Only signals to these workloads.
+    pub workload: Selector,
 }
 
 /// The process (tgid) a pid or thread id belongs to, from /proc.
@@ -77,6 +79,8 @@ pub struct SignalsTracer {
     /// Recent OOM victims by pid, for a SIGKILL that comes after its `mark_victim`.
     oom_victims: HashMap<u32, OomVictim>,
     memcg_root: Option<std::path::PathBuf>,
+    enricher: Enricher,
+    workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
     by_reason: BTreeMap<&'static str, u64>,
@@ -104,12 +108,22 @@ impl SignalsTracer {
             filter.signal_mask = names::parse_signal_mask(list).context("--signal")?;
         }
         filter.failed_only = options.failed_only as u32;
+        filter.target_cgroups_only = options.workload.is_active() as u32;
+        let enricher = Enricher::new();
+        if options.workload.is_active() && !enricher.has_cgroup_ids() {
+            bail!(
+                "--container, --pod and --namespace need a cgroup v2 (unified) hierarchy, \
+                 and none is mounted"
+            );
+        }
         Ok(Self {
             filter,
             clock: Clock::new(),
             held: VecDeque::new(),
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
+            enricher,
+            workload: WorkloadFilter::new(options.workload.clone()),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
             by_reason: BTreeMap::new(),
@@ -152,6 +166,17 @@ impl SignalsTracer {
 
     fn on_signal(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
         let mut record = SignalRecord::decode(&decode_record::<SignalEvent>(raw)?, &self.clock);
+        // Now, not when the record is written: a killed process's cgroup goes away soon.
+        for process in [
+            record.sender.as_mut(),
+            Some(&mut record.target),
+            record.context.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            process.enrich(&mut self.enricher);
+        }
         if record.is_privileged_kill() && !self.match_oom(&mut record) {
             self.held.push_back(record);
             return Ok(0);
@@ -160,7 +185,8 @@ impl SignalsTracer {
     }
 
     fn on_oom_victim(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
-        let victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
+        let mut victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
+        victim.allocating.enrich(&mut self.enricher);
         if let Some(i) = self
             .held
             .iter()
@@ -189,9 +215,12 @@ impl SignalsTracer {
                     (Some(sender), None) => format!("{} with {}", sender.label(), r.code),
                     (None, None) => r.sender_label(),
                 };
+                let target = match r.target.workload() {
+                    Some(workload) => format!("{} in {workload}", r.target.label()),
+                    None => r.target.label(),
+                };
                 Value::String(format!(
-                    "{} is gone: exit code {}; SIGKILL from {cause} at {}",
-                    r.target.label(),
+                    "{target} is gone: exit code {}; SIGKILL from {cause} at {}",
                     explain_exit_code(128 + SIGKILL),
                     r.time
                 ))
@@ -224,6 +253,11 @@ impl Tracer for SignalsTracer {
         vec![("SIGNAL_FILTER", (&self.filter).into())]
     }
 
+    fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.workload
+            .attach(ebpf, TARGET_CGROUPS_MAP, &self.enricher)
+    }
+
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
         match kind {
             EventKind::Signal => self.on_signal(raw, out),
@@ -233,6 +267,7 @@ impl Tracer for SignalsTracer {
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        self.workload.refresh_if_due(&mut self.enricher);
         let now = Clock::monotonic_now_ns();
         let mut written = 0;
         while let Some(first) = self.held.front() {
