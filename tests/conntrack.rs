@@ -4,116 +4,11 @@
 
 use std::{
     net::UdpSocket,
-    sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tracer_tests::{net::*, TracerRun};
-
-const CLIENT: &str = "10.77.0.1";
-const BACKEND: &str = "10.77.0.2";
-const VIP_A: &str = "10.96.0.10";
-const VIP_B: &str = "10.96.0.11";
-/// A port a firewall rule drops.
-const BLOCKED_PORT: u16 = 5353;
-
-/// kube-proxy-like DNAT in the "node" namespace: two Service VIPs with the same endpoint, a
-/// firewall DROP, and a few hundred no-op rules between NAT and conntrack's confirmation that
-/// widen the insert race window.
-fn node_ruleset() -> String {
-    let mut slow = String::new();
-    for i in 0..300 {
-        slow.push_str(&format!("    meta mark 0x{:x} counter\n", 0x1000 + i));
-    }
-    format!(
-        "table ip kubeproxy {{
-  chain output {{
-    type nat hook output priority -100;
-    ip daddr {VIP_A} udp dport 53 dnat to {BACKEND}:53
-    ip daddr {VIP_B} udp dport 53 dnat to {BACKEND}:53
-  }}
-  chain filter {{
-    type filter hook output priority 0;
-    udp dport {BLOCKED_PORT} drop
-  }}
-  chain slow {{
-    type filter hook postrouting priority 200;
-{slow}  }}
-}}
-"
-    )
-}
-
-/// The client's view of a run.
-#[derive(Debug, Default)]
-struct ClientTally {
-    sent: u64,
-    /// sendto(2) failures: the kernel refused the packet on its way out (NF_DROP → EPERM).
-    refused: u64,
-    replies: u64,
-}
-
-/// Each round, one fresh UDP socket sends to `targets` from one thread each, released at the
-/// same instant; then collects replies for a moment.
-fn race_rounds(node: &Netns, targets: [&'static str; 2], rounds: u32) -> ClientTally {
-    let mut tally = ClientTally::default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for _ in 0..rounds {
-        assert!(Instant::now() < deadline, "race rounds took too long");
-        let socket = Arc::new(node.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap()));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(30)))
-            .unwrap();
-        let barrier = Arc::new(Barrier::new(2));
-        let senders: Vec<_> = targets
-            .into_iter()
-            .map(|vip| {
-                let (socket, barrier) = (socket.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    socket.send_to(b"query", (vip, 53)).is_ok()
-                })
-            })
-            .collect();
-        for sender in senders {
-            tally.sent += 1;
-            if !sender.join().unwrap() {
-                tally.refused += 1;
-            }
-        }
-        let mut buf = [0u8; 64];
-        while socket.recv_from(&mut buf).is_ok() {
-            tally.replies += 1;
-        }
-    }
-    tally
-}
-
-struct Topology {
-    node: Netns,
-    _backend: Netns,
-    _echo: EchoServer,
-}
-
-fn topology() -> Topology {
-    let node = Netns::new("node");
-    let backend = Netns::new("backend");
-    veth(
-        &node,
-        &format!("{CLIENT}/24"),
-        &backend,
-        &format!("{BACKEND}/24"),
-    );
-    node.ip(&["route", "add", "10.96.0.0/16", "via", BACKEND]);
-    node.nft(&node_ruleset());
-    let echo = EchoServer::start(&backend, &format!("{BACKEND}:53"), Duration::from_secs(120));
-    Topology {
-        node,
-        _backend: backend,
-        _echo: echo,
-    }
-}
 
 fn drops_in<'a>(events: &'a [&'a Value], netns: u64, class: &str) -> Vec<&'a Value> {
     events

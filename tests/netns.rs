@@ -12,25 +12,12 @@ use std::{
 };
 
 use serde_json::Value;
-use tracer_tests::*;
+use tracer_tests::{
+    net::{self, add_address, NetnsHolder},
+    *,
+};
 
 /// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let status = Command::new(cmd).args(args).status().expect(cmd);
-    assert!(status.success(), "{cmd} {args:?}: {status}");
-}
-
 fn inode_of(path: &Path) -> Option<u64> {
     fs::metadata(path).ok().map(|m| m.ino())
 }
@@ -48,7 +35,7 @@ struct NamedNetns {
 impl NamedNetns {
     fn new(tag: &str) -> Self {
         let name = format!("trtest-{tag}-{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
+        net::run("ip", &["netns", "add", &name]);
         Self {
             name,
             deleted: false,
@@ -79,7 +66,7 @@ impl NamedNetns {
     }
 
     fn delete(&mut self) {
-        run("ip", &["netns", "del", &self.name]);
+        net::run("ip", &["netns", "del", &self.name]);
         self.deleted = true;
     }
 }
@@ -112,14 +99,6 @@ fn process_in_new_netns() -> (Owned, u64) {
 }
 
 /// Adds `address` to the loopback device of `pid`'s namespace.
-fn add_address(pid: u32, address: &str) {
-    let pid = pid.to_string();
-    run(
-        "nsenter",
-        &["-t", &pid, "-n", "ip", "addr", "add", address, "dev", "lo"],
-    );
-}
-
 /// `tracer netns --json ARGS`: exit code and the snapshot's objects.
 fn snapshot(args: &[&str]) -> (i32, Vec<Value>) {
     let mut all = vec!["netns", "--json"];
@@ -368,7 +347,7 @@ fn same_address_in_two_namespaces_is_a_conflict() {
 
     // Moving b to another address clears the conflict: nothing else is wrong with these two.
     let pid = b.pid().to_string();
-    run(
+    net::run(
         "nsenter",
         &["-t", &pid, "-n", "ip", "addr", "del", &shared, "dev", "lo"],
     );
@@ -378,42 +357,6 @@ fn same_address_in_two_namespaces_is_a_conflict() {
         assert_eq!(flag_names(report(&objects, inode)), Vec::<&str>::new());
     }
     assert_eq!(code, 0, "{objects:#?}");
-}
-
-/// `netns-holder MODE`: the holder process and its child, both killed when dropped (the
-/// child dies with its parent).
-struct Holder {
-    parent: Owned,
-    child: u32,
-}
-
-impl Holder {
-    fn start(mode: &str) -> Self {
-        let parent = Owned(
-            Command::new(env!("CARGO_BIN_EXE_netns-holder"))
-                .args([mode, "120"])
-                .spawn()
-                .expect("netns-holder"),
-        );
-        let children = format!("/proc/{0}/task/{0}/children", parent.pid());
-        let child = wait_for("the holder's child", Duration::from_secs(10), || {
-            fs::read_to_string(&children)
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        });
-        Self { parent, child }
-    }
-
-    /// Kills the child; the parent returns (from vfork, or from waiting) and exits.
-    fn end(&mut self) {
-        send(self.child, nix::sys::signal::Signal::SIGKILL);
-        self.parent
-            .wait_timeout(Duration::from_secs(10))
-            .expect("the holder exits after its child");
-    }
 }
 
 /// Waits for the teardown of the namespace `cookie` to end, stops the tracer, and checks the
@@ -427,15 +370,6 @@ fn expect_plain_life(mut run: TracerRun, cookie: u64, inode: u64) {
     );
 }
 
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 /// The namespace `pid` is in, once it differs from this test's.
 fn new_netns_of(pid: u32) -> u64 {
     wait_for("a new namespace", Duration::from_secs(10), || {
@@ -446,7 +380,7 @@ fn new_netns_of(pid: u32) -> u64 {
 #[test]
 fn clone_into_a_new_namespace_is_a_creation() {
     let mut run = watch();
-    let mut holder = Holder::start("clone");
+    let mut holder = NetnsHolder::start(env!("CARGO_BIN_EXE_netns-holder"), "clone");
     let inode = new_netns_of(holder.child);
     assert_ne!(netns_of(holder.parent.pid()), Some(inode));
     let create = event(&mut run, "create", "inode", inode);
@@ -462,7 +396,7 @@ fn clone_into_a_new_namespace_is_a_creation() {
 #[test]
 fn holder_in_uninterruptible_sleep_is_stuck() {
     let mut run = watch();
-    let mut holder = Holder::start("vfork");
+    let mut holder = NetnsHolder::start(env!("CARGO_BIN_EXE_netns-holder"), "vfork");
     let parent = holder.parent.pid();
     let inode = new_netns_of(parent);
     let create = event(&mut run, "create", "inode", inode);

@@ -338,6 +338,18 @@ pub fn linked_bpf_programs() -> Vec<String> {
         .collect()
 }
 
+/// Polls `f` until it gives a value, at most `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `signal` to `pid`, panicking on failure.
 pub fn send(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("sending signal");

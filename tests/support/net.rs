@@ -4,12 +4,16 @@
 use std::{
     fs,
     io::Write as _,
+    net::UdpSocket,
     os::unix::fs::MetadataExt as _,
     process::{Command, Stdio},
+    sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
 use nix::sched::{setns, CloneFlags};
+
+use crate::{send, wait_for, Owned};
 
 /// A named network namespace (`ip netns add`), deleted on drop.
 pub struct Netns {
@@ -169,6 +173,112 @@ impl ConntrackCounters {
     }
 }
 
+pub const CLIENT: &str = "10.77.0.1";
+pub const BACKEND: &str = "10.77.0.2";
+pub const VIP_A: &str = "10.96.0.10";
+pub const VIP_B: &str = "10.96.0.11";
+/// A port a firewall rule drops.
+pub const BLOCKED_PORT: u16 = 5353;
+
+/// kube-proxy-like DNAT in the "node" namespace: two Service VIPs with the same endpoint, a
+/// firewall DROP, and a few hundred no-op rules between NAT and conntrack's confirmation that
+/// widen the insert race window.
+pub fn node_ruleset() -> String {
+    let mut slow = String::new();
+    for i in 0..300 {
+        slow.push_str(&format!("    meta mark 0x{:x} counter\n", 0x1000 + i));
+    }
+    format!(
+        "table ip kubeproxy {{
+  chain output {{
+    type nat hook output priority -100;
+    ip daddr {VIP_A} udp dport 53 dnat to {BACKEND}:53
+    ip daddr {VIP_B} udp dport 53 dnat to {BACKEND}:53
+  }}
+  chain filter {{
+    type filter hook output priority 0;
+    udp dport {BLOCKED_PORT} drop
+  }}
+  chain slow {{
+    type filter hook postrouting priority 200;
+{slow}  }}
+}}
+"
+    )
+}
+
+/// The client's view of a run.
+#[derive(Debug, Default)]
+pub struct ClientTally {
+    pub sent: u64,
+    /// sendto(2) failures: the kernel refused the packet on its way out (NF_DROP → EPERM).
+    pub refused: u64,
+    pub replies: u64,
+}
+
+/// Each round, one fresh UDP socket sends to `targets` from one thread each, released at the
+/// same instant; then collects replies for a moment.
+pub fn race_rounds(node: &Netns, targets: [&'static str; 2], rounds: u32) -> ClientTally {
+    let mut tally = ClientTally::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..rounds {
+        assert!(Instant::now() < deadline, "race rounds took too long");
+        let socket = Arc::new(node.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap()));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(30)))
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let senders: Vec<_> = targets
+            .into_iter()
+            .map(|vip| {
+                let (socket, barrier) = (socket.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    socket.send_to(b"query", (vip, 53)).is_ok()
+                })
+            })
+            .collect();
+        for sender in senders {
+            tally.sent += 1;
+            if !sender.join().unwrap() {
+                tally.refused += 1;
+            }
+        }
+        let mut buf = [0u8; 64];
+        while socket.recv_from(&mut buf).is_ok() {
+            tally.replies += 1;
+        }
+    }
+    tally
+}
+
+/// A "node" namespace with kube-proxy-like DNAT ([`node_ruleset`]) and a "backend"
+/// namespace with a UDP echo server on port 53.
+pub struct Topology {
+    pub node: Netns,
+    _backend: Netns,
+    _echo: EchoServer,
+}
+
+pub fn topology() -> Topology {
+    let node = Netns::new("node");
+    let backend = Netns::new("backend");
+    veth(
+        &node,
+        &format!("{CLIENT}/24"),
+        &backend,
+        &format!("{BACKEND}/24"),
+    );
+    node.ip(&["route", "add", "10.96.0.0/16", "via", BACKEND]);
+    node.nft(&node_ruleset());
+    let echo = EchoServer::start(&backend, &format!("{BACKEND}:53"), Duration::from_secs(120));
+    Topology {
+        node,
+        _backend: backend,
+        _echo: echo,
+    }
+}
+
 /// A sysctl set for the duration of a test. Restored on drop, and by a watchdog process if the
 /// test process dies without unwinding (killed, aborted).
 pub struct SysctlGuard {
@@ -248,5 +358,60 @@ impl Drop for EchoServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Adds `address` to the loopback device of the namespace `pid` is in.
+pub fn add_address(pid: u32, address: &str) {
+    let pid = pid.to_string();
+    run(
+        "nsenter",
+        &["-t", &pid, "-n", "ip", "addr", "add", address, "dev", "lo"],
+    );
+}
+
+/// `netns-holder MODE` (tests/bin/netns_holder.rs): the holder process and its child, both killed when dropped (the
+/// child dies with its parent).
+pub struct NetnsHolder {
+    pub parent: Owned,
+    pub child: u32,
+}
+
+impl NetnsHolder {
+    /// `binary` is the test package's `netns-holder` (`env!("CARGO_BIN_EXE_netns-holder")`).
+    pub fn start(binary: &str, mode: &str) -> Self {
+        let parent = Owned(
+            Command::new(binary)
+                .args([mode, "120"])
+                .spawn()
+                .expect("netns-holder"),
+        );
+        let children = format!("/proc/{0}/task/{0}/children", parent.pid());
+        let child = wait_for("the holder's child", Duration::from_secs(10), || {
+            fs::read_to_string(&children)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+        Self { parent, child }
+    }
+
+    /// Kills the child; the parent returns (from vfork, or from waiting) and exits.
+    pub fn end(&mut self) {
+        send(self.child, nix::sys::signal::Signal::SIGKILL);
+        self.parent
+            .wait_timeout(Duration::from_secs(10))
+            .expect("the holder exits after its child");
+    }
+}
+
+impl Drop for NetnsHolder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }

@@ -96,6 +96,35 @@ pub enum Command {
     )]
     Netns(NetnsArgs),
 
+    /// Record everything (signals, conntrack drops, netns lifecycle) while you reproduce an
+    /// incident; then read the report.
+    #[command(
+        long_about = "Record everything while you reproduce an incident, then read the report.\n\n\
+            Runs the signals, conntrack-drops and netns tracers at once, from one process, and \
+            writes every event as a JSON line to FILE (written through as it goes: a crash or a \
+            kill loses at most the last event). The terminal shows one line per event and a \
+            status line every few seconds. When the recording ends (Ctrl-C, SIGTERM or \
+            --duration) a snapshot of every network namespace is added and the report is printed: \
+            a timeline per pod (or process, or namespace) and findings in plain words, each \
+            pointing at the lines of the file that support it. `tracer report FILE` prints it \
+            again.",
+        after_help = "Examples:\n  \
+            tracer record                                 until Ctrl-C, into tracer-record-TIME.jsonl\n  \
+            tracer record --duration 10m -o incident.jsonl\n  \
+            tracer report incident.jsonl --json           the findings, machine-readable"
+    )]
+    Record(RecordArgs),
+
+    /// Print the timeline and findings of a recording (`tracer record`).
+    Report {
+        /// The recording (JSON lines).
+        file: std::path::PathBuf,
+
+        /// One JSON object with the findings, timelines and unreadable lines.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Show what this kernel supports and which hook each tracer will use.
     Doctor,
 
@@ -203,6 +232,26 @@ pub struct NetnsArgs {
 
     /// A process inside in D state for longer than this flags its namespace `stuck`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "watch")]
+    pub stuck_after: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The recording; default: tracer-record-<UTC time>.jsonl in the current directory.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Size of the kernel-to-userspace ring buffer in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = parse_buffer_mb)]
+    pub buffer_mb: u32,
+
+    /// In the closing namespace snapshot, a process in D state this long marks its namespace
+    /// `stuck`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub stuck_after: Duration,
 }
 

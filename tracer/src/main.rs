@@ -10,6 +10,8 @@ mod hooks;
 mod kernel;
 mod output;
 mod pipeline;
+mod record;
+mod report;
 mod text;
 mod tracers;
 
@@ -22,12 +24,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracer_common::offsets::KernelOffsets;
 
 use crate::{
-    cli::{Cli, Command, RunArgs},
+    cli::{Cli, Command, RecordArgs, RunArgs},
     enrich::selector::Selector,
     hooks::{KernelContext, LoadOptions},
     kernel::{btf::KernelBtf, offsets, preflight},
     output::{Format, Output},
     pipeline::StopWhen,
+    record::Recorder,
     tracers::{
         conntrack::{self, ConntrackOptions, ConntrackTracer},
         netns::{snapshot::SnapshotOptions, NetnsTracer},
@@ -100,6 +103,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             inodes: args.inode,
             stuck_after: args.stuck_after,
         }),
+        Command::Record(args) => {
+            record(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { file, json } => {
+            report::print(&file, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Doctor => doctor::run(),
         Command::BenchEmptyHook { hook } => {
             attach_empty_hook(&hook)?;
@@ -118,6 +129,38 @@ fn format(run: &RunArgs) -> Format {
     } else {
         Format::Human
     }
+}
+
+/// `tracer record`: every tracer into one file, then the report.
+fn record(args: RecordArgs) -> Result<()> {
+    let path = args.output.unwrap_or_else(|| {
+        let now = clock::rfc3339(std::time::SystemTime::now());
+        let stamp: String = now[..19]
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .collect();
+        format!("tracer-record-{stamp}Z.jsonl").into()
+    });
+    let (mut recorder, offsets) = from_kernel_btf(|btf| {
+        let tracers: Vec<Box<dyn Tracer>> = vec![
+            Box::new(SignalsTracer::new(&SignalsOptions::default())?),
+            Box::new(ConntrackTracer::new(btf, ConntrackOptions::default())?),
+            Box::new(NetnsTracer::new()),
+        ];
+        Ok(Recorder::new(tracers, args.stuck_after))
+    })?;
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("creating the recording {}", path.display()))?;
+    eprintln!("tracer: recording into {}", path.display());
+    let out = Output::record(file, recorder.human_header());
+    let run = RunArgs {
+        json: false,
+        duration: args.duration,
+        count: None,
+        buffer_mb: args.buffer_mb,
+    };
+    trace_into(&mut recorder, offsets, &run, out)?;
+    report::print(&path, false)
 }
 
 /// Reads the kernel's BTF for the programs' offsets and for whatever `f` needs (a tracer's
@@ -159,6 +202,17 @@ fn attach_empty_hook(hook: &str) -> Result<()> {
 /// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
 /// prints the summary. Everything is detached before this returns.
 fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Result<()> {
+    let out = Output::new(format(run), tracer.human_header());
+    trace_into(tracer, offsets, run, out)
+}
+
+/// [`trace`] into a given output.
+fn trace_into(
+    tracer: &mut dyn Tracer,
+    offsets: KernelOffsets,
+    run: &RunArgs,
+    mut out: Output,
+) -> Result<()> {
     let kernel = KernelContext::new(offsets)?;
     let ebpf = hooks::open(
         &kernel,
@@ -179,7 +233,6 @@ fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Resu
         tracer.name(),
         used.join(", ")
     );
-    let mut out = Output::new(format(run), tracer.human_header());
     let stop = StopWhen {
         duration: run.duration,
         count: run.count,

@@ -1,7 +1,10 @@
 //! The last stage of the pipeline: events and the summary, as aligned human lines or as one
 //! JSON object per line.
 
-use std::io::{self, BufWriter, Stdout, Write};
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+};
 
 use serde::Serialize;
 
@@ -15,13 +18,16 @@ pub trait Event: Serialize {
 pub enum Format {
     Human,
     Json,
+    /// JSON lines to a file, written through at every event (a crash loses at most the event
+    /// being written), and the first human line of each event on stderr as a live view.
+    Record,
 }
 
-/// Where events go. Buffered; flushed after each batch read from the ring buffer, so a
-/// reader of a pipe sees events promptly without a syscall per event.
+/// Where events go. Buffered on stdout, flushed after each batch read from the ring buffer,
+/// so a reader of a pipe sees events promptly without a syscall per event.
 pub struct Output {
     format: Format,
-    out: BufWriter<Stdout>,
+    out: Box<dyn Write>,
     /// Column header, written before the first event in human format.
     header: Option<String>,
 }
@@ -30,8 +36,18 @@ impl Output {
     pub fn new(format: Format, header: String) -> Self {
         Self {
             format,
-            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+            out: Box::new(BufWriter::with_capacity(64 * 1024, io::stdout())),
             header: (format == Format::Human).then_some(header),
+        }
+    }
+
+    /// Record mode: events to `file`, a live view on stderr.
+    pub fn record(file: File, header: String) -> Self {
+        eprintln!("{header}");
+        Self {
+            format: Format::Record,
+            out: Box::new(file),
+            header: None,
         }
     }
 
@@ -39,7 +55,7 @@ impl Output {
     pub fn human_line(&mut self, line: &str) -> io::Result<()> {
         match self.format {
             Format::Human => writeln!(self.out, "{line}"),
-            Format::Json => Ok(()),
+            Format::Json | Format::Record => Ok(()),
         }
     }
 
@@ -48,6 +64,18 @@ impl Output {
             Format::Json => {
                 serde_json::to_writer(&mut self.out, event)?;
                 self.out.write_all(b"\n")
+            }
+            Format::Record => {
+                // One write per event, so that a crash leaves whole lines behind.
+                let mut line = serde_json::to_vec(event)?;
+                line.push(b'\n');
+                self.out.write_all(&line)?;
+                let mut human = Vec::new();
+                event.write_human(&mut human)?;
+                let first = human.split(|b| *b == b'\n').next().unwrap_or_default();
+                let mut stderr = io::stderr().lock();
+                stderr.write_all(first)?;
+                stderr.write_all(b"\n")
             }
             Format::Human => {
                 if let Some(header) = self.header.take() {
@@ -62,7 +90,7 @@ impl Output {
     /// lines under a rule.
     pub fn summary(&mut self, summary: &serde_json::Value) -> io::Result<()> {
         match self.format {
-            Format::Json => {
+            Format::Json | Format::Record => {
                 serde_json::to_writer(&mut self.out, summary)?;
                 self.out.write_all(b"\n")?;
             }

@@ -1,0 +1,237 @@
+//! `tracer record` and `tracer report`: one recording of an incident reproduced by the test
+//! (a kill, the conntrack insert race through DNAT, a namespace held by a process in D state
+//! whose address another namespace also has), and a damaged recording.
+
+use std::{fs, os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tracer_tests::{
+    net::{add_address, race_rounds, topology, Netns, NetnsHolder, CLIENT, VIP_A, VIP_B},
+    *,
+};
+
+/// `tracer report FILE --json`.
+fn report(file: &std::path::Path) -> Value {
+    let out = tracer(&["report", file.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .collect()
+}
+
+/// The objects at the given lines (from 1) of the recording.
+fn lines_of(file: &std::path::Path, finding: &Value) -> Vec<Value> {
+    let text = fs::read_to_string(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    finding["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| serde_json::from_str(lines[n.as_u64().unwrap() as usize - 1]).unwrap())
+        .collect()
+}
+
+/// A script with a distinctive name (its comm) that SIGKILLs `target`; returns its pid after
+/// it has exited.
+fn kill_from_script(dir: &TempDir, target: u32) -> u32 {
+    let killer = dir.0.join("killer-r3c");
+    fs::write(
+        &killer,
+        "#!/bin/sh\necho $$ > \"$0.pid\"\nkill -KILL \"$1\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&killer, fs::Permissions::from_mode(0o755)).unwrap();
+    let status = Command::new(&killer)
+        .arg(target.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::read_to_string(dir.0.join("killer-r3c.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn one_recording_shows_the_kill_the_insert_race_and_the_stuck_namespace() {
+    let dir = TempDir::new("record");
+    let file = dir.0.join("incident.jsonl");
+    let t = topology();
+    let node_inode = t.node.inode();
+
+    // A namespace held by a process in D state, with an address a second namespace also has.
+    let mut holder = NetnsHolder::start(env!("CARGO_BIN_EXE_netns-holder"), "vfork");
+    let holder_pid = holder.parent.pid();
+    let own = fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let stuck_inode = wait_for("the holder's namespace", Duration::from_secs(10), || {
+        let ino = fs::metadata(format!("/proc/{holder_pid}/ns/net"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+        (ino != own).then_some(ino)
+    });
+    add_address(holder_pid, "198.18.77.1/24");
+    let twin = Netns::new("twin");
+    twin.ip(&["addr", "add", "198.18.77.1/24", "dev", "lo"]);
+    wait_for(
+        "the holder to block in D state",
+        Duration::from_secs(10),
+        || status_field(holder_pid, "State:").filter(|s| s.starts_with('D')),
+    );
+
+    let before = t.node.conntrack_counters();
+    let run = TracerRun::start(&[
+        "record",
+        "--stuck-after",
+        "1s",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let mut target = sleeper(&[]);
+    let killer = kill_from_script(&dir, target.pid());
+    target
+        .wait_timeout(Duration::from_secs(10))
+        .expect("target killed");
+    let race = race_rounds(&t.node, [VIP_A, VIP_B], 300);
+    std::thread::sleep(Duration::from_millis(1200)); // the D state outlasts --stuck-after
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let kernel = t.node.conntrack_counters().since(&before);
+    holder.end();
+
+    let report = report(&file);
+    assert_eq!(report["unreadable"], serde_json::json!([]));
+
+    let kills: Vec<&Value> = findings(&report, "kill")
+        .into_iter()
+        .filter(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("({})", target.pid()))
+        })
+        .collect();
+    assert_eq!(kills.len(), 1, "{report:#}");
+    let text = kills[0]["text"].as_str().unwrap();
+    assert!(text.contains(&format!("killer-r3c({killer})")), "{text}");
+    assert!(
+        text.contains(&format!("({})", std::process::id())),
+        "the ancestry names the test: {text}"
+    );
+    let events = lines_of(&file, kills[0]);
+    assert!(events.iter().all(|e| e["type"] == "signal"
+        && e["target"]["pid"] == target.pid()
+        && e["sender"]["pid"] == killer));
+
+    assert!(
+        kernel.insert_failed > 0,
+        "the race never happened: {kernel:?}"
+    );
+    assert_eq!(race.refused, kernel.insert_failed);
+    let races = findings(&report, "conntrack_insert_race");
+    let race_finding = races
+        .iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("netns {node_inode}"))
+        })
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let text = race_finding["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "{} UDP packets from {CLIENT} ",
+            kernel.insert_failed
+        )),
+        "{text}"
+    );
+    assert!(text.contains(VIP_A) || text.contains(VIP_B), "{text}");
+    assert_eq!(
+        race_finding["lines"].as_array().unwrap().len() as u64,
+        kernel.insert_failed
+    );
+    assert!(lines_of(&file, race_finding)
+        .iter()
+        .all(|e| e["class"] == "insert_failed" && e["netns"] == node_inode));
+
+    let stuck = findings(&report, "netns_stuck");
+    let finding = stuck
+        .iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("netns {stuck_inode} "))
+        })
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let text = finding["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("({holder_pid}) in D state")),
+        "{text}"
+    );
+    assert!(
+        text.contains("ip-conflict") && text.contains(&twin.inode().to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_damaged_recording_is_still_reported_and_the_bad_lines_named() {
+    let dir = TempDir::new("damaged");
+    let file = dir.0.join("damaged.jsonl");
+    let run = TracerRun::start(&["record", "-o", file.to_str().unwrap()]);
+    let mut target = sleeper(&[]);
+    send(target.pid(), Signal::SIGKILL);
+    target
+        .wait_timeout(Duration::from_secs(10))
+        .expect("target killed");
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    // Garbage in the middle, and a last line cut short (as a crash would leave it).
+    let text = fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    assert!(lines.len() >= 3, "{text}");
+    let middle = lines.len() / 2;
+    lines.insert(middle, "\u{1}garbage{".to_string());
+    let last = lines.last_mut().unwrap();
+    last.truncate(last.len() / 2);
+    fs::write(&file, lines.join("\n")).unwrap();
+
+    let report = report(&file);
+    let bad: Vec<u64> = report["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, [middle as u64 + 1, lines.len() as u64], "{report:#}");
+    assert!(
+        findings(&report, "kill").iter().any(|f| f["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({})", target.pid()))),
+        "{report:#}"
+    );
+    let human = tracer(&["report", file.to_str().unwrap()]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!("line {} could not be read", middle + 1)),
+        "{human}"
+    );
+}

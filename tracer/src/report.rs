@@ -1,0 +1,462 @@
+//! `tracer report FILE`: a recording (`tracer record`) turned into findings in plain words,
+//! each pointing at the lines of the file that support it, and a timeline per subject.
+//!
+//! It reads only the file, so a recording made on one node can be read anywhere. Lines that
+//! are not JSON (a truncated last line, garbage) are named and skipped.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufRead, BufReader},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::clock;
+
+/// The readable objects of a recording, with their line numbers (from 1), and the lines that
+/// could not be read.
+pub struct Recording {
+    pub objects: Vec<(usize, Value)>,
+    pub unreadable: Vec<(usize, String)>,
+}
+
+pub fn read(path: &Path) -> Result<Recording> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut recording = Recording {
+        objects: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Value>(&line) {
+            Ok(value) if value.is_object() => recording.objects.push((i + 1, value)),
+            Ok(_) => recording
+                .unreadable
+                .push((i + 1, "not a JSON object".into())),
+            Err(e) => recording.unreadable.push((i + 1, e.to_string())),
+        }
+    }
+    Ok(recording)
+}
+
+/// Something the recording shows, in plain words.
+#[derive(Debug, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub text: String,
+    /// Lines of the file with the events that show it.
+    pub lines: Vec<usize>,
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn pod_label(pod: &Value) -> Option<String> {
+    let (ns, name) = (pod.get("namespace")?.as_str()?, pod.get("name")?.as_str()?);
+    Some(format!("{ns}/{name}"))
+}
+
+/// `comm(pid)`, with the pod when there is one.
+fn process_label(p: &Value) -> String {
+    let comm = p
+        .get("process_comm")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| str_of(p, "comm"));
+    let pid = p.get("pid").map_or("?".into(), Value::to_string);
+    match p.get("pod").and_then(pod_label) {
+        Some(pod) => format!("{comm}({pid}) in pod {pod}"),
+        None => format!("{comm}({pid})"),
+    }
+}
+
+fn ancestry(e: &Value) -> String {
+    let mut chain: Vec<String> = e
+        .get("ancestry")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .rev()
+                .map(|p| {
+                    format!(
+                        "{}({})",
+                        str_of(p, "comm"),
+                        p.get("pid").map_or("?".into(), Value::to_string)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if e.get("ancestry_truncated") == Some(&Value::Bool(true)) {
+        chain.insert(0, "...".into());
+    }
+    chain.join(" => ")
+}
+
+fn signal_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (line, e) in events {
+        if e.get("signo") != Some(&json!(9)) || str_of(e, "result") != "delivered" {
+            continue;
+        }
+        let target = e.get("target").map(process_label).unwrap_or_default();
+        let (kind, text) = match (
+            e.get("kernel_reason").and_then(Value::as_str),
+            e.get("sender"),
+        ) {
+            (Some("oom"), _) => (
+                "oom_kill",
+                format!(
+                    "{target} was OOM-killed: memory cgroup {} hit its limit",
+                    e.pointer("/oom/memcg")
+                        .and_then(Value::as_str)
+                        .unwrap_or("(unknown)")
+                ),
+            ),
+            (Some(reason), _) => (
+                "kernel_kill",
+                format!(
+                    "{target} was killed by SIGKILL from the kernel ({reason}, {})",
+                    str_of(e, "code")
+                ),
+            ),
+            (None, Some(sender)) => (
+                "kill",
+                format!(
+                    "{target} was killed by SIGKILL from {} ({}), whose ancestry is {}",
+                    process_label(sender),
+                    str_of(e, "code"),
+                    ancestry(e)
+                ),
+            ),
+            (None, None) => continue,
+        };
+        findings.push(Finding {
+            kind,
+            text,
+            lines: vec![*line],
+        });
+    }
+    findings
+}
+
+/// Drops of one class from one source address in one namespace.
+#[derive(Default)]
+struct DropGroup {
+    lines: Vec<usize>,
+    destinations: Vec<String>,
+    nat_destinations: Vec<String>,
+    pod: Option<String>,
+    proto: String,
+    /// For a full table: ` (entries N/MAX)`.
+    table: String,
+}
+
+fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
+    let mut groups: BTreeMap<(String, u64, String), DropGroup> = BTreeMap::new();
+    for (line, e) in events {
+        let class = str_of(e, "class").to_string();
+        if class == "rule" {
+            continue;
+        }
+        let src_ip = str_of(e, "src")
+            .rsplit_once(':')
+            .map_or("?", |(ip, _)| ip)
+            .to_string();
+        let key = (
+            class,
+            e.get("netns").and_then(Value::as_u64).unwrap_or(0),
+            src_ip,
+        );
+        let g = groups.entry(key).or_default();
+        g.lines.push(*line);
+        for (list, field) in [
+            (&mut g.destinations, "dst"),
+            (&mut g.nat_destinations, "nat_dst"),
+        ] {
+            let v = str_of(e, field).to_string();
+            if v != "?" && !list.contains(&v) {
+                list.push(v);
+            }
+        }
+        g.pod = g.pod.take().or_else(|| e.get("pod").and_then(pod_label));
+        g.proto = str_of(e, "proto").to_uppercase();
+        if let (Some(count), Some(max)) = (e.get("ct_count"), e.get("ct_max")) {
+            g.table = format!(" (entries {count}/{max})");
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((class, netns, src), g)| {
+            let place = match &g.pod {
+                Some(pod) => format!("netns {netns} (pod {pod})"),
+                None => format!("netns {netns}"),
+            };
+            let n = g.lines.len();
+            let (kind, text) = match class.as_str() {
+                "insert_failed" => {
+                    let via = if g.nat_destinations.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" through DNAT to {}", g.nat_destinations.join(", "))
+                    };
+                    let advice = if g.destinations.iter().any(|d| d.ends_with(":53")) {
+                        "; for DNS consider single-request-reopen (glibc resolv.conf option), NodeLocal DNSCache, or DNS over TCP"
+                    } else {
+                        ""
+                    };
+                    (
+                        "conntrack_insert_race",
+                        format!(
+                            "{n} {} packets from {src} in {place} to {} were dropped by the conntrack insert race (parallel packets of one socket{via}){advice}",
+                            g.proto,
+                            g.destinations.join(", ")
+                        ),
+                    )
+                }
+                "table_full" => (
+                    "conntrack_table_full",
+                    format!(
+                        "conntrack table full in {place}: {n} packets dropped{}; raise nf_conntrack_max or find what opens so many flows",
+                        g.table
+                    ),
+                ),
+                _ => (
+                    "conntrack_drop",
+                    format!("{n} packets from {src} in {place} were dropped by conntrack ({class})"),
+                ),
+            };
+            Finding {
+                kind,
+                text,
+                lines: g.lines,
+            }
+        })
+        .collect()
+}
+
+fn netns_findings(snapshot: &[&(usize, Value)], events: &[&(usize, Value)]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (line, ns) in snapshot {
+        let flags: Vec<&Value> = ns
+            .get("flags")
+            .and_then(Value::as_array)
+            .map(|f| f.iter().collect())
+            .unwrap_or_default();
+        if flags.is_empty() {
+            continue;
+        }
+        let inode = ns.get("inode").and_then(Value::as_u64).unwrap_or(0);
+        let mut lines = vec![*line];
+        lines.extend(
+            events
+                .iter()
+                .filter(|(_, e)| e.get("inode").and_then(Value::as_u64) == Some(inode))
+                .map(|(l, _)| *l),
+        );
+        lines.sort_unstable();
+        let pod = ns
+            .get("pod")
+            .and_then(pod_label)
+            .map_or(String::new(), |p| format!(" (pod {p})"));
+        let stuck: Vec<String> = ns
+            .get("holders")
+            .and_then(Value::as_array)
+            .map(|h| {
+                h.iter()
+                    .filter(|h| str_of(h, "state") == "D")
+                    .map(|h| {
+                        format!(
+                            "{}({}) in D state, waiting in {}",
+                            str_of(h, "comm"),
+                            h.get("pid").map_or("?".into(), Value::to_string),
+                            str_of(h, "wchan")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut text = format!("netns {inode}{pod} is alive");
+        if !stuck.is_empty() {
+            text.push_str(&format!(", held by {}", stuck.join(", ")));
+        }
+        for flag in &flags {
+            text.push_str(&format!(
+                "; {}: {}",
+                str_of(flag, "flag"),
+                str_of(flag, "explanation")
+            ));
+        }
+        let kind = if !stuck.is_empty() {
+            "netns_stuck"
+        } else {
+            "netns_flagged"
+        };
+        findings.push(Finding { kind, text, lines });
+    }
+    findings
+}
+
+/// One line of the timeline.
+#[derive(Debug, Serialize)]
+pub struct Moment {
+    pub line: usize,
+    pub time: String,
+    pub what: String,
+}
+
+/// Who an event is about: its pod when known, else its process or namespace.
+fn subject(e: &Value) -> String {
+    let pod = e
+        .get("pod")
+        .or_else(|| e.pointer("/target/pod"))
+        .and_then(pod_label);
+    if let Some(pod) = pod {
+        return format!("pod {pod}");
+    }
+    match str_of(e, "type") {
+        "signal" => format!(
+            "process {}",
+            e.get("target").map(process_label).unwrap_or_default()
+        ),
+        _ => format!(
+            "netns {}",
+            e.get("netns")
+                .or_else(|| e.get("inode"))
+                .map_or("?".into(), Value::to_string)
+        ),
+    }
+}
+
+fn describe(e: &Value) -> String {
+    match str_of(e, "type") {
+        "signal" => {
+            let from = match e.get("sender").filter(|s| !s.is_null()) {
+                Some(sender) => process_label(sender),
+                None => format!("[kernel: {}]", str_of(e, "kernel_reason")),
+            };
+            format!(
+                "{} {} from {from}",
+                str_of(e, "signal"),
+                str_of(e, "result")
+            )
+        }
+        "conntrack_drop" => {
+            let nat = e
+                .get("nat_dst")
+                .and_then(Value::as_str)
+                .map_or(String::new(), |n| format!(" (dnat {n})"));
+            format!(
+                "{} drop: {} {} -> {}{nat}",
+                str_of(e, "class"),
+                str_of(e, "proto"),
+                str_of(e, "src"),
+                str_of(e, "dst")
+            )
+        }
+        "netns" => format!(
+            "{} (pid {})",
+            str_of(e, "action"),
+            e.get("pid").map_or("-".into(), Value::to_string)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The findings and timelines of a recording.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub events: usize,
+    pub findings: Vec<Finding>,
+    pub timelines: BTreeMap<String, Vec<Moment>>,
+    pub unreadable: Vec<Value>,
+}
+
+pub fn analyse(recording: &Recording) -> Report {
+    let of_type = |t: &str| -> Vec<&(usize, Value)> {
+        recording
+            .objects
+            .iter()
+            .filter(|(_, v)| str_of(v, "type") == t)
+            .collect()
+    };
+    let (signals, drops, netns, snapshot) = (
+        of_type("signal"),
+        of_type("conntrack_drop"),
+        of_type("netns"),
+        of_type("netns_snapshot"),
+    );
+    let mut findings = signal_findings(&signals);
+    findings.extend(conntrack_findings(&drops));
+    findings.extend(netns_findings(&snapshot, &netns));
+
+    let mut timelines: BTreeMap<String, Vec<Moment>> = BTreeMap::new();
+    for (line, e) in signals.iter().chain(&drops).chain(&netns) {
+        timelines.entry(subject(e)).or_default().push(Moment {
+            line: *line,
+            time: str_of(e, "time").to_string(),
+            what: describe(e),
+        });
+    }
+    for moments in timelines.values_mut() {
+        moments.sort_by(|a, b| a.time.cmp(&b.time));
+    }
+    Report {
+        kind: "report",
+        events: signals.len() + drops.len() + netns.len(),
+        findings,
+        timelines,
+        unreadable: recording
+            .unreadable
+            .iter()
+            .map(|(line, error)| json!({"line": line, "error": error}))
+            .collect(),
+    }
+}
+
+/// Prints the report of the recording at `path`.
+pub fn print(path: &Path, json: bool) -> Result<()> {
+    let report = analyse(&read(path)?);
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("report of {}: {} events", path.display(), report.events);
+    for bad in &report.unreadable {
+        println!(
+            "  line {} could not be read ({}); skipped",
+            bad["line"],
+            str_of(bad, "error")
+        );
+    }
+    println!("findings:");
+    if report.findings.is_empty() {
+        println!("  none");
+    }
+    for (i, f) in report.findings.iter().enumerate() {
+        let lines: Vec<String> = f.lines.iter().map(usize::to_string).collect();
+        println!("  {}. {}\n     (lines {})", i + 1, f.text, lines.join(", "));
+    }
+    println!("timeline:");
+    for (subject, moments) in &report.timelines {
+        println!("  {subject}:");
+        for m in moments {
+            println!(
+                "    {}  {}  (line {})",
+                clock::time_of_day(&m.time),
+                m.what,
+                m.line
+            );
+        }
+    }
+    Ok(())
+}
