@@ -452,12 +452,20 @@ pub fn run(quick: bool) -> Result<()> {
 
 fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
     let reason = netfilter_drop_reason()?;
-    let sig_script = format!(
-        "tracepoint:signal:signal_generate /args->pid == {pid}/ {{ printf(\"%s %d -> %d sig %d result %d\\n\", comm, pid, args->pid, args->sig, args->result); }} BEGIN {{ printf(\"ready\\n\"); }}"
+    const READY: &str = "BEGIN { printf(\"ready\\n\"); }";
+    let sig_probe = format!(
+        "tracepoint:signal:signal_generate /args->pid == {pid}/ {{ printf(\"%s %d -> %d sig %d result %d\\n\", comm, pid, args->pid, args->sig, args->result); }}"
     );
-    let skb_script = format!(
-        "tracepoint:skb:kfree_skb /args->reason == {reason}/ {{ printf(\"%p proto %d\\n\", args->skbaddr, args->protocol); }} BEGIN {{ printf(\"ready\\n\"); }}"
+    let skb_probe = format!(
+        "tracepoint:skb:kfree_skb /args->reason == {reason}/ {{ printf(\"%p proto %d\\n\", args->skbaddr, args->protocol); }}"
     );
+    let netns_probe = "tracepoint:task:task_newtask /args->clone_flags & 0x40000000/ { printf(\"%d %s\\n\", args->pid, args->comm); }";
+    let sig_script = format!("{sig_probe} {READY}");
+    let skb_script = format!("{skb_probe} {READY}");
+    let all_script = format!("{sig_probe} {skb_probe} {netns_probe} {READY}");
+    let recording = workspace_root().join("target/bench/record.jsonl");
+    fs::create_dir_all(recording.parent().context("bench dir")?)?;
+    let recording = recording.to_string_lossy().into_owned();
     let pid_s = pid.to_string();
 
     // 1. Start-up time and peak RSS.
@@ -479,6 +487,11 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
             &sig_script,
         ),
         ("conntrack-drops", vec!["conntrack-drops"], &skb_script),
+        (
+            "record",
+            vec!["record", "-o", recording.as_str()],
+            &all_script,
+        ),
     ] {
         let (our_ms, our_mib) = startup(&|| ours(&args), false)?;
         let (bt_ms, bt_mib) = startup(&|| bpftrace(script), true)?;
