@@ -60,6 +60,16 @@ pub struct Pod {
     pub qos: Option<&'static str>,
 }
 
+impl Pod {
+    /// `pod shop/web`, or `pod uid U` when the runtime did not name it.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
+            _ => format!("pod uid {}", self.uid),
+        }
+    }
+}
+
 /// Container and pod of one process; both `None` for a host process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
@@ -121,8 +131,9 @@ pub struct Enricher {
     by_cgroup: HashMap<u64, Identity>,
     /// Ids seen in the latest walk, to know which cached entries are gone.
     present: HashSet<u64>,
-    /// Pod sandboxes' network namespaces (inode) to their pod.
-    netns: HashMap<u64, Pod>,
+    /// Pod sandboxes' network namespaces (inode) to the sandbox's identity. Kept for the
+    /// whole run, so that a namespace torn down after its sandbox is still named.
+    netns: HashMap<u64, Identity>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
@@ -182,7 +193,7 @@ impl Enricher {
         }
         for (id, path, parsed) in new {
             let (identity, metadata) = identity_of(&parsed, &self.state);
-            if let (Some(pod), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
+            if let (Some(_), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
                 let dir = root.join(path.trim_start_matches('/'));
                 let netns = m
                     .netns_path
@@ -190,7 +201,7 @@ impl Enricher {
                     .and_then(|p| netns_inode(Path::new(p)))
                     .or_else(|| netns_of_cgroup(&dir));
                 if let Some(inode) = netns {
-                    self.netns.insert(inode, pod.clone());
+                    self.netns.insert(inode, identity.clone());
                 }
             }
             self.by_cgroup.insert(id, identity);
@@ -289,17 +300,24 @@ impl Enricher {
         identity
     }
 
-    /// The pod whose sandbox owns the network namespace with inode `inode`: for the tracers
-    /// that report network namespaces rather than processes.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the netns and conntrack tracers")
-    )]
-    pub fn pod_of_netns(&mut self, inode: u64) -> Option<Pod> {
+    /// The sandbox (its container and pod) owning the network namespace with inode `inode`,
+    /// looking for sandboxes started since the last walk when the inode is unknown.
+    pub fn netns_owner(&mut self, inode: u64) -> Option<&Identity> {
         if !self.netns.contains_key(&inode) {
             self.walk_if_due();
         }
-        self.netns.get(&inode).cloned()
+        self.netns.get(&inode)
+    }
+
+    /// As [`Self::netns_owner`], from what is known already: for summaries, which cannot walk.
+    pub fn known_netns_owner(&self, inode: u64) -> Option<&Identity> {
+        self.netns.get(&inode)
+    }
+
+    /// The pod whose sandbox owns the network namespace with inode `inode`: for the tracers
+    /// that report network namespaces rather than processes.
+    pub fn pod_of_netns(&mut self, inode: u64) -> Option<Pod> {
+        self.netns_owner(inode)?.pod.clone()
     }
 }
 
