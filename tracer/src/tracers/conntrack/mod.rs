@@ -274,9 +274,13 @@ impl ConntrackTracer {
                 if tally.is_none() && kernel.is_none_or(|k| k.is_zero()) {
                     return None;
                 }
-                let pod = self
-                    .enricher
-                    .known_netns_owner(inode)
+                // A namespace without drops is only in the summary: its cookie is read now.
+                let cookie = tally.map(|t| t.cookie).or_else(|| {
+                    let path = &now.get(&inode)?.path;
+                    netns::cookie_of(path, inode).ok()
+                });
+                let pod = cookie
+                    .and_then(|cookie| self.enricher.known_netns_owner(inode, cookie))
                     .and_then(|owner| owner.pod.as_ref());
                 Some(json!({
                     "netns": inode,
@@ -320,7 +324,9 @@ impl Tracer for ConntrackTracer {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
-        drop.pod = self.enricher.pod_of_netns(ev.netns_inum.into());
+        drop.pod = self
+            .enricher
+            .pod_of_netns(ev.netns_inum.into(), ev.net_cookie);
         if class == DropClass::TableFull {
             (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
         }

@@ -123,7 +123,7 @@ fn kernel_config() -> NetnsConfig {
     let init_net = crate::kernel::netns::net_ns_link(2);
     match crate::kernel::netns::net_ns_of(2)
         .context("kthreadd's namespace")
-        .and_then(|inode| inside::cookie_of(&init_net, inode))
+        .and_then(|inode| crate::kernel::netns::cookie_of(&init_net, inode))
     {
         Ok(cookie) => config.init_net_cookie = cookie,
         Err(e) => log::warn!("cookie of the initial network namespace: {e:#}"),
@@ -163,7 +163,7 @@ impl NetnsTracer {
         let created = self.created.get(&record.cookie).copied();
         let owner = self
             .enricher
-            .netns_owner(record.inode)
+            .netns_owner(record.inode, record.cookie)
             .cloned()
             .unwrap_or_default();
         let event = NetnsRecord::new(action, record, created, owner, &self.clock);
@@ -199,7 +199,8 @@ impl NetnsTracer {
             .filter(|r| {
                 mounts.iter().any(|(point, inode)| {
                     *inode == r.inode
-                        && inside::cookie_of(Path::new(point), *inode).ok() == Some(r.cookie)
+                        && crate::kernel::netns::cookie_of(Path::new(point), *inode).ok()
+                            == Some(r.cookie)
                 })
             })
             .collect()

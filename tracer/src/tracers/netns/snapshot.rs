@@ -12,7 +12,7 @@ use super::{
     inside::{look_inside, Address, Inside, Interface},
 };
 use crate::{
-    enrich::identity::{Container, Enricher, Identity, Pod},
+    enrich::identity::{Container, Enricher, Pod},
     output::{Event, Format, Output},
 };
 
@@ -50,8 +50,8 @@ pub struct NamespaceReport {
 }
 
 impl NamespaceReport {
-    /// `owner`: the sandbox owning the namespace.
-    fn new(found: discover::Found, owner: Identity) -> Self {
+    /// Looks inside the namespace; `enricher` names the sandbox owning it.
+    fn new(found: discover::Found, enricher: &Enricher) -> Self {
         let mut error = None;
         let mut inside = None;
         for path in found.entry_paths() {
@@ -68,6 +68,10 @@ impl NamespaceReport {
             interfaces,
             addresses,
         } = inside.unwrap_or_default();
+        let owner = cookie
+            .and_then(|cookie| enricher.known_netns_owner(found.inode, cookie))
+            .cloned()
+            .unwrap_or_default();
         Self {
             kind: "netns_snapshot",
             inode: found.inode,
@@ -152,10 +156,7 @@ pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
     let enricher = Enricher::new();
     let mut reports: Vec<NamespaceReport> = discover::all()
         .into_values()
-        .map(|found| {
-            let owner = enricher.known_netns_owner(found.inode).cloned();
-            NamespaceReport::new(found, owner.unwrap_or_default())
-        })
+        .map(|found| NamespaceReport::new(found, &enricher))
         .collect();
     let configured: Vec<Configured> = reports
         .iter()
