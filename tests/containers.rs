@@ -2,6 +2,10 @@
 //! drives it): every expectation comes from what the runtime returned to the test.
 
 use std::{
+    fs,
+    io::Write as _,
+    net::UdpSocket,
+    os::unix::fs::MetadataExt as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -10,7 +14,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
     cri::{self, Container, CriNode, Footprint, Pod},
-    send, Owned, TempDir, TracerRun,
+    send, tracer, Owned, TempDir, TracerOutput, TracerRun,
 };
 
 /// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
@@ -114,6 +118,172 @@ fn signal_between_containers_of_two_pods_names_both() {
     assert_eq!(e["sender"]["comm"], "kill", "{e:#}");
     assert_identity(&e["sender"], &killer, "killer", &client);
     assert_identity(&e["target"], &postgres, "postgres", &db);
+}
+
+/// Checks a `pod` object against the pod the runtime created.
+fn assert_pod(pod: &Value, expected: &Pod) {
+    assert_eq!(pod["namespace"], expected.namespace.as_str(), "{pod:#}");
+    assert_eq!(pod["name"], expected.name.as_str(), "{pod:#}");
+    assert_eq!(pod["uid"], expected.uid.as_str(), "{pod:#}");
+}
+
+/// Inode of the network namespace of `pid`.
+fn netns_inode(pid: u32) -> u64 {
+    fs::metadata(format!("/proc/{pid}/ns/net")).unwrap().ino()
+}
+
+/// A port the pods' firewall rule drops.
+const BLOCKED_PORT: u16 = 5353;
+
+/// Brings up loopback in the network namespace of `pid` (a pod's: no CNI loopback plugin here)
+/// and adds a rule dropping UDP to [`BLOCKED_PORT`]; both go with the pod's namespace.
+fn block_port_in_netns_of(pid: u32) {
+    let net = format!("--net=/proc/{pid}/ns/net");
+    let status = Command::new("nsenter")
+        .args([net.as_str(), "ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "lo up in the pod's netns");
+    let mut nft = Command::new("nsenter")
+        .args([net.as_str(), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ruleset = format!(
+        "table ip podfw {{\n  chain out {{\n    type filter hook output priority 0;\n    \
+         udp dport {BLOCKED_PORT} drop\n  }}\n}}\n"
+    );
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft in the pod's netns");
+}
+
+/// Sends `count` UDP packets to 127.0.0.1:[`BLOCKED_PORT`] from inside the network namespace
+/// of `pid`; returns how many the firewall refused.
+fn send_blocked_in_netns_of(pid: u32, count: usize) -> usize {
+    let netns = fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (0..count)
+            .filter(|_| socket.send_to(b"x", ("127.0.0.1", BLOCKED_PORT)).is_err())
+            .count()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The conntrack-drops summary's entry for namespace `netns`.
+fn netns_summary(out: &TracerOutput, netns: u64) -> Value {
+    out.summary()["by_netns"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["netns"] == netns).cloned())
+        .unwrap_or_else(|| panic!("{netns} not in {:#}", out.summary()))
+}
+
+#[test]
+fn conntrack_drop_in_a_pods_netns_names_the_pod_and_pod_filter_selects_it() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let db = node.run_pod("store", "db", false);
+    let web_app = node.start_container(&web, "app", SLEEPER);
+    let db_app = node.start_container(&db, "postgres", SLEEPER);
+    let (web_netns, db_netns) = (netns_inode(web_app.pid), netns_inode(db_app.pid));
+    for app in [&web_app, &db_app] {
+        block_port_in_netns_of(app.pid);
+    }
+    let all = TracerRun::start(&["conntrack-drops", "--json"]);
+    let only_web = TracerRun::start(&["conntrack-drops", "--json", "--pod", "web"]);
+    let only_store = TracerRun::start(&["conntrack-drops", "--json", "--namespace", "store"]);
+    assert_eq!(send_blocked_in_netns_of(web_app.pid, 5), 5);
+    assert_eq!(send_blocked_in_netns_of(db_app.pid, 3), 3);
+    let (all, only_web, only_store) = (all.stop(), only_web.stop(), only_store.stop());
+
+    let in_netns = |out: &TracerOutput, netns: u64| -> Vec<Value> {
+        out.of_type("conntrack_drop")
+            .into_iter()
+            .filter(|e| e["netns"] == netns)
+            .cloned()
+            .collect()
+    };
+    for out in [&all, &only_web, &only_store] {
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+    for (netns, pod, count) in [(web_netns, &web, 5), (db_netns, &db, 3)] {
+        let drops = in_netns(&all, netns);
+        assert_eq!(drops.len(), count, "{:#?}", all.objects);
+        for e in &drops {
+            assert_eq!(e["class"], "rule", "{e:#}");
+            assert_eq!(e["dst"], format!("127.0.0.1:{BLOCKED_PORT}"), "{e:#}");
+            assert_pod(&e["pod"], pod);
+        }
+        assert_pod(&netns_summary(&all, netns)["pod"], pod);
+    }
+    // The filters let through only their pod's drops; the summaries still count every drop.
+    for (out, netns, count) in [(&only_web, web_netns, 5), (&only_store, db_netns, 3)] {
+        let drops = out.of_type("conntrack_drop");
+        assert_eq!(drops.len(), count, "{drops:#?}");
+        assert!(drops.iter().all(|e| e["netns"] == netns), "{drops:#?}");
+        for (netns, count) in [(web_netns, 5), (db_netns, 3)] {
+            assert_eq!(
+                netns_summary(out, netns)["drops"]["rule"],
+                count,
+                "{:#}",
+                out.summary()
+            );
+        }
+    }
+}
+
+#[test]
+fn pod_sandbox_netns_is_named_in_the_snapshot_and_its_teardown() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let app = node.start_container(&web, "app", SLEEPER);
+    let inode = netns_inode(app.pid);
+    let snapshot = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
+    let stdout = String::from_utf8_lossy(&snapshot.stdout);
+    let reports: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["type"] == "netns_snapshot")
+        .collect();
+    assert_eq!(reports.len(), 1, "{stdout}");
+    let report = &reports[0];
+    assert_eq!(report["inode"], inode);
+    assert_pod(&report["pod"], &web);
+    // The namespace belongs to the sandbox, whose id is the pod sandbox id.
+    assert_eq!(report["container"]["id"], web.id.as_str(), "{report:#}");
+    assert_eq!(report["container"]["name"], Value::Null, "{report:#}");
+    assert!(
+        report["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["pid"] == app.pid),
+        "{report:#}"
+    );
+    let cookie = report["cookie"].as_u64().expect("the namespace's cookie");
+
+    let mut watch = TracerRun::start(&["netns", "--watch", "--json"]);
+    node.remove_pod(&web);
+    let teardown = watch.wait_for_json(Duration::from_secs(30), |e| {
+        e["type"] == "netns" && e["action"] == "teardown_end" && e["cookie"] == cookie
+    });
+    let out = watch.stop();
+    let teardown =
+        teardown.unwrap_or_else(|| panic!("no teardown of {cookie}: {:#?}", out.objects));
+    assert_eq!(teardown["inode"], inode, "{teardown:#}");
+    assert_pod(&teardown["pod"], &web);
+    let start = out
+        .of_type("netns")
+        .into_iter()
+        .find(|e| e["action"] == "teardown_start" && e["cookie"] == cookie)
+        .unwrap_or_else(|| panic!("no teardown start: {:#?}", out.objects));
+    assert_pod(&start["pod"], &web);
 }
 
 #[test]

@@ -294,4 +294,12 @@ pub struct ConntrackArgs {
     /// Leave out packets a firewall rule dropped (the summary still counts them).
     #[arg(long)]
     pub conntrack_only: bool,
+
+    /// Only drops in the network namespace of this pod (by name).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+
+    /// Only drops in the network namespaces of pods in this namespace.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
 }

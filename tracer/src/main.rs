@@ -88,6 +88,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 proto,
                 port: args.port,
                 conntrack_only: args.conntrack_only,
+                pod: args.pod,
+                namespace: args.namespace,
             };
             let (mut tracer, offsets) = from_kernel_btf(|btf| ConntrackTracer::new(btf, options))?;
             trace(&mut tracer, offsets, &args.run)?;

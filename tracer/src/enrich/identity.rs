@@ -16,6 +16,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::kernel::netns;
+
 use super::{
     cgroup,
     cgroup_path::{self, PathIdentity},
@@ -58,6 +60,16 @@ pub struct Pod {
     /// `guaranteed`, `burstable`, `besteffort`, from the kubelet's cgroup layout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<&'static str>,
+}
+
+impl Pod {
+    /// `pod shop/web`, or `pod uid U` when the runtime did not name it.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
+            _ => format!("pod uid {}", self.uid),
+        }
+    }
 }
 
 /// Container and pod of one process; both `None` for a host process.
@@ -107,10 +119,16 @@ fn netns_inode(path: &Path) -> Option<u64> {
 }
 
 /// The network namespace of the first process in cgroup `dir`.
-fn netns_of_cgroup(dir: &Path) -> Option<u64> {
+fn netns_of_cgroup(dir: &Path) -> Option<PathBuf> {
     let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
     let pid = procs.lines().next()?.trim();
-    netns_inode(&Path::new("/proc").join(pid).join("ns/net"))
+    Some(Path::new("/proc").join(pid).join("ns/net"))
+}
+
+/// Inode and cookie of the network namespace at `path`.
+fn netns_id(path: &Path) -> Option<(u64, u64)> {
+    let inode = netns_inode(path)?;
+    Some((inode, netns::cookie_of(path, inode).ok()?))
 }
 
 /// The cache. One per tracer run.
@@ -121,8 +139,10 @@ pub struct Enricher {
     by_cgroup: HashMap<u64, Identity>,
     /// Ids seen in the latest walk, to know which cached entries are gone.
     present: HashSet<u64>,
-    /// Pod sandboxes' network namespaces (inode) to their pod.
-    netns: HashMap<u64, Pod>,
+    /// Pod sandboxes' network namespaces (inode) to their cookie and the sandbox's identity.
+    /// Kept for the whole run, so that a namespace torn down after its sandbox is still named;
+    /// the cookie tells a later namespace that reuses the inode apart.
+    netns: HashMap<u64, (u64, Identity)>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
@@ -182,15 +202,15 @@ impl Enricher {
         }
         for (id, path, parsed) in new {
             let (identity, metadata) = identity_of(&parsed, &self.state);
-            if let (Some(pod), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
+            if let (Some(_), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
                 let dir = root.join(path.trim_start_matches('/'));
                 let netns = m
                     .netns_path
                     .as_deref()
-                    .and_then(|p| netns_inode(Path::new(p)))
-                    .or_else(|| netns_of_cgroup(&dir));
-                if let Some(inode) = netns {
-                    self.netns.insert(inode, pod.clone());
+                    .and_then(|p| netns_id(Path::new(p)))
+                    .or_else(|| netns_id(&netns_of_cgroup(&dir)?));
+                if let Some((inode, cookie)) = netns {
+                    self.netns.insert(inode, (cookie, identity.clone()));
                 }
             }
             self.by_cgroup.insert(id, identity);
@@ -289,17 +309,27 @@ impl Enricher {
         identity
     }
 
-    /// The pod whose sandbox owns the network namespace with inode `inode`: for the tracers
-    /// that report network namespaces rather than processes.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the netns and conntrack tracers")
-    )]
-    pub fn pod_of_netns(&mut self, inode: u64) -> Option<Pod> {
-        if !self.netns.contains_key(&inode) {
+    /// The sandbox (its container and pod) owning the network namespace with inode `inode`
+    /// and cookie `cookie`, looking for sandboxes started since the last walk when unknown.
+    pub fn netns_owner(&mut self, inode: u64, cookie: u64) -> Option<&Identity> {
+        if self.known_netns_owner(inode, cookie).is_none() {
             self.walk_if_due();
         }
-        self.netns.get(&inode).cloned()
+        self.known_netns_owner(inode, cookie)
+    }
+
+    /// As [`Self::netns_owner`], from what is known already: for summaries, which cannot walk.
+    pub fn known_netns_owner(&self, inode: u64, cookie: u64) -> Option<&Identity> {
+        self.netns
+            .get(&inode)
+            .filter(|(known, _)| *known == cookie)
+            .map(|(_, owner)| owner)
+    }
+
+    /// The pod whose sandbox owns the network namespace with inode `inode` and cookie
+    /// `cookie`: for the tracers that report network namespaces rather than processes.
+    pub fn pod_of_netns(&mut self, inode: u64, cookie: u64) -> Option<Pod> {
+        self.netns_owner(inode, cookie)?.pod.clone()
     }
 }
 
@@ -383,17 +413,19 @@ mod tests {
         let inode = |path: String| fs::metadata(path).unwrap().ino();
         let mut enricher = Enricher::new();
         // The app joined its pod's netns, which the sandbox owns.
+        let (app_inode, app_cookie) =
+            netns_id(Path::new(&format!("/proc/{}/ns/net", app.pid))).unwrap();
         let found = enricher
-            .pod_of_netns(inode(format!("/proc/{}/ns/net", app.pid)))
+            .pod_of_netns(app_inode, app_cookie)
             .expect("the pod of the app's netns");
         assert_eq!(
             (found.namespace.as_deref(), found.name.as_deref(), found.uid),
             (Some("shop"), Some("web"), pod.uid.clone())
         );
-        assert_eq!(
-            enricher.pod_of_netns(inode("/proc/self/ns/net".into())),
-            None
-        );
+        // Not the host's, nor a namespace that would reuse the inode (another cookie).
+        let (own_inode, own_cookie) = netns_id(Path::new("/proc/self/ns/net")).unwrap();
+        assert_eq!(enricher.pod_of_netns(own_inode, own_cookie), None);
+        assert_eq!(enricher.pod_of_netns(app_inode, app_cookie + 1), None);
         // Its identity by cgroup id: what the kernel reports for the app's tasks.
         let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", app.pid)).unwrap();
         let relative = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
@@ -492,6 +524,6 @@ mod tests {
             Identity::default()
         );
         assert_eq!(enricher.identify(u64::MAX, 1), Identity::default());
-        assert_eq!(enricher.pod_of_netns(1), None);
+        assert_eq!(enricher.pod_of_netns(1, 1), None);
     }
 }

@@ -1,6 +1,6 @@
 //! `--container`, `--pod`, `--namespace`: which workloads a run is about.
 
-use super::identity::Identity;
+use super::identity::{Identity, Pod};
 
 /// Workload filters from the command line; all given ones must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,12 +21,17 @@ impl Selector {
 
     pub fn matches(&self, identity: &Identity) -> bool {
         let container = identity.container.as_ref();
-        let pod = identity.pod.as_ref();
         let container_ok = self.container.as_deref().is_none_or(|want| {
             container.is_some_and(|c| {
                 (!want.is_empty() && c.id.starts_with(want)) || c.name.as_deref() == Some(want)
             })
         });
+        container_ok && self.matches_pod(identity.pod.as_ref())
+    }
+
+    /// The `--pod` and `--namespace` half, for what only a pod identifies (a network
+    /// namespace).
+    pub fn matches_pod(&self, pod: Option<&Pod>) -> bool {
         let pod_ok = self
             .pod
             .as_deref()
@@ -35,14 +40,14 @@ impl Selector {
             .namespace
             .as_deref()
             .is_none_or(|want| pod.is_some_and(|p| p.namespace.as_deref() == Some(want)));
-        container_ok && pod_ok && namespace_ok
+        pod_ok && namespace_ok
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::identity::{Container, Pod};
+    use crate::enrich::identity::Container;
 
     fn identity(id: &str, name: &str, pod: &str, namespace: &str) -> Identity {
         Identity {

@@ -4,11 +4,15 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File},
-    os::unix::fs::MetadataExt as _,
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use nix::sched::{setns, CloneFlags};
 
 use crate::text::escape;
@@ -152,6 +156,34 @@ pub fn in_namespace<T: Send>(
         })
         .join()
         .map_err(|_| anyhow!("reading namespace {inode}: the reader thread panicked"))?
+    })
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14): the cookie of the socket's network namespace.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the network namespace of socket `fd`.
+pub fn socket_netns_cookie(fd: RawFd) -> Option<u64> {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd; the option value is a u64 and `len` says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
+/// The cookie of the namespace at `path`, which must be the one with `inode`.
+pub fn cookie_of(path: &Path, inode: u64) -> Result<u64> {
+    in_namespace(path, inode, || {
+        let socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        socket_netns_cookie(socket.as_raw_fd()).context("SO_NETNS_COOKIE (Linux 5.14+)")
     })
 }
 

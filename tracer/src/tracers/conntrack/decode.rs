@@ -11,6 +11,7 @@ use tracer_common::conntrack::NetfilterDropEvent;
 
 use crate::{
     clock::{self, Clock},
+    enrich::identity::Pod,
     kernel::btf::KernelBtf,
     output::Event,
 };
@@ -158,7 +159,8 @@ pub struct ConntrackDrop {
     pub netns: u32,
     /// The namespace's never-reused cookie.
     pub netns_cookie: u64,
-    pub pod: Option<serde_json::Value>,
+    /// The pod whose sandbox owns the namespace; null for the host's and other namespaces.
+    pub pod: Option<Pod>,
     pub proto: Option<String>,
     /// Original direction, before NAT: `ip:port`.
     pub src: Option<String>,
@@ -246,6 +248,10 @@ impl Event for ConntrackDrop {
         if let (Some(count), Some(max)) = (self.ct_count, self.ct_max) {
             write!(w, "  table {count}/{max}")?;
         }
-        writeln!(w, "  cpu {}", self.cpu)
+        write!(w, "  cpu {}", self.cpu)?;
+        match &self.pod {
+            Some(pod) => writeln!(w, "  {}", pod.label()),
+            None => writeln!(w),
+        }
     }
 }

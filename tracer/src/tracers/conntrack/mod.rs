@@ -28,6 +28,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
+    enrich::{identity::Enricher, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     kernel::{btf::KernelBtf, netns},
     output::Output,
@@ -54,6 +55,10 @@ pub struct ConntrackOptions {
     pub port: Option<u16>,
     /// Leave out packets a firewall rule dropped (they are still counted in the summary).
     pub conntrack_only: bool,
+    /// Only drops in the network namespace of this pod (by name).
+    pub pod: Option<String>,
+    /// Only drops in the network namespaces of pods in this namespace.
+    pub namespace: Option<String>,
 }
 
 /// Parses `--proto`.
@@ -96,6 +101,10 @@ pub struct ConntrackTracer {
     namespaces: BTreeMap<u64, netns::NetnsRef>,
     /// Recently read entry counts by namespace inode.
     entries: HashMap<u64, (std::time::Instant, u64)>,
+    /// Network namespaces to the pod whose sandbox owns them.
+    enricher: Enricher,
+    /// `--pod` and `--namespace`.
+    workload: Selector,
 }
 
 /// Fields the program reads that a kernel may lack (nf_conntrack as a module keeps its types
@@ -128,6 +137,11 @@ impl ConntrackTracer {
                 "this kernel's conntrack structs are larger than tracer expects; please report it"
             );
         }
+        let workload = Selector {
+            container: None,
+            pod: options.pod.clone(),
+            namespace: options.namespace.clone(),
+        };
         let cpus = stats::possible_cpus()?;
         let namespaces = netns::discover();
         let at_start = namespaces
@@ -155,6 +169,8 @@ impl ConntrackTracer {
             warned_no_stats: false,
             namespaces,
             entries: HashMap::new(),
+            enricher: Enricher::new(),
+            workload,
         })
     }
 
@@ -230,6 +246,7 @@ impl ConntrackTracer {
         !(o.conntrack_only && drop.class == DropClass::Rule)
             && o.proto.is_none_or(|p| drop.proto_number == Some(p))
             && o.port.is_none_or(|p| drop.ports.contains(&p))
+            && self.workload.matches_pod(drop.pod.as_ref())
     }
 
     /// Per namespace: the tracer's drops beside the kernel's own counter growth over the run.
@@ -257,8 +274,17 @@ impl ConntrackTracer {
                 if tally.is_none() && kernel.is_none_or(|k| k.is_zero()) {
                     return None;
                 }
+                // A namespace without drops is only in the summary: its cookie is read now.
+                let cookie = tally.map(|t| t.cookie).or_else(|| {
+                    let path = &now.get(&inode)?.path;
+                    netns::cookie_of(path, inode).ok()
+                });
+                let pod = cookie
+                    .and_then(|cookie| self.enricher.known_netns_owner(inode, cookie))
+                    .and_then(|owner| owner.pod.as_ref());
                 Some(json!({
                     "netns": inode,
+                    "pod": pod,
                     "drops": tally.map(|t| &t.drops),
                     "kernel_counters": kernel,
                 }))
@@ -298,6 +324,9 @@ impl Tracer for ConntrackTracer {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
+        drop.pod = self
+            .enricher
+            .pod_of_netns(ev.netns_inum.into(), ev.net_cookie);
         if class == DropClass::TableFull {
             (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
         }

@@ -7,6 +7,7 @@ use tracer_common::netns::{NetnsAction, NetnsEvent};
 
 use crate::{
     clock::{self, Clock},
+    enrich::identity::{Container, Identity, Pod},
     output::Event,
     text::kernel_str,
 };
@@ -55,18 +56,20 @@ pub struct NetnsRecord {
     pub cookie: u64,
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    pub container: Option<serde_json::Value>,
-    pub pod: Option<serde_json::Value>,
+    /// The pod sandbox owning the namespace, and its pod; null for other namespaces.
+    pub container: Option<Container>,
+    pub pod: Option<Pod>,
     /// Since creation, when the creation was seen in this run.
     pub lifetime_ms: Option<u64>,
 }
 
 impl NetnsRecord {
-    /// `created_ns`: when the namespace was created, if known.
+    /// `created_ns`: when the namespace was created, if known; `owner`: the sandbox owning it.
     pub fn new(
         action: &'static str,
         record: &Record,
         created_ns: Option<u64>,
+        owner: Identity,
         clock: &Clock,
     ) -> Self {
         let (pid, comm) = record.process.clone().unzip();
@@ -78,8 +81,8 @@ impl NetnsRecord {
             cookie: record.cookie,
             pid,
             comm,
-            container: None,
-            pod: None,
+            container: owner.container,
+            pod: owner.pod,
             lifetime_ms: created_ns.map(|c| record.ktime_ns.saturating_sub(c) / 1_000_000),
         }
     }
@@ -95,7 +98,7 @@ impl Event for NetnsRecord {
             || "-".into(),
             |ms| clock::short_duration(Duration::from_millis(ms)),
         );
-        writeln!(
+        write!(
             w,
             "{}  {:<16} {:<11} {:<8} {:<24} {lifetime}",
             clock::time_of_day(&self.time),
@@ -103,6 +106,10 @@ impl Event for NetnsRecord {
             self.inode,
             self.cookie,
             process
-        )
+        )?;
+        match &self.pod {
+            Some(pod) => writeln!(w, "  {}", pod.label()),
+            None => writeln!(w),
+        }
     }
 }

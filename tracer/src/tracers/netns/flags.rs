@@ -32,8 +32,9 @@ pub fn holder_list(holders: &[Holder]) -> String {
         .join(", ")
 }
 
-/// Held by bind mounts alone: no process is inside. (Whether its pod still exists comes with
-/// container enrichment.)
+/// Held by bind mounts alone: no process is inside. Holders whose container the runtime no
+/// longer knows are not told apart: a container without runtime state looks the same as one
+/// whose runtime keeps its state where the enricher does not look.
 pub fn orphaned(holders: &[Holder], mounts: &[String]) -> Option<Flag> {
     (holders.is_empty() && !mounts.is_empty()).then(|| Flag {
         flag: "orphaned",

@@ -16,14 +16,11 @@ use netlink_packet_route::{
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::Serialize;
 
-use crate::kernel::netns::in_namespace;
+use crate::kernel::netns::{in_namespace, socket_netns_cookie};
 
 /// Messages read per dump, at most: a bound on a namespace with a pathological number of
 /// interfaces or addresses.
 const MAX_MESSAGES: usize = 100_000;
-
-/// `SO_NETNS_COOKIE` (Linux 5.14): the cookie of the socket's network namespace.
-const SO_NETNS_COOKIE: libc::c_int = 71;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Interface {
@@ -103,22 +100,6 @@ fn dump(socket: &Socket, request: RouteNetlinkMessage) -> Result<Vec<RouteNetlin
     Ok(messages)
 }
 
-fn cookie(socket: &Socket) -> Option<u64> {
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd; the option value is a u64 and `len` says so.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cookie)
-}
-
 /// Reads the current thread's namespace.
 fn read_current() -> Result<Inside> {
     let mut socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
@@ -127,7 +108,7 @@ fn read_current() -> Result<Inside> {
         .connect(&SocketAddr::new(0, 0))
         .context("connecting a netlink socket")?;
     let mut inside = Inside {
-        cookie: cookie(&socket),
+        cookie: socket_netns_cookie(socket.as_raw_fd()),
         ..Inside::default()
     };
     for message in dump(
@@ -184,12 +165,4 @@ fn read_current() -> Result<Inside> {
 /// Interfaces, addresses and cookie of the namespace at `path`.
 pub fn look_inside(path: &Path, inode: u64) -> Result<Inside> {
     in_namespace(path, inode, read_current)
-}
-
-/// The cookie of the namespace at `path`.
-pub fn cookie_of(path: &Path, inode: u64) -> Result<u64> {
-    in_namespace(path, inode, || {
-        let socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
-        cookie(&socket).context("SO_NETNS_COOKIE (Linux 5.14+)")
-    })
 }

@@ -10,6 +10,7 @@ pub mod snapshot;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::Path,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -24,6 +25,7 @@ use self::decode::{NetnsRecord, Record};
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
+    enrich::identity::Enricher,
     hooks::{Attach, Candidate, HookSpec},
     kernel::{preflight, symbols},
     output::Output,
@@ -85,6 +87,10 @@ const HOOKS: &[HookSpec] = &[
 /// process releases its namespaces right after the tracepoint.
 const EXIT_SETTLE_NS: u64 = 100_000_000;
 
+/// How often pod sandboxes are looked for: a sandbox must be seen while it runs for its
+/// namespace's teardown, which comes after the sandbox is gone, to name the pod.
+const OWNER_REFRESH: Duration = Duration::from_secs(1);
+
 pub struct NetnsTracer {
     config: NetnsConfig,
     clock: Clock,
@@ -95,6 +101,9 @@ pub struct NetnsTracer {
     /// Exits inside non-initial namespaces, waiting to be checked.
     pending_exits: Vec<Record>,
     by_action: BTreeMap<&'static str, u64>,
+    /// Namespaces to the pod sandbox owning them.
+    enricher: Enricher,
+    refreshed: Instant,
 }
 
 /// What the programs need from this kernel beyond BTF. Missing pieces only lose detail (the
@@ -114,7 +123,7 @@ fn kernel_config() -> NetnsConfig {
     let init_net = crate::kernel::netns::net_ns_link(2);
     match crate::kernel::netns::net_ns_of(2)
         .context("kthreadd's namespace")
-        .and_then(|inode| inside::cookie_of(&init_net, inode))
+        .and_then(|inode| crate::kernel::netns::cookie_of(&init_net, inode))
     {
         Ok(cookie) => config.init_net_cookie = cookie,
         Err(e) => log::warn!("cookie of the initial network namespace: {e:#}"),
@@ -144,12 +153,22 @@ impl NetnsTracer {
             tearing_down: HashSet::new(),
             pending_exits: Vec::new(),
             by_action: BTreeMap::new(),
+            enricher: Enricher::new(),
+            refreshed: Instant::now(),
         }
     }
 
-    fn emit(&mut self, record: NetnsRecord, out: &mut Output) -> Result<u64> {
-        *self.by_action.entry(record.action).or_default() += 1;
-        out.event(&record)?;
+    /// Writes `action` about `record`'s namespace, named after the sandbox owning it.
+    fn emit(&mut self, action: &'static str, record: &Record, out: &mut Output) -> Result<u64> {
+        let created = self.created.get(&record.cookie).copied();
+        let owner = self
+            .enricher
+            .netns_owner(record.inode, record.cookie)
+            .cloned()
+            .unwrap_or_default();
+        let event = NetnsRecord::new(action, record, created, owner, &self.clock);
+        *self.by_action.entry(action).or_default() += 1;
+        out.event(&event)?;
         Ok(1)
     }
 
@@ -180,7 +199,8 @@ impl NetnsTracer {
             .filter(|r| {
                 mounts.iter().any(|(point, inode)| {
                     *inode == r.inode
-                        && inside::cookie_of(Path::new(point), *inode).ok() == Some(r.cookie)
+                        && crate::kernel::netns::cookie_of(Path::new(point), *inode).ok()
+                            == Some(r.cookie)
                 })
             })
             .collect()
@@ -218,36 +238,37 @@ impl Tracer for NetnsTracer {
         let Some(record) = Record::decode(&decode_record::<NetnsEvent>(raw)?) else {
             return Ok(0);
         };
-        let created = self.created.get(&record.cookie).copied();
-        let event = match record.action {
+        match record.action {
             NetnsAction::Create => {
+                // Before the namespace's creation is recorded: a create has no lifetime.
+                let written = self.emit("create", &record, out)?;
                 self.created.insert(record.cookie, record.ktime_ns);
-                NetnsRecord::new("create", &record, None, &self.clock)
+                Ok(written)
             }
             // A batch may list a namespace twice if it was queued while the list was walked.
-            NetnsAction::TeardownStart if !self.tearing_down.insert(record.cookie) => return Ok(0),
-            NetnsAction::TeardownStart => {
-                NetnsRecord::new("teardown_start", &record, created, &self.clock)
-            }
+            NetnsAction::TeardownStart if !self.tearing_down.insert(record.cookie) => Ok(0),
+            NetnsAction::TeardownStart => self.emit("teardown_start", &record, out),
             NetnsAction::TeardownEnd => {
+                let written = self.emit("teardown_end", &record, out)?;
                 self.tearing_down.remove(&record.cookie);
                 self.created.remove(&record.cookie);
-                NetnsRecord::new("teardown_end", &record, created, &self.clock)
+                Ok(written)
             }
             NetnsAction::ProcessExit => {
                 self.pending_exits.push(record);
-                return Ok(0);
+                Ok(0)
             }
-        };
-        self.emit(event, out)
+        }
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        if self.refreshed.elapsed() >= OWNER_REFRESH {
+            self.enricher.refresh();
+            self.refreshed = Instant::now();
+        }
         let mut written = 0;
         for record in self.last_holder_exits(final_flush) {
-            let created = self.created.get(&record.cookie).copied();
-            let event = NetnsRecord::new("last_holder_exit", &record, created, &self.clock);
-            written += self.emit(event, out)?;
+            written += self.emit("last_holder_exit", &record, out)?;
         }
         Ok(written)
     }

@@ -11,7 +11,10 @@ use super::{
     flags::{self, Configured, Flag},
     inside::{look_inside, Address, Inside, Interface},
 };
-use crate::output::{Event, Format, Output};
+use crate::{
+    enrich::identity::{Container, Enricher, Pod},
+    output::{Event, Format, Output},
+};
 
 /// Holders named on a human line before "+N more".
 const HUMAN_HOLDERS: usize = 3;
@@ -37,8 +40,9 @@ pub struct NamespaceReport {
     pub addresses: Vec<Address>,
     pub holders: Vec<Holder>,
     pub mounts: Vec<String>,
-    pub container: Option<serde_json::Value>,
-    pub pod: Option<serde_json::Value>,
+    /// The pod sandbox owning the namespace, and its pod; null for other namespaces.
+    pub container: Option<Container>,
+    pub pod: Option<Pod>,
     pub flags: Vec<Flag>,
     /// Why interfaces and addresses could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +50,8 @@ pub struct NamespaceReport {
 }
 
 impl NamespaceReport {
-    fn new(found: discover::Found) -> Self {
+    /// Looks inside the namespace; `enricher` names the sandbox owning it.
+    fn new(found: discover::Found, enricher: &Enricher) -> Self {
         let mut error = None;
         let mut inside = None;
         for path in found.entry_paths() {
@@ -63,6 +68,10 @@ impl NamespaceReport {
             interfaces,
             addresses,
         } = inside.unwrap_or_default();
+        let owner = cookie
+            .and_then(|cookie| enricher.known_netns_owner(found.inode, cookie))
+            .cloned()
+            .unwrap_or_default();
         Self {
             kind: "netns_snapshot",
             inode: found.inode,
@@ -76,8 +85,8 @@ impl NamespaceReport {
             addresses,
             holders: found.holders,
             mounts: found.mounts,
-            container: None,
-            pod: None,
+            container: owner.container,
+            pod: owner.pod,
             flags: Vec::new(),
             error: error.filter(|_| cookie.is_none()),
         }
@@ -110,6 +119,9 @@ impl Event for NamespaceReport {
                 addresses.join(", ")
             }
         )?;
+        if let Some(pod) = &self.pod {
+            writeln!(w, "    {}", pod.label())?;
+        }
         for mount in &self.mounts {
             writeln!(w, "    mounted at {mount}")?;
         }
@@ -141,9 +153,10 @@ impl Event for NamespaceReport {
 
 /// Every namespace, flagged.
 pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
+    let enricher = Enricher::new();
     let mut reports: Vec<NamespaceReport> = discover::all()
         .into_values()
-        .map(NamespaceReport::new)
+        .map(|found| NamespaceReport::new(found, &enricher))
         .collect();
     let configured: Vec<Configured> = reports
         .iter()

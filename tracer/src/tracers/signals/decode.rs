@@ -71,10 +71,7 @@ impl Process {
 
     /// `pod shop/web, container app (containerd 4f1c3c0c7b5e)`; `None` for a host process.
     pub fn workload(&self) -> Option<String> {
-        let pod = self.pod.as_ref().map(|p| match (&p.namespace, &p.name) {
-            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
-            _ => format!("pod uid {}", p.uid),
-        });
+        let pod = self.pod.as_ref().map(Pod::label);
         let container = self.container.as_ref().map(|c| {
             let short_id = &c.id[..c.id.len().min(12)];
             let name = c.name.as_deref().unwrap_or(if self.pod.is_some() {
