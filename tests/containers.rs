@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
     cri::{self, Container, CriNode, Footprint, Pod},
-    send, tracer, Owned, TempDir, TracerOutput, TracerRun,
+    send, sleeper, tracer, Owned, TempDir, TracerOutput, TracerRun,
 };
 
 /// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
@@ -397,4 +397,42 @@ fn cri_node_of_a_killed_test_process_is_removed_by_the_next_node() {
     // The next node removes it; once that one is down too, nothing of either is left.
     drop(CriNode::up());
     assert_eq!(left.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn record_with_a_pod_filter_keeps_only_that_pods_signals_and_drops() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let db = node.run_pod("store", "db", false);
+    let web_app = node.start_container(&web, "app", SLEEPER);
+    let db_app = node.start_container(&db, "postgres", SLEEPER);
+    let web_netns = netns_inode(web_app.pid);
+    for app in [&web_app, &db_app] {
+        block_port_in_netns_of(app.pid);
+    }
+    let host = sleeper(&[Signal::SIGUSR1]);
+    let dir = TempDir::new("record-pod");
+    let file = dir.0.join("web.jsonl");
+    let run = TracerRun::start(&["record", "--pod", "web", "-o", file.to_str().unwrap()]);
+    for pid in [web_app.pid, db_app.pid, host.pid()] {
+        send(pid, Signal::SIGUSR1);
+    }
+    assert_eq!(send_blocked_in_netns_of(web_app.pid, 4), 4);
+    assert_eq!(send_blocked_in_netns_of(db_app.pid, 3), 3);
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let objects: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |t: &str| -> Vec<&Value> { objects.iter().filter(|o| o["type"] == t).collect() };
+    let signals = of("signal");
+    assert_eq!(signals.len(), 1, "{signals:#?}");
+    assert_eq!(signals[0]["target"]["pid"], web_app.pid);
+    assert_pod(&signals[0]["target"]["pod"], &web);
+    let drops = of("conntrack_drop");
+    assert_eq!(drops.len(), 4, "{drops:#?}");
+    assert!(drops.iter().all(|d| d["netns"] == web_netns), "{drops:#?}");
 }

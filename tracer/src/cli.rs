@@ -249,6 +249,18 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = parse_buffer_mb)]
     pub buffer_mb: u32,
 
+    /// Only signals to this pod's processes and conntrack drops in its network namespace.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+
+    /// Only the signals and conntrack drops of pods in this Kubernetes namespace.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// Only signals to this container (an id prefix or a name).
+    #[arg(long, value_name = "ID-OR-NAME")]
+    pub container: Option<String>,
+
     /// In the closing namespace snapshot, a process in D state this long marks its namespace
     /// `stuck`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]

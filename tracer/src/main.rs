@@ -143,10 +143,23 @@ fn record(args: RecordArgs) -> Result<()> {
             .collect();
         format!("tracer-record-{stamp}Z.jsonl").into()
     });
+    let signals = SignalsOptions {
+        workload: Selector {
+            container: args.container,
+            pod: args.pod.clone(),
+            namespace: args.namespace.clone(),
+        },
+        ..Default::default()
+    };
+    let conntrack = ConntrackOptions {
+        pod: args.pod,
+        namespace: args.namespace,
+        ..Default::default()
+    };
     let (mut recorder, offsets) = from_kernel_btf(|btf| {
         let tracers: Vec<Box<dyn Tracer>> = vec![
-            Box::new(SignalsTracer::new(&SignalsOptions::default())?),
-            Box::new(ConntrackTracer::new(btf, ConntrackOptions::default())?),
+            Box::new(SignalsTracer::new(&signals)?),
+            Box::new(ConntrackTracer::new(btf, conntrack)?),
             Box::new(NetnsTracer::new()),
         ];
         Ok(Recorder::new(tracers, args.stuck_after))
