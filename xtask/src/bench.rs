@@ -621,7 +621,8 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         let events_per_s = events as f64 / elapsed;
         rows.push(Row::new(
             &format!(
-                "userspace CPU per 10k events/s (at {:.0}k/s, lost {lost})",
+                "userspace CPU per 10k events/s (asked {}k/s, sent {:.0}k/s, lost {lost})",
+                rate / 1000,
                 achieved / 1000.0
             ),
             100.0 * cpu / elapsed / (events_per_s / 10_000.0),
