@@ -6,16 +6,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::{Ebpf, GlobalData};
 use serde_json::{Map, Value};
 use tracer_common::EventKind;
 
 use crate::{
+    cli::{RecordArgs, RunArgs},
+    clock,
+    enrich::selector::Selector,
     hooks::HookSpec,
     output::Output,
     pipeline::RunStats,
-    tracers::{netns::snapshot, Tracer},
+    report,
+    session::{from_kernel_btf, trace_into},
+    tracers::{
+        conntrack::{ConntrackOptions, ConntrackTracer},
+        netns::{snapshot, NetnsTracer},
+        signals::{SignalsOptions, SignalsTracer},
+        Tracer,
+    },
 };
 
 /// How often the status line is printed while recording.
@@ -130,4 +140,49 @@ impl Tracer for Recorder {
             summary.insert(tracer.name().to_string(), Value::Object(own));
         }
     }
+}
+
+/// `tracer record`: every tracer into one file, then the report.
+pub fn run(args: RecordArgs) -> Result<()> {
+    let path = args.output.unwrap_or_else(|| {
+        let now = clock::rfc3339(std::time::SystemTime::now());
+        let stamp: String = now[..19]
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .collect();
+        format!("tracer-record-{stamp}Z.jsonl").into()
+    });
+    let signals = SignalsOptions {
+        workload: Selector {
+            container: args.container,
+            pod: args.pod.clone(),
+            namespace: args.namespace.clone(),
+        },
+        ..Default::default()
+    };
+    let conntrack = ConntrackOptions {
+        pod: args.pod,
+        namespace: args.namespace,
+        ..Default::default()
+    };
+    let (mut recorder, offsets) = from_kernel_btf(|btf| {
+        let tracers: Vec<Box<dyn Tracer>> = vec![
+            Box::new(SignalsTracer::new(&signals)?),
+            Box::new(ConntrackTracer::new(btf, conntrack)?),
+            Box::new(NetnsTracer::new()),
+        ];
+        Ok(Recorder::new(tracers, args.stuck_after))
+    })?;
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("creating the recording {}", path.display()))?;
+    eprintln!("tracer: recording into {}", path.display());
+    let out = Output::record(file, recorder.human_header());
+    let run = RunArgs {
+        json: false,
+        duration: args.duration,
+        count: None,
+        buffer_mb: args.buffer_mb,
+    };
+    trace_into(&mut recorder, offsets, &run, out)?;
+    report::print(&path, false)
 }

@@ -4,7 +4,8 @@
 //! - further modules for its own vocabulary (signal names, ...).
 //!
 //! A new tracer adds its kernel program in tracer-ebpf, its record type and `EventKind` in
-//! tracer-common, a module here, and a subcommand in `cli.rs`.
+//! tracer-common, a module here, a subcommand in `cli.rs` dispatched in `main.rs`, and an
+//! entry in `doctor::all_tracers` and in `record::run`.
 
 pub mod conntrack;
 pub mod netns;

@@ -1,0 +1,124 @@
+//! Running tracers: the kernel's BTF read and dropped, the programs loaded and attached,
+//! the pipeline run until a stop condition, the summary written, everything detached.
+
+use anyhow::{Context as _, Result};
+use serde_json::{json, Map, Value};
+use tokio::signal::unix::{signal, SignalKind};
+use tracer_common::offsets::KernelOffsets;
+
+use crate::{
+    cli::RunArgs,
+    hooks::{self, KernelContext, LoadOptions},
+    kernel::{btf::KernelBtf, offsets, preflight},
+    output::{Format, Output},
+    pipeline::{self, StopWhen},
+    tracers::Tracer,
+};
+
+/// Human columns, or JSON lines with `--json`.
+pub fn format(run: &RunArgs) -> Format {
+    if run.json {
+        Format::Json
+    } else {
+        Format::Human
+    }
+}
+
+/// Reads the kernel's BTF for the programs' offsets and for whatever `f` needs (a tracer's
+/// layouts), then drops it before anything is loaded (see `KernelContext`).
+pub fn from_kernel_btf<T>(f: impl FnOnce(&KernelBtf) -> Result<T>) -> Result<(T, KernelOffsets)> {
+    preflight::require_privileges()?;
+    let btf = KernelBtf::from_sys_fs()?;
+    Ok((f(&btf)?, offsets::resolve(&btf)?))
+}
+
+/// `tracer bench-empty-hook`: an empty program on `hook` until Ctrl-C or SIGTERM.
+pub fn attach_empty_hook(hook: &str) -> Result<()> {
+    let spec = hooks::EMPTY_HOOKS
+        .iter()
+        .find(|s| s.purpose == hook)
+        .with_context(|| format!("no empty program for hook `{hook}`"))?;
+    let ((), offsets) = from_kernel_btf(|_| Ok(()))?;
+    let kernel = KernelContext::new(offsets)?;
+    let options = LoadOptions {
+        ring_buffer_bytes: 4096,
+        globals: Vec::new(),
+    };
+    let ebpf = hooks::open(&kernel, options)?;
+    let _loaded = hooks::attach(ebpf, std::slice::from_ref(spec), &kernel).require_usable()?;
+    eprintln!("tracer: ready: empty program on {hook}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
+/// prints the summary. Everything is detached before this returns.
+pub fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Result<()> {
+    let out = Output::new(format(run), tracer.human_header());
+    trace_into(tracer, offsets, run, out)
+}
+
+/// [`trace`] into a given output.
+pub fn trace_into(
+    tracer: &mut dyn Tracer,
+    offsets: KernelOffsets,
+    run: &RunArgs,
+    mut out: Output,
+) -> Result<()> {
+    let kernel = KernelContext::new(offsets)?;
+    let ebpf = hooks::open(
+        &kernel,
+        LoadOptions {
+            ring_buffer_bytes: run.buffer_mb << 20,
+            globals: tracer.globals(),
+        },
+    )?;
+    let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &kernel).require_usable()?;
+    tracer.use_maps(&mut loaded.ebpf)?;
+    let used: Vec<String> = loaded
+        .outcomes
+        .iter()
+        .filter_map(|o| o.used.map(|a| a.to_string()))
+        .collect();
+    eprintln!(
+        "tracer: ready: tracing {} via {}; Ctrl-C to stop",
+        tracer.name(),
+        used.join(", ")
+    );
+    let stop = StopWhen {
+        duration: run.duration,
+        count: run.count,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let stats = runtime.block_on(pipeline::run(loaded, tracer, &mut out, stop))?;
+
+    let mut summary = Map::new();
+    summary.insert("type".into(), json!("summary"));
+    summary.insert("tracer".into(), json!(tracer.name()));
+    summary.insert("duration_s".into(), json!(stats.elapsed.as_secs_f64()));
+    summary.insert("stopped_by".into(), json!(stats.stopped_by));
+    summary.insert("events".into(), json!(stats.events));
+    summary.insert("lost".into(), json!(stats.lost_total()));
+    tracer.summarize(&stats, &mut summary);
+    out.summary(&Value::Object(summary))
+        .context("writing the summary")?;
+    if stats.lost_total() > 0 {
+        eprintln!(
+            "tracer: warning: {} events were lost (ring buffer full); narrow the filters or raise --buffer-mb",
+            stats.lost_total()
+        );
+    }
+    Ok(())
+}
