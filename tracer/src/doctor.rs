@@ -70,13 +70,14 @@ pub fn run() -> Result<ExitCode> {
         layout.is_ok(),
         &detail(&layout, "every required field found"),
     );
-    let Ok(offsets) = layout else {
+    let Ok(_) = layout else {
         println!("tracer cannot run here: fix the lines marked `no` above");
         return Ok(ExitCode::from(2));
     };
     let tracers = all_tracers(&btf);
+    let hooks: Vec<_> = tracers.iter().flatten().flat_map(|t| t.hooks()).collect();
+    let kernel = KernelContext::new(&btf, &hooks)?;
     drop(btf);
-    let kernel = KernelContext::new(offsets)?;
 
     println!("program types:");
     for probe in hooks::probe_features(&kernel) {

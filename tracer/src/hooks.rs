@@ -4,7 +4,7 @@
 
 use std::{fmt, path::Path};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 use aya::{
     programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
     Btf, Ebpf, EbpfLoader,
@@ -12,7 +12,14 @@ use aya::{
 
 use tracer_common::offsets::KernelOffsets;
 
-use crate::kernel::preflight;
+use crate::kernel::{
+    attach_btf::{self, Target},
+    btf::KernelBtf,
+    offsets, preflight,
+};
+
+/// The function `tracer doctor`'s fexit probe attaches to.
+const FEXIT_PROBE_TARGET: &str = "do_send_sig_info";
 
 /// The compiled kernel programs (tracer-ebpf), embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -80,19 +87,28 @@ pub struct LoadOptions<'a> {
     pub globals: Vec<(&'static str, aya::GlobalData<'a>)>,
 }
 
-/// What loading needs from the running kernel: the struct offsets the programs read, and the
-/// kernel's BTF in aya's form. Build it after dropping the `KernelBtf` the offsets came from,
-/// so that the two parsed copies of the kernel's BTF are never in memory at once.
+/// What loading needs from the running kernel's BTF: the struct offsets the programs read, and
+/// the types aya looks up to attach `hooks` (see `kernel::attach_btf`). The `KernelBtf` can be
+/// dropped once this is built.
 pub struct KernelContext {
     offsets: KernelOffsets,
     btf: Btf,
 }
 
 impl KernelContext {
-    pub fn new(offsets: KernelOffsets) -> Result<Self> {
+    pub fn new(btf: &KernelBtf, hooks: &[HookSpec]) -> Result<Self> {
+        let mut targets: Vec<Target<'_>> = hooks
+            .iter()
+            .flat_map(|spec| spec.candidates)
+            .filter_map(|c| match c.attach {
+                Attach::TpBtf(name) => Some(Target::Tracepoint(name)),
+                Attach::TracePoint(..) => None,
+            })
+            .collect();
+        targets.push(Target::Function(FEXIT_PROBE_TARGET));
         Ok(Self {
-            offsets,
-            btf: Btf::from_sys_fs().context("reading kernel BTF for the loader")?,
+            offsets: offsets::resolve(btf)?,
+            btf: attach_btf::minimal(btf, &targets)?,
         })
     }
 }
@@ -100,9 +116,10 @@ impl KernelContext {
 /// Opens the object with this kernel's offsets and the given globals.
 pub fn open(kernel: &KernelContext, options: LoadOptions<'_>) -> Result<Ebpf> {
     preflight::raise_memlock_limit();
+    // The loader reads the kernel's BTF itself (aya always does); `kernel.btf` is only for
+    // attaching.
     let mut loader = EbpfLoader::new();
     loader
-        .btf(Some(&kernel.btf))
         .override_global("OFFSETS", &kernel.offsets, true)
         .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes);
     for (name, value) in options.globals {
@@ -303,6 +320,6 @@ fn probe_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
         .program_mut("probe_fexit")
         .ok_or_else(|| anyhow!("probe_fexit is not in the object"))?
         .try_into()?;
-    program.load("do_send_sig_info", btf).map_err(explain)?;
+    program.load(FEXIT_PROBE_TARGET, btf).map_err(explain)?;
     Ok(())
 }

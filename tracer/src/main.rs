@@ -24,7 +24,7 @@ use clap::Parser as _;
 use crate::{
     cli::{Cli, Command},
     enrich::selector::Selector,
-    session::{from_kernel_btf, trace},
+    session::{prepare, trace},
     tracers::{
         conntrack::{self, ConntrackOptions, ConntrackTracer},
         netns::{snapshot::SnapshotOptions, NetnsTracer},
@@ -66,8 +66,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     namespace: args.namespace,
                 },
             };
-            let (mut tracer, offsets) = from_kernel_btf(|_| SignalsTracer::new(&options))?;
-            trace(&mut tracer, offsets, &args.run)?;
+            let (mut tracer, kernel) = prepare(|_| SignalsTracer::new(&options))?;
+            trace(&mut tracer, kernel, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
@@ -84,13 +84,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pod: args.pod,
                 namespace: args.namespace,
             };
-            let (mut tracer, offsets) = from_kernel_btf(|btf| ConntrackTracer::new(btf, options))?;
-            trace(&mut tracer, offsets, &args.run)?;
+            let (mut tracer, kernel) = prepare(|btf| ConntrackTracer::new(btf, options))?;
+            trace(&mut tracer, kernel, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) if args.watch => {
-            let (mut tracer, offsets) = from_kernel_btf(|_| Ok(NetnsTracer::new()))?;
-            trace(&mut tracer, offsets, &args.run)?;
+            let (mut tracer, kernel) = prepare(|_| Ok(NetnsTracer::new()))?;
+            trace(&mut tracer, kernel, &args.run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {

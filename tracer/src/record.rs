@@ -19,7 +19,7 @@ use crate::{
     output::Output,
     pipeline::RunStats,
     report,
-    session::{from_kernel_btf, trace_into},
+    session::{prepare, trace_into},
     tracers::{
         conntrack::{ConntrackOptions, ConntrackTracer},
         netns::{snapshot, NetnsTracer},
@@ -165,7 +165,7 @@ pub fn run(args: RecordArgs) -> Result<()> {
         namespace: args.namespace,
         ..Default::default()
     };
-    let (mut recorder, offsets) = from_kernel_btf(|btf| {
+    let (mut recorder, kernel) = prepare(|btf| {
         let tracers: Vec<Box<dyn Tracer>> = vec![
             Box::new(SignalsTracer::new(&signals)?),
             Box::new(ConntrackTracer::new(btf, conntrack)?),
@@ -183,6 +183,6 @@ pub fn run(args: RecordArgs) -> Result<()> {
         count: None,
         buffer_mb: args.buffer_mb,
     };
-    trace_into(&mut recorder, offsets, &run, out)?;
+    trace_into(&mut recorder, kernel, &run, out)?;
     report::print(&path, false)
 }

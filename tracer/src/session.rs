@@ -4,12 +4,11 @@
 use anyhow::{Context as _, Result};
 use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_common::offsets::KernelOffsets;
 
 use crate::{
     cli::RunArgs,
     hooks::{self, KernelContext, LoadOptions},
-    kernel::{btf::KernelBtf, offsets, preflight},
+    kernel::{btf::KernelBtf, preflight},
     output::{Format, Output},
     pipeline::{self, StopWhen},
     tracers::Tracer,
@@ -24,12 +23,16 @@ pub fn format(run: &RunArgs) -> Format {
     }
 }
 
-/// Reads the kernel's BTF for the programs' offsets and for whatever `f` needs (a tracer's
-/// layouts), then drops it before anything is loaded (see `KernelContext`).
-pub fn from_kernel_btf<T>(f: impl FnOnce(&KernelBtf) -> Result<T>) -> Result<(T, KernelOffsets)> {
+/// Reads the kernel's BTF for what `make` needs (a tracer's layouts) and for what loading
+/// needs, then drops it before anything is loaded.
+pub fn prepare<T: Tracer>(
+    make: impl FnOnce(&KernelBtf) -> Result<T>,
+) -> Result<(T, KernelContext)> {
     preflight::require_privileges()?;
     let btf = KernelBtf::from_sys_fs()?;
-    Ok((f(&btf)?, offsets::resolve(&btf)?))
+    let tracer = make(&btf)?;
+    let kernel = KernelContext::new(&btf, &tracer.hooks())?;
+    Ok((tracer, kernel))
 }
 
 /// `tracer bench-empty-hook`: an empty program on `hook` until Ctrl-C or SIGTERM.
@@ -38,8 +41,8 @@ pub fn attach_empty_hook(hook: &str) -> Result<()> {
         .iter()
         .find(|s| s.purpose == hook)
         .with_context(|| format!("no empty program for hook `{hook}`"))?;
-    let ((), offsets) = from_kernel_btf(|_| Ok(()))?;
-    let kernel = KernelContext::new(offsets)?;
+    preflight::require_privileges()?;
+    let kernel = KernelContext::new(&KernelBtf::from_sys_fs()?, std::slice::from_ref(spec))?;
     let options = LoadOptions {
         ring_buffer_bytes: 4096,
         globals: Vec::new(),
@@ -62,19 +65,18 @@ pub fn attach_empty_hook(hook: &str) -> Result<()> {
 
 /// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
 /// prints the summary. Everything is detached before this returns.
-pub fn trace(tracer: &mut dyn Tracer, offsets: KernelOffsets, run: &RunArgs) -> Result<()> {
+pub fn trace(tracer: &mut dyn Tracer, kernel: KernelContext, run: &RunArgs) -> Result<()> {
     let out = Output::new(format(run), tracer.human_header());
-    trace_into(tracer, offsets, run, out)
+    trace_into(tracer, kernel, run, out)
 }
 
 /// [`trace`] into a given output.
 pub fn trace_into(
     tracer: &mut dyn Tracer,
-    offsets: KernelOffsets,
+    kernel: KernelContext,
     run: &RunArgs,
     mut out: Output,
 ) -> Result<()> {
-    let kernel = KernelContext::new(offsets)?;
     let ebpf = hooks::open(
         &kernel,
         LoadOptions {

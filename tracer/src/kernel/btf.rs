@@ -126,6 +126,16 @@ impl KernelBtf {
         bail!("BTF type chain too long")
     }
 
+    /// Ids of the types named `name` (none if there is no such type).
+    pub fn ids_by_name(&self, name: &str) -> Vec<u32> {
+        self.btf.resolve_ids_by_name(name).unwrap_or_default()
+    }
+
+    /// The type with id `id`.
+    pub fn type_by_id(&self, id: u32) -> Option<Type> {
+        self.btf.resolve_type_by_id(id).ok()
+    }
+
     /// The value of enumerator `variant` of `enum name`.
     pub fn enum_value(&self, name: &str, variant: &str) -> Result<u64> {
         let types = self
