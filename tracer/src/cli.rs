@@ -267,25 +267,6 @@ pub struct RecordArgs {
     pub stuck_after: Duration,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn buffer_size_must_be_power_of_two() {
-        assert_eq!(parse_buffer_mb("16"), Ok(16));
-        assert!(parse_buffer_mb("3").is_err());
-        assert!(parse_buffer_mb("0").is_err());
-        assert!(parse_buffer_mb("x").is_err());
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct ConntrackArgs {
     #[command(flatten)]
@@ -314,4 +295,23 @@ pub struct ConntrackArgs {
     /// Only drops in the network namespaces of pods in this namespace.
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn buffer_size_must_be_power_of_two() {
+        assert_eq!(parse_buffer_mb("16"), Ok(16));
+        assert!(parse_buffer_mb("3").is_err());
+        assert!(parse_buffer_mb("0").is_err());
+        assert!(parse_buffer_mb("x").is_err());
+    }
 }

@@ -3,9 +3,11 @@
 use std::{
     fs,
     ops::ControlFlow,
-    os::unix::fs::MetadataExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
+
+use crate::kernel::mountinfo;
 
 /// Directories visited at most when searching a hierarchy, so that a huge cgroup tree cannot
 /// stall the tracer.
@@ -14,20 +16,14 @@ const MAX_DIRS: usize = 100_000;
 /// Mount point of the hierarchy that holds `controller` (cgroup v1), or of the unified
 /// hierarchy (cgroup v2) when `controller` is `None` or lives there.
 pub fn hierarchy_root(controller: Option<&str>) -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut unified = None;
-    for line in mountinfo.lines() {
-        // Fields: id parent major:minor root mount-point options ... - fstype source super-options
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split(' ').nth(4)?;
-        let mut right = right.split(' ');
-        let fstype = right.next()?;
-        let super_options = right.nth(1).unwrap_or("");
-        match (fstype, controller) {
-            ("cgroup", Some(c)) if super_options.split(',').any(|o| o == c) => {
-                return Some(PathBuf::from(mount_point));
+    for mount in mountinfo::read() {
+        let point = || PathBuf::from(std::ffi::OsStr::from_bytes(&mount.mount_point));
+        match (mount.fstype.as_str(), controller) {
+            ("cgroup", Some(c)) if mount.super_options.split(',').any(|o| o == c) => {
+                return Some(point());
             }
-            ("cgroup2", _) if unified.is_none() => unified = Some(PathBuf::from(mount_point)),
+            ("cgroup2", _) if unified.is_none() => unified = Some(point()),
             _ => {}
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod attach_btf;
 pub mod btf;
+pub mod mountinfo;
 pub mod netns;
 pub mod offsets;
 pub mod preflight;

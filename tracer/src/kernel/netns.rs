@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use nix::sched::{setns, CloneFlags};
 
+use super::mountinfo;
 use crate::text::escape;
 
 /// Processes looked at, at most, so that a runaway fork bomb cannot stall a scan.
@@ -55,53 +56,21 @@ pub fn process_namespaces() -> Vec<(u32, u64)> {
         .collect()
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mount_point(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    escape(&out)
-}
-
 /// `(mount point, namespace inode)` of every network-namespace bind mount in `mountinfo`:
 /// nsfs mounts whose root is `net:[INODE]`.
 pub fn parse_netns_mounts(mountinfo: &str) -> Vec<(String, u64)> {
     let mut mounts = Vec::new();
-    for line in mountinfo.lines() {
-        // Fields: id parent major:minor root mount-point options ... - fstype source options
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split(' ').next() != Some("nsfs") {
+    for mount in mountinfo::parse(mountinfo) {
+        if mount.fstype != "nsfs" {
             continue;
         }
-        let mut fields = left.split(' ');
-        let (Some(root), Some(point)) = (fields.nth(3), fields.next()) else {
-            continue;
-        };
-        let inode = root
+        let inode = mount
+            .root
             .strip_prefix("net:[")
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|i| i.parse().ok());
         if let Some(inode) = inode {
-            let point = unescape_mount_point(point);
+            let point = escape(&mount.mount_point);
             if !mounts.contains(&(point.clone(), inode)) {
                 mounts.push((point, inode));
             }
