@@ -14,7 +14,9 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
     cri::{self, Container, CriNode, Footprint, Pod},
-    send, sleeper, tracer, Owned, TempDir, TracerOutput, TracerRun,
+    ours_left_behind,
+    scrape::{Scrape, Served},
+    send, sleeper, tracer, wait_for, Owned, TempDir, TracerOutput, TracerRun,
 };
 
 /// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
@@ -435,4 +437,55 @@ fn record_with_a_pod_filter_keeps_only_that_pods_signals_and_drops() {
     let drops = of("conntrack_drop");
     assert_eq!(drops.len(), 4, "{drops:#?}");
     assert!(drops.iter().all(|d| d["netns"] == web_netns), "{drops:#?}");
+}
+
+#[test]
+fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let app = node.start_container(&web, "app", SLEEPER);
+    let grace = Duration::from_secs(2);
+    let served = Served::start(&["--census-every", "1s", "--pod-grace", "2s"]);
+    let sent = 3;
+    for _ in 0..sent {
+        send(app.pid, Signal::SIGUSR1);
+    }
+    let labels = [
+        ("signal", "SIGUSR1"),
+        ("result", "ignored"),
+        ("kernel_reason", "none"),
+        ("namespace", web.namespace.as_str()),
+        ("pod", web.name.as_str()),
+    ];
+    let value = wait_for("the pod's series", Duration::from_secs(10), || {
+        Scrape::of(&served.address)
+            .value("tracer_signals_total", &labels)
+            .filter(|v| *v >= sent as f64)
+    });
+    assert_eq!(value, sent as f64);
+
+    let removed = Instant::now();
+    node.remove_pod(&web);
+    let scrape = wait_for(
+        "the gone pod's series to go",
+        Duration::from_secs(20),
+        || {
+            let scrape = Scrape::of(&served.address);
+            (scrape.series_with("tracer_signals_total", "pod", &web.name) == 0).then_some(scrape)
+        },
+    );
+    assert!(
+        removed.elapsed() >= grace,
+        "dropped {:?} after the pod, before the grace period",
+        removed.elapsed()
+    );
+    let dropped = [("reason", "pod_gone")];
+    assert!(
+        scrape.value("tracer_series_dropped_total", &dropped) >= Some(1.0),
+        "{}",
+        scrape.text
+    );
+    let out = served.run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(ours_left_behind().is_empty());
 }

@@ -6,63 +6,12 @@ use std::{os::unix::fs::symlink, process::Command, time::Duration};
 use nix::sys::signal::Signal;
 use tracer_tests::*;
 
-/// Every tracer's command line, and the programs it attaches.
-const TRACERS: &[(&[&str], &[&str])] = &[
-    (&["signals"], &["signal_generate", "mark_victim"]),
-    (&["conntrack-drops"], &["kfree_skb"]),
-    (
-        &["netns", "--watch"],
-        &[
-            "netns_task_newtask",
-            "netns_unshare_enter",
-            "netns_unshare_exit",
-            "netns_cleanup_start",
-            "netns_teardown_end",
-            "netns_process_exit",
-        ],
-    ),
+/// Every tracer's command line, and its name in [`PROGRAMS_BY_TRACER`].
+const TRACERS: &[(&[&str], &str)] = &[
+    (&["signals"], "signals"),
+    (&["conntrack-drops"], "conntrack-drops"),
+    (&["netns", "--watch"], "netns"),
 ];
-
-/// Whether bpftool's name for a program is `program`: the kernel keeps 15 characters of a
-/// name, and bpftool shows the whole one only where it finds it in the program's BTF.
-fn names(program: &str, shown: &str) -> bool {
-    shown == program || shown == &program[..program.len().min(15)]
-}
-
-fn is_ours(shown: &str) -> bool {
-    TRACERS
-        .iter()
-        .flat_map(|(_, programs)| programs.iter())
-        .any(|p| names(p, shown))
-}
-
-fn ours_loaded() -> Vec<String> {
-    loaded_bpf_programs()
-        .into_iter()
-        .filter(|n| is_ours(n))
-        .collect()
-}
-
-fn ours_linked() -> Vec<String> {
-    linked_bpf_programs()
-        .into_iter()
-        .filter(|n| is_ours(n))
-        .collect()
-}
-
-/// Ours still loaded or linked after giving the kernel a moment: it frees programs
-/// asynchronously (after an RCU grace period) once their last file descriptor is closed.
-fn ours_left_behind() -> Vec<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut left = ours_loaded();
-        left.extend(ours_linked());
-        if left.is_empty() || std::time::Instant::now() > deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn doctor_attaches_every_tracers_hooks() {
@@ -126,7 +75,8 @@ fn nothing_stays_attached_after_any_kind_of_exit() {
         "programs of an earlier run still loaded"
     );
 
-    for (command, programs) in TRACERS {
+    for (command, tracer) in TRACERS {
+        let programs = programs_of(tracer);
         for stop in [Some(Signal::SIGINT), Some(Signal::SIGTERM), None] {
             let mut args = command.to_vec();
             args.push("--json");
@@ -136,7 +86,9 @@ fn nothing_stays_attached_after_any_kind_of_exit() {
             let run = TracerRun::start(&args);
             let loaded = ours_loaded();
             assert!(
-                programs.iter().all(|p| loaded.iter().any(|l| names(p, l))),
+                programs
+                    .iter()
+                    .all(|p| loaded.iter().any(|l| bpf_name_is(p, l))),
                 "{command:?}: while running, bpftool shows {loaded:?}"
             );
             let out = match stop {

@@ -3,6 +3,7 @@
 
 pub mod cri;
 pub mod net;
+pub mod scrape;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -158,6 +159,11 @@ impl TracerRun {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The stderr lines printed up to "ready".
+    pub fn stderr_lines(&self) -> &[String] {
+        &self.stderr_seen
     }
 
     /// Sends `signal` to the tracer and collects everything it printed (waits at most 60 s).
@@ -336,6 +342,67 @@ pub fn linked_bpf_programs() -> Vec<String> {
         .iter()
         .filter_map(|l| names.get(&l["prog_id"].as_u64()?).cloned())
         .collect()
+}
+
+/// The programs each tracer attaches.
+pub const PROGRAMS_BY_TRACER: &[(&str, &[&str])] = &[
+    ("signals", &["signal_generate", "mark_victim"]),
+    ("conntrack-drops", &["kfree_skb"]),
+    (
+        "netns",
+        &[
+            "netns_task_newtask",
+            "netns_unshare_enter",
+            "netns_unshare_exit",
+            "netns_cleanup_start",
+            "netns_teardown_end",
+            "netns_process_exit",
+        ],
+    ),
+];
+
+/// The programs `tracer` attaches (see [`PROGRAMS_BY_TRACER`]).
+pub fn programs_of(tracer: &str) -> &'static [&'static str] {
+    PROGRAMS_BY_TRACER
+        .iter()
+        .find(|(name, _)| *name == tracer)
+        .map(|(_, programs)| *programs)
+        .unwrap_or_else(|| panic!("no tracer {tracer}"))
+}
+
+/// Whether bpftool's name for a program is `program`: the kernel keeps 15 characters of a
+/// name, and bpftool shows the whole one only where it finds it in the program's BTF.
+pub fn bpf_name_is(program: &str, shown: &str) -> bool {
+    shown == program || shown == &program[..program.len().min(15)]
+}
+
+fn is_ours(shown: &str) -> bool {
+    PROGRAMS_BY_TRACER
+        .iter()
+        .flat_map(|(_, programs)| programs.iter())
+        .any(|p| bpf_name_is(p, shown))
+}
+
+/// Our programs that are loaded now.
+pub fn ours_loaded() -> Vec<String> {
+    loaded_bpf_programs()
+        .into_iter()
+        .filter(|n| is_ours(n))
+        .collect()
+}
+
+/// Ours still loaded or linked after giving the kernel a moment: it frees programs
+/// asynchronously (after an RCU grace period) once their last file descriptor is closed.
+pub fn ours_left_behind() -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut left = ours_loaded();
+        left.extend(linked_bpf_programs().into_iter().filter(|n| is_ours(n)));
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls `f` until it gives a value, at most `timeout`.

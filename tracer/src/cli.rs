@@ -20,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
         tracer signals --pid 7942             who signals pid 7942, with the sender's ancestry\n  \
         tracer signals --signal KILL,TERM     every SIGKILL/SIGTERM on the node\n  \
         tracer signals --json --duration 60s  one JSON object per line for a minute\n  \
+        tracer serve --listen 0.0.0.0:9435    every tracer, with Prometheus metrics (DaemonSet)\n  \
         tracer exit-code 137                  what an exit code means"
 )]
 pub struct Cli {
@@ -114,6 +115,33 @@ pub enum Command {
             tracer report incident.jsonl --json           the findings, machine-readable"
     )]
     Record(RecordArgs),
+
+    /// Run every tracer continuously and serve Prometheus metrics: the DaemonSet mode.
+    #[command(
+        long_about = "Run every tracer continuously and serve Prometheus metrics: the DaemonSet mode.\n\n\
+            Runs the signals, conntrack-drops and netns tracers node-wide, writes every event as a \
+            JSON line on stdout (for the cluster's log pipeline), and serves the Prometheus text \
+            format on http://LISTEN/metrics and a liveness check on /healthz (200 while the event \
+            loop runs, 503 when it stalls). A census of network namespaces every --census-every \
+            sets tracer_netns_flagged and writes each newly flagged namespace on stdout.\n\n\
+            Metrics: tracer_signals_total{signal,result,kernel_reason,namespace,pod}, \
+            tracer_conntrack_drops_total{class,netns,namespace,pod}, \
+            tracer_netns_events_total{action,namespace,pod}, \
+            tracer_netns_flagged{flag,netns,namespace,pod}, tracer_lost_events_total{tracer}, \
+            tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
+            statistics are on), tracer_series_dropped_total{reason}. The namespace and pod labels \
+            are those of the pod concerned (the signal's target, the namespace's owner), empty \
+            outside pods.\n\n\
+            Memory is bounded: at most --max-series event series exist, and the series of a pod \
+            that is gone are removed after --pod-grace. SIGTERM (or Ctrl-C) detaches every \
+            program and ends with a summary line.",
+        after_help = "Examples:\n  \
+            tracer serve                                   metrics on http://127.0.0.1:9435/metrics\n  \
+            tracer serve --listen 0.0.0.0:9435             reachable from Prometheus on other hosts\n  \
+            tracer serve --bpf-stats                       also the kernel programs' run time\n  \
+            curl -s localhost:9435/metrics | grep '^tracer_signals_total'"
+    )]
+    Serve(ServeArgs),
 
     /// Print the timeline and findings of a recording (`tracer record`).
     Report {
@@ -265,6 +293,53 @@ pub struct RecordArgs {
     /// `stuck`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub stuck_after: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port of the HTTP server (/metrics, /healthz). Port 0 picks a free port,
+    /// printed on stderr.
+    #[arg(long, default_value = "127.0.0.1:9435", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// Stop after this long; default: until SIGTERM or Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Size of the kernel-to-userspace ring buffer in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = parse_buffer_mb)]
+    pub buffer_mb: u32,
+
+    /// How often the network namespaces are examined for the flags (orphaned, stuck,
+    /// ip-conflict) and gone pods are looked for.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub census_every: Duration,
+
+    /// A process inside a namespace in D state this long flags the namespace `stuck`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub stuck_after: Duration,
+
+    /// The series of a pod that is gone are removed after this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub pod_grace: Duration,
+
+    /// At most this many event series; further label sets are counted in
+    /// tracer_series_dropped_total{reason="limit"} instead.
+    #[arg(long, default_value_t = 5000, value_name = "N")]
+    pub max_series: usize,
+
+    /// Turn the kernel's BPF run-time statistics on while serving (they cost some
+    /// nanoseconds per program run), for tracer_program_run_seconds_total.
+    #[arg(long)]
+    pub bpf_stats: bool,
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod output;
 mod pipeline;
 mod record;
 mod report;
+mod serve;
 mod session;
 mod text;
 mod tracers;
@@ -100,6 +101,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Command::Record(args) => {
             record::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => {
+            serve::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { file, json } => {

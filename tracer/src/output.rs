@@ -4,14 +4,50 @@
 use std::{
     fs::File,
     io::{self, BufWriter, Write},
+    sync::Arc,
 };
 
 use serde::Serialize;
+
+use crate::enrich::identity::Pod;
 
 /// An event a tracer emits: serialisable for `--json`, and one human line (or a few).
 pub trait Event: Serialize {
     /// Writes the human form, ending with a newline.
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()>;
+
+    /// The counter this event adds one to in `tracer serve`'s metrics, if any.
+    fn count(&self) -> Option<Count<'_>> {
+        None
+    }
+}
+
+/// A Prometheus counter family that events add to. Every family also has the labels
+/// `namespace` and `pod` (of the pod the event concerns, empty outside pods), which the
+/// metrics server uses to drop the series of pods that are gone.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// Label names, in the order of [`Count::labels`].
+    pub labels: &'static [&'static str],
+}
+
+/// One increment of a [`Family`].
+#[derive(Debug)]
+pub struct Count<'a> {
+    pub family: &'static Family,
+    /// Label values, in the order of [`Family::labels`].
+    pub labels: Vec<String>,
+    pub pod: Option<&'a Pod>,
+}
+
+/// What watches the event stream besides the writer: `tracer serve`'s metrics.
+pub trait Observer {
+    /// One event was written.
+    fn count(&self, count: Count<'_>);
+    /// The pipeline is alive; `lost` is the records lost so far, by event kind.
+    fn tick(&self, lost: &[u64]);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +66,7 @@ pub struct Output {
     out: Box<dyn Write>,
     /// Column header, written before the first event in human format.
     header: Option<String>,
+    observer: Option<Arc<dyn Observer + Send + Sync>>,
 }
 
 impl Output {
@@ -38,6 +75,20 @@ impl Output {
             format,
             out: Box::new(BufWriter::with_capacity(64 * 1024, io::stdout())),
             header: (format == Format::Human).then_some(header),
+            observer: None,
+        }
+    }
+
+    /// Also hands every event to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn Observer + Send + Sync>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The pipeline's heartbeat, with the lost-record counters, for the observer.
+    pub fn tick(&self, lost: &[u64]) {
+        if let Some(observer) = &self.observer {
+            observer.tick(lost);
         }
     }
 
@@ -48,6 +99,7 @@ impl Output {
             format: Format::Record,
             out: Box::new(file),
             header: None,
+            observer: None,
         }
     }
 
@@ -60,6 +112,9 @@ impl Output {
     }
 
     pub fn event(&mut self, event: &impl Event) -> io::Result<()> {
+        if let Some((observer, count)) = self.observer.as_ref().zip(event.count()) {
+            observer.count(count);
+        }
         match self.format {
             Format::Json => {
                 serde_json::to_writer(&mut self.out, event)?;

@@ -123,7 +123,9 @@ pub async fn run(
                 stats.events += drain(ring.get_mut(), tracer, out, room)?;
                 stats.events += tracer.flush(out, false)?;
                 out.flush().context("writing events")?;
-                let now = read_lost(&lost).iter().sum::<u64>();
+                let lost_now = read_lost(&lost);
+                out.tick(&lost_now);
+                let now = lost_now.iter().sum::<u64>();
                 if now > lost_reported {
                     eprintln!(
                         "tracer: warning: {} events lost so far (ring buffer full); \

@@ -1,41 +1,35 @@
-//! `tracer record`: every tracer at once, from one process and one set of loaded programs,
-//! into a JSON-lines file that `tracer report` turns into a timeline and findings.
+//! `tracer record`: every tracer at once ([`Ensemble`]) into a JSON-lines file that `tracer report` turns into a timeline and findings.
 
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
-use aya::{Ebpf, GlobalData};
-use serde_json::{Map, Value};
-use tracer_common::EventKind;
+use anyhow::{Context as _, Result};
 
 use crate::{
     cli::{RecordArgs, RunArgs},
     clock,
     enrich::selector::Selector,
-    hooks::HookSpec,
     output::Output,
-    pipeline::RunStats,
     report,
     session::{prepare, trace_into},
     tracers::{
-        conntrack::{ConntrackOptions, ConntrackTracer},
-        netns::{snapshot, NetnsTracer},
-        signals::{SignalsOptions, SignalsTracer},
-        Tracer,
+        conntrack::ConntrackOptions,
+        ensemble::{every_tracer, Companion, Ensemble},
+        netns::snapshot,
+        signals::SignalsOptions,
+        Tracer as _,
     },
 };
 
 /// How often the status line is printed while recording.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-/// Several tracers run as one: their hooks and globals together, each record handed to the
-/// tracer that owns its kind.
-pub struct Recorder {
-    tracers: Vec<Box<dyn Tracer>>,
-    events: BTreeMap<&'static str, u64>,
+/// `record`'s part besides the tracers: a status line every few seconds, and a closing
+/// snapshot of every network namespace, so that the report can say which ones are stuck,
+/// orphaned or share an address.
+struct Recording {
     started: Instant,
     last_status: Instant,
     /// A namespace held by a process in D state this long is flagged `stuck` in the closing
@@ -43,102 +37,28 @@ pub struct Recorder {
     stuck_after: Duration,
 }
 
-impl Recorder {
-    pub fn new(tracers: Vec<Box<dyn Tracer>>, stuck_after: Duration) -> Self {
-        Self {
-            tracers,
-            events: BTreeMap::new(),
-            started: Instant::now(),
-            last_status: Instant::now(),
-            stuck_after,
-        }
-    }
-
-    fn status(&self) -> String {
-        let counts: Vec<String> = self
-            .tracers
-            .iter()
-            .map(|t| format!("{} {}", t.name(), self.events.get(t.name()).unwrap_or(&0)))
-            .collect();
-        format!(
-            "tracer: recording for {:.0}s: {}",
-            self.started.elapsed().as_secs_f64(),
-            counts.join(", ")
-        )
-    }
-
-    /// Ends the recording with a snapshot of every network namespace, so that the report can
-    /// say which ones are stuck, orphaned or share an address.
-    fn write_snapshot(&self, out: &mut Output) -> Result<()> {
-        for namespace in snapshot::take(self.stuck_after) {
-            out.event(&namespace)?;
-        }
-        Ok(())
-    }
-}
-
-impl Tracer for Recorder {
-    fn name(&self) -> &'static str {
-        "record"
-    }
-
-    fn hooks(&self) -> Vec<HookSpec> {
-        self.tracers.iter().flat_map(|t| t.hooks()).collect()
-    }
-
-    fn kinds(&self) -> &'static [EventKind] {
-        &[
-            EventKind::Signal,
-            EventKind::OomVictim,
-            EventKind::NetfilterDrop,
-            EventKind::Netns,
-        ]
-    }
-
-    fn human_header(&self) -> String {
-        "live view (the file has every field):".to_string()
-    }
-
-    fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
-        self.tracers.iter().flat_map(|t| t.globals()).collect()
-    }
-
-    fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.tracers.iter_mut().try_for_each(|t| t.use_maps(ebpf))
-    }
-
-    fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
-        let Some(tracer) = self.tracers.iter_mut().find(|t| t.kinds().contains(&kind)) else {
-            bail!("no tracer of this recording handles {kind:?} records");
-        };
-        let written = tracer.on_record(kind, raw, out)?;
-        *self.events.entry(tracer.name()).or_default() += written;
-        Ok(written)
-    }
-
-    fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
-        let mut written = 0;
-        for tracer in &mut self.tracers {
-            let n = tracer.flush(out, final_flush)?;
-            *self.events.entry(tracer.name()).or_default() += n;
-            written += n;
-        }
+impl Companion for Recording {
+    fn after_flush(
+        &mut self,
+        events: &BTreeMap<&'static str, u64>,
+        out: &mut Output,
+        final_flush: bool,
+    ) -> Result<()> {
         if self.last_status.elapsed() >= STATUS_EVERY || final_flush {
-            eprintln!("{}", self.status());
+            let counts: Vec<String> = events.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            eprintln!(
+                "tracer: recording for {:.0}s: {}",
+                self.started.elapsed().as_secs_f64(),
+                counts.join(", ")
+            );
             self.last_status = Instant::now();
         }
         if final_flush {
-            self.write_snapshot(out)?;
+            for namespace in snapshot::take(self.stuck_after) {
+                out.event(&namespace)?;
+            }
         }
-        Ok(written)
-    }
-
-    fn summarize(&self, stats: &RunStats, summary: &mut Map<String, Value>) {
-        for tracer in &self.tracers {
-            let mut own = Map::new();
-            tracer.summarize(stats, &mut own);
-            summary.insert(tracer.name().to_string(), Value::Object(own));
-        }
+        Ok(())
     }
 }
 
@@ -165,13 +85,19 @@ pub fn run(args: RecordArgs) -> Result<()> {
         namespace: args.namespace,
         ..Default::default()
     };
+    let recording = Recording {
+        started: Instant::now(),
+        last_status: Instant::now(),
+        stuck_after: args.stuck_after,
+    };
     let (mut recorder, kernel) = prepare(|btf| {
-        let tracers: Vec<Box<dyn Tracer>> = vec![
-            Box::new(SignalsTracer::new(&signals)?),
-            Box::new(ConntrackTracer::new(btf, conntrack)?),
-            Box::new(NetnsTracer::new()),
-        ];
-        Ok(Recorder::new(tracers, args.stuck_after))
+        let tracers = every_tracer(btf, &signals, conntrack)?;
+        Ok(Ensemble::new(
+            "record",
+            "live view (the file has every field):",
+            tracers,
+            recording,
+        ))
     })?;
     let file = std::fs::File::create(&path)
         .with_context(|| format!("creating the recording {}", path.display()))?;

@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "busybox-static",
     "protobuf-compiler",
+    // promtool, which checks `tracer serve`'s exposition (tests/serve.rs).
+    "prometheus",
 ];
 
 pub fn all() -> Result<()> {

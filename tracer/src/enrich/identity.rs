@@ -232,6 +232,16 @@ impl Enricher {
         self.by_cgroup.iter().map(|(id, identity)| (*id, identity))
     }
 
+    /// The pods with a container (their sandbox counts) in the latest walk: those still on
+    /// the node. A pod's own cgroup is not enough: the kubelet removes it some time after the
+    /// containers.
+    pub fn present_pods(&self) -> impl Iterator<Item = &Pod> {
+        self.by_cgroup
+            .iter()
+            .filter(|(id, identity)| self.present.contains(id) && identity.container.is_some())
+            .filter_map(|(_, identity)| identity.pod.as_ref())
+    }
+
     /// Names the pods that only a UID identifies (the pod's own cgroup, a runtime's monitor
     /// in it) after another cgroup of the same pod whose container state named it.
     fn name_pods_by_uid(&mut self) {

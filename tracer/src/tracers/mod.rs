@@ -5,9 +5,10 @@
 //!
 //! A new tracer adds its kernel program in tracer-ebpf, its record type and `EventKind` in
 //! tracer-common, a module here, a subcommand in `cli.rs` dispatched in `main.rs`, and an
-//! entry in `doctor::all_tracers` and in `record::run`.
+//! entry in `doctor::all_tracers` and in `ensemble::every_tracer`.
 
 pub mod conntrack;
+pub mod ensemble;
 pub mod netns;
 pub mod signals;
 

@@ -13,7 +13,7 @@ use crate::{
     clock::{self, Clock},
     enrich::identity::Pod,
     kernel::btf::KernelBtf,
-    output::Event,
+    output::{Count, Event, Family},
 };
 
 const AF_INET: u16 = 2;
@@ -226,7 +226,23 @@ impl ConntrackDrop {
     }
 }
 
+/// `tracer serve`'s count of netfilter drops, by the namespace's pod.
+static DROPS_TOTAL: Family = Family {
+    name: "tracer_conntrack_drops_total",
+    help: "Packets netfilter dropped, by class (insert_failed, table_full, conntrack_other, \
+           rule) and network namespace (inode), for the namespace's pod.",
+    labels: &["class", "netns"],
+};
+
 impl Event for ConntrackDrop {
+    fn count(&self) -> Option<Count<'_>> {
+        Some(Count {
+            family: &DROPS_TOTAL,
+            labels: vec![self.class.name().into(), self.netns.to_string()],
+            pod: self.pod.as_ref(),
+        })
+    }
+
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
         let dash = "-".to_string();
         write!(

@@ -8,7 +8,7 @@ use tracer_common::netns::{NetnsAction, NetnsEvent};
 use crate::{
     clock::{self, Clock},
     enrich::identity::{Container, Identity, Pod},
-    output::Event,
+    output::{Count, Event, Family},
     text::kernel_str,
 };
 
@@ -88,7 +88,24 @@ impl NetnsRecord {
     }
 }
 
+/// `tracer serve`'s count of namespace lifecycle events, by the namespace's pod.
+static NETNS_EVENTS_TOTAL: Family = Family {
+    name: "tracer_netns_events_total",
+    help: "Network namespace lifecycle events (create, teardown_start, teardown_end, \
+           last_holder_exit), for the namespace's pod; teardown_start minus teardown_end is \
+           the number of teardowns in progress or stuck.",
+    labels: &["action"],
+};
+
 impl Event for NetnsRecord {
+    fn count(&self) -> Option<Count<'_>> {
+        Some(Count {
+            family: &NETNS_EVENTS_TOTAL,
+            labels: vec![self.action.into()],
+            pod: self.pod.as_ref(),
+        })
+    }
+
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
         let process = match (&self.comm, self.pid) {
             (Some(comm), Some(pid)) => format!("{comm}({pid})"),

@@ -153,10 +153,14 @@ impl Event for NamespaceReport {
 
 /// Every namespace, flagged.
 pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
-    let enricher = Enricher::new();
+    take_with(&Enricher::new(), stuck_after)
+}
+
+/// [`take`], naming pods with what `enricher` knows.
+pub fn take_with(enricher: &Enricher, stuck_after: Duration) -> Vec<NamespaceReport> {
     let mut reports: Vec<NamespaceReport> = discover::all()
         .into_values()
-        .map(|found| NamespaceReport::new(found, &enricher))
+        .map(|found| NamespaceReport::new(found, enricher))
         .collect();
     let configured: Vec<Configured> = reports
         .iter()

@@ -14,7 +14,7 @@ use super::names::{
 use crate::{
     clock::{self, Clock},
     enrich::identity::{Container, Enricher, Pod},
-    output::Event,
+    output::{Count, Event, Family},
     text::kernel_str,
 };
 
@@ -242,7 +242,24 @@ impl SignalRecord {
     }
 }
 
+/// `tracer serve`'s count of signals, by the target's pod.
+static SIGNALS_TOTAL: Family = Family {
+    name: "tracer_signals_total",
+    help: "Signals generated, by signal, delivery result and kernel reason (none: sent by a \
+           process with kill(2) and the like), for the target's pod.",
+    labels: &["signal", "result", "kernel_reason"],
+};
+
 impl Event for SignalRecord {
+    fn count(&self) -> Option<Count<'_>> {
+        let reason = self.kernel_reason.map_or("none", KernelReason::name);
+        Some(Count {
+            family: &SIGNALS_TOTAL,
+            labels: vec![self.signal.clone(), self.result.into(), reason.into()],
+            pod: self.target.pod.as_ref(),
+        })
+    }
+
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
         let time = clock::time_of_day(&self.time);
         writeln!(

@@ -132,6 +132,19 @@ pub enum KernelReason {
 }
 
 impl KernelReason {
+    /// The name in JSON output and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelReason::Oom => "oom",
+            KernelReason::Fault => "fault",
+            KernelReason::Pipe => "pipe",
+            KernelReason::Child => "child",
+            KernelReason::Timer => "timer",
+            KernelReason::Io => "io",
+            KernelReason::Kernel => "kernel",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             KernelReason::Oom => "OOM killer",

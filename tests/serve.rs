@@ -1,0 +1,142 @@
+//! `tracer serve` against the real kernel: real signals, a real conntrack insert race and
+//! firewall drops, and a real orphaned namespace, each showing up on /metrics as the series it
+//! belongs to, checked against what the test did and the namespace's own conntrack counters;
+//! the exposition passes `promtool check metrics`, and SIGTERM detaches everything.
+
+use std::{net::UdpSocket, time::Duration};
+
+use nix::sys::signal::Signal;
+use tracer_tests::{net::*, scrape::*, *};
+
+/// The series a host process's signal adds to.
+fn host_signal(signal: &'static str, result: &'static str) -> [(&'static str, &'static str); 5] {
+    [
+        ("signal", signal),
+        ("result", result),
+        ("kernel_reason", "none"),
+        ("namespace", ""),
+        ("pod", ""),
+    ]
+}
+
+#[test]
+fn signals_drops_and_namespace_flags_become_their_series() {
+    let t = topology();
+    let node = t.node.inode().to_string();
+    let orphan = Netns::new("orphan");
+    let orphan_ino = orphan.inode();
+    let orphan_inode = orphan_ino.to_string();
+    let before = t.node.conntrack_counters();
+    let served = Served::start(&["--census-every", "1s"]);
+    let address = served.address.clone();
+
+    // Signals the target ignores: each is generated (and counted) all the same.
+    let target = sleeper(&[Signal::SIGUSR2]);
+    let sent = 7;
+    for _ in 0..sent {
+        send(target.pid(), Signal::SIGUSR2);
+    }
+    // The reply-tuple insert race through DNAT, and packets a firewall rule drops.
+    let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
+    let blocked = t.node.run_inside(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        (0..20)
+            .filter(|_| s.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err())
+            .count() as f64
+    });
+    let kernel = t.node.conntrack_counters().since(&before);
+    assert!(
+        kernel.insert_failed > 0,
+        "the race never happened: {kernel:?} {race:?}"
+    );
+    assert_eq!(blocked, 20.0, "the rule refused every packet");
+
+    let drops = |class| {
+        [
+            ("class", class),
+            ("netns", node.as_str()),
+            ("namespace", ""),
+            ("pod", ""),
+        ]
+    };
+    let orphaned = [
+        ("flag", "orphaned"),
+        ("netns", orphan_inode.as_str()),
+        ("namespace", ""),
+        ("pod", ""),
+    ];
+    let settled = wait_for("the metrics to catch up", Duration::from_secs(10), || {
+        let scrape = Scrape::of(&address);
+        let done = scrape.value("tracer_conntrack_drops_total", &drops("rule")) == Some(blocked)
+            && scrape.value("tracer_netns_flagged", &orphaned) == Some(1.0);
+        done.then_some(scrape)
+    });
+    assert_eq!(
+        settled.value("tracer_conntrack_drops_total", &drops("insert_failed")),
+        Some(kernel.insert_failed as f64),
+        "kernel: {kernel:?}\n{}",
+        settled.text
+    );
+    assert_eq!(
+        settled.value("tracer_conntrack_drops_total", &drops("insert_failed")),
+        Some(race.refused as f64),
+        "the client saw {race:?}"
+    );
+    let signals = settled
+        .value("tracer_signals_total", &host_signal("SIGUSR2", "ignored"))
+        .unwrap_or_default();
+    if let Err(complaint) = settled.promtool_check() {
+        panic!("promtool check metrics: {complaint}\n{}", settled.text);
+    }
+
+    // A namespace that is gone leaves the flag series at the next census.
+    drop(orphan);
+    wait_for("the orphan's flag to go", Duration::from_secs(10), || {
+        (Scrape::of(&address).series_with("tracer_netns_flagged", "netns", &orphan_inode) == 0)
+            .then_some(())
+    });
+
+    let out = served.run.stop_with(Signal::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.summary()["stopped_by"], "terminate");
+    let left = ours_left_behind();
+    assert!(left.is_empty(), "left attached after SIGTERM: {left:?}");
+
+    // The counter is the event stream counted: the stream's SIGUSR2s to host processes that
+    // ignored them, of which the test's are exactly the ones it sent.
+    let stream: Vec<_> = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| e["signal"] == "SIGUSR2" && e["result"] == "ignored")
+        .filter(|e| e["target"]["pod"].is_null() && e["kernel_reason"].is_null())
+        .collect();
+    assert_eq!(signals, stream.len() as f64, "{stream:#?}");
+    let ours = stream
+        .iter()
+        .filter(|e| e["target"]["pid"] == target.pid())
+        .count();
+    assert_eq!(ours, sent);
+    // The orphan was written on stdout once, when first flagged.
+    let reported: Vec<_> = out
+        .of_type("netns_snapshot")
+        .into_iter()
+        .filter(|r| r["inode"] == orphan_ino)
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:#?}");
+    assert_eq!(reported[0]["flags"][0]["flag"], "orphaned");
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_error_before_anything_is_loaded() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = tracer(&["serve", "--listen", &address]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&address) && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    assert!(ours_left_behind().is_empty());
+}

@@ -1,0 +1,103 @@
+//! The HTTP side of `tracer serve`: `/metrics` and `/healthz`, on a thread of its own so
+//! that a scrape never waits for the event loop (nor the event loop for a slow scraper).
+
+use std::{net::TcpListener, sync::Arc, thread, time::Duration};
+
+use anyhow::{Context as _, Result};
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+
+/// The event loop ticks every 50 ms; silence this long means it is stuck.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// The Prometheus text exposition format's content type.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The running server; stopping it (or dropping it) waits for the thread to end.
+pub struct Server {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves on `listener` (bound by the caller, so that a port in use is reported before
+    /// any program is loaded).
+    pub fn start(listener: TcpListener, metrics: Arc<Metrics>) -> Result<Self> {
+        listener
+            .set_nonblocking(true)
+            .context("setting the listening socket non-blocking")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("metrics-http".into())
+            .spawn(move || {
+                if let Err(e) = serve(listener, metrics, stopped) {
+                    eprintln!("tracer: error: metrics server: {e:#}");
+                }
+            })
+            .context("starting the metrics server thread")?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stopped: oneshot::Receiver<()>,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let app = Router::new()
+            .route("/metrics", get(metrics_page))
+            .route("/healthz", get(health))
+            .with_state(metrics);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.render() {
+        Ok(text) => (StatusCode::OK, [("content-type", TEXT_FORMAT)], text),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            format!("rendering the metrics: {e:#}\n"),
+        ),
+    }
+}
+
+/// 200 while the event loop runs; 503 before it starts and when it stalls, so that a
+/// liveness probe restarts a tracer that stopped reading events.
+async fn health(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.since_tick() {
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
+        Some(idle) if idle > STALLED_AFTER => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("event loop stalled for {}s\n", idle.as_secs()),
+        ),
+        Some(_) => (StatusCode::OK, "ok\n".to_string()),
+    }
+}

@@ -1,0 +1,442 @@
+//! `tracer serve`'s metrics: counters the event stream adds to, the census's namespace flags,
+//! lost records, and the programs' run time; with a bound on the number of series.
+//!
+//! Memory stays bounded on a node that runs pods for months: a series is created only while
+//! fewer than `max_series` exist, and the series of a pod that is gone are removed once it has
+//! been gone for the grace period (so that its last increments are still scraped). Both are
+//! counted in `tracer_series_dropped_total`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use prometheus::{
+    CounterVec, Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracer_common::EventKind;
+
+use super::programs;
+use crate::{
+    enrich::identity::Pod,
+    output::{Count, Family, Observer},
+    tracers::netns::snapshot::NamespaceReport,
+};
+
+/// The `namespace` and `pod` label values of a pod; both empty outside pods. A pod the
+/// runtime did not name is its UID.
+pub type PodKey = [String; 2];
+
+pub fn pod_key(pod: Option<&Pod>) -> PodKey {
+    match pod {
+        Some(pod) => [
+            pod.namespace.clone().unwrap_or_default(),
+            pod.name.clone().unwrap_or_else(|| pod.uid.clone()),
+        ],
+        None => Default::default(),
+    }
+}
+
+/// Limits on what the metrics keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub max_series: usize,
+    pub pod_grace: Duration,
+}
+
+pub struct Metrics {
+    book: Mutex<Book>,
+    started: Instant,
+    /// When the pipeline last ticked, in milliseconds since `started`; 0 before it runs.
+    last_tick_ms: AtomicU64,
+}
+
+struct Book {
+    registry: Registry,
+    bounds: Bounds,
+    /// The event families, registered when their first event comes.
+    families: HashMap<&'static str, IntCounterVec>,
+    /// Every event series: (family, label values with namespace and pod last) to its pod.
+    series: HashMap<(&'static str, Vec<String>), PodKey>,
+    /// Pods with series that the latest census did not find, since when.
+    gone_since: HashMap<PodKey, Instant>,
+    dropped: IntCounterVec,
+    lost: IntCounterVec,
+    /// Per event kind: the tracer it belongs to, and the lost count already added.
+    lost_seen: Vec<(&'static str, u64)>,
+    netns_flagged: IntGaugeVec,
+    program_runs: IntCounterVec,
+    program_run_seconds: CounterVec,
+    /// Per program id: run count and run time already added.
+    programs_seen: HashMap<u32, (u64, u64)>,
+    /// Our programs' names in the object file.
+    program_names: Vec<&'static str>,
+}
+
+impl Metrics {
+    /// `kinds_by_tracer`: each tracer's name and the record kinds whose losses it owns;
+    /// `program_names`: the names of the programs that may be loaded.
+    pub fn new(
+        bounds: Bounds,
+        kinds_by_tracer: &[(&'static str, &[EventKind])],
+        program_names: Vec<&'static str>,
+    ) -> Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec> {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok(vec)
+        };
+        let dropped = counter(
+            "tracer_series_dropped_total",
+            "Series not created because --max-series were in use (reason limit), or removed \
+             because their pod was gone for longer than --pod-grace (reason pod_gone).",
+            &["reason"],
+        )?;
+        let lost = counter(
+            "tracer_lost_events_total",
+            "Records the kernel programs could not hand over (ring buffer full), by tracer.",
+            &["tracer"],
+        )?;
+        let program_runs = counter(
+            "tracer_program_runs_total",
+            "Runs of each kernel program, while the kernel's BPF statistics are on \
+             (sysctl kernel.bpf_stats_enabled=1, or serve --bpf-stats).",
+            &["program"],
+        )?;
+        let program_run_seconds = CounterVec::new(
+            Opts::new(
+                "tracer_program_run_seconds_total",
+                "Time spent in each kernel program while the kernel's BPF statistics are on.",
+            ),
+            &["program"],
+        )?;
+        registry.register(Box::new(program_run_seconds.clone()))?;
+        let netns_flagged = IntGaugeVec::new(
+            Opts::new(
+                "tracer_netns_flagged",
+                "Network namespaces flagged by the latest census: orphaned (held only by a \
+                 bind mount), stuck (a process inside in D state), ip_conflict (an address \
+                 also in another namespace). 1 per flagged namespace.",
+            ),
+            &["flag", "netns", "namespace", "pod"],
+        )?;
+        registry.register(Box::new(netns_flagged.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("tracer_build_info", "The tracer's version; always 1."),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let mut lost_seen = vec![("", 0); tracer_common::EVENT_KINDS as usize];
+        for (tracer, kinds) in kinds_by_tracer {
+            lost.with_label_values(&[*tracer]);
+            for kind in *kinds {
+                lost_seen[*kind as usize].0 = tracer;
+            }
+        }
+        for reason in ["limit", "pod_gone"] {
+            dropped.with_label_values(&[reason]);
+        }
+        Ok(Self {
+            book: Mutex::new(Book {
+                registry,
+                bounds,
+                families: HashMap::new(),
+                series: HashMap::new(),
+                gone_since: HashMap::new(),
+                dropped,
+                lost,
+                lost_seen,
+                netns_flagged,
+                program_runs,
+                program_run_seconds,
+                programs_seen: HashMap::new(),
+                program_names,
+            }),
+            started: Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        // A panic while holding the lock leaves counters that are still valid numbers.
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long ago the pipeline last ticked; `None` before it started.
+    pub fn since_tick(&self) -> Option<Duration> {
+        let ms = self.last_tick_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms))
+        })
+    }
+
+    /// The text exposition of every metric, with the programs' run figures read now.
+    pub fn render(&self) -> Result<String> {
+        let mut book = self.book();
+        book.read_programs();
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&book.registry.gather(), &mut text)?;
+        Ok(String::from_utf8(text)?)
+    }
+
+    /// Sets the namespace flags to those of a census (a snapshot of every namespace).
+    pub fn set_netns_flags(&self, reports: &[NamespaceReport]) {
+        let book = self.book();
+        book.netns_flagged.reset();
+        for report in reports {
+            let [namespace, pod] = pod_key(report.pod.as_ref());
+            let netns = report.inode.to_string();
+            for flag in &report.flags {
+                let flag = flag.flag.replace('-', "_");
+                book.netns_flagged
+                    .with_label_values(&[flag.as_str(), &netns, &namespace, &pod])
+                    .set(1);
+            }
+        }
+    }
+
+    /// Removes the series of pods not in `live` for longer than the grace period.
+    pub fn forget_gone_pods(&self, live: &HashSet<PodKey>) {
+        self.book().forget_gone_pods(live, Instant::now());
+    }
+}
+
+impl Book {
+    fn add(&mut self, count: Count<'_>) {
+        let pod = pod_key(count.pod);
+        let mut labels = count.labels;
+        labels.extend(pod.iter().cloned());
+        let key = (count.family.name, labels);
+        if !self.series.contains_key(&key) {
+            if self.series.len() >= self.bounds.max_series {
+                self.dropped.with_label_values(&["limit"]).inc();
+                return;
+            }
+            self.series.insert(key.clone(), pod);
+        }
+        let Some(family) = self.family(count.family) else {
+            return;
+        };
+        let values: Vec<&str> = key.1.iter().map(String::as_str).collect();
+        family.with_label_values(&values).inc();
+    }
+
+    fn family(&mut self, family: &'static Family) -> Option<&IntCounterVec> {
+        if !self.families.contains_key(family.name) {
+            let mut labels = family.labels.to_vec();
+            labels.extend(["namespace", "pod"]);
+            let registered = IntCounterVec::new(Opts::new(family.name, family.help), &labels)
+                .and_then(|vec| self.registry.register(Box::new(vec.clone())).map(|()| vec));
+            match registered {
+                Ok(vec) => {
+                    self.families.insert(family.name, vec);
+                }
+                Err(e) => {
+                    log::warn!("metric {}: {e}", family.name);
+                    return None;
+                }
+            }
+        }
+        self.families.get(family.name)
+    }
+
+    fn forget_gone_pods(&mut self, live: &HashSet<PodKey>, now: Instant) {
+        let with_series: HashSet<&PodKey> = self
+            .series
+            .values()
+            .filter(|pod| !pod[1].is_empty())
+            .collect();
+        self.gone_since
+            .retain(|pod, _| with_series.contains(pod) && !live.contains(pod));
+        for pod in with_series.into_iter().filter(|pod| !live.contains(*pod)) {
+            self.gone_since.entry(pod.clone()).or_insert(now);
+        }
+        let grace = self.bounds.pod_grace;
+        let expired: HashSet<PodKey> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
+            .map(|(pod, _)| pod.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let families = &self.families;
+        let dropped = &self.dropped;
+        self.series.retain(|(family, labels), pod| {
+            if !expired.contains(pod) {
+                return true;
+            }
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            if let Some(vec) = families.get(family) {
+                let _ = vec.remove_label_values(&values);
+            }
+            dropped.with_label_values(&["pod_gone"]).inc();
+            false
+        });
+        self.gone_since.retain(|pod, _| !expired.contains(pod));
+    }
+
+    /// Adds what the kernel counted for our programs since the last read.
+    fn read_programs(&mut self) {
+        for program in programs::ours(&self.program_names) {
+            let (runs, ns) = self.programs_seen.entry(program.id).or_default();
+            self.program_runs
+                .with_label_values(&[program.name.as_str()])
+                .inc_by(program.runs.saturating_sub(*runs));
+            self.program_run_seconds
+                .with_label_values(&[program.name.as_str()])
+                .inc_by(program.run_ns.saturating_sub(*ns) as f64 / 1e9);
+            (*runs, *ns) = (program.runs, program.run_ns);
+        }
+    }
+}
+
+impl Observer for Metrics {
+    fn count(&self, count: Count<'_>) {
+        self.book().add(count);
+    }
+
+    fn tick(&self, lost: &[u64]) {
+        let ms = self.started.elapsed().as_millis().max(1);
+        self.last_tick_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let mut book = self.book();
+        let book = &mut *book;
+        for ((tracer, seen), now) in book.lost_seen.iter_mut().zip(lost) {
+            if *now > *seen && !tracer.is_empty() {
+                book.lost.with_label_values(&[*tracer]).inc_by(*now - *seen);
+                *seen = *now;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static TEST_FAMILY: Family = Family {
+        name: "tracer_test_total",
+        help: "test",
+        labels: &["what"],
+    };
+
+    fn pod(name: &str) -> Pod {
+        Pod {
+            namespace: Some("shop".into()),
+            name: Some(name.into()),
+            uid: format!("uid-{name}"),
+            qos: None,
+        }
+    }
+
+    fn metrics(max_series: usize) -> Metrics {
+        let bounds = Bounds {
+            max_series,
+            pod_grace: Duration::from_secs(60),
+        };
+        Metrics::new(bounds, &[("signals", &[EventKind::Signal])], Vec::new()).unwrap()
+    }
+
+    fn count<'a>(what: &str, pod: Option<&'a Pod>) -> Count<'a> {
+        Count {
+            family: &TEST_FAMILY,
+            labels: vec![what.into()],
+            pod,
+        }
+    }
+
+    fn line_value(text: &str, prefix: &str) -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn series_beyond_the_limit_are_counted_not_created() {
+        let m = metrics(2);
+        let (web, db) = (pod("web"), pod("db"));
+        m.count(count("a", Some(&web)));
+        m.count(count("a", Some(&web)));
+        m.count(count("a", Some(&db)));
+        m.count(count("b", Some(&db)));
+        m.count(count("c", None));
+        let text = m.render().unwrap();
+        assert_eq!(
+            line_value(
+                &text,
+                r#"tracer_test_total{namespace="shop",pod="web",what="a"}"#
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                r#"tracer_test_total{namespace="shop",pod="db",what="a"}"#
+            ),
+            Some(1)
+        );
+        assert!(!text.contains(r#"what="b""#) && !text.contains(r#"what="c""#));
+        assert_eq!(
+            line_value(&text, r#"tracer_series_dropped_total{reason="limit"}"#),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_gone_pod_keeps_its_series_for_the_grace_period() {
+        let m = metrics(100);
+        let (web, db) = (pod("web"), pod("db"));
+        m.count(count("a", Some(&web)));
+        m.count(count("a", Some(&db)));
+        m.count(count("a", None));
+        let live: HashSet<PodKey> = [pod_key(Some(&db))].into();
+        let start = Instant::now();
+        m.book().forget_gone_pods(&live, start);
+        m.book()
+            .forget_gone_pods(&live, start + Duration::from_secs(59));
+        assert!(m.render().unwrap().contains(r#"pod="web""#));
+        m.book()
+            .forget_gone_pods(&live, start + Duration::from_secs(61));
+        let text = m.render().unwrap();
+        assert!(!text.contains(r#"pod="web""#), "{text}");
+        assert!(text.contains(r#"pod="db""#) && text.contains(r#"pod="""#));
+        assert_eq!(
+            line_value(&text, r#"tracer_series_dropped_total{reason="pod_gone"}"#),
+            Some(1)
+        );
+        // A pod that comes back starts its series again.
+        m.count(count("a", Some(&web)));
+        assert!(m.render().unwrap().contains(r#"pod="web""#));
+    }
+
+    #[test]
+    fn lost_records_are_added_once_per_tracer() {
+        let m = metrics(10);
+        let mut lost = vec![0; tracer_common::EVENT_KINDS as usize];
+        lost[EventKind::Signal as usize] = 5;
+        m.tick(&lost);
+        m.tick(&lost);
+        lost[EventKind::Signal as usize] = 7;
+        m.tick(&lost);
+        let text = m.render().unwrap();
+        assert_eq!(
+            line_value(&text, r#"tracer_lost_events_total{tracer="signals"}"#),
+            Some(7)
+        );
+        assert!(m.since_tick().is_some());
+    }
+}

@@ -1,0 +1,127 @@
+//! Several tracers run as one, from one process and one set of loaded programs: what
+//! `tracer record` and `tracer serve` run. Each record goes to the tracer that owns its kind;
+//! a [`Companion`] adds what the command does besides (a status line, a census).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use aya::{Ebpf, GlobalData};
+use serde_json::{Map, Value};
+use tracer_common::EventKind;
+
+use super::{
+    conntrack::{ConntrackOptions, ConntrackTracer},
+    netns::NetnsTracer,
+    signals::{SignalsOptions, SignalsTracer},
+    Tracer,
+};
+use crate::{hooks::HookSpec, kernel::btf::KernelBtf, output::Output, pipeline::RunStats};
+
+/// What a command does at each flush of the pipeline, besides the tracers' own flushes.
+pub trait Companion {
+    /// `events`: how many events each tracer wrote so far. `final_flush` is set once, at the
+    /// end of the run.
+    fn after_flush(
+        &mut self,
+        events: &BTreeMap<&'static str, u64>,
+        out: &mut Output,
+        final_flush: bool,
+    ) -> Result<()>;
+}
+
+/// Every tracer, each with its options.
+pub fn every_tracer(
+    btf: &KernelBtf,
+    signals: &SignalsOptions,
+    conntrack: ConntrackOptions,
+) -> Result<Vec<Box<dyn Tracer>>> {
+    Ok(vec![
+        Box::new(SignalsTracer::new(signals)?),
+        Box::new(ConntrackTracer::new(btf, conntrack)?),
+        Box::new(NetnsTracer::new()),
+    ])
+}
+
+pub struct Ensemble<C> {
+    name: &'static str,
+    human_header: String,
+    tracers: Vec<Box<dyn Tracer>>,
+    events: BTreeMap<&'static str, u64>,
+    companion: C,
+}
+
+impl<C: Companion> Ensemble<C> {
+    pub fn new(
+        name: &'static str,
+        human_header: &str,
+        tracers: Vec<Box<dyn Tracer>>,
+        companion: C,
+    ) -> Self {
+        Self {
+            name,
+            human_header: human_header.to_string(),
+            tracers,
+            events: BTreeMap::new(),
+            companion,
+        }
+    }
+}
+
+impl<C: Companion> Tracer for Ensemble<C> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn hooks(&self) -> Vec<HookSpec> {
+        self.tracers.iter().flat_map(|t| t.hooks()).collect()
+    }
+
+    fn kinds(&self) -> &'static [EventKind] {
+        &[
+            EventKind::Signal,
+            EventKind::OomVictim,
+            EventKind::NetfilterDrop,
+            EventKind::Netns,
+        ]
+    }
+
+    fn human_header(&self) -> String {
+        self.human_header.clone()
+    }
+
+    fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
+        self.tracers.iter().flat_map(|t| t.globals()).collect()
+    }
+
+    fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.tracers.iter_mut().try_for_each(|t| t.use_maps(ebpf))
+    }
+
+    fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
+        let Some(tracer) = self.tracers.iter_mut().find(|t| t.kinds().contains(&kind)) else {
+            bail!("no tracer of `{}` handles {kind:?} records", self.name);
+        };
+        let written = tracer.on_record(kind, raw, out)?;
+        *self.events.entry(tracer.name()).or_default() += written;
+        Ok(written)
+    }
+
+    fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        let mut written = 0;
+        for tracer in &mut self.tracers {
+            let n = tracer.flush(out, final_flush)?;
+            *self.events.entry(tracer.name()).or_default() += n;
+            written += n;
+        }
+        self.companion.after_flush(&self.events, out, final_flush)?;
+        Ok(written)
+    }
+
+    fn summarize(&self, stats: &RunStats, summary: &mut Map<String, Value>) {
+        for tracer in &self.tracers {
+            let mut own = Map::new();
+            tracer.summarize(stats, &mut own);
+            summary.insert(tracer.name().to_string(), Value::Object(own));
+        }
+    }
+}
