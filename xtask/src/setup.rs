@@ -31,6 +31,9 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "busybox-static",
     "protobuf-compiler",
+    // The container image (cargo xtask image), and promtool to check the metrics' exposition.
+    "buildah",
+    "prometheus",
 ];
 
 pub fn all() -> Result<()> {
