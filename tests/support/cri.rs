@@ -20,11 +20,10 @@ use std::{
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, ContainerConfig, ContainerMetadata,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 use sha2::{Digest as _, Sha256};
@@ -70,6 +69,9 @@ pub struct Pod {
     pub namespace: String,
     /// The pod shares the node's pid namespace (`hostPID`).
     pub host_pid: bool,
+    /// The pod shares the node's network namespace (`hostNetwork`): here the node's own
+    /// namespace, which containerd runs in, not the machine's.
+    pub host_network: bool,
 }
 
 /// A running container.
@@ -78,6 +80,8 @@ pub struct Container {
     pub id: String,
     /// Its first process, as the runtime reports it (host pid namespace).
     pub pid: u32,
+    /// Its log (the CRI format: time, stream, tag, line).
+    pub log: PathBuf,
 }
 
 pub struct CriNode {
@@ -129,14 +133,20 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(bytes))
 }
 
-/// The kubelet's pid namespace choice: the node's for `hostPID` pods, else one per container
-/// (pods do not share a process namespace by default).
-fn pid_namespace(host_pid: bool) -> NamespaceOption {
+/// The kubelet's namespace choices: the node's pid namespace for `hostPID` pods, else one per
+/// container (pods do not share a process namespace by default); the node's network
+/// namespace for `hostNetwork` pods, else the pod's own.
+fn namespaces(pod: &Pod) -> NamespaceOption {
     NamespaceOption {
-        pid: if host_pid {
+        pid: if pod.host_pid {
             NamespaceMode::Node
         } else {
             NamespaceMode::Container
+        } as i32,
+        network: if pod.host_network {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Pod
         } as i32,
         ..Default::default()
     }
@@ -286,6 +296,11 @@ impl CriNode {
         self.footprint.socket()
     }
 
+    /// The node's own network namespace (its bind mount): where `hostNetwork` pods run.
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.footprint.name())
+    }
+
     /// The cgroup every pod of this node goes below, as a kubelet's `--cgroup-root`.
     fn cgroup_root(&self) -> String {
         format!("/{}", self.footprint.name)
@@ -373,11 +388,7 @@ state = "{d}/state"
             }
             thread::sleep(Duration::from_millis(100));
         }
-        run(Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(&archive))?;
+        self.import_image(&archive)?;
         let channel = self
             .runtime
             .block_on(
@@ -395,6 +406,16 @@ state = "{d}/state"
             .map_err(|e| format!("connecting to the CRI socket: {e}"))?;
         self.client = Some(RuntimeServiceClient::new(channel));
         Ok(())
+    }
+
+    /// Imports an OCI image archive into the node's image store (`ctr images import`, as an
+    /// image is loaded on a node without a registry); returns ctr's report.
+    pub fn import_image(&self, archive: &Path) -> Result<String, String> {
+        run(Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .arg(archive))
     }
 
     /// The last lines of containerd's log, for failure messages.
@@ -438,8 +459,30 @@ state = "{d}/state"
     /// Runs a pod sandbox as the kubelet would (cgroupfs driver, best-effort QoS), on the CNI
     /// bridge. With `host_pid` its containers see the node's processes.
     pub fn run_pod(&mut self, namespace: &str, name: &str, host_pid: bool) -> Pod {
-        let uid = new_uid();
-        let config = self.sandbox_config(namespace, name, &uid, host_pid);
+        self.start_pod(namespace, name, host_pid, false)
+    }
+
+    /// Runs a pod in the node's network namespace (`hostNetwork`), as node agents run.
+    pub fn run_host_network_pod(&mut self, namespace: &str, name: &str, host_pid: bool) -> Pod {
+        self.start_pod(namespace, name, host_pid, true)
+    }
+
+    fn start_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        host_pid: bool,
+        host_network: bool,
+    ) -> Pod {
+        let mut pod = Pod {
+            id: String::new(),
+            uid: new_uid(),
+            name: name.into(),
+            namespace: namespace.into(),
+            host_pid,
+            host_network,
+        };
+        let config = self.sandbox_config(&pod);
         let response = self.call("RunPodSandbox", async |c| {
             c.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config),
@@ -447,39 +490,32 @@ state = "{d}/state"
             })
             .await
         });
-        let pod = Pod {
-            id: response.pod_sandbox_id,
-            uid,
-            name: name.into(),
-            namespace: namespace.into(),
-            host_pid,
-        };
+        pod.id = response.pod_sandbox_id;
         self.pods.push(pod.clone());
         pod
     }
 
-    fn sandbox_config(
-        &self,
-        namespace: &str,
-        name: &str,
-        uid: &str,
-        host_pid: bool,
-    ) -> PodSandboxConfig {
+    fn sandbox_config(&self, pod: &Pod) -> PodSandboxConfig {
+        let Pod {
+            name,
+            namespace,
+            uid,
+            ..
+        } = pod;
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: uid.into(),
-                namespace: namespace.into(),
+                name: name.clone(),
+                uid: uid.clone(),
+                namespace: namespace.clone(),
                 attempt: 0,
             }),
-            hostname: name.into(),
-            log_directory: self
-                .footprint
-                .dir
-                .join("logs")
-                .join(uid)
-                .display()
-                .to_string(),
+            // A hostNetwork pod keeps the node's name, as the kubelet leaves it.
+            hostname: if pod.host_network {
+                String::new()
+            } else {
+                name.clone()
+            },
+            log_directory: self.log_directory(pod).display().to_string(),
             labels: HashMap::from([
                 ("io.kubernetes.pod.name".into(), name.into()),
                 ("io.kubernetes.pod.namespace".into(), namespace.into()),
@@ -488,7 +524,7 @@ state = "{d}/state"
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: format!("{}/kubepods/besteffort/pod{uid}", self.cgroup_root()),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(pid_namespace(host_pid)),
+                    namespace_options: Some(namespaces(pod)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -497,37 +533,55 @@ state = "{d}/state"
         }
     }
 
+    fn log_directory(&self, pod: &Pod) -> PathBuf {
+        self.footprint.dir.join("logs").join(&pod.uid)
+    }
+
     /// Creates and starts container `name` running `command` in `pod` (a restart when the pod
     /// already had a container of that name); returns its id and pid as the runtime reports
     /// them.
     pub fn start_container(&mut self, pod: &Pod, name: &str, command: &[&str]) -> Container {
+        self.start_container_with(
+            pod,
+            name,
+            ContainerConfig {
+                image: Some(ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: command.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// [`Self::start_container`] with the caller's image, command, mounts and security
+    /// context; the node fills in what the kubelet would: the name and attempt, the log path
+    /// and the pod's namespaces.
+    pub fn start_container_with(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        mut config: ContainerConfig,
+    ) -> Container {
         let attempts = self
             .attempts
             .entry((pod.id.clone(), name.to_string()))
             .or_default();
         let attempt = *attempts;
         *attempts += 1;
-        let sandbox_config = self.sandbox_config(&pod.namespace, &pod.name, &pod.uid, pod.host_pid);
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}-{attempt}.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(pid_namespace(pod.host_pid)),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let sandbox_config = self.sandbox_config(pod);
+        config.metadata = Some(ContainerMetadata {
+            name: name.into(),
+            attempt,
+        });
+        config.log_path = format!("{name}-{attempt}.log");
+        let log = self.log_directory(pod).join(&config.log_path);
+        let linux = config.linux.get_or_insert_default();
+        linux
+            .security_context
+            .get_or_insert_default()
+            .namespace_options = Some(namespaces(pod));
         let pod_id = pod.id.clone();
         let id = self
             .call("CreateContainer", async |c| {
@@ -564,7 +618,30 @@ state = "{d}/state"
         Container {
             id,
             pid: pid as u32,
+            log,
         }
+    }
+
+    /// The exit code of `container` once it has exited, waiting at most `timeout`; `None`
+    /// when it still runs then.
+    pub fn wait_exit(&mut self, container: &Container, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let container_id = container.id.clone();
+            let status = self.call("ContainerStatus", async |c| {
+                c.container_status(ContainerStatusRequest {
+                    container_id,
+                    verbose: false,
+                })
+                .await
+            });
+            let status = status.status.unwrap_or_default();
+            if status.state == ContainerState::ContainerExited as i32 {
+                return Some(status.exit_code);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// Runs `cmd` in the container (CRI ExecSync); returns its exit code.
@@ -588,6 +665,19 @@ state = "{d}/state"
             panic!("{e}\n{}", self.log_tail());
         }
         self.pods.retain(|p| p.id != pod.id);
+    }
+
+    /// Stops a container as the kubelet does before it stops the pod: SIGTERM, then SIGKILL
+    /// after `grace` (StopPodSandbox alone kills at once).
+    pub fn stop_container(&mut self, container: &Container, grace: Duration) {
+        let container_id = container.id.clone();
+        self.call("StopContainer", async |c| {
+            c.stop_container(StopContainerRequest {
+                container_id,
+                timeout: grace.as_secs() as i64,
+            })
+            .await
+        });
     }
 
     fn stop_and_remove(&mut self, pod_id: &str) -> Result<(), String> {

@@ -405,6 +405,17 @@ pub fn ours_left_behind() -> Vec<String> {
     }
 }
 
+/// Runs `f` on a thread that entered the network namespace at `path` (a netns bind mount).
+pub fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread inside the namespace")
+}
+
 /// Polls `f` until it gives a value, at most `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

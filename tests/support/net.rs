@@ -11,8 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sched::{setns, CloneFlags};
-
 use crate::{send, wait_for, Owned};
 
 /// A named network namespace (`ip netns add`), deleted on drop.
@@ -68,13 +66,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside the namespace: sockets it creates belong to the namespace.
     pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = fs::File::open(self.path()).expect("opening netns");
-        std::thread::spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread inside netns")
+        crate::in_netns(&self.path(), f)
     }
 
     /// The namespace's conntrack counters summed over CPUs, read by the kernel's own

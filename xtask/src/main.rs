@@ -5,8 +5,10 @@
 //! - `cargo xtask setup`: install prerequisites (idempotent, quick when present).
 //! - `cargo xtask run -- <tracer args>`: setup, build, run `tracer` as root.
 //! - `cargo xtask test`: setup, format and lint checks, unit tests, kernel integration tests.
+//! - `cargo xtask image [--tag REF]`: setup, then the tracer's container image (deploy/).
 
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -23,7 +25,8 @@ fn usage() -> ! {
          setup              install what building and testing need (apt packages, nightly rust-src, bpf-linker)\n  \
          run -- ARGS        setup, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
-         bench [--quick]    setup, then measure start-up, kernel cost, throughput and overhead against baselines"
+         bench [--quick]    setup, then measure start-up, kernel cost, throughput and overhead against baselines\n  \
+         image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)"
     );
     std::process::exit(2)
 }
@@ -57,6 +60,10 @@ fn run() -> Result<()> {
         "bench" => {
             setup::all()?;
             bench::run(rest.iter().any(|a| a == "--quick"))
+        }
+        "image" => {
+            setup::all()?;
+            image::run(&rest)
         }
         _ => usage(),
     }

@@ -31,14 +31,25 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "busybox-static",
     "protobuf-compiler",
-    // promtool, which checks `tracer serve`'s exposition (tests/serve.rs).
+    // The container image (cargo xtask image), and promtool to check the metrics' exposition.
+    "buildah",
     "prometheus",
+];
+
+/// The manifest validator (tests/deploy.rs), pinned, in a virtualenv below target/ so that
+/// nothing outside the project changes: Kubernetes' own schemas (strict: unknown fields are
+/// errors), and the prometheus-operator models for the ServiceMonitor, a custom resource.
+const VALIDATOR_VENV: &str = "target/validator";
+const VALIDATOR_PACKAGES: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "cloudcoil-models-prometheus-operator==0.80.1.0",
 ];
 
 pub fn all() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    validator()?;
     tracefs();
     Ok(())
 }
@@ -119,6 +130,40 @@ fn bpf_linker() -> Result<()> {
                 "llvm-22",
             ])
             .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+}
+
+fn validator() -> Result<()> {
+    let venv = crate::workspace_root().join(VALIDATOR_VENV);
+    let python = venv.join("bin/python");
+    // The pins are the marker: a venv without one of them (new pins, a broken install) is
+    // brought up to date, one that has them all is left alone.
+    // pip spells names its own way (`cloudcoil.models.prometheus_operator`): compare them
+    // normalized, as PEP 503 does.
+    let normalize = |s: &str| s.to_lowercase().replace(['.', '_'], "-");
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "freeze"])
+        .output()
+        .map(|o| normalize(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default();
+    if VALIDATOR_PACKAGES
+        .iter()
+        .all(|p| installed.lines().any(|l| l == normalize(p)))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the manifest validator into {VALIDATOR_VENV}");
+    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run_checked(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(VALIDATOR_PACKAGES),
     )
 }
 

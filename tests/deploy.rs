@@ -1,0 +1,433 @@
+//! The deployment in deploy/: the manifests validate strictly, agree with each other, with
+//! deploy/README.md and with the image `cargo xtask image` builds, and that image runs with
+//! exactly the DaemonSet's privileges and mounts in a CRI runtime.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use k8s_cri::v1::{
+    Capability, ContainerConfig, ImageSpec, Int64Value, LinuxContainerConfig,
+    LinuxContainerSecurityContext, Mount, MountPropagation, SecurityProfile,
+};
+use serde::Deserialize as _;
+use serde_json::Value;
+use tracer_tests::{
+    cri::CriNode,
+    in_netns, ours_left_behind,
+    scrape::{get, Scrape},
+    TempDir,
+};
+
+/// What the kubelet would put for `$(HOST_IP)`: the test pod's "host network" is the test
+/// node's own namespace, whose loopback is up.
+const HOST_IP: &str = "127.0.0.1";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read_manifests(file: &str) -> Vec<Value> {
+    let text = fs::read_to_string(root().join("deploy").join(file)).expect("a manifest");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// The one resource of `kind` in deploy/`file`.
+fn resource(file: &str, kind: &str) -> Value {
+    let mut found: Vec<Value> = read_manifests(file)
+        .into_iter()
+        .filter(|r| r["kind"] == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} in {file}");
+    found.remove(0)
+}
+
+fn pod_spec() -> Value {
+    resource("daemonset.yaml", "DaemonSet")["spec"]["template"]["spec"].clone()
+}
+
+fn container() -> Value {
+    let containers = pod_spec()["containers"].clone();
+    assert_eq!(
+        containers.as_array().map(Vec::len),
+        Some(1),
+        "one container"
+    );
+    containers[0].clone()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {value}"))
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// Runs the validator `cargo xtask setup` installs on `files`; its status and report.
+fn validate(files: &[PathBuf]) -> (bool, String) {
+    let python = root().join("target/validator/bin/python");
+    assert!(python.exists(), "no validator: run `cargo xtask setup`");
+    let out = Command::new(python)
+        .arg(root().join("tests/support/validate_manifests.py"))
+        .args(files)
+        .output()
+        .expect("running the validator");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), report)
+}
+
+#[test]
+fn manifests_validate_strictly_and_broken_copies_do_not() {
+    let files: Vec<PathBuf> = ["daemonset.yaml", "servicemonitor.yaml"]
+        .iter()
+        .map(|f| root().join("deploy").join(f))
+        .collect();
+    let (ok, report) = validate(&files);
+    assert!(ok, "{report}");
+    let resources =
+        read_manifests("daemonset.yaml").len() + read_manifests("servicemonitor.yaml").len();
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("ok ")).count(),
+        resources,
+        "{report}"
+    );
+
+    // Each copy breaks one thing: a misspelled field or a wrong type, in a built-in kind and in
+    // the custom resource. The validator must reject every one.
+    let dir = TempDir::new("deploy-broken");
+    let breaks = [
+        ("daemonset.yaml", "hostPID: true", "hostPid: true"),
+        (
+            "daemonset.yaml",
+            "containerPort: 9435",
+            "containerPort: \"9435\"",
+        ),
+        ("servicemonitor.yaml", "interval: 30s", "intervall: 30s"),
+        ("servicemonitor.yaml", "port: metrics", "port: 9435"),
+    ];
+    for (i, (file, from, to)) in breaks.iter().enumerate() {
+        let text = fs::read_to_string(root().join("deploy").join(file)).unwrap();
+        assert!(text.contains(from), "{file} has `{from}` to break");
+        let broken = dir.0.join(format!("{i}-{file}"));
+        fs::write(&broken, text.replacen(from, to, 1)).unwrap();
+        let (ok, report) = validate(&[broken]);
+        assert!(!ok, "`{to}` in {file} passed the validator: {report}");
+        assert!(report.contains("ERROR"), "{report}");
+    }
+}
+
+#[test]
+fn ports_mounts_capabilities_and_docs_agree() {
+    let spec = pod_spec();
+    let container = container();
+    let port = &container["ports"][0];
+    let (name, number) = (&port["name"], &port["containerPort"]);
+    // A probe or a targetPort may name the port or give its number.
+    let is_the_port = |v: &Value| v == name || v == number;
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert!(is_the_port(&get["port"]), "{probe} port {}", get["port"]);
+        assert_eq!(get["path"], "/healthz", "{probe}");
+    }
+    let args = strings(&container["args"]);
+    let listen = args
+        .iter()
+        .skip_while(|a| *a != "--listen")
+        .nth(1)
+        .expect("--listen ADDR:PORT");
+    assert_eq!(
+        listen.rsplit(':').next(),
+        Some(&*number.to_string()),
+        "{listen}"
+    );
+
+    let service = resource("daemonset.yaml", "Service");
+    let service_port = &service["spec"]["ports"][0];
+    assert!(is_the_port(&service_port["targetPort"]), "{service_port}");
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless");
+    assert_eq!(
+        service["metadata"]["annotations"]["prometheus.io/port"],
+        number.to_string()
+    );
+    let monitor = resource("servicemonitor.yaml", "ServiceMonitor");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service_port["name"]
+    );
+    // The Service selects the pods, the ServiceMonitor the Service.
+    let daemonset = resource("daemonset.yaml", "DaemonSet");
+    let pod_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&service["spec"]["selector"], pod_labels);
+    assert_eq!(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &service["metadata"]["labels"]
+    );
+
+    let volumes: BTreeSet<String> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    let mounted: BTreeSet<String> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        mounted, volumes,
+        "every mount has a volume and every volume is mounted"
+    );
+
+    // The capabilities and host paths are exactly those deploy/README.md explains.
+    let readme = fs::read_to_string(root().join("deploy/README.md")).unwrap();
+    let documented: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `CAP_")?.split('`').next())
+        .map(str::to_string)
+        .collect();
+    let security = &container["securityContext"];
+    let added: BTreeSet<String> = strings(&security["capabilities"]["add"])
+        .into_iter()
+        .collect();
+    assert_eq!(added, documented);
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    let documented_paths: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `/")?.split('`').next())
+        .map(|p| format!("/{p}"))
+        .collect();
+    let host_paths: BTreeSet<String> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            v["hostPath"]["path"]
+                .as_str()
+                .expect("a hostPath")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(host_paths, documented_paths);
+}
+
+/// Whether the mount holding `path` propagates to slaves (shared, or a slave itself): what
+/// containerd requires of a HostToContainer mount's source.
+fn propagates(path: &Path) -> bool {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(" - ").next()?.split(' ').collect();
+            let point = *fields.get(4)?;
+            path.starts_with(point)
+                .then(|| (point.len(), fields[6..].join(" ")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .is_some_and(|(_, tags)| tags.contains("shared:") || tags.contains("master:"))
+}
+
+/// The DaemonSet's container as the kubelet hands it to the runtime: its image, capabilities,
+/// root filesystem, seccomp profile, user and host-path mounts, running `args`.
+fn cri_config(args: &[&str]) -> ContainerConfig {
+    let spec = pod_spec();
+    let container = container();
+    let security = &container["securityContext"];
+    let mut mounts = Vec::new();
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let host_path = PathBuf::from(volume["hostPath"]["path"].as_str().unwrap());
+        // containerd would create a missing directory on the machine: the runtimes this
+        // machine lacks stay unmounted.
+        if !host_path.exists() {
+            eprintln!("not mounting {} (not on this machine)", host_path.display());
+            continue;
+        }
+        // containerd refuses HostToContainer from a private mount, which a machine without
+        // systemd has (kubelet nodes run systemd, whose mounts are shared).
+        let propagation =
+            if mount["mountPropagation"] == "HostToContainer" && propagates(&host_path) {
+                MountPropagation::PropagationHostToContainer
+            } else {
+                MountPropagation::PropagationPrivate
+            };
+        mounts.push(Mount {
+            container_path: mount["mountPath"].as_str().unwrap().into(),
+            host_path: host_path.display().to_string(),
+            readonly: mount["readOnly"] == true,
+            propagation: propagation as i32,
+            ..Default::default()
+        });
+    }
+    let seccomp = match security["seccompProfile"]["type"].as_str() {
+        Some("RuntimeDefault") => k8s_cri::v1::security_profile::ProfileType::RuntimeDefault,
+        Some("Unconfined") | None => k8s_cri::v1::security_profile::ProfileType::Unconfined,
+        Some(other) => panic!("seccomp profile {other} not translated"),
+    };
+    ContainerConfig {
+        image: Some(ImageSpec {
+            image: container["image"].as_str().unwrap().into(),
+            ..Default::default()
+        }),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        mounts,
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                capabilities: Some(Capability {
+                    add_capabilities: strings(&security["capabilities"]["add"]),
+                    drop_capabilities: strings(&security["capabilities"]["drop"]),
+                    ..Default::default()
+                }),
+                privileged: security["privileged"] == true,
+                readonly_rootfs: security["readOnlyRootFilesystem"] == true,
+                run_as_user: security["runAsUser"]
+                    .as_i64()
+                    .map(|value| Int64Value { value }),
+                seccomp: Some(SecurityProfile {
+                    profile_type: seccomp as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Builds the image with `cargo xtask image`; returns the archive it wrote.
+fn build_image() -> PathBuf {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        .args(["xtask", "image"])
+        .current_dir(root())
+        .output()
+        .expect("running cargo xtask image");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo xtask image: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `xtask: image REF: PATH (N MiB)`
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("xtask: image "))
+        .unwrap_or_else(|| panic!("no image line in: {stdout}"));
+    eprintln!("{line}");
+    let path = line
+        .split(": ")
+        .nth(1)
+        .and_then(|p| p.rsplit_once(" ("))
+        .unwrap()
+        .0;
+    PathBuf::from(path)
+}
+
+/// The image name the archive carries (the OCI index's `ref.name` annotation).
+fn archived_name(archive: &Path) -> String {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg("index.json")
+        .output()
+        .expect("tar");
+    let index: Value = serde_json::from_slice(&out.stdout).expect("an OCI index");
+    index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .expect("a named image")
+        .to_string()
+}
+
+#[test]
+fn image_builds_and_runs_with_the_daemonsets_privileges() {
+    let archive = build_image();
+    let image = container()["image"].as_str().unwrap().to_string();
+    assert_eq!(
+        archived_name(&archive),
+        image,
+        "the DaemonSet runs the image built"
+    );
+
+    let mut node = CriNode::up();
+    let imported = node
+        .import_image(&archive)
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("imported: {imported}");
+    let spec = pod_spec();
+    let pod = node.run_host_network_pod("tracer", "tracer", spec["hostPID"] == true);
+    assert_eq!(spec["hostNetwork"], true);
+    let args: Vec<String> = strings(&container()["args"])
+        .iter()
+        .map(|a| a.replace("$(HOST_IP)", HOST_IP))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tracer = node.start_container_with(&pod, "tracer", cri_config(&args));
+    let log = || fs::read_to_string(&tracer.log).unwrap_or_default();
+    let port = args
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("{HOST_IP}:")))
+        .expect("--listen HOST_IP:PORT")
+        .to_string();
+    let address = format!("{HOST_IP}:{port}");
+    let netns = node.netns_path();
+    // The probes' view: /healthz answers 200 once the programs run, /metrics is valid.
+    let scrape = in_netns(&netns, move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(&address).is_ok() && get(&address, "/healthz").0 == 200
+            {
+                return Some(Scrape::of(&address));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    });
+    let scrape = scrape.unwrap_or_else(|| panic!("/healthz never answered 200:\n{}", log()));
+    // The binary in the image is the version the image is tagged with.
+    let version = image.rsplit(':').next().unwrap();
+    assert_eq!(
+        scrape.value("tracer_build_info", &[("version", version)]),
+        Some(1.0),
+        "{}",
+        scrape.text
+    );
+    if let Err(complaint) = scrape.promtool_check() {
+        panic!("promtool check metrics: {complaint}");
+    }
+    // Deleting the pod: SIGTERM, on which the tracer detaches and ends with its summary,
+    // well within the DaemonSet's grace period.
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let stopping = Instant::now();
+    node.stop_container(&tracer, Duration::from_secs(grace));
+    assert_eq!(node.wait_exit(&tracer, Duration::from_secs(5)), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(grace));
+    node.remove_pod(&pod);
+    let log = log();
+    assert!(
+        log.contains(r#""stopped_by":"terminate""#),
+        "no summary after SIGTERM:\n{log}"
+    );
+    let left = ours_left_behind();
+    assert!(left.is_empty(), "left attached: {left:?}");
+    node.down();
+    let leftovers = node.footprint().leftovers();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
