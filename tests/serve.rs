@@ -27,7 +27,7 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     let orphan_ino = orphan.inode();
     let orphan_inode = orphan_ino.to_string();
     let before = t.node.conntrack_counters();
-    let served = Served::start(&["--census-every", "1s"]);
+    let served = Served::start(&["--census-every", "1s", "--bpf-stats"]);
     let address = served.address.clone();
 
     // Signals the target ignores: each is generated (and counted) all the same.
@@ -85,6 +85,11 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     let signals = settled
         .value("tracer_signals_total", &host_signal("SIGUSR2", "ignored"))
         .unwrap_or_default();
+    // The kernel's own run count of the signal program: at least one run per signal sent.
+    let program = [("program", "signal_generate")];
+    let runs = settled.value("tracer_program_runs_total", &program);
+    assert!(runs >= Some(sent as f64), "{}", settled.text);
+    assert!(settled.value("tracer_program_run_seconds_total", &program) > Some(0.0));
     if let Err(complaint) = settled.promtool_check() {
         panic!("promtool check metrics: {complaint}\n{}", settled.text);
     }

@@ -74,18 +74,13 @@ struct Book {
     program_run_seconds: CounterVec,
     /// Per program id: run count and run time already added.
     programs_seen: HashMap<u32, (u64, u64)>,
-    /// Our programs' names in the object file.
-    program_names: Vec<&'static str>,
+    /// Our programs by kernel id, with their names; known once they are loaded.
+    programs: HashMap<u32, String>,
 }
 
 impl Metrics {
-    /// `kinds_by_tracer`: each tracer's name and the record kinds whose losses it owns;
-    /// `program_names`: the names of the programs that may be loaded.
-    pub fn new(
-        bounds: Bounds,
-        kinds_by_tracer: &[(&'static str, &[EventKind])],
-        program_names: Vec<&'static str>,
-    ) -> Result<Self> {
+    /// `kinds_by_tracer`: each tracer's name and the record kinds whose losses it owns.
+    pub fn new(bounds: Bounds, kinds_by_tracer: &[(&'static str, &[EventKind])]) -> Result<Self> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec> {
             let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
@@ -160,7 +155,7 @@ impl Metrics {
                 program_runs,
                 program_run_seconds,
                 programs_seen: HashMap::new(),
-                program_names,
+                programs: HashMap::new(),
             }),
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
@@ -189,6 +184,11 @@ impl Metrics {
         let mut text = Vec::new();
         TextEncoder::new().encode(&book.registry.gather(), &mut text)?;
         Ok(String::from_utf8(text)?)
+    }
+
+    /// Our programs, once loaded (see [`programs::loaded`]).
+    pub fn set_programs(&self, programs: HashMap<u32, String>) {
+        self.book().programs = programs;
     }
 
     /// Sets the namespace flags to those of a census (a snapshot of every namespace).
@@ -291,7 +291,7 @@ impl Book {
 
     /// Adds what the kernel counted for our programs since the last read.
     fn read_programs(&mut self) {
-        for program in programs::ours(&self.program_names) {
+        for program in programs::runs(&self.programs) {
             let (runs, ns) = self.programs_seen.entry(program.id).or_default();
             self.program_runs
                 .with_label_values(&[program.name.as_str()])
@@ -348,7 +348,7 @@ mod tests {
             max_series,
             pod_grace: Duration::from_secs(60),
         };
-        Metrics::new(bounds, &[("signals", &[EventKind::Signal])], Vec::new()).unwrap()
+        Metrics::new(bounds, &[("signals", &[EventKind::Signal])]).unwrap()
     }
 
     fn count<'a>(what: &str, pod: Option<&'a Pod>) -> Count<'a> {

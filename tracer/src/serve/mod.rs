@@ -41,6 +41,10 @@ struct Census {
 }
 
 impl Companion for Census {
+    fn on_loaded(&mut self, ebpf: &aya::Ebpf) {
+        self.metrics.set_programs(programs::loaded(ebpf));
+    }
+
     fn after_flush(
         &mut self,
         _events: &BTreeMap<&'static str, u64>,
@@ -94,12 +98,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let (mut ensemble, kernel) = prepare(|btf| {
         let tracers = every_tracer(btf, &Default::default(), Default::default())?;
         let kinds: Vec<_> = tracers.iter().map(|t| (t.name(), t.kinds())).collect();
-        let programs = tracers
-            .iter()
-            .flat_map(|t| t.hooks())
-            .flat_map(|hook| hook.candidates.iter().map(|c| c.program))
-            .collect();
-        let metrics = Arc::new(Metrics::new(bounds, &kinds, programs)?);
+        let metrics = Arc::new(Metrics::new(bounds, &kinds)?);
         shared = Some(metrics.clone());
         let census = Census {
             metrics,

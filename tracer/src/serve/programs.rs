@@ -1,7 +1,9 @@
 //! The run figures the kernel keeps for this process's own programs (while BPF statistics
-//! are on): found through our fds, so that other tools' programs are never reported.
+//! are on).
 
-use std::{collections::HashSet, fs};
+use std::collections::HashMap;
+
+use aya::Ebpf;
 
 /// One of our programs, with the kernel's cumulative figures.
 pub struct ProgramRuns {
@@ -11,58 +13,28 @@ pub struct ProgramRuns {
     pub run_ns: u64,
 }
 
-/// Ids of the programs this process holds open, from its fds' fdinfo.
-fn own_ids() -> HashSet<u32> {
-    let Ok(fds) = fs::read_dir("/proc/self/fdinfo") else {
-        return HashSet::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|id| id.trim().parse().ok())
-        })
+/// The kernel ids of the programs loaded from `ebpf`, with their names in the object file
+/// (the kernel keeps only 15 bytes of a name).
+pub fn loaded(ebpf: &Ebpf) -> HashMap<u32, String> {
+    ebpf.programs()
+        .filter_map(|(name, program)| Some((program.info().ok()?.id(), name.to_string())))
         .collect()
 }
 
-/// The program name in `names` that the kernel's copy `short` stands for: the kernel keeps
-/// only the first 15 bytes of a name.
-fn full_name(short: &str, names: &[&'static str]) -> String {
-    names
-        .iter()
-        .find(|name| name.starts_with(short))
-        .map_or_else(|| short.to_string(), |name| name.to_string())
-}
-
-/// Our programs and their figures (zeros while statistics are off), named after `names`,
-/// the programs' names in the object file.
-pub fn ours(names: &[&'static str]) -> Vec<ProgramRuns> {
-    let ids = own_ids();
-    if ids.is_empty() {
+/// The figures of the programs `ours` names (see [`loaded`]); zeros while statistics are off.
+pub fn runs(ours: &HashMap<u32, String>) -> Vec<ProgramRuns> {
+    if ours.is_empty() {
         return Vec::new();
     }
     aya::programs::loaded_programs()
         .flatten()
-        .filter(|info| ids.contains(&info.id()))
-        .map(|info| ProgramRuns {
-            id: info.id(),
-            name: full_name(info.name_as_str().unwrap_or("?"), names),
-            runs: info.run_count(),
-            run_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+        .filter_map(|info| {
+            Some(ProgramRuns {
+                id: info.id(),
+                name: ours.get(&info.id())?.clone(),
+                runs: info.run_count(),
+                run_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncated_names_are_completed() {
-        let names = ["netns_teardown_end", "netns_task_newtask", "kfree_skb"];
-        assert_eq!(full_name("netns_teardown_", &names), "netns_teardown_end");
-        assert_eq!(full_name("kfree_skb", &names), "kfree_skb");
-        assert_eq!(full_name("other", &names), "other");
-    }
 }

@@ -17,8 +17,12 @@ use super::{
 };
 use crate::{hooks::HookSpec, kernel::btf::KernelBtf, output::Output, pipeline::RunStats};
 
-/// What a command does at each flush of the pipeline, besides the tracers' own flushes.
+/// What a command does besides the tracers: once the programs are loaded, and at each flush
+/// of the pipeline.
 pub trait Companion {
+    /// The programs are loaded and attached; no event was read yet.
+    fn on_loaded(&mut self, _ebpf: &Ebpf) {}
+
     /// `events`: how many events each tracer wrote so far. `final_flush` is set once, at the
     /// end of the run.
     fn after_flush(
@@ -94,7 +98,9 @@ impl<C: Companion> Tracer for Ensemble<C> {
     }
 
     fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.tracers.iter_mut().try_for_each(|t| t.use_maps(ebpf))
+        self.tracers.iter_mut().try_for_each(|t| t.use_maps(ebpf))?;
+        self.companion.on_loaded(ebpf);
+        Ok(())
     }
 
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
