@@ -5,6 +5,7 @@
 //! named: its cgroup was seen either at start-up or when the first unknown id triggered a new
 //! walk of the hierarchy. Identities of cgroups that disappeared are kept for the whole run.
 
+use std::num::NonZeroUsize;
 use std::{
     collections::{HashMap, HashSet},
     fs,
@@ -13,6 +14,8 @@ use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use lru::LruCache;
 
 use serde::Serialize;
 
@@ -37,6 +40,11 @@ const PID_TTL: Duration = Duration::from_secs(1);
 
 /// Pids remembered at most; past it, the expired ones are forgotten.
 const MAX_PIDS: usize = 4_096;
+
+/// Pod sandboxes' network namespaces remembered (the most recently seen): a namespace is
+/// named after its sandbox until this many newer sandboxes came, which bounds the memory of
+/// a tracer that serves for months.
+const MAX_SANDBOX_NETNS: NonZeroUsize = NonZeroUsize::new(4_096).unwrap();
 
 /// The container a process runs in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -142,7 +150,7 @@ pub struct Enricher {
     /// Pod sandboxes' network namespaces (inode) to their cookie and the sandbox's identity.
     /// Kept for the whole run, so that a namespace torn down after its sandbox is still named;
     /// the cookie tells a later namespace that reuses the inode apart.
-    netns: HashMap<u64, (u64, Identity)>,
+    netns: LruCache<u64, (u64, Identity)>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
@@ -164,7 +172,7 @@ impl Enricher {
             state: StateDirs::discover(),
             by_cgroup: HashMap::new(),
             present: HashSet::new(),
-            netns: HashMap::new(),
+            netns: LruCache::new(MAX_SANDBOX_NETNS),
             last_walk: None,
             by_pid: HashMap::new(),
         };
@@ -210,7 +218,7 @@ impl Enricher {
                     .and_then(|p| netns_id(Path::new(p)))
                     .or_else(|| netns_id(&netns_of_cgroup(&dir)?));
                 if let Some((inode, cookie)) = netns {
-                    self.netns.insert(inode, (cookie, identity.clone()));
+                    self.netns.put(inode, (cookie, identity.clone()));
                 }
             }
             self.by_cgroup.insert(id, identity);
@@ -331,7 +339,7 @@ impl Enricher {
     /// As [`Self::netns_owner`], from what is known already: for summaries, which cannot walk.
     pub fn known_netns_owner(&self, inode: u64, cookie: u64) -> Option<&Identity> {
         self.netns
-            .get(&inode)
+            .peek(&inode)
             .filter(|(known, _)| *known == cookie)
             .map(|(_, owner)| owner)
     }

@@ -11,6 +11,9 @@ mod decode;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use anyhow::{bail, Context as _, Result};
 use aya::GlobalData;
@@ -45,6 +48,14 @@ const HOOKS: &[HookSpec] = &[HookSpec {
 }];
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// (namespace, CPU) pairs whose last statistics are kept. The least recently used go first:
+/// namespaces that are gone, long before a live one's (whose next drop would be compared
+/// with zero). Bounds the memory of a long `serve`.
+const MAX_LAST_STATS: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
+
+/// Namespaces whose drops the summary lists, and whose entry counts are cached.
+const MAX_TALLIED: NonZeroUsize = NonZeroUsize::new(4_096).unwrap();
 
 /// What the user asked for on the command line.
 #[derive(Clone, Debug, Default)]
@@ -93,14 +104,14 @@ pub struct ConntrackTracer {
     /// Inodes whose start-up statistics a namespace (cookie) has taken as its baseline.
     claimed: HashSet<u64>,
     /// The statistics of the last record per (namespace cookie, CPU).
-    last: HashMap<(u64, u32), CtStats>,
-    tally: BTreeMap<u32, NetnsTally>,
+    last: LruCache<(u64, u32), CtStats>,
+    tally: LruCache<u32, NetnsTally>,
     by_class: BTreeMap<&'static str, u64>,
     warned_no_stats: bool,
     /// Namespaces by inode, rediscovered when a drop names an unknown one.
     namespaces: BTreeMap<u64, netns::NetnsRef>,
     /// Recently read entry counts by namespace inode.
-    entries: HashMap<u64, (std::time::Instant, u64)>,
+    entries: LruCache<u64, (std::time::Instant, u64)>,
     /// Network namespaces to the pod whose sandbox owns them.
     enricher: Enricher,
     /// `--pod` and `--namespace`.
@@ -163,12 +174,12 @@ impl ConntrackTracer {
             cpus,
             at_start,
             claimed: HashSet::new(),
-            last: HashMap::new(),
-            tally: BTreeMap::new(),
+            last: LruCache::new(MAX_LAST_STATS),
+            tally: LruCache::new(MAX_TALLIED),
             by_class: BTreeMap::new(),
             warned_no_stats: false,
             namespaces,
-            entries: HashMap::new(),
+            entries: LruCache::new(MAX_TALLIED),
             enricher: Enricher::new(),
             workload,
         })
@@ -182,8 +193,12 @@ impl ConntrackTracer {
             return *last;
         }
         let inode = ev.netns_inum as u64;
-        let first_of_namespace = !self.last.keys().any(|(cookie, _)| *cookie == ev.net_cookie);
-        if first_of_namespace && !self.claimed.insert(inode) {
+        let first_of_namespace = !self
+            .last
+            .iter()
+            .any(|((cookie, _), _)| *cookie == ev.net_cookie);
+        // Only start-up baselines are claimed, so the set stays as small as their map.
+        if first_of_namespace && self.at_start.contains_key(&inode) && !self.claimed.insert(inode) {
             // The inode was already claimed by another namespace: a reused inode number.
             self.at_start.remove(&inode);
         }
@@ -204,7 +219,7 @@ impl ConntrackTracer {
         }
         let before = self.baseline(ev);
         let now = self.stat_layout.decode(&ev.stats);
-        self.last.insert((ev.net_cookie, ev.header.cpu), now);
+        self.last.put((ev.net_cookie, ev.header.cpu), now);
         let grew = now.since(&before);
         match (grew.insert_failed > 0, grew.drop > 0, ev.has_ct != 0) {
             (true, _, _) => DropClass::InsertFailed,
@@ -235,8 +250,7 @@ impl ConntrackTracer {
             .get(&inode)
             .and_then(|n| stats::entries(n).ok());
         if let Some(count) = count {
-            self.entries
-                .insert(inode, (std::time::Instant::now(), count));
+            self.entries.put(inode, (std::time::Instant::now(), count));
         }
         (count, max)
     }
@@ -252,7 +266,7 @@ impl ConntrackTracer {
     /// Per namespace: the tracer's drops beside the kernel's own counter growth over the run.
     fn per_netns(&self) -> Vec<Value> {
         let now = netns::discover();
-        let mut inodes: Vec<u64> = self.tally.keys().map(|i| *i as u64).collect();
+        let mut inodes: Vec<u64> = self.tally.iter().map(|(i, _)| *i as u64).collect();
         inodes.extend(self.at_start.keys().copied());
         inodes.sort_unstable();
         inodes.dedup();
@@ -270,7 +284,7 @@ impl ConntrackTracer {
                             .unwrap_or_default();
                         stats::total(&end).since(&start)
                     });
-                let tally = self.tally.get(&(inode as u32));
+                let tally = self.tally.peek(&(inode as u32));
                 if tally.is_none() && kernel.is_none_or(|k| k.is_zero()) {
                     return None;
                 }
@@ -330,7 +344,9 @@ impl Tracer for ConntrackTracer {
         if class == DropClass::TableFull {
             (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
         }
-        let tally = self.tally.entry(ev.netns_inum).or_default();
+        let tally = self
+            .tally
+            .get_or_insert_mut(ev.netns_inum, NetnsTally::default);
         tally.cookie = ev.net_cookie;
         *tally.drops.entry(class.name()).or_default() += 1;
         *self.by_class.entry(class.name()).or_default() += 1;

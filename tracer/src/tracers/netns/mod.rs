@@ -7,11 +7,14 @@ mod flags;
 mod inside;
 pub mod snapshot;
 
+use std::num::NonZeroUsize;
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     path::Path,
     time::{Duration, Instant},
 };
+
+use lru::LruCache;
 
 use anyhow::{Context as _, Result};
 use aya::GlobalData;
@@ -91,11 +94,15 @@ const EXIT_SETTLE_NS: u64 = 100_000_000;
 /// namespace's teardown, which comes after the sandbox is gone, to name the pod.
 const OWNER_REFRESH: Duration = Duration::from_secs(1);
 
+/// Creation times remembered, for the lifetime at teardown: the most recent namespaces, so
+/// that those whose teardown is never seen do not pile up in a long `serve`.
+const MAX_CREATED: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
+
 pub struct NetnsTracer {
     config: NetnsConfig,
     clock: Clock,
     /// Creation time of the namespaces created during the run, by cookie.
-    created: HashMap<u64, u64>,
+    created: LruCache<u64, u64>,
     /// Cookies whose teardown started and has not ended.
     tearing_down: HashSet<u64>,
     /// Exits inside non-initial namespaces, waiting to be checked.
@@ -149,7 +156,7 @@ impl NetnsTracer {
         Self {
             config: kernel_config(),
             clock: Clock::new(),
-            created: HashMap::new(),
+            created: LruCache::new(MAX_CREATED),
             tearing_down: HashSet::new(),
             pending_exits: Vec::new(),
             by_action: BTreeMap::new(),
@@ -160,7 +167,7 @@ impl NetnsTracer {
 
     /// Writes `action` about `record`'s namespace, named after the sandbox owning it.
     fn emit(&mut self, action: &'static str, record: &Record, out: &mut Output) -> Result<u64> {
-        let created = self.created.get(&record.cookie).copied();
+        let created = self.created.peek(&record.cookie).copied();
         let owner = self
             .enricher
             .netns_owner(record.inode, record.cookie)
@@ -242,7 +249,7 @@ impl Tracer for NetnsTracer {
             NetnsAction::Create => {
                 // Before the namespace's creation is recorded: a create has no lifetime.
                 let written = self.emit("create", &record, out)?;
-                self.created.insert(record.cookie, record.ktime_ns);
+                self.created.put(record.cookie, record.ktime_ns);
                 Ok(written)
             }
             // A batch may list a namespace twice if it was queued while the list was walked.
@@ -251,7 +258,7 @@ impl Tracer for NetnsTracer {
             NetnsAction::TeardownEnd => {
                 let written = self.emit("teardown_end", &record, out)?;
                 self.tearing_down.remove(&record.cookie);
-                self.created.remove(&record.cookie);
+                self.created.pop(&record.cookie);
                 Ok(written)
             }
             NetnsAction::ProcessExit => {

@@ -4,6 +4,9 @@ mod decode;
 pub mod names;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{Ebpf, GlobalData};
@@ -49,6 +52,10 @@ const HOOKS: &[HookSpec] = &[
 /// sends the SIGKILL first, then marks the victim, microseconds apart).
 const OOM_MATCH_WINDOW_NS: u64 = 200_000_000;
 
+/// SIGKILLs remembered to explain exit codes 137 in the summary: the most recent targets, so
+/// that a long `serve` keeps a bounded number.
+const MAX_KILLS: NonZeroUsize = NonZeroUsize::new(1_024).unwrap();
+
 /// What the user asked for on the command line.
 #[derive(Clone, Debug, Default)]
 pub struct SignalsOptions {
@@ -85,7 +92,7 @@ pub struct SignalsTracer {
     by_result: BTreeMap<&'static str, u64>,
     by_reason: BTreeMap<&'static str, u64>,
     /// The last SIGKILL delivered to each target, to explain an exit code 137.
-    kills: BTreeMap<u32, SignalRecord>,
+    kills: LruCache<u32, SignalRecord>,
 }
 
 impl SignalsTracer {
@@ -127,7 +134,7 @@ impl SignalsTracer {
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
             by_reason: BTreeMap::new(),
-            kills: BTreeMap::new(),
+            kills: LruCache::new(MAX_KILLS),
         })
     }
 
@@ -159,7 +166,7 @@ impl SignalsTracer {
         *self.by_reason.entry(reason).or_default() += 1;
         out.event(&record)?;
         if record.signo == SIGKILL && record.result == "delivered" {
-            self.kills.insert(record.target.pid, record);
+            self.kills.put(record.target.pid, record);
         }
         Ok(1)
     }
@@ -203,8 +210,11 @@ impl SignalsTracer {
 
     /// One line per target that got a SIGKILL and is gone now: the likely cause of its 137.
     fn exit_code_findings(&self) -> Vec<Value> {
+        // Oldest first.
         self.kills
-            .values()
+            .iter()
+            .rev()
+            .map(|(_, record)| record)
             .filter(|r| !std::path::Path::new(&format!("/proc/{}", r.target.pid)).exists())
             .map(|r| {
                 let cause = match (&r.sender, &r.oom) {
