@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick]`: start-up, kernel cost per event, throughput without loss, cost
-//! to the traced path and userspace CPU, each beside a baseline measured in the same run
+//! to the traced path, userspace CPU and `serve`'s memory over namespace churn, each beside a baseline measured in the same run
 //! (bpftrace on the same tracepoint, an empty program on the same hook, or no tracer at all).
 //! Prints a table and writes the figures as JSON to target/bench/bench.json.
 
@@ -28,6 +28,8 @@ struct Scale {
     flood: u64,
     rates: &'static [u64],
     window: Duration,
+    /// Network namespaces made and dropped under `serve`.
+    churn: usize,
 }
 
 const FULL: Scale = Scale {
@@ -36,6 +38,7 @@ const FULL: Scale = Scale {
     flood: 200_000,
     rates: &[50_000, 100_000, 200_000, 400_000, 800_000],
     window: Duration::from_secs(2),
+    churn: 2_000,
 };
 
 const QUICK: Scale = Scale {
@@ -44,6 +47,7 @@ const QUICK: Scale = Scale {
     flood: 5_000,
     rates: &[20_000],
     window: Duration::from_millis(300),
+    churn: 20,
 };
 
 /// One line of the results table.
@@ -668,6 +672,66 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         ("no tracer", bare),
         "pkt/s",
         ">= 0.97",
+    ));
+
+    // 5. Memory of a long-running serve.
+    serve_memory(scale.churn, rows)
+}
+
+/// Makes and drops `n` network namespaces, each with a firewall rule that drops three UDP
+/// packets: what a node's pod churn leaves in a long `serve` (creation, teardown and drop
+/// records for namespaces that are gone).
+fn namespace_churn(n: usize) -> Result<()> {
+    let rules = workspace_root().join("target/bench/churn.nft");
+    fs::write(
+        &rules,
+        "table ip churn {\n  chain out {\n    type filter hook output priority 0;\n    udp dport 9 drop\n  }\n}\n",
+    )?;
+    let script = format!(
+        "ip link set lo up && nft -f {} && for i in 1 2 3; do echo x > /dev/udp/127.0.0.9/9; done",
+        rules.display()
+    );
+    for _ in 0..n {
+        // The sends fail (EPERM: dropped), which is the point.
+        Command::new("unshare")
+            .args(["--net", "bash", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("unshare --net")?;
+    }
+    Ok(())
+}
+
+/// Resident memory of `serve` before and after [`namespace_churn`]: what its per-namespace
+/// state costs (it is capped: see the LRU caches of the tracers).
+fn serve_memory(churn: usize, rows: &mut Vec<Row>) -> Result<()> {
+    let a = Attacher::start(
+        ours(&["serve", "--listen", "127.0.0.1:0", "--census-every", "1s"]),
+        false,
+        false,
+    )?;
+    let settle = Duration::from_secs(2);
+    thread::sleep(settle);
+    let before = status_kib(a.child.id(), "VmRSS:").context("serve's RSS")? as f64;
+    namespace_churn(churn)?;
+    // Teardown runs in a kernel worker, and the census once a second.
+    thread::sleep(settle);
+    let after = status_kib(a.child.id(), "VmRSS:").context("serve's RSS")? as f64;
+    a.stop();
+    rows.push(Row::new(
+        &format!("serve RSS after {churn} namespaces with drops came and went"),
+        after / 1024.0,
+        ("serve at start", before / 1024.0),
+        "MiB",
+        "-",
+    ));
+    rows.push(Row::new(
+        "serve RSS growth per 1000 namespaces",
+        (after - before).max(0.0) / churn as f64 * 1000.0,
+        ("-", 0.0),
+        "KiB",
+        "-",
     ));
     Ok(())
 }
