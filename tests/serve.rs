@@ -3,7 +3,11 @@
 //! belongs to, checked against what the test did and the namespace's own conntrack counters;
 //! the exposition passes `promtool check metrics`, and SIGTERM detaches everything.
 
-use std::{net::UdpSocket, time::Duration};
+use std::{
+    io::Write as _,
+    net::{TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use tracer_tests::{net::*, scrape::*, *};
@@ -142,6 +146,25 @@ fn a_port_in_use_is_one_clear_error_before_anything_is_loaded() {
     assert!(
         stderr.contains(&address) && stderr.contains("--listen"),
         "{stderr}"
+    );
+    assert!(ours_left_behind().is_empty());
+}
+
+#[test]
+fn a_scraper_that_never_finishes_its_request_does_not_hold_up_the_exit() {
+    let served = Served::start(&[]);
+    let mut stuck = TcpStream::connect(&served.address).unwrap();
+    // The request's headers never end.
+    stuck
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tracer\r\n")
+        .unwrap();
+    let stopping = Instant::now();
+    let out = served.run.stop_with(Signal::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        stopping.elapsed()
     );
     assert!(ours_left_behind().is_empty());
 }

@@ -1,7 +1,12 @@
 //! The HTTP side of `tracer serve`: `/metrics` and `/healthz`, on a thread of its own so
 //! that a scrape never waits for the event loop (nor the event loop for a slow scraper).
 
-use std::{net::TcpListener, sync::Arc, thread, time::Duration};
+use std::{
+    net::TcpListener,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
@@ -11,6 +16,9 @@ use super::metrics::Metrics;
 
 /// The event loop ticks every 50 ms; silence this long means it is stuck.
 const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// How long requests in flight may take to finish when the tracer stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The Prometheus text exposition format's content type.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -49,8 +57,16 @@ impl Drop for Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // In-flight requests may finish, but a client that never does must not hold up the
+        // exit (the kubelet would SIGKILL us): the thread is left to the process's end.
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            while !thread.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }
