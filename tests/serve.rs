@@ -168,3 +168,43 @@ fn a_scraper_that_never_finishes_its_request_does_not_hold_up_the_exit() {
     );
     assert!(ours_left_behind().is_empty());
 }
+
+#[test]
+fn records_the_ring_buffer_could_not_take_are_counted_for_their_tracer() {
+    // A 1 MiB ring buffer and a storm of signals that all reach user space: some are lost.
+    const N: usize = 100_000;
+    let served = Served::start(&["--buffer-mb", "1"]);
+    let target = sleeper(&[Signal::SIGUSR2]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..N {
+        send(target.pid(), Signal::SIGUSR2);
+        assert!(Instant::now() < deadline, "storm took too long");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let scrape = Scrape::of(&served.address);
+    let out = served.run.stop_with(Signal::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    // The metric is the kernel's per-CPU lost counter, as the summary reports it.
+    let lost = scrape
+        .value("tracer_lost_events_total", &[("tracer", "signals")])
+        .unwrap();
+    assert!(lost > 0.0, "nothing was lost: {}", scrape.text);
+    assert_eq!(Some(lost), out.summary()["lost"].as_f64());
+    // What was not lost arrived: the test's signals are all in the stream or lost (the storm's
+    // losses may include another process's signal, never fewer).
+    let ours = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| e["target"]["pid"] == target.pid() && e["signal"] == "SIGUSR2")
+        .count();
+    assert!(ours > 0 && ours < N, "{ours} of {N} arrived");
+    assert!(
+        ours as f64 + lost >= N as f64,
+        "{ours} arrived, {lost} lost"
+    );
+    assert_eq!(
+        scrape.value("tracer_signals_total", &host_signal("SIGUSR2", "ignored")),
+        Some(ours as f64),
+        "the counter counts what arrived"
+    );
+}
