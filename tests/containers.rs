@@ -454,8 +454,8 @@ fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
         ("signal", "SIGUSR1"),
         ("result", "ignored"),
         ("kernel_reason", "none"),
-        ("namespace", web.namespace.as_str()),
-        ("pod", web.name.as_str()),
+        ("k8s_namespace", web.namespace.as_str()),
+        ("k8s_pod", web.name.as_str()),
     ];
     let value = wait_for("the pod's series", Duration::from_secs(10), || {
         Scrape::of(&served.address)
@@ -471,7 +471,8 @@ fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
         Duration::from_secs(20),
         || {
             let scrape = Scrape::of(&served.address);
-            (scrape.series_with("tracer_signals_total", "pod", &web.name) == 0).then_some(scrape)
+            (scrape.series_with("tracer_signals_total", "k8s_pod", &web.name) == 0)
+                .then_some(scrape)
         },
     );
     assert!(

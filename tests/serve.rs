@@ -18,8 +18,8 @@ fn host_signal(signal: &'static str, result: &'static str) -> [(&'static str, &'
         ("signal", signal),
         ("result", result),
         ("kernel_reason", "none"),
-        ("namespace", ""),
-        ("pod", ""),
+        ("k8s_namespace", ""),
+        ("k8s_pod", ""),
     ]
 }
 
@@ -59,15 +59,15 @@ fn signals_drops_and_namespace_flags_become_their_series() {
         [
             ("class", class),
             ("netns", node.as_str()),
-            ("namespace", ""),
-            ("pod", ""),
+            ("k8s_namespace", ""),
+            ("k8s_pod", ""),
         ]
     };
     let orphaned = [
         ("flag", "orphaned"),
         ("netns", orphan_inode.as_str()),
-        ("namespace", ""),
-        ("pod", ""),
+        ("k8s_namespace", ""),
+        ("k8s_pod", ""),
     ];
     let settled = wait_for("the metrics to catch up", Duration::from_secs(10), || {
         let scrape = Scrape::of(&address);
@@ -171,15 +171,17 @@ fn a_scraper_that_never_finishes_its_request_does_not_hold_up_the_exit() {
 
 #[test]
 fn records_the_ring_buffer_could_not_take_are_counted_for_their_tracer() {
-    // A 1 MiB ring buffer and a storm of signals that all reach user space: some are lost.
-    const N: usize = 100_000;
+    // A 1 MiB ring buffer, its reader stopped, and a storm of signals: most are lost.
+    const N: usize = 20_000;
     let served = Served::start(&["--buffer-mb", "1"]);
     let target = sleeper(&[Signal::SIGUSR2]);
+    send(served.run.pid(), Signal::SIGSTOP);
     let deadline = Instant::now() + Duration::from_secs(60);
     for _ in 0..N {
         send(target.pid(), Signal::SIGUSR2);
         assert!(Instant::now() < deadline, "storm took too long");
     }
+    send(served.run.pid(), Signal::SIGCONT);
     std::thread::sleep(Duration::from_millis(300));
     let scrape = Scrape::of(&served.address);
     let out = served.run.stop_with(Signal::SIGTERM);

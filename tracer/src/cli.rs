@@ -124,14 +124,14 @@ pub enum Command {
             format on http://LISTEN/metrics and a liveness check on /healthz (200 while the event \
             loop runs, 503 when it stalls). A census of network namespaces every --census-every \
             sets tracer_netns_flagged and writes each newly flagged namespace on stdout.\n\n\
-            Metrics: tracer_signals_total{signal,result,kernel_reason,namespace,pod}, \
-            tracer_conntrack_drops_total{class,netns,namespace,pod}, \
-            tracer_netns_events_total{action,namespace,pod}, \
-            tracer_netns_flagged{flag,netns,namespace,pod}, tracer_lost_events_total{tracer}, \
+            Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
+            tracer_conntrack_drops_total{class,netns,k8s_namespace,k8s_pod}, \
+            tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
+            tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
-            statistics are on), tracer_series_dropped_total{reason}. The namespace and pod labels \
-            are those of the pod concerned (the signal's target, the namespace's owner), empty \
-            outside pods.\n\n\
+            statistics are on), tracer_series_dropped_total{reason}. The k8s_namespace and k8s_pod \
+            labels are those of the pod concerned (the signal's target, the namespace's owner), \
+            empty outside pods; Prometheus adds namespace and pod, the tracer's own.\n\n\
             Memory is bounded: at most --max-series event series exist, and the series of a pod \
             that is gone are removed after --pod-grace. SIGTERM (or Ctrl-C) detaches every \
             program and ends with a summary line.",

@@ -23,8 +23,9 @@ pub trait Event: Serialize {
 }
 
 /// A Prometheus counter family that events add to. Every family also has the labels
-/// `namespace` and `pod` (of the pod the event concerns, empty outside pods), which the
-/// metrics server uses to drop the series of pods that are gone.
+/// `k8s_namespace` and `k8s_pod` (of the pod the event concerns, empty outside pods), which
+/// the metrics server uses to drop the series of pods that are gone. (Not `namespace` and
+/// `pod`: Prometheus gives those to the scraped target, the tracer's own pod.)
 #[derive(Debug)]
 pub struct Family {
     pub name: &'static str,

@@ -28,7 +28,7 @@ use crate::{
     tracers::netns::snapshot::NamespaceReport,
 };
 
-/// The `namespace` and `pod` label values of a pod; both empty outside pods. A pod the
+/// The `k8s_namespace` and `k8s_pod` label values of a pod; both empty outside pods. A pod the
 /// runtime did not name is its UID.
 pub type PodKey = [String; 2];
 
@@ -119,7 +119,7 @@ impl Metrics {
                  bind mount), stuck (a process inside in D state), ip_conflict (an address \
                  also in another namespace). 1 per flagged namespace.",
             ),
-            &["flag", "netns", "namespace", "pod"],
+            &["flag", "netns", "k8s_namespace", "k8s_pod"],
         )?;
         registry.register(Box::new(netns_flagged.clone()))?;
         let build_info = IntGaugeVec::new(
@@ -236,7 +236,7 @@ impl Book {
     fn family(&mut self, family: &'static Family) -> Option<&IntCounterVec> {
         if !self.families.contains_key(family.name) {
             let mut labels = family.labels.to_vec();
-            labels.extend(["namespace", "pod"]);
+            labels.extend(["k8s_namespace", "k8s_pod"]);
             let registered = IntCounterVec::new(Opts::new(family.name, family.help), &labels)
                 .and_then(|vec| self.registry.register(Box::new(vec.clone())).map(|()| vec));
             match registered {
@@ -378,14 +378,14 @@ mod tests {
         assert_eq!(
             line_value(
                 &text,
-                r#"tracer_test_total{namespace="shop",pod="web",what="a"}"#
+                r#"tracer_test_total{k8s_namespace="shop",k8s_pod="web",what="a"}"#
             ),
             Some(2)
         );
         assert_eq!(
             line_value(
                 &text,
-                r#"tracer_test_total{namespace="shop",pod="db",what="a"}"#
+                r#"tracer_test_total{k8s_namespace="shop",k8s_pod="db",what="a"}"#
             ),
             Some(1)
         );
@@ -408,19 +408,19 @@ mod tests {
         m.book().forget_gone_pods(&live, start);
         m.book()
             .forget_gone_pods(&live, start + Duration::from_secs(59));
-        assert!(m.render().unwrap().contains(r#"pod="web""#));
+        assert!(m.render().unwrap().contains(r#"k8s_pod="web""#));
         m.book()
             .forget_gone_pods(&live, start + Duration::from_secs(61));
         let text = m.render().unwrap();
-        assert!(!text.contains(r#"pod="web""#), "{text}");
-        assert!(text.contains(r#"pod="db""#) && text.contains(r#"pod="""#));
+        assert!(!text.contains(r#"k8s_pod="web""#), "{text}");
+        assert!(text.contains(r#"k8s_pod="db""#) && text.contains(r#"k8s_pod="""#));
         assert_eq!(
             line_value(&text, r#"tracer_series_dropped_total{reason="pod_gone"}"#),
             Some(1)
         );
         // A pod that comes back starts its series again.
         m.count(count("a", Some(&web)));
-        assert!(m.render().unwrap().contains(r#"pod="web""#));
+        assert!(m.render().unwrap().contains(r#"k8s_pod="web""#));
     }
 
     #[test]
