@@ -210,3 +210,75 @@ fn records_the_ring_buffer_could_not_take_are_counted_for_their_tracer() {
         "the counter counts what arrived"
     );
 }
+
+#[test]
+fn prometheus_ingests_the_series_and_keeps_the_targets_labels_apart() {
+    let served = Served::start(&[]);
+    let target = sleeper(&[Signal::SIGUSR2]);
+    for _ in 0..3 {
+        send(target.pid(), Signal::SIGUSR2);
+    }
+    // A real Prometheus scraping the tracer, its target labelled the way Kubernetes service
+    // discovery labels a tracer pod.
+    let dir = TempDir::new("prometheus");
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    \
+             static_configs:\n      - targets: ['{}']\n        \
+             labels: {{namespace: tracer, pod: tracer-node-a}}\n",
+            served.address
+        ),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let _prometheus = Owned(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting prometheus (Debian package prometheus)"),
+    );
+    let query = "/api/v1/query?query=tracer_signals_total%7Bsignal%3D%22SIGUSR2%22%7D";
+    let series = wait_for(
+        "Prometheus to scrape the tracer",
+        Duration::from_secs(60),
+        || {
+            let (status, body) = std::net::TcpStream::connect(&web)
+                .ok()
+                .map(|_| get(&web, query))?;
+            let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let result = answer["data"]["result"].as_array()?.clone();
+            (status == 200 && !result.is_empty()).then_some(result)
+        },
+    );
+    assert_eq!(series.len(), 1, "{series:#?}");
+    let labels = &series[0]["metric"];
+    assert_eq!(series[0]["value"][1], "3", "{series:#?}");
+    assert_eq!(labels["result"], "ignored");
+    assert_eq!(labels["kernel_reason"], "none");
+    // The target's own labels, and ours beside them, none renamed `exported_*`.
+    assert_eq!(labels["pod"], "tracer-node-a");
+    assert_eq!(labels["namespace"], "tracer");
+    assert!(
+        labels
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("exported_")),
+        "{labels}"
+    );
+    let out = served.run.stop_with(Signal::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+}
