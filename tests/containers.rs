@@ -439,30 +439,39 @@ fn record_with_a_pod_filter_keeps_only_that_pods_signals_and_drops() {
     assert!(drops.iter().all(|d| d["netns"] == web_netns), "{drops:#?}");
 }
 
+/// The series of an ignored SIGUSR1 to one of `pod`'s processes.
+fn usr1_ignored(pod: &Pod) -> [(&'static str, &str); 5] {
+    [
+        ("signal", "SIGUSR1"),
+        ("result", "ignored"),
+        ("kernel_reason", "none"),
+        ("k8s_namespace", pod.namespace.as_str()),
+        ("k8s_pod", pod.name.as_str()),
+    ]
+}
+
 #[test]
 fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
-    let app = node.start_container(&web, "app", SLEEPER);
+    let web_app = node.start_container(&web, "app", SLEEPER);
+    let db = node.run_pod("shop", "db", false);
+    let db_app = node.start_container(&db, "app", SLEEPER);
     let grace = Duration::from_secs(2);
     let served = Served::start(&["--census-every", "1s", "--pod-grace", "2s"]);
     let sent = 3;
     for _ in 0..sent {
-        send(app.pid, Signal::SIGUSR1);
+        send(web_app.pid, Signal::SIGUSR1);
+        send(db_app.pid, Signal::SIGUSR1);
     }
-    let labels = [
-        ("signal", "SIGUSR1"),
-        ("result", "ignored"),
-        ("kernel_reason", "none"),
-        ("k8s_namespace", web.namespace.as_str()),
-        ("k8s_pod", web.name.as_str()),
-    ];
-    let value = wait_for("the pod's series", Duration::from_secs(10), || {
-        Scrape::of(&served.address)
-            .value("tracer_signals_total", &labels)
-            .filter(|v| *v >= sent as f64)
-    });
-    assert_eq!(value, sent as f64);
+    for pod in [&web, &db] {
+        let value = wait_for("the pods' series", Duration::from_secs(10), || {
+            Scrape::of(&served.address)
+                .value("tracer_signals_total", &usr1_ignored(pod))
+                .filter(|v| *v >= sent as f64)
+        });
+        assert_eq!(value, sent as f64, "{}", pod.name);
+    }
 
     let removed = Instant::now();
     node.remove_pod(&web);
@@ -479,6 +488,13 @@ fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
         removed.elapsed() >= grace,
         "dropped {:?} after the pod, before the grace period",
         removed.elapsed()
+    );
+    // The pod still running keeps its series, older than the grace period by now.
+    assert_eq!(
+        scrape.value("tracer_signals_total", &usr1_ignored(&db)),
+        Some(sent as f64),
+        "{}",
+        scrape.text
     );
     let dropped = [("reason", "pod_gone")];
     assert!(

@@ -20,19 +20,25 @@ pub enum EventKind {
     Netns = 4,
 }
 
+impl EventKind {
+    /// Every kind.
+    pub const ALL: &'static [EventKind] = &[
+        Self::Signal,
+        Self::OomVictim,
+        Self::NetfilterDrop,
+        Self::Netns,
+    ];
+}
+
 impl TryFrom<u32> for EventKind {
     type Error = u32;
 
     fn try_from(value: u32) -> Result<Self, u32> {
-        [
-            Self::Signal,
-            Self::OomVictim,
-            Self::NetfilterDrop,
-            Self::Netns,
-        ]
-        .into_iter()
-        .find(|k| *k as u32 == value)
-        .ok_or(value)
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|k| *k as u32 == value)
+            .ok_or(value)
     }
 }
 

@@ -122,19 +122,22 @@ pub enum Command {
             Runs the signals, conntrack-drops and netns tracers node-wide, writes every event as a \
             JSON line on stdout (for the cluster's log pipeline), and serves the Prometheus text \
             format on http://LISTEN/metrics and a liveness check on /healthz (200 while the event \
-            loop runs, 503 when it stalls). A census of network namespaces every --census-every \
-            sets tracer_netns_flagged and writes each newly flagged namespace on stdout.\n\n\
+            loop runs, 503 when it stalls). A census of network namespaces every --census-every, \
+            on a thread of its own, sets tracer_netns_flagged and writes each newly flagged \
+            namespace on stdout.\n\n\
             Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
             tracer_conntrack_drops_total{class,netns,k8s_namespace,k8s_pod}, \
             tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
             tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
-            statistics are on), tracer_series_dropped_total{reason}. The k8s_namespace and k8s_pod \
+            statistics are on), tracer_series_dropped_total{reason}, \
+            tracer_events_uncounted_total. The k8s_namespace and k8s_pod \
             labels are those of the pod concerned (the signal's target, the namespace's owner), \
             empty outside pods; Prometheus adds namespace and pod, the tracer's own.\n\n\
-            Memory is bounded: at most --max-series event series exist, and the series of a pod \
-            that is gone are removed after --pod-grace. SIGTERM (or Ctrl-C) detaches every \
-            program and ends with a summary line.",
+            A new series is scraped once at 0, then at its count, so that increase() sees a \
+            first event. Memory is bounded: at most --max-series event series exist, and the \
+            series of a pod or a network namespace that is gone are removed after --pod-grace. \
+            SIGTERM (or Ctrl-C) detaches every program and ends with a summary line.",
         after_help = "Examples:\n  \
             tracer serve                                   metrics on http://127.0.0.1:9435/metrics\n  \
             tracer serve --listen 0.0.0.0:9435             reachable from Prometheus on other hosts\n  \
@@ -297,9 +300,9 @@ pub struct RecordArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address and port of the HTTP server (/metrics, /healthz). Port 0 picks a free port,
-    /// printed on stderr.
-    #[arg(long, default_value = "127.0.0.1:9435", value_name = "ADDR:PORT")]
+    /// Address and port of the HTTP server (/metrics, /healthz); an IPv6 address with or
+    /// without brackets. Port 0 picks a free port, printed on stderr.
+    #[arg(long, default_value = "127.0.0.1:9435", value_name = "ADDR:PORT", value_parser = crate::serve::parse_listen)]
     pub listen: std::net::SocketAddr,
 
     /// Stop after this long; default: until SIGTERM or Ctrl-C.
@@ -319,12 +322,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub stuck_after: Duration,
 
-    /// The series of a pod that is gone are removed after this long.
+    /// The series of a pod, or of a network namespace, that is gone are removed after this
+    /// long.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub pod_grace: Duration,
 
-    /// At most this many event series; further label sets are counted in
-    /// tracer_series_dropped_total{reason="limit"} instead.
+    /// At most this many event series; the events of further label sets are counted in
+    /// tracer_events_uncounted_total instead.
     #[arg(long, default_value_t = 5000, value_name = "N")]
     pub max_series: usize,
 

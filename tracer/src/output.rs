@@ -41,6 +41,9 @@ pub struct Count<'a> {
     /// Label values, in the order of [`Family::labels`].
     pub labels: Vec<String>,
     pub pod: Option<&'a Pod>,
+    /// The network namespace (inode) the series is about, if it is about one: its series go
+    /// when the namespace does.
+    pub netns: Option<u64>,
 }
 
 /// What watches the event stream besides the writer: `tracer serve`'s metrics.

@@ -1,4 +1,5 @@
-//! `tracer record`: every tracer at once ([`Ensemble`]) into a JSON-lines file that `tracer report` turns into a timeline and findings.
+//! `tracer record`: every tracer at once ([`Ensemble`]) into a JSON-lines file that
+//! `tracer report` turns into a timeline and findings.
 
 use std::{
     collections::BTreeMap,

@@ -707,7 +707,17 @@ fn namespace_churn(n: usize) -> Result<()> {
 /// state costs (it is capped: see the LRU caches of the tracers).
 fn serve_memory(churn: usize, rows: &mut Vec<Row>) -> Result<()> {
     let a = Attacher::start(
-        ours(&["serve", "--listen", "127.0.0.1:0", "--census-every", "1s"]),
+        // A short grace, so that the gone namespaces' metric series are removed before the
+        // second reading, which then shows what the tracers keep.
+        ours(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--census-every",
+            "1s",
+            "--pod-grace",
+            "1s",
+        ]),
         false,
         false,
     )?;
@@ -716,7 +726,7 @@ fn serve_memory(churn: usize, rows: &mut Vec<Row>) -> Result<()> {
     let before = status_kib(a.child.id(), "VmRSS:").context("serve's RSS")? as f64;
     namespace_churn(churn)?;
     // Teardown runs in a kernel worker, and the census once a second.
-    thread::sleep(settle);
+    thread::sleep(settle * 2);
     let after = status_kib(a.child.id(), "VmRSS:").context("serve's RSS")? as f64;
     a.stop();
     rows.push(Row::new(

@@ -151,6 +151,9 @@ pub struct Enricher {
     /// Kept for the whole run, so that a namespace torn down after its sandbox is still named;
     /// the cookie tells a later namespace that reuses the inode apart.
     netns: LruCache<u64, (u64, Identity)>,
+    /// The sandboxes' cgroups (ids) to their namespaces (inodes), while they run: their
+    /// entries in `netns` are kept recent, so only gone sandboxes' fall out.
+    sandboxes: HashMap<u64, u64>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
@@ -173,6 +176,7 @@ impl Enricher {
             by_cgroup: HashMap::new(),
             present: HashSet::new(),
             netns: LruCache::new(MAX_SANDBOX_NETNS),
+            sandboxes: HashMap::new(),
             last_walk: None,
             by_pid: HashMap::new(),
         };
@@ -219,11 +223,17 @@ impl Enricher {
                     .or_else(|| netns_id(&netns_of_cgroup(&dir)?));
                 if let Some((inode, cookie)) = netns {
                     self.netns.put(inode, (cookie, identity.clone()));
+                    self.sandboxes.insert(id, inode);
                 }
             }
             self.by_cgroup.insert(id, identity);
         }
         self.name_pods_by_uid();
+        let present = &self.present;
+        self.sandboxes.retain(|id, _| present.contains(id));
+        for inode in self.sandboxes.values() {
+            self.netns.promote(inode);
+        }
         if self.by_cgroup.len() > MAX_CACHED {
             let present = &self.present;
             self.by_cgroup.retain(|id, _| present.contains(id));
@@ -242,12 +252,19 @@ impl Enricher {
 
     /// The pods with a container (their sandbox counts) in the latest walk: those still on
     /// the node. A pod's own cgroup is not enough: the kubelet removes it some time after the
-    /// containers.
-    pub fn present_pods(&self) -> impl Iterator<Item = &Pod> {
-        self.by_cgroup
+    /// containers. `None` when the walk cannot tell (no cgroup v2 hierarchy, or the runtime
+    /// keeps its containers in the v1 hierarchies only).
+    pub fn present_pods(&self) -> Option<Vec<&Pod>> {
+        let containers: Vec<&Identity> = self
+            .by_cgroup
             .iter()
             .filter(|(id, identity)| self.present.contains(id) && identity.container.is_some())
-            .filter_map(|(_, identity)| identity.pod.as_ref())
+            .map(|(_, identity)| identity)
+            .collect();
+        if containers.is_empty() {
+            return None;
+        }
+        Some(containers.iter().filter_map(|i| i.pod.as_ref()).collect())
     }
 
     /// Names the pods that only a UID identifies (the pod's own cgroup, a runtime's monitor

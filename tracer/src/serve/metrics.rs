@@ -2,9 +2,13 @@
 //! lost records, and the programs' run time; with a bound on the number of series.
 //!
 //! Memory stays bounded on a node that runs pods for months: a series is created only while
-//! fewer than `max_series` exist, and the series of a pod that is gone are removed once it has
-//! been gone for the grace period (so that its last increments are still scraped). Both are
-//! counted in `tracer_series_dropped_total`.
+//! fewer than `max_series` exist (events beyond are counted in
+//! `tracer_events_uncounted_total`), and the series of a pod or a network namespace that is
+//! gone are removed once it has been gone for the grace period, so that their last
+//! increments are still scraped (counted in `tracer_series_dropped_total`).
+//!
+//! A new series is shown at 0 until it has been scraped once, and only then at its count, so
+//! that `increase()` and `rate()` see a pod's first event (an only OOM kill) too.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +21,7 @@ use std::{
 
 use anyhow::Result;
 use prometheus::{
-    CounterVec, Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracer_common::EventKind;
 
@@ -42,6 +46,35 @@ pub fn pod_key(pod: Option<&Pod>) -> PodKey {
     }
 }
 
+/// What a series belongs to: it goes when its owner has been gone for the grace period.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    /// Host processes and the like: never gone.
+    Node,
+    Pod(PodKey),
+    /// A network namespace no pod is known to own.
+    Netns(u64),
+}
+
+/// What a census found alive.
+#[derive(Debug, Default)]
+pub struct Alive {
+    /// `None` when this node's pods cannot be told apart from gone ones (no cgroup v2
+    /// hierarchy holding the containers): their series are then kept.
+    pub pods: Option<HashSet<PodKey>>,
+    pub netns: HashSet<u64>,
+}
+
+impl Alive {
+    fn has(&self, owner: &Owner) -> bool {
+        match owner {
+            Owner::Node => true,
+            Owner::Pod(pod) => self.pods.as_ref().is_none_or(|pods| pods.contains(pod)),
+            Owner::Netns(inode) => self.netns.contains(inode),
+        }
+    }
+}
+
 /// Limits on what the metrics keep.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
@@ -56,16 +89,21 @@ pub struct Metrics {
     last_tick_ms: AtomicU64,
 }
 
+type SeriesKey = (&'static str, Vec<String>);
+
 struct Book {
     registry: Registry,
     bounds: Bounds,
     /// The event families, registered when their first event comes.
     families: HashMap<&'static str, IntCounterVec>,
-    /// Every event series: (family, label values with namespace and pod last) to its pod.
-    series: HashMap<(&'static str, Vec<String>), PodKey>,
-    /// Pods with series that the latest census did not find, since when.
-    gone_since: HashMap<PodKey, Instant>,
+    /// Every event series: (family, label values with namespace and pod last) to its owner.
+    series: HashMap<SeriesKey, Owner>,
+    /// New series' increments, shown from the scrape after the one that showed them at 0.
+    pending: HashMap<SeriesKey, u64>,
+    /// Owners of series that the latest census did not find, since when.
+    gone_since: HashMap<Owner, Instant>,
     dropped: IntCounterVec,
+    uncounted: IntCounter,
     lost: IntCounterVec,
     /// Per event kind: the tracer it belongs to, and the lost count already added.
     lost_seen: Vec<(&'static str, u64)>,
@@ -89,10 +127,15 @@ impl Metrics {
         };
         let dropped = counter(
             "tracer_series_dropped_total",
-            "Series not created because --max-series were in use (reason limit), or removed \
-             because their pod was gone for longer than --pod-grace (reason pod_gone).",
+            "Series removed because their pod (reason pod_gone) or network namespace (reason \
+             netns_gone) was gone for longer than --pod-grace.",
             &["reason"],
         )?;
+        let uncounted = IntCounter::new(
+            "tracer_events_uncounted_total",
+            "Events not counted in any series: theirs would have exceeded --max-series.",
+        )?;
+        registry.register(Box::new(uncounted.clone()))?;
         let lost = counter(
             "tracer_lost_events_total",
             "Records the kernel programs could not hand over (ring buffer full), by tracer.",
@@ -138,7 +181,7 @@ impl Metrics {
                 lost_seen[*kind as usize].0 = tracer;
             }
         }
-        for reason in ["limit", "pod_gone"] {
+        for reason in ["pod_gone", "netns_gone"] {
             dropped.with_label_values(&[reason]);
         }
         Ok(Self {
@@ -147,8 +190,10 @@ impl Metrics {
                 bounds,
                 families: HashMap::new(),
                 series: HashMap::new(),
+                pending: HashMap::new(),
                 gone_since: HashMap::new(),
                 dropped,
+                uncounted,
                 lost,
                 lost_seen,
                 netns_flagged,
@@ -177,12 +222,18 @@ impl Metrics {
         })
     }
 
-    /// The text exposition of every metric, with the programs' run figures read now.
+    /// The text exposition of every metric, with the programs' run figures read now. New
+    /// series shown at 0 by this call show their count from the next.
     pub fn render(&self) -> Result<String> {
+        // Listing the node's programs takes a syscall or more each: not under the lock the
+        // event loop takes for every event.
+        let ours = self.book().programs.clone();
+        let runs = programs::runs(&ours);
         let mut book = self.book();
-        book.read_programs();
+        book.add_program_runs(runs);
         let mut text = Vec::new();
         TextEncoder::new().encode(&book.registry.gather(), &mut text)?;
+        book.release_pending();
         Ok(String::from_utf8(text)?)
     }
 
@@ -207,30 +258,53 @@ impl Metrics {
         }
     }
 
-    /// Removes the series of pods not in `live` for longer than the grace period.
-    pub fn forget_gone_pods(&self, live: &HashSet<PodKey>) {
-        self.book().forget_gone_pods(live, Instant::now());
+    /// Removes the series of owners not `alive` for longer than the grace period.
+    pub fn forget_gone(&self, alive: &Alive) {
+        self.book().forget_gone(alive, Instant::now());
     }
 }
 
 impl Book {
     fn add(&mut self, count: Count<'_>) {
         let pod = pod_key(count.pod);
+        let owner = match (count.pod, count.netns) {
+            (Some(_), _) => Owner::Pod(pod.clone()),
+            (None, Some(inode)) => Owner::Netns(inode),
+            (None, None) => Owner::Node,
+        };
         let mut labels = count.labels;
-        labels.extend(pod.iter().cloned());
+        labels.extend(pod);
         let key = (count.family.name, labels);
-        if !self.series.contains_key(&key) {
-            if self.series.len() >= self.bounds.max_series {
-                self.dropped.with_label_values(&["limit"]).inc();
-                return;
-            }
-            self.series.insert(key.clone(), pod);
+        if let Some(pending) = self.pending.get_mut(&key) {
+            *pending += 1;
+            return;
+        }
+        let new = !self.series.contains_key(&key);
+        if new && self.series.len() >= self.bounds.max_series {
+            self.uncounted.inc();
+            return;
         }
         let Some(family) = self.family(count.family) else {
             return;
         };
         let values: Vec<&str> = key.1.iter().map(String::as_str).collect();
-        family.with_label_values(&values).inc();
+        let counter = family.with_label_values(&values);
+        if new {
+            self.series.insert(key.clone(), owner);
+            self.pending.insert(key, 1);
+        } else {
+            counter.inc();
+        }
+    }
+
+    /// Adds the increments of the series the last scrape showed at 0.
+    fn release_pending(&mut self) {
+        for ((family, labels), n) in self.pending.drain() {
+            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+            if let Some(vec) = self.families.get(family) {
+                vec.with_label_values(&values).inc_by(n);
+            }
+        }
     }
 
     fn family(&mut self, family: &'static Family) -> Option<&IntCounterVec> {
@@ -252,46 +326,46 @@ impl Book {
         self.families.get(family.name)
     }
 
-    fn forget_gone_pods(&mut self, live: &HashSet<PodKey>, now: Instant) {
-        let with_series: HashSet<&PodKey> = self
-            .series
-            .values()
-            .filter(|pod| !pod[1].is_empty())
-            .collect();
+    fn forget_gone(&mut self, alive: &Alive, now: Instant) {
+        let owners: HashSet<&Owner> = self.series.values().collect();
         self.gone_since
-            .retain(|pod, _| with_series.contains(pod) && !live.contains(pod));
-        for pod in with_series.into_iter().filter(|pod| !live.contains(*pod)) {
-            self.gone_since.entry(pod.clone()).or_insert(now);
+            .retain(|owner, _| owners.contains(owner) && !alive.has(owner));
+        for owner in owners.into_iter().filter(|owner| !alive.has(owner)) {
+            self.gone_since.entry(owner.clone()).or_insert(now);
         }
         let grace = self.bounds.pod_grace;
-        let expired: HashSet<PodKey> = self
+        let expired: HashSet<Owner> = self
             .gone_since
             .iter()
             .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
-            .map(|(pod, _)| pod.clone())
+            .map(|(owner, _)| owner.clone())
             .collect();
         if expired.is_empty() {
             return;
         }
-        let families = &self.families;
-        let dropped = &self.dropped;
-        self.series.retain(|(family, labels), pod| {
-            if !expired.contains(pod) {
+        let (families, dropped, pending) = (&self.families, &self.dropped, &mut self.pending);
+        self.series.retain(|key, owner| {
+            if !expired.contains(owner) {
                 return true;
             }
-            let values: Vec<&str> = labels.iter().map(String::as_str).collect();
-            if let Some(vec) = families.get(family) {
+            let values: Vec<&str> = key.1.iter().map(String::as_str).collect();
+            if let Some(vec) = families.get(key.0) {
                 let _ = vec.remove_label_values(&values);
             }
-            dropped.with_label_values(&["pod_gone"]).inc();
+            pending.remove(key);
+            let reason = match owner {
+                Owner::Netns(_) => "netns_gone",
+                Owner::Pod(_) | Owner::Node => "pod_gone",
+            };
+            dropped.with_label_values(&[reason]).inc();
             false
         });
-        self.gone_since.retain(|pod, _| !expired.contains(pod));
+        self.gone_since.retain(|owner, _| !expired.contains(owner));
     }
 
     /// Adds what the kernel counted for our programs since the last read.
-    fn read_programs(&mut self) {
-        for program in programs::runs(&self.programs) {
+    fn add_program_runs(&mut self, runs: Vec<programs::ProgramRuns>) {
+        for program in runs {
             let (runs, ns) = self.programs_seen.entry(program.id).or_default();
             self.program_runs
                 .with_label_values(&[program.name.as_str()])
@@ -351,11 +425,12 @@ mod tests {
         Metrics::new(bounds, &[("signals", &[EventKind::Signal])]).unwrap()
     }
 
-    fn count<'a>(what: &str, pod: Option<&'a Pod>) -> Count<'a> {
+    fn count<'a>(what: &str, pod: Option<&'a Pod>, netns: Option<u64>) -> Count<'a> {
         Count {
             family: &TEST_FAMILY,
             labels: vec![what.into()],
             pod,
+            netns,
         }
     }
 
@@ -365,61 +440,90 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
+    const WEB_A: &str = r#"tracer_test_total{k8s_namespace="shop",k8s_pod="web",what="a"}"#;
+
     #[test]
-    fn series_beyond_the_limit_are_counted_not_created() {
-        let m = metrics(2);
-        let (web, db) = (pod("web"), pod("db"));
-        m.count(count("a", Some(&web)));
-        m.count(count("a", Some(&web)));
-        m.count(count("a", Some(&db)));
-        m.count(count("b", Some(&db)));
-        m.count(count("c", None));
-        let text = m.render().unwrap();
-        assert_eq!(
-            line_value(
-                &text,
-                r#"tracer_test_total{k8s_namespace="shop",k8s_pod="web",what="a"}"#
-            ),
-            Some(2)
-        );
-        assert_eq!(
-            line_value(
-                &text,
-                r#"tracer_test_total{k8s_namespace="shop",k8s_pod="db",what="a"}"#
-            ),
-            Some(1)
-        );
-        assert!(!text.contains(r#"what="b""#) && !text.contains(r#"what="c""#));
-        assert_eq!(
-            line_value(&text, r#"tracer_series_dropped_total{reason="limit"}"#),
-            Some(2)
-        );
+    fn a_new_series_is_scraped_at_zero_once_then_at_its_count() {
+        let m = metrics(10);
+        let web = pod("web");
+        m.count(count("a", Some(&web), None));
+        m.count(count("a", Some(&web), None));
+        assert_eq!(line_value(&m.render().unwrap(), WEB_A), Some(0));
+        m.count(count("a", Some(&web), None));
+        assert_eq!(line_value(&m.render().unwrap(), WEB_A), Some(3));
     }
 
     #[test]
-    fn a_gone_pod_keeps_its_series_for_the_grace_period() {
+    fn events_beyond_the_series_limit_are_counted_as_uncounted() {
+        let m = metrics(2);
+        let (web, db) = (pod("web"), pod("db"));
+        m.count(count("a", Some(&web), None));
+        m.count(count("a", Some(&db), None));
+        m.count(count("b", Some(&db), None));
+        m.count(count("c", None, None));
+        m.count(count("c", None, None));
+        m.render().unwrap();
+        let text = m.render().unwrap();
+        assert_eq!(line_value(&text, WEB_A), Some(1));
+        assert!(!text.contains(r#"what="b""#) && !text.contains(r#"what="c""#));
+        assert_eq!(line_value(&text, "tracer_events_uncounted_total"), Some(3));
+    }
+
+    #[test]
+    fn series_of_a_gone_pod_or_namespace_go_after_the_grace_period() {
         let m = metrics(100);
         let (web, db) = (pod("web"), pod("db"));
-        m.count(count("a", Some(&web)));
-        m.count(count("a", Some(&db)));
-        m.count(count("a", None));
-        let live: HashSet<PodKey> = [pod_key(Some(&db))].into();
+        m.count(count("a", Some(&web), Some(7)));
+        m.count(count("a", Some(&db), None));
+        m.count(count("netns 8", None, Some(8)));
+        m.count(count("netns 9", None, Some(9)));
+        m.count(count("node", None, None));
+        m.render().unwrap();
+        let alive = Alive {
+            pods: Some([pod_key(Some(&db))].into()),
+            netns: [9].into(),
+        };
         let start = Instant::now();
-        m.book().forget_gone_pods(&live, start);
+        m.book().forget_gone(&alive, start);
         m.book()
-            .forget_gone_pods(&live, start + Duration::from_secs(59));
+            .forget_gone(&alive, start + Duration::from_secs(59));
         assert!(m.render().unwrap().contains(r#"k8s_pod="web""#));
         m.book()
-            .forget_gone_pods(&live, start + Duration::from_secs(61));
+            .forget_gone(&alive, start + Duration::from_secs(61));
         let text = m.render().unwrap();
-        assert!(!text.contains(r#"k8s_pod="web""#), "{text}");
-        assert!(text.contains(r#"k8s_pod="db""#) && text.contains(r#"k8s_pod="""#));
+        let shown: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tracer_test_total"))
+            .collect();
+        // web is gone (with its namespace 7); db stays; of the namespaces without a pod, 8 is
+        // gone and 9 stays; the node's series stays.
+        assert_eq!(shown.len(), 3, "{text}");
+        for kept in [r#"k8s_pod="db""#, r#"what="netns 9""#, r#"what="node""#] {
+            assert!(shown.iter().any(|l| l.contains(kept)), "{kept}: {text}");
+        }
         assert_eq!(
             line_value(&text, r#"tracer_series_dropped_total{reason="pod_gone"}"#),
             Some(1)
         );
+        assert_eq!(
+            line_value(&text, r#"tracer_series_dropped_total{reason="netns_gone"}"#),
+            Some(1)
+        );
         // A pod that comes back starts its series again.
-        m.count(count("a", Some(&web)));
+        m.count(count("a", Some(&web), None));
+        assert!(m.render().unwrap().contains(r#"k8s_pod="web""#));
+    }
+
+    #[test]
+    fn pods_are_kept_when_the_census_cannot_tell_which_are_alive() {
+        let m = metrics(10);
+        let web = pod("web");
+        m.count(count("a", Some(&web), None));
+        let unknown = Alive::default();
+        let start = Instant::now();
+        m.book().forget_gone(&unknown, start);
+        m.book()
+            .forget_gone(&unknown, start + Duration::from_secs(3600));
         assert!(m.render().unwrap().contains(r#"k8s_pod="web""#));
     }
 

@@ -7,14 +7,18 @@ mod programs;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::TcpListener,
-    sync::Arc,
-    time::{Duration, Instant},
+    net::{IpAddr, SocketAddr, TcpListener},
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender},
+        Arc,
+    },
+    thread,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 
-use self::metrics::{pod_key, Bounds, Metrics, PodKey};
+use self::metrics::{pod_key, Alive, Bounds, Metrics};
 use crate::{
     cli::{RunArgs, ServeArgs},
     enrich::identity::Enricher,
@@ -22,22 +26,83 @@ use crate::{
     session::{prepare, trace_into},
     tracers::{
         ensemble::{every_tracer, Companion, Ensemble},
-        netns::snapshot,
+        netns::snapshot::{self, NamespaceReport},
         Tracer as _,
     },
 };
 
-/// `serve`'s part besides the tracers: every `every`, a census of the network namespaces
-/// (their flags, to the metrics; namespaces newly flagged, to stdout) and of the pods still
-/// running (the series of the others are dropped after the grace period).
-struct Census {
+/// `--listen`: `ADDR:PORT`, an IPv6 address with or without brackets (`fd00::1:9435`, as
+/// `$(HOST_IP):9435` gives on an IPv6 node).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let (ip, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` is not ADDR:PORT"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("`{ip}` is not an IP address"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` is not a port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Every `every`, on a thread of its own: a census of the network namespaces (their flags,
+/// to the metrics) and of what is alive (the series of pods and namespaces gone are dropped
+/// after the grace period). Its own thread because a namespace's rtnetlink dump can wait on
+/// the kernel's rtnl lock for long, in just the incidents it is there to see, and the event
+/// loop (and /healthz) must not wait with it. Sends the flagged namespaces to the pipeline.
+fn start_census(
     metrics: Arc<Metrics>,
-    enricher: Enricher,
     every: Duration,
     stuck_after: Duration,
-    last: Option<Instant>,
+) -> Result<(SyncSender<()>, Receiver<Vec<NamespaceReport>>)> {
+    let (stop, stopped) = mpsc::sync_channel::<()>(1);
+    let (found, flagged) = mpsc::sync_channel(1);
+    thread::Builder::new()
+        .name("census".into())
+        .spawn(move || {
+            let mut enricher = Enricher::new();
+            loop {
+                enricher.refresh();
+                let reports = snapshot::take_with(&enricher, stuck_after);
+                metrics.set_netns_flags(&reports);
+                let alive = Alive {
+                    pods: enricher
+                        .present_pods()
+                        .map(|pods| pods.into_iter().map(|p| pod_key(Some(p))).collect()),
+                    netns: reports.iter().map(|r| r.inode).collect(),
+                };
+                metrics.forget_gone(&alive);
+                let reports: Vec<_> = reports
+                    .into_iter()
+                    .filter(|r| !r.flags.is_empty())
+                    .collect();
+                // The pipeline takes them at its next flush; a census it has not taken yet
+                // is replaced by this one.
+                let _ = found.try_send(reports);
+                match stopped.recv_timeout(every) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        })
+        .context("starting the census thread")?;
+    Ok((stop, flagged))
+}
+
+/// `serve`'s part in the pipeline: names our programs to the metrics once loaded, and writes
+/// each newly flagged namespace the census found.
+struct Census {
+    metrics: Arc<Metrics>,
+    flagged: Receiver<Vec<NamespaceReport>>,
+    /// Stops the census thread when dropped (the thread is not waited for: it may be stuck
+    /// in the kernel, and the process is ending).
+    _stop: SyncSender<()>,
     /// The (namespace, flag) pairs of the previous census, so that a flag is written once.
-    flagged: HashSet<(u64, &'static str)>,
+    written: HashSet<(u64, &'static str)>,
 }
 
 impl Companion for Census {
@@ -49,34 +114,24 @@ impl Companion for Census {
         &mut self,
         _events: &BTreeMap<&'static str, u64>,
         out: &mut Output,
-        final_flush: bool,
+        _final_flush: bool,
     ) -> Result<()> {
-        if final_flush || self.last.is_some_and(|t| t.elapsed() < self.every) {
+        let Ok(reports) = self.flagged.try_recv() else {
             return Ok(());
-        }
-        self.last = Some(Instant::now());
-        self.enricher.refresh();
-        let reports = snapshot::take_with(&self.enricher, self.stuck_after);
-        self.metrics.set_netns_flags(&reports);
-        let mut flagged = HashSet::new();
+        };
+        let mut now = HashSet::new();
         for report in &reports {
             let flags: Vec<_> = report
                 .flags
                 .iter()
                 .map(|f| (report.inode, f.flag))
                 .collect();
-            if flags.iter().any(|f| !self.flagged.contains(f)) {
+            if flags.iter().any(|f| !self.written.contains(f)) {
                 out.event(report)?;
             }
-            flagged.extend(flags);
+            now.extend(flags);
         }
-        self.flagged = flagged;
-        let live: HashSet<PodKey> = self
-            .enricher
-            .present_pods()
-            .map(|pod| pod_key(Some(pod)))
-            .collect();
-        self.metrics.forget_gone_pods(&live);
+        self.written = now;
         Ok(())
     }
 }
@@ -99,14 +154,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let tracers = every_tracer(btf, &Default::default(), Default::default())?;
         let kinds: Vec<_> = tracers.iter().map(|t| (t.name(), t.kinds())).collect();
         let metrics = Arc::new(Metrics::new(bounds, &kinds)?);
+        let (stop, flagged) = start_census(metrics.clone(), args.census_every, args.stuck_after)?;
         shared = Some(metrics.clone());
         let census = Census {
-            metrics,
-            enricher: Enricher::new(),
-            every: args.census_every,
-            stuck_after: args.stuck_after,
-            last: None,
-            flagged: HashSet::new(),
+            metrics: metrics.clone(),
+            flagged,
+            _stop: stop,
+            written: HashSet::new(),
         };
         Ok(Ensemble::new("serve", "", tracers, census))
     })?;
@@ -129,4 +183,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let traced = trace_into(&mut ensemble, kernel, &run, out);
     drop(server);
     traced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_with_and_without_brackets() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9435"),
+            Ok("127.0.0.1:9435".parse().unwrap())
+        );
+        assert_eq!(parse_listen("[fd00::1]:9435"), parse_listen("fd00::1:9435"));
+        assert_eq!(parse_listen("::1:0"), Ok("[::1]:0".parse().unwrap()));
+        assert!(parse_listen("localhost:9435").is_err());
+        assert!(parse_listen("127.0.0.1").is_err());
+        assert!(parse_listen("127.0.0.1:99999").is_err());
+    }
 }

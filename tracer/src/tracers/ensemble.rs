@@ -80,13 +80,9 @@ impl<C: Companion> Tracer for Ensemble<C> {
         self.tracers.iter().flat_map(|t| t.hooks()).collect()
     }
 
+    /// Every kind: `on_record` hands each to the tracer owning it.
     fn kinds(&self) -> &'static [EventKind] {
-        &[
-            EventKind::Signal,
-            EventKind::OomVictim,
-            EventKind::NetfilterDrop,
-            EventKind::Netns,
-        ]
+        EventKind::ALL
     }
 
     fn human_header(&self) -> String {

@@ -240,6 +240,7 @@ impl Event for ConntrackDrop {
             family: &DROPS_TOTAL,
             labels: vec![self.class.name().into(), self.netns.to_string()],
             pod: self.pod.as_ref(),
+            netns: Some(self.netns.into()),
         })
     }
 

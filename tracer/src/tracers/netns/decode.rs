@@ -103,6 +103,7 @@ impl Event for NetnsRecord {
             family: &NETNS_EVENTS_TOTAL,
             labels: vec![self.action.into()],
             pod: self.pod.as_ref(),
+            netns: None,
         })
     }
 

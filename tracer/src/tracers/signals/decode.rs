@@ -257,6 +257,7 @@ impl Event for SignalRecord {
             family: &SIGNALS_TOTAL,
             labels: vec![self.signal.clone(), self.result.into(), reason.into()],
             pod: self.target.pod.as_ref(),
+            netns: None,
         })
     }
 
