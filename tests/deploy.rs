@@ -14,13 +14,14 @@ use k8s_cri::v1::{
     Capability, ContainerConfig, ImageSpec, Int64Value, LinuxContainerConfig,
     LinuxContainerSecurityContext, Mount, MountPropagation, SecurityProfile,
 };
+use nix::sys::signal::Signal;
 use serde::Deserialize as _;
 use serde_json::Value;
 use tracer_tests::{
     cri::CriNode,
     in_netns, ours_left_behind,
     scrape::{get, Scrape},
-    TempDir,
+    send, TempDir,
 };
 
 /// What the kubelet would put for `$(HOST_IP)`: the test pod's "host network" is the test
@@ -242,7 +243,7 @@ fn propagates(path: &Path) -> bool {
 
 /// The DaemonSet's container as the kubelet hands it to the runtime: its image, capabilities,
 /// root filesystem, seccomp profile, user and host-path mounts, running `args`.
-fn cri_config(args: &[&str]) -> ContainerConfig {
+fn cri_config(args: &[&str], node: &CriNode) -> ContainerConfig {
     let spec = pod_spec();
     let container = container();
     let security = &container["securityContext"];
@@ -254,7 +255,11 @@ fn cri_config(args: &[&str]) -> ContainerConfig {
             .iter()
             .find(|v| v["name"] == mount["name"])
             .unwrap();
-        let host_path = PathBuf::from(volume["hostPath"]["path"].as_str().unwrap());
+        let mut host_path = PathBuf::from(volume["hostPath"]["path"].as_str().unwrap());
+        // The test node's containerd keeps its tasks where a node's keeps them at that path.
+        if host_path == Path::new("/run/containerd/io.containerd.runtime.v2.task") {
+            host_path = node.containerd_tasks_dir();
+        }
         // containerd would create a missing directory on the machine: the runtimes this
         // machine lacks stay unmounted.
         if !host_path.exists() {
@@ -379,7 +384,8 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
         .map(|a| a.replace("$(HOST_IP)", HOST_IP))
         .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let tracer = node.start_container_with(&pod, "tracer", cri_config(&args));
+    let config = cri_config(&args, &node);
+    let tracer = node.start_container_with(&pod, "tracer", config);
     let log = || fs::read_to_string(&tracer.log).unwrap_or_default();
     let port = args
         .iter()
@@ -412,6 +418,45 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
     if let Err(complaint) = scrape.promtool_check() {
         panic!("promtool check metrics: {complaint}");
     }
+    // Through its mounts (cgroups, containerd's bundles), the tracer in the container names
+    // the pod of a process it sees signalled.
+    let web = node.run_pod("shop", "web", false);
+    let app = node.start_container(
+        &web,
+        "app",
+        &["/bin/sh", "-c", "trap '' USR1; exec sleep 600"],
+    );
+    for _ in 0..2 {
+        send(app.pid, Signal::SIGUSR1);
+    }
+    let labels: Vec<(String, String)> = [
+        ("signal", "SIGUSR1"),
+        ("result", "ignored"),
+        ("kernel_reason", "none"),
+        ("k8s_namespace", web.namespace.as_str()),
+        ("k8s_pod", web.name.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let address = format!("{HOST_IP}:{port}");
+    let counted = in_netns(&netns, move || {
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let value = Scrape::of(&address).value("tracer_signals_total", &labels);
+            if value == Some(2.0) {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Scrape::of(&address).value("tracer_signals_total", &labels)
+    });
+    assert_eq!(counted, Some(2.0), "the pod's signals, named:\n{}", log());
+    node.remove_pod(&web);
     // Deleting the pod: SIGTERM, on which the tracer detaches and ends with its summary,
     // well within the DaemonSet's grace period.
     let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();

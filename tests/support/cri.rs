@@ -296,6 +296,14 @@ impl CriNode {
         self.footprint.socket()
     }
 
+    /// containerd's task directory (its bundles, with their `config.json`): what a node has
+    /// at /run/containerd/io.containerd.runtime.v2.task.
+    pub fn containerd_tasks_dir(&self) -> PathBuf {
+        self.footprint
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+    }
+
     /// The node's own network namespace (its bind mount): where `hostNetwork` pods run.
     pub fn netns_path(&self) -> String {
         format!("/run/netns/{}", self.footprint.name())
