@@ -298,3 +298,24 @@ fn prometheus_ingests_the_series_and_keeps_the_targets_labels_apart() {
     let out = served.run.stop_with(Signal::SIGTERM);
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+#[test]
+fn no_events_counts_everything_and_logs_only_the_summary() {
+    let served = Served::start(&["--no-events", "--census-every", "1s"]);
+    let orphan = Netns::new("quiet");
+    let target = sleeper(&[Signal::SIGUSR2]);
+    for _ in 0..3 {
+        send(target.pid(), Signal::SIGUSR2);
+    }
+    let orphaned = orphan.inode().to_string();
+    wait_for("the counts", Duration::from_secs(10), || {
+        let scrape = Scrape::of(&served.address);
+        let flagged = scrape.series_with("tracer_netns_flagged", "netns", &orphaned) == 1;
+        let signals = scrape.value("tracer_signals_total", &host_signal("SIGUSR2", "ignored"));
+        (flagged && signals >= Some(3.0)).then_some(())
+    });
+    let out = served.run.stop_with(Signal::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.len(), 1, "{:#?}", out.stdout);
+    assert!(out.summary()["signals"]["by_signal"]["SIGUSR2"].as_u64() >= Some(3));
+}

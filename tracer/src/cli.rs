@@ -142,6 +142,7 @@ pub enum Command {
             tracer serve                                   metrics on http://127.0.0.1:9435/metrics\n  \
             tracer serve --listen 0.0.0.0:9435             reachable from Prometheus on other hosts\n  \
             tracer serve --bpf-stats                       also the kernel programs' run time\n  \
+            tracer serve --no-events                       metrics only, nothing logged per event\n  \
             curl -s localhost:9435/metrics | grep '^tracer_signals_total'"
     )]
     Serve(ServeArgs),
@@ -331,6 +332,11 @@ pub struct ServeArgs {
     /// tracer_events_uncounted_total instead.
     #[arg(long, default_value_t = 5000, value_name = "N")]
     pub max_series: usize,
+
+    /// Write no events on stdout (only the final summary): metrics only, for nodes whose log
+    /// pipeline should not carry every signal.
+    #[arg(long)]
+    pub no_events: bool,
 
     /// Turn the kernel's BPF run-time statistics on while serving (they cost some
     /// nanoseconds per program run), for tracer_program_run_seconds_total.

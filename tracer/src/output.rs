@@ -71,6 +71,8 @@ pub struct Output {
     /// Column header, written before the first event in human format.
     header: Option<String>,
     observer: Option<Arc<dyn Observer + Send + Sync>>,
+    /// Events go to the observer only (the summary is still written).
+    events_to_observer_only: bool,
 }
 
 impl Output {
@@ -80,12 +82,18 @@ impl Output {
             out: Box::new(BufWriter::with_capacity(64 * 1024, io::stdout())),
             header: (format == Format::Human).then_some(header),
             observer: None,
+            events_to_observer_only: false,
         }
     }
 
-    /// Also hands every event to `observer`.
-    pub fn observed_by(mut self, observer: Arc<dyn Observer + Send + Sync>) -> Self {
+    /// Also hands every event to `observer`; with `observer_only`, only to it.
+    pub fn observed_by(
+        mut self,
+        observer: Arc<dyn Observer + Send + Sync>,
+        observer_only: bool,
+    ) -> Self {
         self.observer = Some(observer);
+        self.events_to_observer_only = observer_only;
         self
     }
 
@@ -104,6 +112,7 @@ impl Output {
             out: Box::new(file),
             header: None,
             observer: None,
+            events_to_observer_only: false,
         }
     }
 
@@ -118,6 +127,9 @@ impl Output {
     pub fn event(&mut self, event: &impl Event) -> io::Result<()> {
         if let Some((observer, count)) = self.observer.as_ref().zip(event.count()) {
             observer.count(count);
+        }
+        if self.events_to_observer_only {
+            return Ok(());
         }
         match self.format {
             Format::Json => {

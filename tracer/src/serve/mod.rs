@@ -173,7 +173,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .context("turning the kernel's BPF statistics on (--bpf-stats)")?;
     let server = http::Server::start(listener, metrics.clone())?;
     eprintln!("tracer: serving http://{address}/metrics and http://{address}/healthz");
-    let out = Output::new(Format::Json, ensemble.human_header()).observed_by(metrics);
+    let out =
+        Output::new(Format::Json, ensemble.human_header()).observed_by(metrics, args.no_events);
     let run = RunArgs {
         json: true,
         duration: args.duration,
