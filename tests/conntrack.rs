@@ -2,10 +2,7 @@
 //! table, and firewall drops, in namespaces the tests create, each checked against the
 //! namespace's own conntrack counters and what the client saw.
 
-use std::{
-    net::UdpSocket,
-    time::{Duration, Instant},
-};
+use std::{net::UdpSocket, time::Duration};
 
 use serde_json::Value;
 use tracer_tests::{net::*, TracerRun};
@@ -36,12 +33,7 @@ fn insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
     // collide, which the kernel cannot resolve.
     let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
     // Packets a firewall rule drops, in the same run.
-    let blocked = t.node.run_inside(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        (0..20)
-            .filter(|_| s.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err())
-            .count() as u64
-    });
+    let blocked = t.node.send_blocked(20, Duration::from_secs(30));
 
     let out = run.stop();
     let kernel = t.node.conntrack_counters().since(&before);
@@ -195,20 +187,7 @@ fn a_flood_of_drops_is_reported_in_full_or_the_shortfall_is_counted() {
     let t = topology();
     let inode = t.node.inode();
     let run = TracerRun::start(&["conntrack-drops", "--json", "--netns", &inode.to_string()]);
-    let refused = t.node.run_inside(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut refused = 0u64;
-        for _ in 0..50_000 {
-            if s.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err() {
-                refused += 1;
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-        }
-        refused
-    });
+    let refused = t.node.send_blocked(50_000, Duration::from_secs(30));
     let out = run.stop();
     let reported = drops_in(&out.of_type("conntrack_drop"), inode, "rule").len() as u64;
     let lost = out.summary()["lost"].as_u64().unwrap();

@@ -5,7 +5,7 @@
 
 use std::{
     io::Write as _,
-    net::{TcpStream, UdpSocket},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -42,12 +42,7 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     }
     // The reply-tuple insert race through DNAT, and packets a firewall rule drops.
     let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
-    let blocked = t.node.run_inside(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        (0..20)
-            .filter(|_| s.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err())
-            .count() as f64
-    });
+    let blocked = t.node.send_blocked(20, Duration::from_secs(30)) as f64;
     let kernel = t.node.conntrack_counters().since(&before);
     assert!(
         kernel.insert_failed > 0,

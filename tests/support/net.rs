@@ -69,6 +69,20 @@ impl Netns {
         crate::in_netns(&self.path(), f)
     }
 
+    /// Sends `count` UDP packets from inside to [`VIP_A`]:[`BLOCKED_PORT`], which
+    /// [`node_ruleset`] drops, for at most `within`; returns how many the kernel refused
+    /// (sendto fails with EPERM when netfilter drops the packet on its way out).
+    pub fn send_blocked(&self, count: u64, within: Duration) -> u64 {
+        self.run_inside(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let deadline = Instant::now() + within;
+            (0..count)
+                .take_while(|_| Instant::now() < deadline)
+                .filter(|_| socket.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err())
+                .count() as u64
+        })
+    }
+
     /// The namespace's conntrack counters summed over CPUs, read by the kernel's own
     /// `/proc/net/stat/nf_conntrack` inside it (through thread-self: `/proc/net` follows the
     /// process, not the thread that entered the namespace).
