@@ -16,12 +16,20 @@ use tracer_tests::{
     cri::{self, Container, CriNode, Footprint, Pod},
     ours_left_behind,
     scrape::{Scrape, Served},
-    send, sleeper, tracer, wait_for, Owned, TempDir, TracerOutput, TracerRun,
+    send, sleeper, tracer, wait_for, wait_until_ignored, Owned, TempDir, TracerOutput, TracerRun,
 };
 
 /// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
 /// so that the tests' signals leave it running.
 const SLEEPER: &[&str] = &["/bin/sh", "-c", "trap '' USR1 USR2; exec sleep 3600"];
+
+/// Starts a [`SLEEPER`] container, returning once its process ignores the tests' signals.
+fn start_sleeper(node: &mut CriNode, pod: &Pod, name: &str) -> Container {
+    let container = node.start_container(pod, name, SLEEPER);
+    wait_until_ignored(container.pid, Signal::SIGUSR1);
+    wait_until_ignored(container.pid, Signal::SIGUSR2);
+    container
+}
 
 /// Checks one side of a signal against the container and pod the runtime created.
 fn assert_identity(process: &Value, container: &Container, name: &str, pod: &Pod) {
@@ -47,7 +55,7 @@ fn assert_identity(process: &Value, container: &Container, name: &str, pod: &Pod
 fn signal_from_the_host_names_the_killed_containers_pod() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
-    let app = node.start_container(&web, "app", SLEEPER);
+    let app = start_sleeper(&mut node, &web, "app");
     let run = TracerRun::start(&["signals", "--json", "--pid", &app.pid.to_string()]);
     let human = TracerRun::start(&["signals", "--pid", &app.pid.to_string()]);
     // The app ignores SIGUSR1; SIGKILL kills it, so the tracer must name a process (and soon
@@ -101,11 +109,11 @@ fn signal_between_containers_of_two_pods_names_both() {
     let mut node = CriNode::up();
     // The sender's pod shares the node's pid namespace, so it can name the target's pid.
     let client = node.run_pod("shop", "client", true);
-    let killer = node.start_container(&client, "killer", SLEEPER);
+    let killer = start_sleeper(&mut node, &client, "killer");
     // The tracer starts before the target's pod exists: its cgroup is unknown at start-up.
     let run = TracerRun::start(&["signals", "--json", "--signal", "USR2"]);
     let db = node.run_pod("store", "db", false);
-    let postgres = node.start_container(&db, "postgres", SLEEPER);
+    let postgres = start_sleeper(&mut node, &db, "postgres");
     let status = node.exec(&killer, &["/bin/kill", "-USR2", &postgres.pid.to_string()]);
     assert_eq!(status, 0, "kill in the killer container");
     let out = run.stop();
@@ -191,8 +199,8 @@ fn conntrack_drop_in_a_pods_netns_names_the_pod_and_pod_filter_selects_it() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
     let db = node.run_pod("store", "db", false);
-    let web_app = node.start_container(&web, "app", SLEEPER);
-    let db_app = node.start_container(&db, "postgres", SLEEPER);
+    let web_app = start_sleeper(&mut node, &web, "app");
+    let db_app = start_sleeper(&mut node, &db, "postgres");
     let (web_netns, db_netns) = (netns_inode(web_app.pid), netns_inode(db_app.pid));
     for app in [&web_app, &db_app] {
         block_port_in_netns_of(app.pid);
@@ -244,7 +252,7 @@ fn conntrack_drop_in_a_pods_netns_names_the_pod_and_pod_filter_selects_it() {
 fn pod_sandbox_netns_is_named_in_the_snapshot_and_its_teardown() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
-    let app = node.start_container(&web, "app", SLEEPER);
+    let app = start_sleeper(&mut node, &web, "app");
     let inode = netns_inode(app.pid);
     let snapshot = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
     let stdout = String::from_utf8_lossy(&snapshot.stdout);
@@ -289,15 +297,42 @@ fn pod_sandbox_netns_is_named_in_the_snapshot_and_its_teardown() {
 }
 
 #[test]
+fn doctor_names_the_pods_it_can_see_and_where_their_state_is() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let _app = start_sleeper(&mut node, &web, "app");
+    let out = tracer(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor failed: {text}");
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("no `{what}` line:\n{text}"))
+            .to_string()
+    };
+    let state = line("runtime state");
+    assert!(
+        state.contains(&node.containerd_tasks_dir().display().to_string()),
+        "{state}"
+    );
+    let named = line("containers and pods");
+    // The node runs the sandbox and the app: both described, in the one pod.
+    assert!(named.contains(" ok "), "{named}");
+    assert!(named.contains("2 of 2 containers"), "{named}");
+    assert!(named.contains("e.g. pod shop/web"), "{named}");
+    node.down();
+}
+
+#[test]
 fn cri_node_leaves_nothing_behind() {
     let mut node = CriNode::up();
     let pod = node.run_pod("shop", "web", false);
-    let app = node.start_container(&pod, "app", SLEEPER);
+    let app = start_sleeper(&mut node, &pod, "app");
     assert!(std::path::Path::new(&format!("/proc/{}", app.pid)).exists());
     // One pod removed the kubelet's way, one left for the teardown to find.
     node.remove_pod(&pod);
     let other = node.run_pod("shop", "other", false);
-    let other_app = node.start_container(&other, "app", SLEEPER);
+    let other_app = start_sleeper(&mut node, &other, "app");
     let footprint = node.footprint();
     node.down();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -314,7 +349,7 @@ fn cri_node_is_removed_when_a_test_fails_half_way() {
     let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut node = CriNode::up();
         let pod = node.run_pod("shop", "web", false);
-        node.start_container(&pod, "app", SLEEPER);
+        start_sleeper(&mut node, &pod, "app");
         footprint = Some(node.footprint());
         panic!("an assertion fails with a pod running");
     }));
@@ -328,8 +363,8 @@ fn workload_filter_follows_the_pod_across_a_container_restart() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
     let other = node.run_pod("shop", "other", false);
-    let app = node.start_container(&web, "app", SLEEPER);
-    let other_app = node.start_container(&other, "app", SLEEPER);
+    let app = start_sleeper(&mut node, &web, "app");
+    let other_app = start_sleeper(&mut node, &other, "app");
     let run = TracerRun::start(&[
         "signals",
         "--json",
@@ -344,7 +379,7 @@ fn workload_filter_follows_the_pod_across_a_container_restart() {
     send(other_app.pid, Signal::SIGUSR1);
     // The container crashes and the kubelet starts it again: a new container id and cgroup.
     send(app.pid, Signal::SIGKILL);
-    let restarted = node.start_container(&web, "app", SLEEPER);
+    let restarted = start_sleeper(&mut node, &web, "app");
     assert_ne!(restarted.id, app.id);
     // The tracer looks for new cgroups twice a second.
     std::thread::sleep(Duration::from_secs(2));
@@ -366,7 +401,7 @@ fn cri_node_of_a_killed_test_process_is_removed_by_the_next_node() {
     if let Some(report) = std::env::var_os("TRACER_CRI_HELPER_REPORT") {
         let mut node = CriNode::up();
         let pod = node.run_pod("shop", "web", false);
-        node.start_container(&pod, "app", SLEEPER);
+        start_sleeper(&mut node, &pod, "app");
         std::fs::write(report, node.footprint().name()).unwrap();
         std::thread::sleep(Duration::from_secs(120));
         return;
@@ -406,8 +441,8 @@ fn record_with_a_pod_filter_keeps_only_that_pods_signals_and_drops() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
     let db = node.run_pod("store", "db", false);
-    let web_app = node.start_container(&web, "app", SLEEPER);
-    let db_app = node.start_container(&db, "postgres", SLEEPER);
+    let web_app = start_sleeper(&mut node, &web, "app");
+    let db_app = start_sleeper(&mut node, &db, "postgres");
     let web_netns = netns_inode(web_app.pid);
     for app in [&web_app, &db_app] {
         block_port_in_netns_of(app.pid);
@@ -454,9 +489,9 @@ fn usr1_ignored(pod: &Pod) -> [(&'static str, &str); 5] {
 fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
     let mut node = CriNode::up();
     let web = node.run_pod("shop", "web", false);
-    let web_app = node.start_container(&web, "app", SLEEPER);
+    let web_app = start_sleeper(&mut node, &web, "app");
     let db = node.run_pod("shop", "db", false);
-    let db_app = node.start_container(&db, "app", SLEEPER);
+    let db_app = start_sleeper(&mut node, &db, "app");
     let grace = Duration::from_secs(2);
     let served = Served::start(&["--census-every", "1s", "--pod-grace", "2s"]);
     let sent = 3;

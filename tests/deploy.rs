@@ -21,7 +21,7 @@ use tracer_tests::{
     cri::CriNode,
     in_netns, ours_left_behind,
     scrape::{get, Scrape},
-    send, TempDir,
+    send, wait_until_ignored, TempDir,
 };
 
 /// What the kubelet would put for `$(HOST_IP)`: the test pod's "host network" is the test
@@ -135,10 +135,10 @@ fn ports_mounts_capabilities_and_docs_agree() {
     let (name, number) = (&port["name"], &port["containerPort"]);
     // A probe or a targetPort may name the port or give its number.
     let is_the_port = |v: &Value| v == name || v == number;
-    for probe in ["livenessProbe", "readinessProbe"] {
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &container[probe]["httpGet"];
         assert!(is_the_port(&get["port"]), "{probe} port {}", get["port"]);
-        assert_eq!(get["path"], "/healthz", "{probe}");
+        assert_eq!(get["path"], path, "{probe}");
     }
     let args = strings(&container["args"]);
     let listen = args
@@ -394,19 +394,31 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
         .to_string();
     let address = format!("{HOST_IP}:{port}");
     let netns = node.netns_path();
-    // The probes' view: /healthz answers 200 once the programs run, /metrics is valid.
-    let scrape = in_netns(&netns, move || {
+    // The probes' view: /healthz answers 200 once the programs run, /readyz once the census
+    // names the node's containers (the tracer's own pod among them), /metrics is valid.
+    let (scrape, ready) = in_netns(&netns, move || {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ready = (0, String::new());
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(&address).is_ok() && get(&address, "/healthz").0 == 200
             {
-                return Some(Scrape::of(&address));
+                ready = get(&address, "/readyz");
+                if ready.0 == 200 {
+                    return (Some(Scrape::of(&address)), ready);
+                }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        None
+        (None, ready)
     });
-    let scrape = scrape.unwrap_or_else(|| panic!("/healthz never answered 200:\n{}", log()));
+    let scrape = scrape.unwrap_or_else(|| {
+        panic!(
+            "/healthz and /readyz never both answered 200 (readyz: {ready:?}):\n{}",
+            log()
+        )
+    });
+    let own_pod = format!("pod {}/{}", pod.namespace, pod.name);
+    assert!(ready.1.contains(&own_pod), "{ready:?}, expected {own_pod}");
     // The binary in the image is the version the image is tagged with.
     let version = image.rsplit(':').next().unwrap();
     assert_eq!(
@@ -426,6 +438,7 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
         "app",
         &["/bin/sh", "-c", "trap '' USR1; exec sleep 600"],
     );
+    wait_until_ignored(app.pid, Signal::SIGUSR1);
     for _ in 0..2 {
         send(app.pid, Signal::SIGUSR1);
     }

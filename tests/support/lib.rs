@@ -428,6 +428,23 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Waits until process `pid` ignores `signal` (its `SigIgn` mask has it): a container's
+/// process is still the runtime's init, which does not ignore it, for a moment after the
+/// runtime said it started.
+pub fn wait_until_ignored(pid: u32, signal: Signal) {
+    let bit = 1u64 << (signal as i32 - 1);
+    wait_for(
+        &format!("pid {pid} to ignore {signal}"),
+        Duration::from_secs(10),
+        || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+            (mask & bit != 0).then_some(())
+        },
+    );
+}
+
 /// Sends `signal` to `pid`, panicking on failure.
 pub fn send(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("sending signal");

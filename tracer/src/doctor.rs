@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::{
+    enrich::identity::Enricher,
     hooks::{self, KernelContext, LoadOptions},
     kernel::{
         btf::{KernelBtf, VMLINUX_BTF},
@@ -38,8 +39,8 @@ fn all_tracers(btf: &KernelBtf) -> Vec<Result<Box<dyn Tracer>>> {
     ]
 }
 
-/// Prints the report. Exit 0 when every tracer has a usable path, 1 when one has not, 2 when
-/// nothing can run (no privilege, no BTF).
+/// Prints the report. Exit 0 when every tracer has a usable path and containers can be named,
+/// 1 when not, 2 when nothing can run (no privilege, no BTF).
 pub fn run() -> Result<ExitCode> {
     let kernel = nix::sys::utsname::uname()
         .map(|u| {
@@ -124,6 +125,29 @@ pub fn run() -> Result<ExitCode> {
             }
         }
     }
+    println!("identity:");
+    let status = Enricher::new().status();
+    let dirs: Vec<String> = status
+        .state_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    line(
+        "runtime state",
+        !dirs.is_empty(),
+        &if dirs.is_empty() {
+            "no runtime's state directory found".to_string()
+        } else {
+            dirs.join(", ")
+        },
+    );
+    let verdict = status.verdict();
+    all_usable &= verdict.is_ok();
+    line(
+        "containers and pods",
+        verdict.is_ok(),
+        verdict.as_ref().unwrap_or_else(|e| e),
+    );
     Ok(if all_usable {
         ExitCode::SUCCESS
     } else {

@@ -4,6 +4,12 @@
 //! already exited (the victim of a SIGKILL is gone before userspace reads the event) is still
 //! named: its cgroup was seen either at start-up or when the first unknown id triggered a new
 //! walk of the hierarchy. Identities of cgroups that disappeared are kept for the whole run.
+//!
+//! An unknown id is looked for by a new walk unless the last walk began after the event: a
+//! cgroup that existed when the event happened and that such a walk did not see is gone, and
+//! any other rule (a minimum interval between walks) leaves the first events of a container
+//! started just after a walk unnamed. A container whose runtime state was not found yet is
+//! looked up again at every walk while its cgroup exists.
 
 use std::num::NonZeroUsize;
 use std::{
@@ -19,7 +25,7 @@ use lru::LruCache;
 
 use serde::Serialize;
 
-use crate::kernel::netns;
+use crate::{clock::Clock, kernel::netns};
 
 use super::{
     cgroup,
@@ -29,10 +35,6 @@ use super::{
 
 /// The most cgroups remembered; past it, those no longer on the node are forgotten first.
 const MAX_CACHED: usize = 65_536;
-
-/// Unknown ids trigger a new walk at most this often, so a stream of events from cgroups that
-/// are already gone cannot keep the tracer walking the hierarchy.
-const MIN_WALK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long an identity found through /proc/PID/cgroup is reused: long enough that a signal
 /// storm does not read the file per event, short enough that a reused pid is soon seen anew.
@@ -121,6 +123,68 @@ fn identity_of(path: &PathIdentity, state: &StateDirs) -> (Identity, Option<Meta
     (Identity { container, pod }, found.map(|(_, m)| m))
 }
 
+/// What the cache can name on this node: for `tracer doctor` and `serve`'s readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityStatus {
+    /// The unified hierarchy walked, if any.
+    pub hierarchy: Option<PathBuf>,
+    /// The runtimes' state directories that exist here.
+    pub state_dirs: Vec<PathBuf>,
+    /// Present cgroups whose path names a container.
+    pub containers: usize,
+    /// Of those, how many a runtime's state describes.
+    pub described: usize,
+    /// The pods named (`namespace/name`), sorted.
+    pub pods: Vec<String>,
+}
+
+impl IdentityStatus {
+    /// `Ok` with what is named (`12 containers in 5 pods, e.g. pod shop/web`), or `Err` with
+    /// why containers cannot be named and what to do.
+    pub fn verdict(&self) -> Result<String, String> {
+        let Some(hierarchy) = &self.hierarchy else {
+            return Ok(
+                "no cgroup v2 hierarchy: containers named by their processes' v1 paths".into(),
+            );
+        };
+        if self.containers == 0 {
+            return Ok(format!(
+                "no container cgroups below {} yet",
+                hierarchy.display()
+            ));
+        }
+        if self.described == 0 {
+            let dirs: Vec<String> = self
+                .state_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            return Err(format!(
+                "{} container cgroups, and no runtime's state describes any (state directories \
+                 here: {}); mount the runtime's state directory (containerd: \
+                 /run/containerd/io.containerd.runtime.v2.task) where the tracer can read it",
+                self.containers,
+                if dirs.is_empty() {
+                    "none".to_string()
+                } else {
+                    dirs.join(", ")
+                }
+            ));
+        }
+        let example = self
+            .pods
+            .first()
+            .map(|p| format!(", e.g. pod {p}"))
+            .unwrap_or_default();
+        Ok(format!(
+            "{} of {} containers described by their runtime, in {} pods{example}",
+            self.described,
+            self.containers,
+            self.pods.len()
+        ))
+    }
+}
+
 /// The inode of the network namespace at `path` (a bind mount or /proc/PID/ns/net).
 fn netns_inode(path: &Path) -> Option<u64> {
     fs::metadata(path).ok().map(|m| m.ino())
@@ -137,6 +201,28 @@ fn netns_of_cgroup(dir: &Path) -> Option<PathBuf> {
 fn netns_id(path: &Path) -> Option<(u64, u64)> {
     let inode = netns_inode(path)?;
     Some((inode, netns::cookie_of(path, inode).ok()?))
+}
+
+/// The latest walk of the hierarchy.
+#[derive(Clone, Copy, Debug)]
+struct Walk {
+    /// When it began, on the kernel's clock (CLOCK_MONOTONIC), comparable with event times.
+    started_ns: u64,
+    /// When it ended, and how long it took: walks are at least their own length apart, so
+    /// events from ever new cgroups cannot keep the tracer walking more than half the time.
+    ended: Instant,
+    took: Duration,
+}
+
+impl Walk {
+    /// Whether a new walk could see a cgroup that existed at `at_ns` that this one did not.
+    fn is_older_than(&self, at_ns: u64) -> bool {
+        self.started_ns < at_ns
+    }
+
+    fn rested(&self) -> bool {
+        self.ended.elapsed() >= self.took
+    }
 }
 
 /// The cache. One per tracer run.
@@ -157,7 +243,11 @@ pub struct Enricher {
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
-    last_walk: Option<Instant>,
+    last_walk: Option<Walk>,
+    /// Present cgroups whose path names a container that no runtime state described yet
+    /// (its runtime had not written it, or its state directory was not known): looked up
+    /// again at every walk.
+    unresolved: HashSet<u64>,
     /// Identities found by pid (tasks in the root cgroup), with when they were found.
     by_pid: HashMap<u32, (Instant, Identity)>,
 }
@@ -178,6 +268,7 @@ impl Enricher {
             netns: LruCache::new(MAX_SANDBOX_NETNS),
             sandboxes: HashMap::new(),
             last_walk: None,
+            unresolved: HashSet::new(),
             by_pid: HashMap::new(),
         };
         enricher.walk();
@@ -186,7 +277,17 @@ impl Enricher {
 
     /// Walks the unified hierarchy and resolves every cgroup not seen before.
     fn walk(&mut self) {
-        self.last_walk = Some(Instant::now());
+        let started_ns = Clock::monotonic_now_ns();
+        let started = Instant::now();
+        self.walk_hierarchy();
+        self.last_walk = Some(Walk {
+            started_ns,
+            ended: Instant::now(),
+            took: started.elapsed(),
+        });
+    }
+
+    fn walk_hierarchy(&mut self) {
         let Some(root) = self.root.clone() else {
             return;
         };
@@ -194,7 +295,7 @@ impl Enricher {
         let mut new = Vec::new();
         cgroup::walk(&root, |id, path| {
             self.present.insert(id);
-            if !self.by_cgroup.contains_key(&id) {
+            if !self.by_cgroup.contains_key(&id) || self.unresolved.contains(&id) {
                 new.push((id, path.to_string(), cgroup_path::parse(path)));
             }
             ControlFlow::Continue(())
@@ -214,6 +315,12 @@ impl Enricher {
         }
         for (id, path, parsed) in new {
             let (identity, metadata) = identity_of(&parsed, &self.state);
+            if parsed.container.is_some() && metadata.is_none() {
+                log::debug!("cgroup {id} ({path}): no runtime state yet, looked up again later");
+                self.unresolved.insert(id);
+            } else {
+                self.unresolved.remove(&id);
+            }
             if let (Some(_), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
                 let dir = root.join(path.trim_start_matches('/'));
                 let netns = m
@@ -231,6 +338,7 @@ impl Enricher {
         self.name_pods_by_uid();
         let present = &self.present;
         self.sandboxes.retain(|id, _| present.contains(id));
+        self.unresolved.retain(|id| present.contains(id));
         for inode in self.sandboxes.values() {
             self.netns.promote(inode);
         }
@@ -243,6 +351,36 @@ impl Enricher {
     /// Learns the cgroups that appeared since the last walk.
     pub fn refresh(&mut self) {
         self.walk();
+    }
+
+    /// What is named in the latest walk.
+    pub fn status(&self) -> IdentityStatus {
+        let containers: Vec<(&u64, &Identity)> = self
+            .by_cgroup
+            .iter()
+            .filter(|(id, identity)| self.present.contains(id) && identity.container.is_some())
+            .collect();
+        let pods: std::collections::BTreeSet<String> = containers
+            .iter()
+            .filter_map(|(_, identity)| identity.pod.as_ref())
+            .filter_map(|pod| {
+                Some(format!(
+                    "{}/{}",
+                    pod.namespace.as_ref()?,
+                    pod.name.as_ref()?
+                ))
+            })
+            .collect();
+        IdentityStatus {
+            hierarchy: self.root.clone(),
+            state_dirs: self.state.existing(),
+            containers: containers.len(),
+            described: containers
+                .iter()
+                .filter(|(id, _)| !self.unresolved.contains(id))
+                .count(),
+            pods: pods.into_iter().collect(),
+        }
     }
 
     /// Every cgroup known so far (those gone included) with its identity.
@@ -285,34 +423,37 @@ impl Enricher {
         }
     }
 
-    /// Walks again unless a walk just happened.
-    fn walk_if_due(&mut self) -> bool {
-        let due = self
-            .last_walk
-            .is_none_or(|t| t.elapsed() >= MIN_WALK_INTERVAL);
-        if due {
-            self.walk();
+    /// Walks again when that could find what an event at `at_ns` is about: when the last walk
+    /// began before the event, and it rested since. Says why not (for `-v`) otherwise.
+    fn walk_for(&mut self, at_ns: u64, what: &dyn std::fmt::Display) {
+        match self.last_walk {
+            Some(walk) if !walk.is_older_than(at_ns) => log::debug!(
+                "{what}: not in the cgroup hierarchy walked after the event: gone before it \
+                 was read"
+            ),
+            Some(walk) if !walk.rested() => log::debug!(
+                "{what}: not known, and the last walk ({:?}) ended too recently to walk again",
+                walk.took
+            ),
+            _ => self.walk(),
         }
-        due
     }
 
-    /// The container and pod of the task with cgroup v2 id `cgroup_id` and process id `pid`.
-    pub fn identify(&mut self, cgroup_id: u64, pid: u32) -> Identity {
+    /// The container and pod of the task with cgroup v2 id `cgroup_id` and process id `pid`,
+    /// as of an event at `at_ns` (CLOCK_MONOTONIC).
+    pub fn identify(&mut self, cgroup_id: u64, pid: u32, at_ns: u64) -> Identity {
         if !self.has_cgroup_ids() || cgroup_id == 0 || Some(cgroup_id) == self.root_id {
             // In the root of the unified hierarchy, or on a host without one: a host process,
             // or a container whose runtime uses only the v1 hierarchies; its v1 paths tell.
             return self.identify_by_pid(pid);
         }
-        if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
-            return identity.clone();
+        if !self.by_cgroup.contains_key(&cgroup_id) || self.unresolved.contains(&cgroup_id) {
+            self.walk_for(at_ns, &format_args!("cgroup {cgroup_id} (pid {pid})"));
         }
-        if self.walk_if_due() {
-            if let Some(identity) = self.by_cgroup.get(&cgroup_id) {
-                return identity.clone();
-            }
+        match self.by_cgroup.get(&cgroup_id) {
+            Some(identity) => identity.clone(),
+            None => Identity::default(),
         }
-        log::debug!("cgroup {cgroup_id} (pid {pid}) is gone or was not found");
-        Identity::default()
     }
 
     /// Whether the kernel's cgroup ids can be resolved here (a cgroup v2 hierarchy is
@@ -345,10 +486,11 @@ impl Enricher {
     }
 
     /// The sandbox (its container and pod) owning the network namespace with inode `inode`
-    /// and cookie `cookie`, looking for sandboxes started since the last walk when unknown.
-    pub fn netns_owner(&mut self, inode: u64, cookie: u64) -> Option<&Identity> {
+    /// and cookie `cookie` at `at_ns`, looking for sandboxes started since the last walk when
+    /// unknown.
+    pub fn netns_owner(&mut self, inode: u64, cookie: u64, at_ns: u64) -> Option<&Identity> {
         if self.known_netns_owner(inode, cookie).is_none() {
-            self.walk_if_due();
+            self.walk_for(at_ns, &format_args!("network namespace {inode}"));
         }
         self.known_netns_owner(inode, cookie)
     }
@@ -363,8 +505,8 @@ impl Enricher {
 
     /// The pod whose sandbox owns the network namespace with inode `inode` and cookie
     /// `cookie`: for the tracers that report network namespaces rather than processes.
-    pub fn pod_of_netns(&mut self, inode: u64, cookie: u64) -> Option<Pod> {
-        self.netns_owner(inode, cookie)?.pod.clone()
+    pub fn pod_of_netns(&mut self, inode: u64, cookie: u64, at_ns: u64) -> Option<Pod> {
+        self.netns_owner(inode, cookie, at_ns)?.pod.clone()
     }
 }
 
@@ -372,6 +514,10 @@ impl Enricher {
 mod tests {
     use super::*;
     use crate::enrich::cgroup_path::{ContainerRef, PodRef, Runtime};
+
+    fn now() -> u64 {
+        Clock::monotonic_now_ns()
+    }
 
     #[test]
     fn path_and_state_combine() {
@@ -451,7 +597,7 @@ mod tests {
         let (app_inode, app_cookie) =
             netns_id(Path::new(&format!("/proc/{}/ns/net", app.pid))).unwrap();
         let found = enricher
-            .pod_of_netns(app_inode, app_cookie)
+            .pod_of_netns(app_inode, app_cookie, now())
             .expect("the pod of the app's netns");
         assert_eq!(
             (found.namespace.as_deref(), found.name.as_deref(), found.uid),
@@ -459,8 +605,11 @@ mod tests {
         );
         // Not the host's, nor a namespace that would reuse the inode (another cookie).
         let (own_inode, own_cookie) = netns_id(Path::new("/proc/self/ns/net")).unwrap();
-        assert_eq!(enricher.pod_of_netns(own_inode, own_cookie), None);
-        assert_eq!(enricher.pod_of_netns(app_inode, app_cookie + 1), None);
+        assert_eq!(enricher.pod_of_netns(own_inode, own_cookie, now()), None);
+        assert_eq!(
+            enricher.pod_of_netns(app_inode, app_cookie + 1, now()),
+            None
+        );
         // Its identity by cgroup id: what the kernel reports for the app's tasks.
         let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", app.pid)).unwrap();
         let relative = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
@@ -470,7 +619,7 @@ mod tests {
                 .display()
                 .to_string(),
         );
-        let identity = enricher.identify(id, app.pid);
+        let identity = enricher.identify(id, app.pid, now());
         let container = identity.container.expect("the app's container");
         assert_eq!(
             (container.id, container.name.as_deref(), container.runtime),
@@ -479,7 +628,7 @@ mod tests {
         // The pod's own cgroup (the app's parent) has no container state: named after its
         // containers.
         let pod_dir = root.join(relative.trim_start_matches('/')).join("..");
-        let pod_level = enricher.identify(inode(pod_dir.display().to_string()), 0);
+        let pod_level = enricher.identify(inode(pod_dir.display().to_string()), 0, now());
         assert_eq!(pod_level.container, None);
         let pod_of_cgroup = pod_level.pod.expect("the pod's cgroup");
         assert_eq!(
@@ -533,10 +682,75 @@ mod tests {
         let mut enricher = Enricher::new();
         let root_id = enricher.root_id.expect("a unified hierarchy");
         let container = enricher
-            .identify(root_id, pid)
+            .identify(root_id, pid, now())
             .container
             .expect("the v1 path's container");
         assert_eq!((container.id, container.runtime), (id, Some("docker")));
+    }
+
+    /// Removes the directories (cgroups) it holds, deepest first.
+    struct Cgroups(Vec<PathBuf>);
+
+    impl Drop for Cgroups {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cgroup_made_just_after_a_walk_is_named_at_once() {
+        let root = cgroup::hierarchy_root(None).expect("a unified hierarchy");
+        let top = root.join(format!("tracer-unit-fresh-{}", std::process::id()));
+        let id = format!("{:064x}", u64::from(std::process::id()) << 24 | 0xf4e54);
+        let dir = top.join(&id);
+        let _made = Cgroups(vec![dir.clone(), top.clone()]);
+        let mut enricher = Enricher::new();
+        // The container starts right after the walk, and its first event comes at once:
+        // as a pod started just after another event made the tracer walk.
+        fs::create_dir_all(&dir).unwrap();
+        let cgroup_id = fs::metadata(&dir).unwrap().ino();
+        let container = enricher
+            .identify(cgroup_id, 0, now())
+            .container
+            .expect("the new container's cgroup, named on its first event");
+        assert_eq!(container.id, id);
+        // Its runtime's state, written after that first look, names it on a later event.
+        assert!(enricher.unresolved.contains(&cgroup_id));
+        let status = enricher.status();
+        assert!(status.containers > status.described, "{status:?}");
+    }
+
+    #[test]
+    fn the_verdict_says_what_is_named_or_what_to_do() {
+        let status = IdentityStatus {
+            hierarchy: Some("/sys/fs/cgroup".into()),
+            state_dirs: Vec::new(),
+            containers: 3,
+            described: 0,
+            pods: Vec::new(),
+        };
+        let complaint = status.verdict().unwrap_err();
+        assert!(complaint.contains("3 container cgroups"), "{complaint}");
+        assert!(
+            complaint.contains("state directories here: none"),
+            "{complaint}"
+        );
+        let named = IdentityStatus {
+            described: 2,
+            pods: vec!["shop/web".into()],
+            ..status.clone()
+        };
+        assert_eq!(
+            named.verdict().unwrap(),
+            "2 of 3 containers described by their runtime, in 1 pods, e.g. pod shop/web"
+        );
+        let empty = IdentityStatus {
+            containers: 0,
+            ..status
+        };
+        assert!(empty.verdict().unwrap().starts_with("no container cgroups"));
     }
 
     #[test]
@@ -555,10 +769,10 @@ mod tests {
         .unwrap()
         .ino();
         assert_eq!(
-            enricher.identify(own, std::process::id()),
+            enricher.identify(own, std::process::id(), now()),
             Identity::default()
         );
-        assert_eq!(enricher.identify(u64::MAX, 1), Identity::default());
-        assert_eq!(enricher.pod_of_netns(1, 1), None);
+        assert_eq!(enricher.identify(u64::MAX, 1, now()), Identity::default());
+        assert_eq!(enricher.pod_of_netns(1, 1, now()), None);
     }
 }

@@ -245,6 +245,17 @@ impl StateDirs {
         dirs
     }
 
+    /// The state directories that exist on this node.
+    pub fn existing(&self) -> Vec<PathBuf> {
+        self.containerd_tasks
+            .iter()
+            .chain(&self.storage_run_roots)
+            .chain(&self.docker_containers)
+            .filter(|d| d.is_dir())
+            .cloned()
+            .collect()
+    }
+
     /// The metadata of container `id`, from the first runtime whose state has it (`runtime`'s
     /// first when the cgroup path told it). Unreadable or malformed files are skipped with a
     /// debug message.

@@ -1,4 +1,4 @@
-//! The HTTP side of `tracer serve`: `/metrics` and `/healthz`, on a thread of its own so
+//! The HTTP side of `tracer serve`: `/metrics`, `/healthz` and `/readyz`, on a thread of its own so
 //! that a scrape never waits for the event loop (nor the event loop for a slow scraper).
 
 use std::{
@@ -84,6 +84,7 @@ fn serve(
         let app = Router::new()
             .route("/metrics", get(metrics_page))
             .route("/healthz", get(health))
+            .route("/readyz", get(ready))
             .with_state(metrics);
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -105,15 +106,37 @@ async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse 
     }
 }
 
+/// Whether the event loop runs: `Err` before it starts and when it stalls.
+fn event_loop(metrics: &Metrics) -> Result<(), String> {
+    match metrics.since_tick() {
+        None => Err("starting".into()),
+        Some(idle) if idle > STALLED_AFTER => {
+            Err(format!("event loop stalled for {}s", idle.as_secs()))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn answer(state: Result<String, String>) -> (StatusCode, String) {
+    match state {
+        Ok(text) => (StatusCode::OK, format!("{text}\n")),
+        Err(text) => (StatusCode::SERVICE_UNAVAILABLE, format!("{text}\n")),
+    }
+}
+
 /// 200 while the event loop runs; 503 before it starts and when it stalls, so that a
 /// liveness probe restarts a tracer that stopped reading events.
 async fn health(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.since_tick() {
-        None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
-        Some(idle) if idle > STALLED_AFTER => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("event loop stalled for {}s\n", idle.as_secs()),
-        ),
-        Some(_) => (StatusCode::OK, "ok\n".to_string()),
-    }
+    answer(event_loop(&metrics).map(|()| "ok".into()))
+}
+
+/// As `/healthz`, and 503 too while the census has not run or cannot name the node's
+/// containers: a tracer whose events would carry no pod is not ready, and says why.
+async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    answer(event_loop(&metrics).and_then(|()| {
+        metrics
+            .identity()
+            .unwrap_or_else(|| Err("no census yet".into()))
+            .map(|named| format!("ok: {named}"))
+    }))
 }

@@ -87,6 +87,8 @@ pub struct Metrics {
     started: Instant,
     /// When the pipeline last ticked, in milliseconds since `started`; 0 before it runs.
     last_tick_ms: AtomicU64,
+    /// The latest census's verdict on naming containers; `None` before the first.
+    identity: Mutex<Option<Result<String, String>>>,
 }
 
 type SeriesKey = (&'static str, Vec<String>);
@@ -204,12 +206,26 @@ impl Metrics {
             }),
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
+            identity: Mutex::new(None),
         })
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
         // A panic while holding the lock leaves counters that are still valid numbers.
         self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the census found about naming containers.
+    pub fn set_identity(&self, verdict: Result<String, String>) {
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(verdict);
+    }
+
+    /// The latest census's verdict on naming containers; `None` before the first census.
+    pub fn identity(&self) -> Option<Result<String, String>> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How long ago the pipeline last ticked; `None` before it started.

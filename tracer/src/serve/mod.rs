@@ -67,6 +67,7 @@ fn start_census(
             let mut enricher = Enricher::new();
             loop {
                 enricher.refresh();
+                metrics.set_identity(enricher.status().verdict());
                 let reports = snapshot::take_with(&enricher, stuck_after);
                 metrics.set_netns_flags(&reports);
                 let alive = Alive {
@@ -172,7 +173,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .transpose()
         .context("turning the kernel's BPF statistics on (--bpf-stats)")?;
     let server = http::Server::start(listener, metrics.clone())?;
-    eprintln!("tracer: serving http://{address}/metrics and http://{address}/healthz");
+    eprintln!(
+        "tracer: serving http://{address}/metrics, http://{address}/healthz and \
+         http://{address}/readyz"
+    );
     let out =
         Output::new(Format::Json, ensemble.human_header()).observed_by(metrics, args.no_events);
     let run = RunArgs {

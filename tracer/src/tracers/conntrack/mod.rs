@@ -338,9 +338,9 @@ impl Tracer for ConntrackTracer {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
-        drop.pod = self
-            .enricher
-            .pod_of_netns(ev.netns_inum.into(), ev.net_cookie);
+        drop.pod =
+            self.enricher
+                .pod_of_netns(ev.netns_inum.into(), ev.net_cookie, ev.header.ktime_ns);
         if class == DropClass::TableFull {
             (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
         }

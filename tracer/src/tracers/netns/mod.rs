@@ -170,7 +170,7 @@ impl NetnsTracer {
         let created = self.created.peek(&record.cookie).copied();
         let owner = self
             .enricher
-            .netns_owner(record.inode, record.cookie)
+            .netns_owner(record.inode, record.cookie, record.ktime_ns)
             .cloned()
             .unwrap_or_default();
         let event = NetnsRecord::new(action, record, created, owner, &self.clock);

@@ -62,9 +62,10 @@ impl Process {
     }
 
     /// `comm(pid)`, `comm(pid/tid)`, with `ns pid N` when it differs.
-    /// Fills in the container and pod from the kernel's cgroup id (or the pid).
-    pub fn enrich(&mut self, enricher: &mut Enricher) {
-        let identity = enricher.identify(self.cgroup_id, self.pid);
+    /// Fills in the container and pod from the kernel's cgroup id (or the pid), as of an
+    /// event at `at_ns`.
+    pub fn enrich(&mut self, enricher: &mut Enricher, at_ns: u64) {
+        let identity = enricher.identify(self.cgroup_id, self.pid, at_ns);
         self.container = identity.container;
         self.pod = identity.pod;
     }

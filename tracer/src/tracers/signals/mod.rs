@@ -174,6 +174,7 @@ impl SignalsTracer {
     fn on_signal(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
         let mut record = SignalRecord::decode(&decode_record::<SignalEvent>(raw)?, &self.clock);
         // Now, not when the record is written: a killed process's cgroup goes away soon.
+        let at_ns = record.ktime_ns;
         for process in [
             record.sender.as_mut(),
             Some(&mut record.target),
@@ -182,7 +183,7 @@ impl SignalsTracer {
         .into_iter()
         .flatten()
         {
-            process.enrich(&mut self.enricher);
+            process.enrich(&mut self.enricher, at_ns);
         }
         if record.is_privileged_kill() && !self.match_oom(&mut record) {
             self.held.push_back(record);
@@ -193,7 +194,9 @@ impl SignalsTracer {
 
     fn on_oom_victim(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
         let mut victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
-        victim.allocating.enrich(&mut self.enricher);
+        victim
+            .allocating
+            .enrich(&mut self.enricher, victim.ktime_ns);
         if let Some(i) = self
             .held
             .iter()
