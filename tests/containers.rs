@@ -16,7 +16,8 @@ use tracer_tests::{
     cri::{self, Container, CriNode, Footprint, Pod},
     ours_left_behind,
     scrape::{Scrape, Served},
-    send, sleeper, tracer, wait_for, wait_until_ignored, Owned, TempDir, TracerOutput, TracerRun,
+    send, sleeper, spawn_ignoring, tracer, wait_for, wait_until_ignored, Owned, TempDir,
+    TracerOutput, TracerRun,
 };
 
 /// A container's main process that ignores SIGUSR1 and SIGUSR2 (the disposition survives exec),
@@ -320,6 +321,179 @@ fn doctor_names_the_pods_it_can_see_and_where_their_state_is() {
     assert!(named.contains(" ok "), "{named}");
     assert!(named.contains("2 of 2 containers"), "{named}");
     assert!(named.contains("e.g. pod shop/web"), "{named}");
+    node.down();
+}
+
+/// A cgroup the test makes below the unified hierarchy's root, with a process of the test's
+/// in it; both removed when dropped.
+struct MadeCgroup {
+    dirs: Vec<std::path::PathBuf>,
+    process: Owned,
+}
+
+impl MadeCgroup {
+    /// `path` (relative, `/`-separated) with an USR1-ignoring sleeper moved into it.
+    fn with_sleeper(path: &str) -> Self {
+        let root = unified_root();
+        let mut dirs: Vec<std::path::PathBuf> = std::path::Path::new(path)
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .map(|a| root.join(a))
+            .collect();
+        fs::create_dir_all(&dirs[0]).unwrap();
+        let process = spawn_ignoring(Command::new("sleep").arg("60"), &[Signal::SIGUSR1]);
+        fs::write(dirs[0].join("cgroup.procs"), process.pid().to_string()).unwrap();
+        dirs.dedup();
+        Self { dirs, process }
+    }
+}
+
+impl Drop for MadeCgroup {
+    fn drop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        for dir in &self.dirs {
+            // A killed task leaves its cgroup a moment after it is reaped (EBUSY until then); a
+            // parent another copy still uses is removed by that copy.
+            for _ in 0..50 {
+                match fs::remove_dir(dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// Where the unified (cgroup v2) hierarchy is mounted.
+fn unified_root() -> std::path::PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("cgroup2 "))
+        })
+        .and_then(|l| l.split(' ').nth(4))
+        .expect("a cgroup2 mount")
+        .into()
+}
+
+#[test]
+fn a_cgroup_that_only_looks_like_a_pods_gets_no_pod() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let app = start_sleeper(&mut node, &web, "app");
+    let evil = format!("tracer-evil-{}", std::process::id());
+    // The running container's id in a cgroup of the test's making, in containerd's layout
+    // and in the kubelet's.
+    let copies = [
+        MadeCgroup::with_sleeper(&format!("{evil}/k8s.io/{}", app.id)),
+        MadeCgroup::with_sleeper(&format!(
+            "{evil}/kubepods/besteffort/pod{}/{}",
+            web.uid, app.id
+        )),
+    ];
+    // A process calling itself a containerd shim, its working directory laid out like a
+    // runtime's state, whose record names a pod and the cgroup of a process of the test's.
+    let fake_id = format!("{:064x}", u64::from(std::process::id()) << 8 | 0x5e);
+    let fake = MadeCgroup::with_sleeper(&format!("{evil}/fake/{fake_id}"));
+    let fake_state = TempDir::new("fake-shim");
+    let bundle = fake_state
+        .0
+        .join(format!("io.containerd.runtime.v2.task/k8s.io/{fake_id}"));
+    fs::create_dir_all(&bundle).unwrap();
+    fs::write(
+        bundle.join("config.json"),
+        format!(
+            r#"{{"annotations": {{"io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "fake", "io.kubernetes.cri.sandbox-name": "fake",
+            "io.kubernetes.cri.sandbox-namespace": "evil", "io.kubernetes.cri.sandbox-uid": "0a"}},
+            "linux": {{"cgroupsPath": "/{evil}/fake/{fake_id}"}}}}"#
+        ),
+    )
+    .unwrap();
+    // A process's name is its executable's file name, a link's own included.
+    let shim_exe = fake_state.0.join("containerd-shim-x");
+    std::os::unix::fs::symlink("/bin/sleep", &shim_exe).unwrap();
+    let shim = Owned(
+        Command::new(&shim_exe)
+            .arg("60")
+            .current_dir(&bundle)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the fake shim's name", Duration::from_secs(5), || {
+        let comm = fs::read_to_string(format!("/proc/{}/comm", shim.pid())).ok()?;
+        comm.starts_with("containerd-shim").then_some(())
+    });
+    let targets: Vec<u32> = copies
+        .iter()
+        .chain([&fake])
+        .map(|c| c.process.pid())
+        .chain([app.pid])
+        .collect();
+    let run = TracerRun::start(&["signals", "--json", "--signal", "USR1"]);
+    for pid in &targets {
+        send(*pid, Signal::SIGUSR1);
+    }
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let target_of = |pid: u32| {
+        out.of_type("signal")
+            .into_iter()
+            .find(|e| e["target"]["pid"] == pid)
+            .unwrap_or_else(|| panic!("no signal to {pid}: {:#?}", out.objects))
+            .clone()
+    };
+    for pid in &targets[..3] {
+        let target = &target_of(*pid)["target"];
+        assert_eq!(target["container"], Value::Null, "{target:#}");
+        assert_eq!(target["pod"], Value::Null, "{target:#}");
+    }
+    // The genuine container is still named, and the look-alikes are counted.
+    assert_identity(&target_of(app.pid)["target"], &app, "app", &web);
+    assert_eq!(
+        out.summary()["cgroups_unlike_their_runtime_record"],
+        2,
+        "{:#}",
+        out.summary()
+    );
+    drop(shim);
+    node.down();
+}
+
+#[test]
+fn a_host_network_pod_does_not_own_the_hosts_namespace() {
+    let mut node = CriNode::up();
+    let host_pod = node.run_host_network_pod("kube-system", "agent", false);
+    let agent = start_sleeper(&mut node, &host_pod, "agent");
+    // The node's own namespace, where the hostNetwork pod runs.
+    let node_netns = netns_inode(agent.pid);
+    assert_eq!(
+        node_netns,
+        fs::metadata(node.netns_path()).unwrap().ino(),
+        "the hostNetwork pod runs in the node's namespace"
+    );
+    block_port_in_netns_of(agent.pid);
+    let run = TracerRun::start(&[
+        "conntrack-drops",
+        "--json",
+        "--netns",
+        &node_netns.to_string(),
+    ]);
+    assert_eq!(send_blocked_in_netns_of(agent.pid, 4), 4);
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let drops = out.of_type("conntrack_drop");
+    assert_eq!(drops.len(), 4, "{:#?}", out.objects);
+    for drop in drops {
+        assert_eq!(drop["pod"], Value::Null, "{drop:#}");
+    }
+    assert_eq!(netns_summary(&out, node_netns)["pod"], Value::Null);
     node.down();
 }
 

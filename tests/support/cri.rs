@@ -281,6 +281,10 @@ impl CriNode {
             node.down();
             panic!("bringing the CRI node up: {e}");
         }
+        crate::CONTAINERD_STATE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(node.containerd_state_dir());
         node
     }
 
@@ -299,9 +303,13 @@ impl CriNode {
     /// containerd's task directory (its bundles, with their `config.json`): what a node has
     /// at /run/containerd/io.containerd.runtime.v2.task.
     pub fn containerd_tasks_dir(&self) -> PathBuf {
-        self.footprint
-            .dir
-            .join("state/io.containerd.runtime.v2.task")
+        self.containerd_state_dir()
+            .join("io.containerd.runtime.v2.task")
+    }
+
+    /// containerd's `state` directory: what `--containerd-state` names.
+    pub fn containerd_state_dir(&self) -> PathBuf {
+        self.footprint.dir.join("state")
     }
 
     /// The node's own network namespace (its bind mount): where `hostNetwork` pods run.
@@ -705,6 +713,11 @@ state = "{d}/state"
     /// Removes everything the node made. Safe to call more than once and after a failure at
     /// any point: each step looks for what is there rather than trusting what was recorded.
     pub fn down(&mut self) {
+        let state = self.containerd_state_dir();
+        crate::CONTAINERD_STATE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| *d != state);
         for pod in std::mem::take(&mut self.pods) {
             // The polite way first (it also runs the CNI DEL); the footprint catches the rest.
             let _ = self.stop_and_remove(&pod.id);

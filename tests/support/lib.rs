@@ -30,6 +30,23 @@ pub fn tracer_bin() -> PathBuf {
     root.join("target/release/tracer")
 }
 
+/// The state directories of the test's live CRI nodes' containerd, which a tracer the test
+/// runs is told of (`TRACER_CONTAINERD_STATE`), as an operator names a containerd of their own.
+pub static CONTAINERD_STATE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// `tracer`, told where the live CRI nodes keep their state.
+pub fn tracer_command() -> Command {
+    let mut command = Command::new(tracer_bin());
+    let dirs = CONTAINERD_STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if !dirs.is_empty() {
+        command.env(
+            "TRACER_CONTAINERD_STATE",
+            std::env::join_paths(dirs.iter()).unwrap(),
+        );
+    }
+    command
+}
+
 /// A running `tracer`, its stdout collected line by line.
 pub struct TracerRun {
     child: Option<Child>,
@@ -79,7 +96,7 @@ fn forward_lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<
 impl TracerRun {
     /// Starts `tracer ARGS` and waits (at most 60 s) until it says it is ready.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(tracer_bin())
+        let mut child = tracer_command()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -222,7 +239,7 @@ impl Drop for TracerRun {
 
 /// Runs `tracer ARGS` to completion (for commands that exit by themselves).
 pub fn tracer(args: &[&str]) -> std::process::Output {
-    Command::new(tracer_bin())
+    tracer_command()
         .args(args)
         .stdin(Stdio::null())
         .output()

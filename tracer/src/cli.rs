@@ -28,6 +28,18 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// A containerd state directory besides /run/containerd, /run/k3s/containerd and the
+    /// `state` of /etc/containerd/config.toml: where its containers' records are read to name
+    /// containers and pods. Repeat it, or separate directories with `:`.
+    #[arg(
+        long,
+        global = true,
+        env = "TRACER_CONTAINERD_STATE",
+        value_delimiter = ':',
+        value_name = "DIR"
+    )]
+    pub containerd_state: Vec<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

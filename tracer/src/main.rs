@@ -53,6 +53,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    enrich::metadata::configure_containerd_state(cli.containerd_state);
     match cli.command {
         Command::Signals(args) => {
             let options = SignalsOptions {

@@ -89,38 +89,67 @@ pub struct Identity {
     pub pod: Option<Pod>,
 }
 
-/// Combines what the cgroup path says with what the runtime's state says.
-fn identity_of(path: &PathIdentity, state: &StateDirs) -> (Identity, Option<Metadata>) {
-    let found = path
-        .container
-        .as_ref()
-        .and_then(|c| state.lookup(&c.id, c.runtime));
-    if let (Some(c), None) = (&path.container, &found) {
-        log::debug!("container {}: no runtime state found", c.id);
+/// How a cgroup that looks like a container's fared against its runtime's records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its path names no container.
+    NotAContainer,
+    /// The record of the container its path names says it is this cgroup.
+    Verified,
+    /// No runtime's state has a record of that container (yet).
+    NoRecord,
+    /// The record names another cgroup: this one only looks like the container's.
+    OtherCgroup,
+}
+
+/// The container and pod in the cgroup at `cgroup` (its path from the hierarchy root), which
+/// `path` was parsed from. They come from the runtime's record of the container the path
+/// names, and only when that record says the container's cgroup is this one: anyone who may
+/// make cgroups can give one a container's name.
+fn identity_of(
+    cgroup: &str,
+    path: &PathIdentity,
+    state: &StateDirs,
+) -> (Identity, Option<Metadata>, Verdict) {
+    let Some(container) = &path.container else {
+        return (Identity::default(), None, Verdict::NotAContainer);
+    };
+    let Some((runtime, metadata)) = state.lookup(&container.id, container.runtime) else {
+        log::debug!(
+            "cgroup {cgroup}: no runtime state for container {}",
+            container.id
+        );
+        return (Identity::default(), None, Verdict::NoRecord);
+    };
+    let cgroup = format!("/{}", cgroup.trim_matches('/'));
+    if !metadata.cgroup_paths.contains(&cgroup) {
+        log::debug!(
+            "cgroup {cgroup} looks like container {}'s, whose record names {:?}: not named",
+            container.id,
+            metadata.cgroup_paths
+        );
+        return (Identity::default(), None, Verdict::OtherCgroup);
     }
-    let metadata = found.as_ref().map(|(_, m)| m);
-    let container = path.container.as_ref().map(|c| Container {
-        id: c.id.clone(),
-        name: metadata.and_then(|m| m.name.clone()),
-        runtime: found
-            .as_ref()
-            .map(|(r, _)| *r)
-            .or(c.runtime)
-            .map(|r| r.name()),
-        image: metadata.and_then(|m| m.image.clone()),
-    });
-    let uid = path
-        .pod
-        .as_ref()
-        .map(|p| p.uid.clone())
-        .or_else(|| metadata.and_then(|m| m.pod_uid.clone()));
-    let pod = uid.map(|uid| Pod {
-        namespace: metadata.and_then(|m| m.pod_namespace.clone()),
-        name: metadata.and_then(|m| m.pod_name.clone()),
-        uid,
-        qos: path.pod.as_ref().map(|p| p.qos),
-    });
-    (Identity { container, pod }, found.map(|(_, m)| m))
+    let pod = metadata
+        .pod_uid
+        .clone()
+        .or_else(|| path.pod.as_ref().map(|p| p.uid.clone()))
+        .map(|uid| Pod {
+            namespace: metadata.pod_namespace.clone(),
+            name: metadata.pod_name.clone(),
+            uid,
+            qos: path.pod.as_ref().map(|p| p.qos),
+        });
+    let identity = Identity {
+        container: Some(Container {
+            id: container.id.clone(),
+            name: metadata.name.clone(),
+            runtime: Some(runtime.name()),
+            image: metadata.image.clone(),
+        }),
+        pod,
+    };
+    (identity, Some(metadata), Verdict::Verified)
 }
 
 /// What the cache can name on this node: for `tracer doctor` and `serve`'s readiness.
@@ -132,8 +161,10 @@ pub struct IdentityStatus {
     pub state_dirs: Vec<PathBuf>,
     /// Present cgroups whose path names a container.
     pub containers: usize,
-    /// Of those, how many a runtime's state describes.
+    /// Of those, how many a runtime's record describes as that very cgroup.
     pub described: usize,
+    /// Of those, how many only look like a container's: the record names another cgroup.
+    pub impostors: usize,
     /// The pods named (`namespace/name`), sorted.
     pub pods: Vec<String>,
 }
@@ -176,8 +207,12 @@ impl IdentityStatus {
             .first()
             .map(|p| format!(", e.g. pod {p}"))
             .unwrap_or_default();
+        let impostors = match self.impostors {
+            0 => String::new(),
+            n => format!("; {n} cgroups look like containers but no runtime record matches"),
+        };
         Ok(format!(
-            "{} of {} containers described by their runtime, in {} pods{example}",
+            "{} of {} containers described by their runtime, in {} pods{example}{impostors}",
             self.described,
             self.containers,
             self.pods.len()
@@ -188,13 +223,6 @@ impl IdentityStatus {
 /// The inode of the network namespace at `path` (a bind mount or /proc/PID/ns/net).
 fn netns_inode(path: &Path) -> Option<u64> {
     fs::metadata(path).ok().map(|m| m.ino())
-}
-
-/// The network namespace of the first process in cgroup `dir`.
-fn netns_of_cgroup(dir: &Path) -> Option<PathBuf> {
-    let procs = fs::read_to_string(dir.join("cgroup.procs")).ok()?;
-    let pid = procs.lines().next()?.trim();
-    Some(Path::new("/proc").join(pid).join("ns/net"))
 }
 
 /// Inode and cookie of the network namespace at `path`.
@@ -208,8 +236,9 @@ fn netns_id(path: &Path) -> Option<(u64, u64)> {
 struct Walk {
     /// When it began, on the kernel's clock (CLOCK_MONOTONIC), comparable with event times.
     started_ns: u64,
-    /// When it ended, and how long it took: walks are at least their own length apart, so
-    /// events from ever new cgroups cannot keep the tracer walking more than half the time.
+    /// When it ended, and how long it took: walks are at least their own length apart (the
+    /// next one waits for the rest), so events from ever new cgroups cannot keep the tracer
+    /// walking more than half the time, and none goes unnamed for it.
     ended: Instant,
     took: Duration,
 }
@@ -220,8 +249,9 @@ impl Walk {
         self.started_ns < at_ns
     }
 
-    fn rested(&self) -> bool {
-        self.ended.elapsed() >= self.took
+    /// How long the next walk must wait.
+    fn rest_left(&self) -> Duration {
+        self.took.saturating_sub(self.ended.elapsed())
     }
 }
 
@@ -248,6 +278,8 @@ pub struct Enricher {
     /// (its runtime had not written it, or its state directory was not known): looked up
     /// again at every walk.
     unresolved: HashSet<u64>,
+    /// Present cgroups whose path names a container whose record names another cgroup.
+    impostors: HashSet<u64>,
     /// Identities found by pid (tasks in the root cgroup), with when they were found.
     by_pid: HashMap<u32, (Instant, Identity)>,
 }
@@ -262,13 +294,14 @@ impl Enricher {
                 .and_then(|r| fs::metadata(r).ok())
                 .map(|m| m.ino()),
             root,
-            state: StateDirs::discover(),
+            state: StateDirs::configured(),
             by_cgroup: HashMap::new(),
             present: HashSet::new(),
             netns: LruCache::new(MAX_SANDBOX_NETNS),
             sandboxes: HashMap::new(),
             last_walk: None,
             unresolved: HashSet::new(),
+            impostors: HashSet::new(),
             by_pid: HashMap::new(),
         };
         enricher.walk();
@@ -292,59 +325,86 @@ impl Enricher {
             return;
         };
         self.present.clear();
-        let mut new = Vec::new();
+        let mut seen = Vec::new();
         cgroup::walk(&root, |id, path| {
             self.present.insert(id);
-            if !self.by_cgroup.contains_key(&id) || self.unresolved.contains(&id) {
-                new.push((id, path.to_string(), cgroup_path::parse(path)));
-            }
+            seen.push((id, path.to_string()));
             ControlFlow::Continue(())
         });
-        // Looking for runtimes' state directories reads every process's name: only when a
-        // new container's state is not where the known ones are (a runtime started since).
-        let unknown_state = |path: &PathIdentity, state: &StateDirs| {
-            path.container
-                .as_ref()
-                .is_some_and(|c| state.lookup(&c.id, c.runtime).is_none())
-        };
-        if new
-            .iter()
-            .any(|(_, _, path)| unknown_state(path, &self.state))
-        {
-            self.state = StateDirs::discover();
-        }
-        for (id, path, parsed) in new {
-            let (identity, metadata) = identity_of(&parsed, &self.state);
-            if parsed.container.is_some() && metadata.is_none() {
-                log::debug!("cgroup {id} ({path}): no runtime state yet, looked up again later");
-                self.unresolved.insert(id);
-            } else {
-                self.unresolved.remove(&id);
+        for (id, path) in &seen {
+            if self.by_cgroup.contains_key(id) && !self.unresolved.contains(id) {
+                continue;
             }
-            if let (Some(_), Some(m)) = (&identity.pod, metadata.filter(|m| m.sandbox)) {
-                let dir = root.join(path.trim_start_matches('/'));
-                let netns = m
-                    .netns_path
-                    .as_deref()
-                    .and_then(|p| netns_id(Path::new(p)))
-                    .or_else(|| netns_id(&netns_of_cgroup(&dir)?));
-                if let Some((inode, cookie)) = netns {
-                    self.netns.put(inode, (cookie, identity.clone()));
-                    self.sandboxes.insert(id, inode);
-                }
+            let (identity, metadata, verdict) =
+                identity_of(path, &cgroup_path::parse(path), &self.state);
+            match verdict {
+                Verdict::NoRecord => self.unresolved.insert(*id),
+                _ => self.unresolved.remove(id),
+            };
+            if verdict == Verdict::OtherCgroup {
+                self.impostors.insert(*id);
             }
-            self.by_cgroup.insert(id, identity);
+            // The sandbox's namespace as its record names it; a hostNetwork sandbox names
+            // none (it joins its runtime's), and is never the owner of a namespace.
+            let netns = metadata
+                .filter(|m| m.sandbox && identity.pod.is_some())
+                .and_then(|m| m.netns_path)
+                .and_then(|p| netns_id(Path::new(&p)));
+            if let Some((inode, cookie)) = netns {
+                self.netns.put(inode, (cookie, identity.clone()));
+                self.sandboxes.insert(*id, inode);
+            }
+            self.by_cgroup.insert(*id, identity);
         }
-        self.name_pods_by_uid();
+        self.name_pod_cgroups(&seen);
         let present = &self.present;
         self.sandboxes.retain(|id, _| present.contains(id));
         self.unresolved.retain(|id| present.contains(id));
+        self.impostors.retain(|id| present.contains(id));
         for inode in self.sandboxes.values() {
             self.netns.promote(inode);
         }
         if self.by_cgroup.len() > MAX_CACHED {
             let present = &self.present;
             self.by_cgroup.retain(|id, _| present.contains(id));
+        }
+    }
+
+    /// Names a pod's own cgroup (where the kubelet puts its containers' cgroups, and a
+    /// runtime may put its monitor) after the pod of a verified container directly below it
+    /// whose pod has the UID the cgroup's name carries.
+    fn name_pod_cgroups(&mut self, seen: &[(u64, String)]) {
+        let parents: HashMap<&str, &Pod> = seen
+            .iter()
+            .filter_map(|(id, path)| {
+                let identity = self.by_cgroup.get(id)?;
+                identity.container.as_ref()?;
+                Some((path.rsplit_once('/')?.0, identity.pod.as_ref()?))
+            })
+            .collect();
+        let named: Vec<(u64, Pod)> = seen
+            .iter()
+            .filter(|(id, _)| {
+                self.by_cgroup
+                    .get(id)
+                    .is_some_and(|i| i.container.is_none() && i.pod.is_none())
+            })
+            .filter_map(|(id, path)| {
+                let own = cgroup_path::parse(path).pod?;
+                let pod = parents.get(path.as_str()).filter(|p| p.uid == own.uid)?;
+                Some((
+                    *id,
+                    Pod {
+                        qos: Some(own.qos),
+                        ..(*pod).clone()
+                    },
+                ))
+            })
+            .collect();
+        for (id, pod) in named {
+            if let Some(identity) = self.by_cgroup.get_mut(&id) {
+                identity.pod = Some(pod);
+            }
         }
     }
 
@@ -355,14 +415,15 @@ impl Enricher {
 
     /// What is named in the latest walk.
     pub fn status(&self) -> IdentityStatus {
-        let containers: Vec<(&u64, &Identity)> = self
+        let verified: Vec<&Identity> = self
             .by_cgroup
             .iter()
             .filter(|(id, identity)| self.present.contains(id) && identity.container.is_some())
+            .map(|(_, identity)| identity)
             .collect();
-        let pods: std::collections::BTreeSet<String> = containers
+        let pods: std::collections::BTreeSet<String> = verified
             .iter()
-            .filter_map(|(_, identity)| identity.pod.as_ref())
+            .filter_map(|identity| identity.pod.as_ref())
             .filter_map(|pod| {
                 Some(format!(
                     "{}/{}",
@@ -374,11 +435,9 @@ impl Enricher {
         IdentityStatus {
             hierarchy: self.root.clone(),
             state_dirs: self.state.existing(),
-            containers: containers.len(),
-            described: containers
-                .iter()
-                .filter(|(id, _)| !self.unresolved.contains(id))
-                .count(),
+            containers: verified.len() + self.unresolved.len() + self.impostors.len(),
+            described: verified.len(),
+            impostors: self.impostors.len(),
             pods: pods.into_iter().collect(),
         }
     }
@@ -405,37 +464,19 @@ impl Enricher {
         Some(containers.iter().filter_map(|i| i.pod.as_ref()).collect())
     }
 
-    /// Names the pods that only a UID identifies (the pod's own cgroup, a runtime's monitor
-    /// in it) after another cgroup of the same pod whose container state named it.
-    fn name_pods_by_uid(&mut self) {
-        let names: HashMap<String, (Option<String>, Option<String>)> = self
-            .by_cgroup
-            .values()
-            .filter_map(|identity| identity.pod.as_ref())
-            .filter(|pod| pod.name.is_some())
-            .map(|pod| (pod.uid.clone(), (pod.namespace.clone(), pod.name.clone())))
-            .collect();
-        for pod in self.by_cgroup.values_mut().filter_map(|i| i.pod.as_mut()) {
-            if let (None, Some((namespace, name))) = (&pod.name, names.get(&pod.uid)) {
-                pod.namespace.clone_from(namespace);
-                pod.name.clone_from(name);
-            }
-        }
-    }
-
     /// Walks again when that could find what an event at `at_ns` is about: when the last walk
-    /// began before the event, and it rested since. Says why not (for `-v`) otherwise.
+    /// began before the event. Says why not (for `-v`) otherwise.
     fn walk_for(&mut self, at_ns: u64, what: &dyn std::fmt::Display) {
         match self.last_walk {
             Some(walk) if !walk.is_older_than(at_ns) => log::debug!(
                 "{what}: not in the cgroup hierarchy walked after the event: gone before it \
                  was read"
             ),
-            Some(walk) if !walk.rested() => log::debug!(
-                "{what}: not known, and the last walk ({:?}) ended too recently to walk again",
-                walk.took
-            ),
-            _ => self.walk(),
+            Some(walk) => {
+                std::thread::sleep(walk.rest_left());
+                self.walk();
+            }
+            None => self.walk(),
         }
     }
 
@@ -472,7 +513,7 @@ impl Enricher {
             return Identity::default();
         };
         let identity = match cgroup_path::best_in_proc_cgroup(&text) {
-            Some((_, path)) => identity_of(&path, &self.state).0,
+            Some((cgroup, path)) => identity_of(&cgroup, &path, &self.state).0,
             None => Identity::default(),
         };
         if self.by_pid.len() >= MAX_PIDS {
@@ -513,47 +554,75 @@ impl Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enrich::cgroup_path::{ContainerRef, PodRef, Runtime};
 
     fn now() -> u64 {
         Clock::monotonic_now_ns()
     }
 
+    /// A containerd state directory in a temporary directory, removed when dropped.
+    struct FakeState(PathBuf);
+
+    impl FakeState {
+        fn new(tag: &str) -> Self {
+            let root =
+                std::env::temp_dir().join(format!("tracer-unit-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(&root).unwrap();
+            Self(root)
+        }
+
+        fn dirs(&self) -> StateDirs {
+            StateDirs {
+                containerd_tasks: vec![self.0.join("tasks")],
+                ..Default::default()
+            }
+        }
+
+        /// Writes the bundle config of container `id` of pod shop/web (uid 0a-1), whose
+        /// cgroup is `cgroup`; a sandbox joins `netns` when given.
+        fn record(&self, id: &str, cgroup: &str, name: &str, netns: Option<&Path>) {
+            let bundle = self.0.join(format!("tasks/k8s.io/{id}"));
+            fs::create_dir_all(&bundle).unwrap();
+            let kind = if netns.is_some() {
+                "sandbox"
+            } else {
+                "container"
+            };
+            let namespaces = netns
+                .map(|p| format!(r#"{{"type": "network", "path": "{}"}}"#, p.display()))
+                .unwrap_or_default();
+            fs::write(
+                bundle.join("config.json"),
+                format!(
+                    r#"{{"annotations": {{"io.kubernetes.cri.container-type": "{kind}",
+                    "io.kubernetes.cri.container-name": "{name}",
+                    "io.kubernetes.cri.sandbox-name": "web", "io.kubernetes.cri.sandbox-namespace": "shop",
+                    "io.kubernetes.cri.sandbox-uid": "0a-1"}},
+                    "linux": {{"cgroupsPath": "{cgroup}", "namespaces": [{namespaces}]}}}}"#
+                ),
+            )
+            .unwrap();
+        }
+    }
+
+    impl Drop for FakeState {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
-    fn path_and_state_combine() {
-        let root = std::env::temp_dir().join(format!("tracer-unit-ident-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+    fn only_the_cgroup_the_record_names_gets_its_identity() {
+        let state = FakeState::new("ident");
         let id = "c".repeat(64);
-        let bundle = root.join(format!("tasks/k8s.io/{id}"));
-        fs::create_dir_all(&bundle).unwrap();
+        let cgroup = format!("/kubepods/besteffort/pod0a-1/{id}");
         // Any file stands for the netns bind mount: what matters is its inode.
-        let netns_file = root.join("netns");
+        let netns_file = state.0.join("netns");
         fs::write(&netns_file, "").unwrap();
-        fs::write(
-            bundle.join("config.json"),
-            format!(
-                r#"{{"annotations": {{"io.kubernetes.cri.container-type": "sandbox",
-                "io.kubernetes.cri.sandbox-name": "web", "io.kubernetes.cri.sandbox-namespace": "shop"}},
-                "linux": {{"namespaces": [{{"type": "network", "path": "{}"}}]}}}}"#,
-                netns_file.display()
-            ),
-        )
-        .unwrap();
-        let state = StateDirs {
-            containerd_tasks: vec![root.join("tasks")],
-            ..Default::default()
-        };
-        let path = PathIdentity {
-            container: Some(ContainerRef {
-                id: id.clone(),
-                runtime: None,
-            }),
-            pod: Some(PodRef {
-                uid: "u-1".into(),
-                qos: "besteffort",
-            }),
-        };
-        let (identity, metadata) = identity_of(&path, &state);
+        state.record(&id, &cgroup, "", Some(&netns_file));
+        let (identity, metadata, verdict) =
+            identity_of(&cgroup, &cgroup_path::parse(&cgroup), &state.dirs());
+        assert_eq!(verdict, Verdict::Verified);
         let container = identity.container.unwrap();
         assert_eq!(container.runtime, Some("containerd"));
         assert_eq!(container.name, None, "a sandbox has no container name");
@@ -562,9 +631,10 @@ mod tests {
             (
                 pod.namespace.as_deref(),
                 pod.name.as_deref(),
-                pod.uid.as_str()
+                pod.uid.as_str(),
+                pod.qos
             ),
-            (Some("shop"), Some("web"), "u-1")
+            (Some("shop"), Some("web"), "0a-1", Some("besteffort"))
         );
         let netns = metadata.unwrap().netns_path.unwrap();
         assert_eq!(
@@ -572,18 +642,32 @@ mod tests {
             Some(fs::metadata(&netns_file).unwrap().ino())
         );
 
-        // No state: the path's facts only, nothing invented.
-        let bare = PathIdentity {
-            container: Some(ContainerRef {
-                id: "d".repeat(64),
-                runtime: Some(Runtime::CriO),
-            }),
-            pod: None,
-        };
-        let (identity, _) = identity_of(&bare, &state);
-        assert_eq!(identity.container.unwrap().runtime, Some("cri-o"));
-        assert_eq!(identity.pod, None);
-        fs::remove_dir_all(&root).unwrap();
+        // The same container id in a cgroup of one's own making, in any layout: nothing.
+        for elsewhere in [
+            format!("/evil/k8s.io/{id}"),
+            format!("/evil{cgroup}"),
+            format!("/kubepods/besteffort/pod0a-1/x/{id}"),
+        ] {
+            let parsed = cgroup_path::parse(&elsewhere);
+            assert!(
+                parsed.container.is_some(),
+                "{elsewhere} looks like a container's"
+            );
+            let (identity, _, verdict) = identity_of(&elsewhere, &parsed, &state.dirs());
+            assert_eq!(
+                (identity, verdict),
+                (Identity::default(), Verdict::OtherCgroup),
+                "{elsewhere}"
+            );
+        }
+        // No record at all: nothing from the path alone.
+        let other = format!("/kubepods/besteffort/pod0a-1/{}", "d".repeat(64));
+        let (identity, _, verdict) =
+            identity_of(&other, &cgroup_path::parse(&other), &state.dirs());
+        assert_eq!(
+            (identity, verdict),
+            (Identity::default(), Verdict::NoRecord)
+        );
     }
 
     #[test]
@@ -592,6 +676,8 @@ mod tests {
         let pod = node.run_pod("shop", "web", false);
         let app = node.start_container(&pod, "app", &["/bin/sleep", "3600"]);
         let inode = |path: String| fs::metadata(path).unwrap().ino();
+        // The node's containerd keeps its state where `--containerd-state` would name it.
+        crate::enrich::metadata::configure_containerd_state(vec![node.containerd_state_dir()]);
         let mut enricher = Enricher::new();
         // The app joined its pod's netns, which the sandbox owns.
         let (app_inode, app_cookie) =
@@ -679,13 +765,37 @@ mod tests {
         };
         let pid = guard.child.id();
         fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        // Docker's record of it, with the cgroup parent it was started with.
+        let state = FakeState::new("v1");
+        let record = state.0.join("containers").join(&id);
+        fs::create_dir_all(&record).unwrap();
+        fs::write(
+            record.join("config.v2.json"),
+            format!(r#"{{"ID": "{id}", "Name": "/web"}}"#),
+        )
+        .unwrap();
+        fs::write(
+            record.join("hostconfig.json"),
+            format!(
+                r#"{{"CgroupParent": "/tracer-unit-v1-{}/docker"}}"#,
+                std::process::id()
+            ),
+        )
+        .unwrap();
         let mut enricher = Enricher::new();
+        enricher.state = StateDirs {
+            docker_containers: vec![state.0.join("containers")],
+            ..Default::default()
+        };
         let root_id = enricher.root_id.expect("a unified hierarchy");
         let container = enricher
             .identify(root_id, pid, now())
             .container
             .expect("the v1 path's container");
-        assert_eq!((container.id, container.runtime), (id, Some("docker")));
+        assert_eq!(
+            (container.id, container.name.as_deref(), container.runtime),
+            (id, Some("web"), Some("docker"))
+        );
     }
 
     /// Removes the directories (cgroups) it holds, deepest first.
@@ -702,24 +812,64 @@ mod tests {
     #[test]
     fn a_cgroup_made_just_after_a_walk_is_named_at_once() {
         let root = cgroup::hierarchy_root(None).expect("a unified hierarchy");
-        let top = root.join(format!("tracer-unit-fresh-{}", std::process::id()));
-        let id = format!("{:064x}", u64::from(std::process::id()) << 24 | 0xf4e54);
-        let dir = top.join(&id);
-        let _made = Cgroups(vec![dir.clone(), top.clone()]);
+        let top_name = format!("tracer-unit-fresh-{}", std::process::id());
+        let id = |n: u64| format!("{:064x}", u64::from(std::process::id()) << 24 | n);
+        let (first, late, fake) = (id(1), id(2), id(3));
+        let cgroup = |rest: &str| format!("/{top_name}/{rest}");
+        let top = root.join(&top_name);
+        let dir = |rest: &str| top.join(rest);
+        let _made = Cgroups(vec![
+            dir(&first),
+            dir(&late),
+            dir(&format!("evil/{first}")),
+            dir("evil"),
+            dir(&fake),
+            top.clone(),
+        ]);
+        let state = FakeState::new("fresh");
+        state.record(&first, &cgroup(&first), "app", None);
         let mut enricher = Enricher::new();
+        enricher.state = state.dirs();
+        enricher.walk();
         // The container starts right after the walk, and its first event comes at once:
         // as a pod started just after another event made the tracer walk.
-        fs::create_dir_all(&dir).unwrap();
-        let cgroup_id = fs::metadata(&dir).unwrap().ino();
-        let container = enricher
-            .identify(cgroup_id, 0, now())
-            .container
-            .expect("the new container's cgroup, named on its first event");
-        assert_eq!(container.id, id);
-        // Its runtime's state, written after that first look, names it on a later event.
-        assert!(enricher.unresolved.contains(&cgroup_id));
+        fs::create_dir_all(dir(&first)).unwrap();
+        let id_of = |rest: &str| fs::metadata(dir(rest)).unwrap().ino();
+        let identity = enricher.identify(id_of(&first), 0, now());
+        let container = identity.container.expect("named on its first event");
+        assert_eq!(
+            (container.id.as_str(), container.name.as_deref()),
+            (first.as_str(), Some("app"))
+        );
+        assert_eq!(identity.pod.unwrap().name.as_deref(), Some("web"));
+
+        // A container whose record is written after its first event: named on a later one.
+        fs::create_dir_all(dir(&late)).unwrap();
+        assert_eq!(
+            enricher.identify(id_of(&late), 0, now()),
+            Identity::default()
+        );
+        assert!(enricher.unresolved.contains(&id_of(&late)));
+        state.record(&late, &cgroup(&late), "late", None);
+        let container = enricher.identify(id_of(&late), 0, now()).container;
+        assert_eq!(container.and_then(|c| c.name).as_deref(), Some("late"));
+
+        // A cgroup named after the first container elsewhere, or after one no runtime knows.
+        fs::create_dir_all(dir(&format!("evil/{first}"))).unwrap();
+        fs::create_dir_all(dir(&fake)).unwrap();
+        for rest in [format!("evil/{first}"), fake.clone()] {
+            assert_eq!(
+                enricher.identify(id_of(&rest), 0, now()),
+                Identity::default(),
+                "{rest}"
+            );
+        }
         let status = enricher.status();
-        assert!(status.containers > status.described, "{status:?}");
+        assert_eq!((status.impostors, status.described), (1, 2), "{status:?}");
+        assert!(status
+            .verdict()
+            .unwrap()
+            .contains("1 cgroups look like containers"));
     }
 
     #[test]
@@ -729,6 +879,7 @@ mod tests {
             state_dirs: Vec::new(),
             containers: 3,
             described: 0,
+            impostors: 0,
             pods: Vec::new(),
         };
         let complaint = status.verdict().unwrap_err();

@@ -8,6 +8,12 @@
 //!   config.json`, annotations `io.kubernetes.pod.*`, `io.kubernetes.cri-o.*`;
 //! - Docker: `/var/lib/docker/containers/<id>/config.v2.json`, its labels, or the dockershim
 //!   name `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`.
+//!
+//! Each record also says which cgroup the runtime made for the container (the OCI config's
+//! `linux.cgroupsPath`, Docker's cgroup parent): a cgroup is given the record's identity only
+//! when it is that cgroup, since anyone who may make cgroups can name one after a container.
+//! Where the state lives comes from the runtimes' fixed defaults, containerd's own
+//! configuration file and `--containerd-state`, never from what a process calls itself.
 
 use std::{
     fs,
@@ -22,8 +28,20 @@ use super::cgroup_path::Runtime;
 /// Bigger files are not a runtime's container config: they are not read.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
-/// Shim processes looked at when discovering containerd state directories.
-const MAX_PROCS: usize = 100_000;
+/// containerd's configuration, whose top-level `state` moves its state directory.
+const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// The task directory below a containerd state directory.
+const CONTAINERD_TASKS: &str = "io.containerd.runtime.v2.task";
+
+/// containerd state directories named on the command line (`--containerd-state`), set once
+/// at start-up.
+static CONFIGURED_CONTAINERD_STATE: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Adds containerd state directories to the defaults, for the whole run (the first call wins).
+pub fn configure_containerd_state(dirs: Vec<PathBuf>) {
+    let _ = CONFIGURED_CONTAINERD_STATE.set(dirs);
+}
 
 /// What a runtime's state says about one container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,8 +53,56 @@ pub struct Metadata {
     pub pod_uid: Option<String>,
     /// The pod's sandbox (pause) container rather than one of its containers.
     pub sandbox: bool,
-    /// The network namespace the container joins, as a path (`/var/run/netns/cni-…`).
+    /// The network namespace the container joins, as a path (`/var/run/netns/cni-…`); `None`
+    /// when it joins its runtime's (a hostNetwork pod).
     pub netns_path: Option<String>,
+    /// The cgroup paths (from the hierarchy root) the runtime's record names for the
+    /// container: a cgroup elsewhere is not this container, whatever its path looks like.
+    pub cgroup_paths: Vec<String>,
+}
+
+/// A systemd slice name to its path: `kubepods-besteffort.slice` is
+/// `/kubepods.slice/kubepods-besteffort.slice` (each `-` a level); `-.slice` is the root.
+fn slice_path(slice: &str) -> Option<String> {
+    let stem = slice.strip_suffix(".slice")?;
+    if stem.is_empty() || stem == "-" {
+        return Some(String::new());
+    }
+    let mut path = String::new();
+    for (i, _) in stem.match_indices('-').chain([(stem.len(), "")]) {
+        path.push_str(&format!("/{}.slice", &stem[..i]));
+    }
+    Some(path)
+}
+
+/// An OCI `linux.cgroupsPath` as a path from the hierarchy root: runc's systemd form
+/// `slice:prefix:name` (`<slice path>/<prefix>-<name>.scope`), or a cgroupfs path.
+fn oci_cgroup_path(spec: &str) -> Option<String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        [slice, prefix, name] => {
+            let parent = slice_path(if slice.is_empty() { "-.slice" } else { slice })?;
+            Some(if prefix.is_empty() {
+                format!("{parent}/{name}")
+            } else {
+                format!("{parent}/{prefix}-{name}.scope")
+            })
+        }
+        [path] if !path.is_empty() => Some(format!("/{}", path.trim_matches('/'))),
+        _ => None,
+    }
+}
+
+/// Where Docker puts container `id` below `parent` (its `--cgroup-parent`, else the default),
+/// with either cgroup driver: `/docker/ID`, or `/system.slice/docker-ID.scope`.
+fn docker_cgroup_paths(id: &str, parent: Option<&str>) -> Vec<String> {
+    let cgroupfs = parent.filter(|p| p.starts_with('/')).unwrap_or("/docker");
+    let systemd = parent
+        .filter(|p| p.ends_with(".slice"))
+        .unwrap_or("system.slice");
+    let mut paths = vec![format!("{}/{id}", cgroupfs.trim_end_matches('/'))];
+    paths.extend(slice_path(systemd).map(|s| format!("{s}/docker-{id}.scope")));
+    paths
 }
 
 fn string_at(value: &Value, key: &str) -> Option<String> {
@@ -91,6 +157,12 @@ pub fn from_oci_config(json: &[u8]) -> Result<Metadata, serde_json::Error> {
                 .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"))
         })
         .and_then(|ns| string_at(ns, "path"));
+    let cgroup_paths = spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(Value::as_str)
+        .and_then(oci_cgroup_path)
+        .into_iter()
+        .collect();
     Ok(Metadata {
         name: first_of(
             annotations,
@@ -115,12 +187,17 @@ pub fn from_oci_config(json: &[u8]) -> Result<Metadata, serde_json::Error> {
         pod_uid: pod_field("io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"),
         sandbox: container_type.as_deref() == Some("sandbox"),
         netns_path,
+        cgroup_paths,
     })
 }
 
 /// Reads Docker's config.v2.json: kubelet labels when present, else the dockershim name
 /// `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`, else the plain container name.
-pub fn from_docker_config(json: &[u8]) -> Result<Metadata, serde_json::Error> {
+/// `cgroup_parent` is the container's `--cgroup-parent` (from its hostconfig.json).
+pub fn from_docker_config(
+    json: &[u8],
+    cgroup_parent: Option<&str>,
+) -> Result<Metadata, serde_json::Error> {
     let config: Value = serde_json::from_slice(json)?;
     let empty = Map::new();
     let labels = config
@@ -149,8 +226,22 @@ pub fn from_docker_config(json: &[u8]) -> Result<Metadata, serde_json::Error> {
             .or_else(|| shim.as_ref().map(|s| s.namespace.clone())),
         pod_uid: label("io.kubernetes.pod.uid").or_else(|| shim.as_ref().map(|s| s.uid.clone())),
         sandbox,
-        netns_path: None,
+        // Docker's network sandbox; `default` is the host's (--network host).
+        netns_path: config
+            .pointer("/NetworkSettings/SandboxKey")
+            .and_then(Value::as_str)
+            .filter(|key| !key.is_empty() && !key.ends_with("/default"))
+            .map(str::to_string),
+        cgroup_paths: string_at(&config, "ID")
+            .map(|id| docker_cgroup_paths(&id, cgroup_parent))
+            .unwrap_or_default(),
     })
+}
+
+/// `HostConfig.CgroupParent` of Docker's hostconfig.json, when set.
+fn docker_cgroup_parent(json: &[u8]) -> Option<String> {
+    let config: Value = serde_json::from_slice(json).ok()?;
+    string_at(&config, "CgroupParent")
 }
 
 /// The parts of a dockershim container name.
@@ -195,8 +286,17 @@ fn read_limited(path: &Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// One of the config file readers above.
-type ConfigReader = fn(&[u8]) -> serde_json::Result<Metadata>;
+/// containerd's state directory as its configuration file sets it (a top-level `state = "…"`,
+/// before the first table), if it does.
+fn containerd_state_from_config(toml: &str) -> Option<PathBuf> {
+    toml.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "state").then(|| value.trim().trim_matches('"').into())
+        })
+}
 
 /// Where the runtimes keep their state on this node.
 #[derive(Clone, Debug, Default)]
@@ -210,39 +310,34 @@ pub struct StateDirs {
 }
 
 impl StateDirs {
-    /// The runtimes' default locations, plus the state directory of every containerd whose
-    /// shims run on this node (a shim's working directory is its task's bundle), so that a
-    /// containerd with its own `state` (k3s, a test node) is found too.
-    pub fn discover() -> Self {
-        let mut dirs = Self {
-            containerd_tasks: vec![
-                "/run/containerd/io.containerd.runtime.v2.task".into(),
-                "/run/k3s/containerd/io.containerd.runtime.v2.task".into(),
-            ],
-            storage_run_roots: vec!["/run/containers/storage".into()],
-            docker_containers: vec!["/var/lib/docker/containers".into()],
-        };
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return dirs;
-        };
-        for entry in procs.flatten().take(MAX_PROCS) {
-            let proc_dir = entry.path();
-            let is_shim = fs::read_to_string(proc_dir.join("comm"))
-                .is_ok_and(|comm| comm.starts_with("containerd-shim"));
-            if !is_shim {
-                continue;
-            }
-            // cwd is <tasks>/<namespace>/<id>.
-            let tasks = fs::read_link(proc_dir.join("cwd"))
+    /// The runtimes' default locations, the state directory containerd's configuration file
+    /// names, and those given with `--containerd-state` (k3s, a containerd of one's own).
+    pub fn configured() -> Self {
+        let mut containerd: Vec<PathBuf> =
+            vec!["/run/containerd".into(), "/run/k3s/containerd".into()];
+        containerd.extend(
+            fs::read_to_string(CONTAINERD_CONFIG)
                 .ok()
-                .and_then(|cwd| Some(cwd.parent()?.parent()?.to_path_buf()));
-            if let Some(tasks) = tasks {
-                if !dirs.containerd_tasks.contains(&tasks) {
-                    dirs.containerd_tasks.push(tasks);
-                }
+                .and_then(|toml| containerd_state_from_config(&toml)),
+        );
+        containerd.extend(
+            CONFIGURED_CONTAINERD_STATE
+                .get()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        let mut containerd_tasks: Vec<PathBuf> = Vec::new();
+        for tasks in containerd.iter().map(|state| state.join(CONTAINERD_TASKS)) {
+            if !containerd_tasks.contains(&tasks) {
+                containerd_tasks.push(tasks);
             }
         }
-        dirs
+        Self {
+            containerd_tasks,
+            storage_run_roots: vec!["/run/containers/storage".into()],
+            docker_containers: vec!["/var/lib/docker/containers".into()],
+        }
     }
 
     /// The state directories that exist on this node.
@@ -276,40 +371,43 @@ impl StateDirs {
     }
 
     fn lookup_in(&self, runtime: Runtime, id: &str) -> Option<Metadata> {
-        let (candidates, reader): (Vec<PathBuf>, ConfigReader) = match runtime {
-            Runtime::Containerd => (
-                self.containerd_tasks
-                    .iter()
-                    .filter_map(|tasks| fs::read_dir(tasks).ok())
-                    .flat_map(|namespaces| namespaces.flatten())
-                    .map(|ns| ns.path().join(id).join("config.json"))
-                    .collect(),
-                from_oci_config,
-            ),
+        let candidates: Vec<PathBuf> = match runtime {
+            Runtime::Containerd => self
+                .containerd_tasks
+                .iter()
+                .filter_map(|tasks| fs::read_dir(tasks).ok())
+                .flat_map(|namespaces| namespaces.flatten())
+                .map(|ns| ns.path().join(id).join("config.json"))
+                .collect(),
             // CRI-O and podman share containers/storage; the cgroup path tells them apart.
-            Runtime::CriO | Runtime::Podman => (
-                self.storage_run_roots
-                    .iter()
-                    .map(|root| {
-                        root.join("overlay-containers")
-                            .join(id)
-                            .join("userdata/config.json")
-                    })
-                    .collect(),
-                from_oci_config,
-            ),
-            Runtime::Docker => (
-                self.docker_containers
-                    .iter()
-                    .map(|root| root.join(id).join("config.v2.json"))
-                    .collect(),
-                from_docker_config,
-            ),
+            Runtime::CriO | Runtime::Podman => self
+                .storage_run_roots
+                .iter()
+                .map(|root| {
+                    root.join("overlay-containers")
+                        .join(id)
+                        .join("userdata/config.json")
+                })
+                .collect(),
+            Runtime::Docker => self
+                .docker_containers
+                .iter()
+                .map(|root| root.join(id).join("config.v2.json"))
+                .collect(),
         };
         candidates.iter().find_map(|path| {
             let bytes = read_limited(path)?;
-            reader(&bytes)
-                .map_err(|e| log::debug!("{}: not a container config: {e}", path.display()))
+            let read = match runtime {
+                Runtime::Docker => {
+                    let parent = path
+                        .parent()
+                        .and_then(|dir| read_limited(&dir.join("hostconfig.json")))
+                        .and_then(|json| docker_cgroup_parent(&json));
+                    from_docker_config(&bytes, parent.as_deref())
+                }
+                _ => from_oci_config(&bytes),
+            };
+            read.map_err(|e| log::debug!("{}: not a container config: {e}", path.display()))
                 .ok()
         })
     }
@@ -418,7 +516,7 @@ mod tests {
             "io.kubernetes.container.name": "app", "io.kubernetes.pod.name": "web",
             "io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.uid": "0d5ec6b3",
             "io.kubernetes.docker.type": "container"}}}"#;
-        let m = from_docker_config(labelled.as_bytes()).unwrap();
+        let m = from_docker_config(labelled.as_bytes(), None).unwrap();
         assert_eq!(m.name.as_deref(), Some("app"));
         assert_eq!(m.pod_namespace.as_deref(), Some("shop"));
         assert_eq!(m.image.as_deref(), Some("web:1.2"));
@@ -426,7 +524,7 @@ mod tests {
         // Old dockershim: labels missing, the name alone carries the pod.
         let named_only =
             r#"{"Name": "/k8s_POD_web_shop_0d5ec6b3_3", "Config": {"Image": "pause:3.9"}}"#;
-        let s = from_docker_config(named_only.as_bytes()).unwrap();
+        let s = from_docker_config(named_only.as_bytes(), None).unwrap();
         assert!(s.sandbox);
         assert_eq!(s.name, None);
         assert_eq!(
@@ -439,7 +537,7 @@ mod tests {
         );
 
         let plain = r#"{"Name": "/nginx_test", "Config": {"Image": "nginx", "Labels": null}}"#;
-        let p = from_docker_config(plain.as_bytes()).unwrap();
+        let p = from_docker_config(plain.as_bytes(), None).unwrap();
         assert_eq!(p.name.as_deref(), Some("nginx_test"));
         assert_eq!(p.pod_name, None);
     }
@@ -459,10 +557,79 @@ mod tests {
     }
 
     #[test]
+    fn the_records_cgroup_paths_in_each_drivers_form() {
+        let uid = "0d5ec6b3_8a3c";
+        assert_eq!(
+            oci_cgroup_path(&format!(
+                "kubepods-besteffort-pod{uid}.slice:cri-containerd:abc"
+            ))
+            .as_deref(),
+            Some(
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-abc.scope"
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(
+            oci_cgroup_path("/kubepods/besteffort/pod1/abc").as_deref(),
+            Some("/kubepods/besteffort/pod1/abc")
+        );
+        assert_eq!(
+            oci_cgroup_path("k8s.io/abc").as_deref(),
+            Some("/k8s.io/abc")
+        );
+        assert_eq!(
+            oci_cgroup_path(":runc:abc").as_deref(),
+            Some("/runc-abc.scope")
+        );
+        for odd in ["", "a:b", "a:b:c:d", "notaslice:p:n"] {
+            assert_eq!(oci_cgroup_path(odd), None, "{odd}");
+        }
+        assert_eq!(
+            docker_cgroup_paths("abc", None),
+            ["/docker/abc", "/system.slice/docker-abc.scope"]
+        );
+        assert_eq!(
+            docker_cgroup_paths("abc", Some("/custom/")),
+            ["/custom/abc", "/system.slice/docker-abc.scope"]
+        );
+        let with_path = CONTAINERD_CONTAINER.replace(
+            r#""linux": {"#,
+            r#""linux": {"cgroupsPath": "/kubepods/besteffort/pod1/abc", "#,
+        );
+        assert_eq!(
+            from_oci_config(with_path.as_bytes()).unwrap().cgroup_paths,
+            ["/kubepods/besteffort/pod1/abc"]
+        );
+        let docker =
+            r#"{"ID": "abc", "NetworkSettings": {"SandboxKey": "/var/run/docker/netns/default"}}"#;
+        let m = from_docker_config(docker.as_bytes(), Some("/kubepods/pod1")).unwrap();
+        assert_eq!(m.cgroup_paths[0], "/kubepods/pod1/abc");
+        assert_eq!(
+            m.netns_path, None,
+            "--network host joins the host's namespace"
+        );
+    }
+
+    #[test]
+    fn containerd_state_from_its_configuration() {
+        let toml = "version = 2\nroot = \"/var/lib/c\"\nstate = \"/run/k0s/containerd\"\n[plugins]\nstate = \"/no\"\n";
+        assert_eq!(
+            containerd_state_from_config(toml),
+            Some(PathBuf::from("/run/k0s/containerd"))
+        );
+        assert_eq!(
+            containerd_state_from_config("[plugins]\nstate = \"/no\"\n"),
+            None
+        );
+    }
+
+    #[test]
     fn malformed_configs_are_errors_not_panics() {
         let truncated = &CONTAINERD_CONTAINER[..CONTAINERD_CONTAINER.len() / 2];
         assert!(from_oci_config(truncated.as_bytes()).is_err());
-        assert!(from_docker_config(b"{\"Name\": ").is_err());
+        assert!(from_docker_config(b"{\"Name\": ", None).is_err());
         assert!(from_oci_config(b"\xff\xfe").is_err());
         // Valid JSON of the wrong shape: nothing known, nothing invented.
         for odd in [
@@ -479,7 +646,7 @@ mod tests {
             );
         }
         assert_eq!(
-            from_docker_config(br#"{"Config": [], "Name": 3}"#).unwrap(),
+            from_docker_config(br#"{"Config": [], "Name": 3}"#, None).unwrap(),
             Metadata::default()
         );
     }

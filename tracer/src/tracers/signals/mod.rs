@@ -299,6 +299,11 @@ impl Tracer for SignalsTracer {
         summary.insert("by_signal".into(), json!(self.by_signal));
         summary.insert("by_result".into(), json!(self.by_result));
         summary.insert("by_sender".into(), json!(self.by_reason));
+        // Processes in them were named after no container: say so, it may be an attempt.
+        summary.insert(
+            "cgroups_unlike_their_runtime_record".into(),
+            json!(self.enricher.status().impostors),
+        );
         let findings = self.exit_code_findings();
         if !findings.is_empty() {
             summary.insert("exit_codes".into(), Value::Array(findings));
