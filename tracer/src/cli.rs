@@ -1,8 +1,13 @@
 //! Command line.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::{output::Format, pipeline::StopWhen, session::RunConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -207,6 +212,42 @@ pub struct RunArgs {
     pub buffer_mb: u32,
 }
 
+/// `--listen`: `ADDR:PORT`, an IPv6 address with or without brackets (`fd00::1:9435`, as
+/// `$(HOST_IP):9435` gives on an IPv6 node).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let (ip, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` is not ADDR:PORT"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("`{ip}` is not an IP address"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` is not a port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+impl RunArgs {
+    /// The run these options ask for, in the session's terms.
+    pub fn config(&self) -> RunConfig {
+        RunConfig {
+            format: if self.json {
+                Format::Json
+            } else {
+                Format::Human
+            },
+            stop: StopWhen {
+                duration: self.duration,
+                count: self.count,
+            },
+            buffer_mb: self.buffer_mb,
+        }
+    }
+}
+
 fn parse_buffer_mb(text: &str) -> Result<u32, String> {
     let mb: u32 = text
         .parse()
@@ -315,7 +356,7 @@ pub struct RecordArgs {
 pub struct ServeArgs {
     /// Address and port of the HTTP server (/metrics, /healthz); an IPv6 address with or
     /// without brackets. Port 0 picks a free port, printed on stderr.
-    #[arg(long, default_value = "127.0.0.1:9435", value_name = "ADDR:PORT", value_parser = crate::serve::parse_listen)]
+    #[arg(long, default_value = "127.0.0.1:9435", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
 
     /// Stop after this long; default: until SIGTERM or Ctrl-C.
@@ -410,5 +451,18 @@ mod tests {
         assert!(parse_buffer_mb("3").is_err());
         assert!(parse_buffer_mb("0").is_err());
         assert!(parse_buffer_mb("x").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_with_and_without_brackets() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9435"),
+            Ok("127.0.0.1:9435".parse().unwrap())
+        );
+        assert_eq!(parse_listen("[fd00::1]:9435"), parse_listen("fd00::1:9435"));
+        assert_eq!(parse_listen("::1:0"), Ok("[::1]:0".parse().unwrap()));
+        assert!(parse_listen("localhost:9435").is_err());
+        assert!(parse_listen("127.0.0.1").is_err());
+        assert!(parse_listen("127.0.0.1:99999").is_err());
     }
 }

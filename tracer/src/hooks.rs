@@ -6,7 +6,11 @@ use std::{fmt, path::Path};
 
 use anyhow::{anyhow, Result};
 use aya::{
-    programs::{BtfTracePoint, FExit, ProgramError, TracePoint},
+    programs::{
+        kprobe::KProbeError, trace_point::TracePointError, BtfTracePoint, FExit, ProgramError,
+        TracePoint,
+    },
+    sys::SyscallError,
     Btf, Ebpf, EbpfLoader,
 };
 
@@ -214,28 +218,48 @@ fn attach_candidate(ebpf: &mut Ebpf, candidate: &Candidate, kernel: &KernelConte
     Ok(())
 }
 
-/// Turns the common load errors into what they mean.
+/// The errno the kernel answered a load or attach with, where the error carries one.
+fn errno_of(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::LoadError { io_error, .. }
+        | ProgramError::SyscallError(SyscallError { io_error, .. })
+        | ProgramError::TracePointError(TracePointError::FileError { io_error, .. })
+        | ProgramError::KProbeError(KProbeError::FileError { io_error, .. }) => {
+            io_error.raw_os_error()
+        }
+        _ => None,
+    }
+}
+
+/// Turns the common load and attach errors into what they mean, by their errno.
 fn explain(e: ProgramError) -> anyhow::Error {
-    let text = e.to_string();
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
-        anyhow!("not permitted (EPERM): the kernel (lockdown or an LSM) refuses this program type")
-    } else if text.contains("No such file") || text.contains("ENOENT") {
-        anyhow!("not found in this kernel")
-    } else if let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &e
-    {
-        // The whole verifier log can be thousands of lines; its end says what failed.
-        let log = verifier_log.to_string();
-        let tail: Vec<&str> = log.lines().rev().take(4).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        anyhow!(
-            "the verifier rejected the program ({io_error}): {}",
-            tail.join(" | ")
-        )
-    } else {
-        anyhow!(e)
+    match (errno_of(&e), &e) {
+        (Some(libc::EPERM), _) => {
+            anyhow!(
+                "not permitted (EPERM): the kernel (lockdown or an LSM) refuses this program type"
+            )
+        }
+        (Some(libc::ENOENT), _) => anyhow!("not found in this kernel (ENOENT)"),
+        (
+            _,
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            },
+        ) => {
+            // The whole verifier log can be thousands of lines; its end says what failed.
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(4).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow!(
+                "the verifier rejected the program ({io_error}): {}",
+                tail.join(" | ")
+            )
+        }
+        (Some(libc::EINVAL), _) => {
+            anyhow!("this kernel does not support attaching it here (EINVAL): {e}")
+        }
+        _ => anyhow!(e),
     }
 }
 
@@ -322,4 +346,54 @@ fn probe_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
         .try_into()?;
     program.load(FEXIT_PROBE_TARGET, btf).map_err(explain)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod explain_tests {
+    use std::io;
+
+    use super::*;
+
+    fn syscall(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(SyscallError {
+            call: "bpf_link_create",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn errors_are_explained_by_their_errno() {
+        let said = |e: ProgramError| format!("{:#}", explain(e));
+        assert!(said(syscall(libc::EPERM)).starts_with("not permitted (EPERM)"));
+        assert!(said(syscall(libc::EINVAL)).contains("(EINVAL)"));
+        let missing = ProgramError::TracePointError(TracePointError::FileError {
+            filename: "/sys/kernel/tracing/events/x/y/id".into(),
+            io_error: io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        assert!(said(missing).starts_with("not found in this kernel"));
+        let refused = ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(libc::EPERM),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        };
+        assert!(said(refused).starts_with("not permitted (EPERM)"));
+        let rejected = ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(
+                "0: (b7) r0 = 0\n1: (95) exit\nR1 invalid mem access 'scalar'\nprocessed 2 insns"
+                    .into(),
+            ),
+        };
+        let text = said(rejected);
+        assert!(
+            text.starts_with("the verifier rejected the program"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("R1 invalid mem access 'scalar' | processed 2 insns"),
+            "{text}"
+        );
+        // An errno the kernel did not give (a message that merely mentions one) is not taken.
+        let other = said(ProgramError::NotLoaded);
+        assert!(!other.contains("EPERM"), "{other}");
+    }
 }

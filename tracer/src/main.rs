@@ -69,7 +69,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
             };
             let (mut tracer, kernel) = prepare(|_| SignalsTracer::new(&options))?;
-            trace(&mut tracer, kernel, &args.run)?;
+            trace(&mut tracer, kernel, &args.run.config())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
@@ -87,16 +87,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 namespace: args.namespace,
             };
             let (mut tracer, kernel) = prepare(|btf| ConntrackTracer::new(btf, options))?;
-            trace(&mut tracer, kernel, &args.run)?;
+            trace(&mut tracer, kernel, &args.run.config())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) if args.watch => {
             let (mut tracer, kernel) = prepare(|_| Ok(NetnsTracer::new()))?;
-            trace(&mut tracer, kernel, &args.run)?;
+            trace(&mut tracer, kernel, &args.run.config())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
-            format: session::format(&args.run),
+            format: args.run.config().format,
             inodes: args.inode,
             stuck_after: args.stuck_after,
         }),
@@ -120,6 +120,117 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::ExitCode { code } => {
             println!("{}", tracers::signals::names::explain_exit_code(code));
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod design_tests {
+    use std::{collections::BTreeMap, fs, path::Path};
+
+    /// The crate's top-level modules each use: `crate::m` paths and the first segments of
+    /// `use crate::{...}` groups, in code outside tests.
+    fn module_graph() -> BTreeMap<String, Vec<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let modules: Vec<String> = fs::read_dir(&src)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            })
+            .filter(|m| m != "main")
+            .collect();
+        let mut graph = BTreeMap::new();
+        for module in &modules {
+            let mut text = String::new();
+            let mut dirs = vec![src.join(module)];
+            if let Ok(file) = fs::read_to_string(src.join(format!("{module}.rs"))) {
+                text.push_str(&file);
+            }
+            while let Some(dir) = dirs.pop() {
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        dirs.push(path);
+                    } else if let Ok(file) = fs::read_to_string(&path) {
+                        text.push_str(&file);
+                    }
+                }
+            }
+            let code = |file: &str| file.split("#[cfg(test)]").next().unwrap_or("").to_string();
+            let text = code(&text);
+            let mut uses: Vec<String> = Vec::new();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    // The group's own top level: `a::x, b, c::{..}`.
+                    Some(group) => {
+                        let mut depth = 0;
+                        let end = group
+                            .find(|c: char| {
+                                match c {
+                                    '{' => depth += 1,
+                                    '}' if depth == 0 => return true,
+                                    '}' => depth -= 1,
+                                    _ => {}
+                                }
+                                false
+                            })
+                            .unwrap_or(group.len());
+                        let mut depth = 0;
+                        group[..end]
+                            .split(|c: char| {
+                                match c {
+                                    '{' => depth += 1,
+                                    '}' => depth -= 1,
+                                    _ => {}
+                                }
+                                c == ',' && depth == 0
+                            })
+                            .map(|item| item.trim().split("::").next().unwrap_or(""))
+                            .collect()
+                    }
+                    None => vec![rest
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or("")],
+                };
+                for name in names {
+                    if name != module
+                        && modules.iter().any(|m| m == name)
+                        && !uses.iter().any(|u| u == name)
+                    {
+                        uses.push(name.to_string());
+                    }
+                }
+            }
+            graph.insert(module.clone(), uses);
+        }
+        graph
+    }
+
+    #[test]
+    fn modules_depend_on_each_other_one_way() {
+        let graph = module_graph();
+        assert!(graph["cli"].contains(&"session".to_string()), "{graph:?}");
+        // Depth-first from each module: reaching it again is a cycle.
+        for start in graph.keys() {
+            let mut stack = vec![vec![start.clone()]];
+            while let Some(path) = stack.pop() {
+                for next in &graph[path.last().unwrap()] {
+                    assert!(
+                        next != start,
+                        "import cycle: {} -> {next}",
+                        path.join(" -> ")
+                    );
+                    if !path.contains(next) {
+                        stack.push([path.clone(), vec![next.clone()]].concat());
+                    }
+                }
+            }
         }
     }
 }

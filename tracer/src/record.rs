@@ -9,12 +9,13 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::{RecordArgs, RunArgs},
+    cli::RecordArgs,
     clock,
     enrich::selector::Selector,
-    output::Output,
+    output::{Format, Output},
+    pipeline::StopWhen,
     report,
-    session::{prepare, trace_into},
+    session::{prepare, trace_into, RunConfig},
     tracers::{
         conntrack::ConntrackOptions,
         ensemble::{every_tracer, Companion, Ensemble},
@@ -104,10 +105,12 @@ pub fn run(args: RecordArgs) -> Result<()> {
         .with_context(|| format!("creating the recording {}", path.display()))?;
     eprintln!("tracer: recording into {}", path.display());
     let out = Output::record(file, recorder.human_header());
-    let run = RunArgs {
-        json: false,
-        duration: args.duration,
-        count: None,
+    let run = RunConfig {
+        format: Format::Record,
+        stop: StopWhen {
+            duration: args.duration,
+            count: None,
+        },
         buffer_mb: args.buffer_mb,
     };
     trace_into(&mut recorder, kernel, &run, out)?;

@@ -6,7 +6,6 @@ use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cli::RunArgs,
     hooks::{self, KernelContext, LoadOptions},
     kernel::{btf::KernelBtf, preflight},
     output::{Format, Output},
@@ -14,13 +13,14 @@ use crate::{
     tracers::Tracer,
 };
 
-/// Human columns, or JSON lines with `--json`.
-pub fn format(run: &RunArgs) -> Format {
-    if run.json {
-        Format::Json
-    } else {
-        Format::Human
-    }
+/// How a run goes, whichever command asked for it (the command line's options turned into
+/// plain values once, so that nothing past `cli` sees the parser).
+#[derive(Clone, Copy, Debug)]
+pub struct RunConfig {
+    pub format: Format,
+    pub stop: StopWhen,
+    /// Size of the ring buffer, in MiB.
+    pub buffer_mb: u32,
 }
 
 /// Reads the kernel's BTF for what `make` needs (a tracer's layouts) and for what loading
@@ -65,8 +65,8 @@ pub fn attach_empty_hook(hook: &str) -> Result<()> {
 
 /// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
 /// prints the summary. Everything is detached before this returns.
-pub fn trace(tracer: &mut dyn Tracer, kernel: KernelContext, run: &RunArgs) -> Result<()> {
-    let out = Output::new(format(run), tracer.human_header());
+pub fn trace(tracer: &mut dyn Tracer, kernel: KernelContext, run: &RunConfig) -> Result<()> {
+    let out = Output::new(run.format, tracer.human_header());
     trace_into(tracer, kernel, run, out)
 }
 
@@ -74,7 +74,7 @@ pub fn trace(tracer: &mut dyn Tracer, kernel: KernelContext, run: &RunArgs) -> R
 pub fn trace_into(
     tracer: &mut dyn Tracer,
     kernel: KernelContext,
-    run: &RunArgs,
+    run: &RunConfig,
     mut out: Output,
 ) -> Result<()> {
     let ebpf = hooks::open(
@@ -96,15 +96,11 @@ pub fn trace_into(
         tracer.name(),
         used.join(", ")
     );
-    let stop = StopWhen {
-        duration: run.duration,
-        count: run.count,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let stats = runtime.block_on(pipeline::run(loaded, tracer, &mut out, stop))?;
+    let stats = runtime.block_on(pipeline::run(loaded, tracer, &mut out, run.stop))?;
 
     let mut summary = Map::new();
     summary.insert("type".into(), json!("summary"));
@@ -113,7 +109,7 @@ pub fn trace_into(
     summary.insert("stopped_by".into(), json!(stats.stopped_by));
     summary.insert("events".into(), json!(stats.events));
     summary.insert("lost".into(), json!(stats.lost_total()));
-    tracer.summarize(&stats, &mut summary);
+    tracer.summarize(&mut summary);
     out.summary(&Value::Object(summary))
         .context("writing the summary")?;
     if stats.lost_total() > 0 {

@@ -7,7 +7,7 @@ mod programs;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::TcpListener,
     sync::{
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender},
         Arc,
@@ -20,34 +20,17 @@ use anyhow::{Context as _, Result};
 
 use self::metrics::{pod_key, Alive, Bounds, Metrics};
 use crate::{
-    cli::{RunArgs, ServeArgs},
+    cli::ServeArgs,
     enrich::identity::Enricher,
     output::{Format, Output},
-    session::{prepare, trace_into},
+    pipeline::StopWhen,
+    session::{prepare, trace_into, RunConfig},
     tracers::{
         ensemble::{every_tracer, Companion, Ensemble},
         netns::snapshot::{self, NamespaceReport},
         Tracer as _,
     },
 };
-
-/// `--listen`: `ADDR:PORT`, an IPv6 address with or without brackets (`fd00::1:9435`, as
-/// `$(HOST_IP):9435` gives on an IPv6 node).
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(address) = text.parse() {
-        return Ok(address);
-    }
-    let (ip, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{text}` is not ADDR:PORT"))?;
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("`{ip}` is not an IP address"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{port}` is not a port"))?;
-    Ok(SocketAddr::new(ip, port))
-}
 
 /// Every `every`, on a thread of its own: a census of the network namespaces (their flags,
 /// to the metrics) and of what is alive (the series of pods and namespaces gone are dropped
@@ -179,31 +162,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     );
     let out =
         Output::new(Format::Json, ensemble.human_header()).observed_by(metrics, args.no_events);
-    let run = RunArgs {
-        json: true,
-        duration: args.duration,
-        count: None,
+    let run = RunConfig {
+        format: Format::Json,
+        stop: StopWhen {
+            duration: args.duration,
+            count: None,
+        },
         buffer_mb: args.buffer_mb,
     };
     let traced = trace_into(&mut ensemble, kernel, &run, out);
     drop(server);
     traced
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_addresses_with_and_without_brackets() {
-        assert_eq!(
-            parse_listen("127.0.0.1:9435"),
-            Ok("127.0.0.1:9435".parse().unwrap())
-        );
-        assert_eq!(parse_listen("[fd00::1]:9435"), parse_listen("fd00::1:9435"));
-        assert_eq!(parse_listen("::1:0"), Ok("[::1]:0".parse().unwrap()));
-        assert!(parse_listen("localhost:9435").is_err());
-        assert!(parse_listen("127.0.0.1").is_err());
-        assert!(parse_listen("127.0.0.1:99999").is_err());
-    }
 }

@@ -15,7 +15,7 @@ use super::{
     signals::{SignalsOptions, SignalsTracer},
     Tracer,
 };
-use crate::{hooks::HookSpec, kernel::btf::KernelBtf, output::Output, pipeline::RunStats};
+use crate::{hooks::HookSpec, kernel::btf::KernelBtf, output::Output};
 
 /// What a command does besides the tracers: once the programs are loaded, and at each flush
 /// of the pipeline.
@@ -119,10 +119,10 @@ impl<C: Companion> Tracer for Ensemble<C> {
         Ok(written)
     }
 
-    fn summarize(&self, stats: &RunStats, summary: &mut Map<String, Value>) {
+    fn summarize(&self, summary: &mut Map<String, Value>) {
         for tracer in &self.tracers {
             let mut own = Map::new();
-            tracer.summarize(stats, &mut own);
+            tracer.summarize(&mut own);
             summary.insert(tracer.name().to_string(), Value::Object(own));
         }
     }

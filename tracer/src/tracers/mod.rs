@@ -16,7 +16,7 @@ use anyhow::Result;
 use aya::GlobalData;
 use tracer_common::EventKind;
 
-use crate::{hooks::HookSpec, output::Output, pipeline::RunStats};
+use crate::{hooks::HookSpec, output::Output};
 
 pub trait Tracer {
     /// Name used in messages and in the summary (`"signals"`).
@@ -51,7 +51,7 @@ pub trait Tracer {
     }
 
     /// Adds this tracer's figures to the end-of-run summary.
-    fn summarize(&self, stats: &RunStats, summary: &mut serde_json::Map<String, serde_json::Value>);
+    fn summarize(&self, summary: &mut serde_json::Map<String, serde_json::Value>);
 }
 
 /// Reads a `#[repr(C)]` record from ring-buffer bytes.

@@ -35,7 +35,6 @@ use crate::{
     hooks::{Attach, Candidate, HookSpec},
     kernel::{btf::KernelBtf, netns},
     output::Output,
-    pipeline::RunStats,
 };
 
 const HOOKS: &[HookSpec] = &[HookSpec {
@@ -357,7 +356,7 @@ impl Tracer for ConntrackTracer {
         Ok(1)
     }
 
-    fn summarize(&self, _stats: &RunStats, summary: &mut Map<String, Value>) {
+    fn summarize(&self, summary: &mut Map<String, Value>) {
         summary.insert("by_class".into(), json!(self.by_class));
         summary.insert("by_netns".into(), Value::Array(self.per_netns()));
     }

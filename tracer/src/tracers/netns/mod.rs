@@ -32,7 +32,6 @@ use crate::{
     hooks::{Attach, Candidate, HookSpec},
     kernel::{preflight, symbols},
     output::Output,
-    pipeline::RunStats,
 };
 
 const HOOKS: &[HookSpec] = &[
@@ -280,7 +279,7 @@ impl Tracer for NetnsTracer {
         Ok(written)
     }
 
-    fn summarize(&self, _stats: &RunStats, summary: &mut Map<String, Value>) {
+    fn summarize(&self, summary: &mut Map<String, Value>) {
         summary.insert("by_action".into(), json!(self.by_action));
         summary.insert(
             "teardown_unfinished".into(),

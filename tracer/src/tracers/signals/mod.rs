@@ -26,7 +26,6 @@ use crate::{
     enrich::{cgroup, filter::WorkloadFilter, identity::Enricher, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     output::Output,
-    pipeline::RunStats,
 };
 
 const HOOKS: &[HookSpec] = &[
@@ -295,7 +294,7 @@ impl Tracer for SignalsTracer {
         Ok(written)
     }
 
-    fn summarize(&self, _stats: &RunStats, summary: &mut Map<String, Value>) {
+    fn summarize(&self, summary: &mut Map<String, Value>) {
         summary.insert("by_signal".into(), json!(self.by_signal));
         summary.insert("by_result".into(), json!(self.by_result));
         summary.insert("by_sender".into(), json!(self.by_reason));
