@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::{
-    enrich::identity::Enricher,
+    enrich::identity::Identities,
     hooks::{self, KernelContext, LoadOptions},
     kernel::{
         btf::{KernelBtf, VMLINUX_BTF},
@@ -30,12 +30,13 @@ fn detail<T>(result: &Result<T>, ok: &str) -> String {
 }
 
 /// Every tracer, with default options, as the doctor checks them.
-fn all_tracers(btf: &KernelBtf) -> Vec<Result<Box<dyn Tracer>>> {
+fn all_tracers(btf: &KernelBtf, identities: &Identities) -> Vec<Result<Box<dyn Tracer>>> {
     vec![
-        SignalsTracer::new(&SignalsOptions::default()).map(|t| Box::new(t) as Box<dyn Tracer>),
-        ConntrackTracer::new(btf, ConntrackOptions::default())
+        SignalsTracer::new(&SignalsOptions::default(), identities)
             .map(|t| Box::new(t) as Box<dyn Tracer>),
-        Ok(Box::new(NetnsTracer::new())),
+        ConntrackTracer::new(btf, ConntrackOptions::default(), identities)
+            .map(|t| Box::new(t) as Box<dyn Tracer>),
+        Ok(Box::new(NetnsTracer::new(identities))),
     ]
 }
 
@@ -75,7 +76,8 @@ pub fn run() -> Result<ExitCode> {
         println!("tracer cannot run here: fix the lines marked `no` above");
         return Ok(ExitCode::from(2));
     };
-    let tracers = all_tracers(&btf);
+    let identities = Identities::new();
+    let tracers = all_tracers(&btf, &identities);
     let hooks: Vec<_> = tracers.iter().flatten().flat_map(|t| t.hooks()).collect();
     let kernel = KernelContext::new(&btf, &hooks)?;
     drop(btf);
@@ -126,7 +128,7 @@ pub fn run() -> Result<ExitCode> {
         }
     }
     println!("identity:");
-    let status = Enricher::new().status();
+    let status = identities.lock().status();
     let dirs: Vec<String> = status
         .state_dirs
         .iter()

@@ -68,8 +68,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     namespace: args.namespace,
                 },
             };
-            let (mut tracer, kernel) = prepare(|_| SignalsTracer::new(&options))?;
-            trace(&mut tracer, kernel, &args.run.config())?;
+            let (mut tracer, session) =
+                prepare(|_, identities| SignalsTracer::new(&options, identities))?;
+            trace(&mut tracer, session, &args.run.config())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
@@ -86,13 +87,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pod: args.pod,
                 namespace: args.namespace,
             };
-            let (mut tracer, kernel) = prepare(|btf| ConntrackTracer::new(btf, options))?;
-            trace(&mut tracer, kernel, &args.run.config())?;
+            let (mut tracer, session) =
+                prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;
+            trace(&mut tracer, session, &args.run.config())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) if args.watch => {
-            let (mut tracer, kernel) = prepare(|_| Ok(NetnsTracer::new()))?;
-            trace(&mut tracer, kernel, &args.run.config())?;
+            let (mut tracer, session) = prepare(|_, identities| Ok(NetnsTracer::new(identities)))?;
+            trace(&mut tracer, session, &args.run.config())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {

@@ -12,6 +12,7 @@ use tokio::{
 use tracer_common::{EventHeader, EventKind, EVENT_KINDS};
 
 use crate::{
+    enrich::identity::Identities,
     hooks::{Loaded, EVENTS_MAP, LOST_MAP},
     output::Output,
     tracers::{decode_record, Tracer},
@@ -83,6 +84,7 @@ fn drain(
 pub async fn run(
     mut loaded: Loaded,
     tracer: &mut dyn Tracer,
+    identities: &Identities,
     out: &mut Output,
     stop: StopWhen,
 ) -> Result<RunStats> {
@@ -121,6 +123,10 @@ pub async fn run(
             _ = tick.tick() => {
                 let room = stop.count.map_or(u64::MAX, |n| n - stats.events);
                 stats.events += drain(ring.get_mut(), tracer, out, room)?;
+                // The explicit refresh step: new cgroups for the tracers that follow them.
+                if identities.refresh_if_due() {
+                    tracer.identities_refreshed();
+                }
                 stats.events += tracer.flush(out, false)?;
                 out.flush().context("writing events")?;
                 let lost_now = read_lost(&lost);

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::RecordArgs,
     clock,
-    enrich::selector::Selector,
+    enrich::{identity::Identities, selector::Selector},
     output::{Format, Output},
     pipeline::StopWhen,
     report,
@@ -37,6 +37,8 @@ struct Recording {
     /// A namespace held by a process in D state this long is flagged `stuck` in the closing
     /// snapshot.
     stuck_after: Duration,
+    /// The run's cache, for the closing snapshot.
+    identities: Identities,
 }
 
 impl Companion for Recording {
@@ -56,7 +58,7 @@ impl Companion for Recording {
             self.last_status = Instant::now();
         }
         if final_flush {
-            for namespace in snapshot::take(self.stuck_after) {
+            for namespace in snapshot::take_with(&self.identities, self.stuck_after) {
                 out.event(&namespace)?;
             }
         }
@@ -87,13 +89,14 @@ pub fn run(args: RecordArgs) -> Result<()> {
         namespace: args.namespace,
         ..Default::default()
     };
-    let recording = Recording {
-        started: Instant::now(),
-        last_status: Instant::now(),
-        stuck_after: args.stuck_after,
-    };
-    let (mut recorder, kernel) = prepare(|btf| {
-        let tracers = every_tracer(btf, &signals, conntrack)?;
+    let (mut recorder, session) = prepare(|btf, identities| {
+        let tracers = every_tracer(btf, identities, &signals, conntrack)?;
+        let recording = Recording {
+            started: Instant::now(),
+            last_status: Instant::now(),
+            stuck_after: args.stuck_after,
+            identities: identities.clone(),
+        };
         Ok(Ensemble::new(
             "record",
             "live view (the file has every field):",
@@ -113,6 +116,6 @@ pub fn run(args: RecordArgs) -> Result<()> {
         },
         buffer_mb: args.buffer_mb,
     };
-    trace_into(&mut recorder, kernel, &run, out)?;
+    trace_into(&mut recorder, session, &run, out)?;
     report::print(&path, false)
 }

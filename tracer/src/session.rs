@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    enrich::identity::Identities,
     hooks::{self, KernelContext, LoadOptions},
     kernel::{btf::KernelBtf, preflight},
     output::{Format, Output},
@@ -23,16 +24,24 @@ pub struct RunConfig {
     pub buffer_mb: u32,
 }
 
+/// One run's shared context, built once: what loading needs from the kernel, and the
+/// identity cache every tracer (and `serve`'s census) borrows.
+pub struct Session {
+    kernel: KernelContext,
+    identities: Identities,
+}
+
 /// Reads the kernel's BTF for what `make` needs (a tracer's layouts) and for what loading
-/// needs, then drops it before anything is loaded.
+/// needs, then drops it before anything is loaded; `make` gets the run's identity cache.
 pub fn prepare<T: Tracer>(
-    make: impl FnOnce(&KernelBtf) -> Result<T>,
-) -> Result<(T, KernelContext)> {
+    make: impl FnOnce(&KernelBtf, &Identities) -> Result<T>,
+) -> Result<(T, Session)> {
     preflight::require_privileges()?;
     let btf = KernelBtf::from_sys_fs()?;
-    let tracer = make(&btf)?;
+    let identities = Identities::new();
+    let tracer = make(&btf, &identities)?;
     let kernel = KernelContext::new(&btf, &tracer.hooks())?;
-    Ok((tracer, kernel))
+    Ok((tracer, Session { kernel, identities }))
 }
 
 /// `tracer bench-empty-hook`: an empty program on `hook` until Ctrl-C or SIGTERM.
@@ -65,26 +74,26 @@ pub fn attach_empty_hook(hook: &str) -> Result<()> {
 
 /// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
 /// prints the summary. Everything is detached before this returns.
-pub fn trace(tracer: &mut dyn Tracer, kernel: KernelContext, run: &RunConfig) -> Result<()> {
+pub fn trace(tracer: &mut dyn Tracer, session: Session, run: &RunConfig) -> Result<()> {
     let out = Output::new(run.format, tracer.human_header());
-    trace_into(tracer, kernel, run, out)
+    trace_into(tracer, session, run, out)
 }
 
 /// [`trace`] into a given output.
 pub fn trace_into(
     tracer: &mut dyn Tracer,
-    kernel: KernelContext,
+    session: Session,
     run: &RunConfig,
     mut out: Output,
 ) -> Result<()> {
     let ebpf = hooks::open(
-        &kernel,
+        &session.kernel,
         LoadOptions {
             ring_buffer_bytes: run.buffer_mb << 20,
             globals: tracer.globals(),
         },
     )?;
-    let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &kernel).require_usable()?;
+    let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &session.kernel).require_usable()?;
     tracer.use_maps(&mut loaded.ebpf)?;
     let used: Vec<String> = loaded
         .outcomes
@@ -100,7 +109,13 @@ pub fn trace_into(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let stats = runtime.block_on(pipeline::run(loaded, tracer, &mut out, run.stop))?;
+    let stats = runtime.block_on(pipeline::run(
+        loaded,
+        tracer,
+        &session.identities,
+        &mut out,
+        run.stop,
+    ))?;
 
     let mut summary = Map::new();
     summary.insert("type".into(), json!("summary"));

@@ -2,10 +2,7 @@
 //! ids the [`Selector`] matches, which this keeps current as containers come and go (a
 //! restarted container has a new cgroup).
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::collections::HashSet;
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -15,15 +12,11 @@ use aya::{
 
 use super::{identity::Enricher, selector::Selector};
 
-/// How often new cgroups are looked for.
-const REFRESH: Duration = Duration::from_millis(500);
-
 pub struct WorkloadFilter {
     selector: Selector,
     /// The program's map (cgroup id → 1), once loaded.
     map: Option<BpfHashMap<MapData, u64, u8>>,
     added: HashSet<u64>,
-    refreshed: Instant,
 }
 
 impl WorkloadFilter {
@@ -32,7 +25,6 @@ impl WorkloadFilter {
             selector,
             map: None,
             added: HashSet::new(),
-            refreshed: Instant::now(),
         }
     }
 
@@ -55,17 +47,8 @@ impl WorkloadFilter {
         Ok(())
     }
 
-    /// Learns new cgroups and adds the matching ones, at most every [`REFRESH`].
-    pub fn refresh_if_due(&mut self, enricher: &mut Enricher) {
-        if self.map.is_none() || self.refreshed.elapsed() < REFRESH {
-            return;
-        }
-        enricher.refresh();
-        self.sync(enricher);
-        self.refreshed = Instant::now();
-    }
-
-    fn sync(&mut self, enricher: &Enricher) {
+    /// Adds the cgroups `enricher` learnt that the selector matches.
+    pub fn sync(&mut self, enricher: &Enricher) {
         let Some(map) = &mut self.map else {
             return;
         };

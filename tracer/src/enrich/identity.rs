@@ -255,7 +255,48 @@ impl Walk {
     }
 }
 
-/// The cache. One per tracer run.
+/// How often the run's cache looks for new cgroups besides when an event needs it: workload
+/// filters' maps follow new containers, and a pod sandbox must be seen while it runs for its
+/// namespace's teardown, which comes after the sandbox is gone, to name the pod.
+const REFRESH: Duration = Duration::from_millis(500);
+
+/// The run's one identity cache, lent to every tracer and to `serve`'s census thread, so that
+/// the hierarchy is walked and each runtime record read once for all of them.
+#[derive(Clone)]
+pub struct Identities {
+    cache: std::sync::Arc<std::sync::Mutex<Enricher>>,
+    refreshed: std::sync::Arc<std::sync::Mutex<Instant>>,
+}
+
+impl Identities {
+    /// Learns every container cgroup on the node now.
+    pub fn new() -> Self {
+        Self {
+            cache: std::sync::Arc::new(std::sync::Mutex::new(Enricher::new())),
+            refreshed: std::sync::Arc::new(std::sync::Mutex::new(Instant::now())),
+        }
+    }
+
+    /// The cache, for as long as the guard lives: keep it short (other threads wait).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Enricher> {
+        // A panic while walking leaves a cache that is still usable.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Walks for new cgroups when [`REFRESH`] passed since the last time: the pipeline's
+    /// explicit refresh step. Whether it walked.
+    pub fn refresh_if_due(&self) -> bool {
+        let mut refreshed = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        if refreshed.elapsed() < REFRESH {
+            return false;
+        }
+        self.lock().refresh();
+        *refreshed = Instant::now();
+        true
+    }
+}
+
+/// The cache. One per run, shared through [`Identities`].
 pub struct Enricher {
     /// The unified (cgroup v2) hierarchy, where the kernel's cgroup ids live.
     root: Option<PathBuf>,

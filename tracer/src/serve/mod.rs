@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result};
 use self::metrics::{pod_key, Alive, Bounds, Metrics};
 use crate::{
     cli::ServeArgs,
-    enrich::identity::Enricher,
+    enrich::identity::Identities,
     output::{Format, Output},
     pipeline::StopWhen,
     session::{prepare, trace_into, RunConfig},
@@ -38,6 +38,7 @@ use crate::{
 /// the kernel's rtnl lock for long, in just the incidents it is there to see, and the event
 /// loop (and /healthz) must not wait with it. Sends the flagged namespaces to the pipeline.
 fn start_census(
+    identities: Identities,
     metrics: Arc<Metrics>,
     every: Duration,
     stuck_after: Duration,
@@ -47,16 +48,20 @@ fn start_census(
     thread::Builder::new()
         .name("census".into())
         .spawn(move || {
-            let mut enricher = Enricher::new();
             loop {
-                enricher.refresh();
-                metrics.set_identity(enricher.status().verdict());
-                let reports = snapshot::take_with(&enricher, stuck_after);
+                let (verdict, pods) = {
+                    let mut cache = identities.lock();
+                    cache.refresh();
+                    let pods = cache
+                        .present_pods()
+                        .map(|pods| pods.into_iter().map(|p| pod_key(Some(p))).collect());
+                    (cache.status().verdict(), pods)
+                };
+                metrics.set_identity(verdict);
+                let reports = snapshot::take_with(&identities, stuck_after);
                 metrics.set_netns_flags(&reports);
                 let alive = Alive {
-                    pods: enricher
-                        .present_pods()
-                        .map(|pods| pods.into_iter().map(|p| pod_key(Some(p))).collect()),
+                    pods,
                     netns: reports.iter().map(|r| r.inode).collect(),
                 };
                 metrics.forget_gone(&alive);
@@ -134,11 +139,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         pod_grace: args.pod_grace,
     };
     let mut shared = None;
-    let (mut ensemble, kernel) = prepare(|btf| {
-        let tracers = every_tracer(btf, &Default::default(), Default::default())?;
+    let (mut ensemble, session) = prepare(|btf, identities| {
+        let tracers = every_tracer(btf, identities, &Default::default(), Default::default())?;
         let kinds: Vec<_> = tracers.iter().map(|t| (t.name(), t.kinds())).collect();
         let metrics = Arc::new(Metrics::new(bounds, &kinds)?);
-        let (stop, flagged) = start_census(metrics.clone(), args.census_every, args.stuck_after)?;
+        let (stop, flagged) = start_census(
+            identities.clone(),
+            metrics.clone(),
+            args.census_every,
+            args.stuck_after,
+        )?;
         shared = Some(metrics.clone());
         let census = Census {
             metrics: metrics.clone(),
@@ -170,7 +180,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
         buffer_mb: args.buffer_mb,
     };
-    let traced = trace_into(&mut ensemble, kernel, &run, out);
+    let traced = trace_into(&mut ensemble, session, &run, out);
     drop(server);
     traced
 }

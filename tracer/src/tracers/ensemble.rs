@@ -15,7 +15,9 @@ use super::{
     signals::{SignalsOptions, SignalsTracer},
     Tracer,
 };
-use crate::{hooks::HookSpec, kernel::btf::KernelBtf, output::Output};
+use crate::{
+    enrich::identity::Identities, hooks::HookSpec, kernel::btf::KernelBtf, output::Output,
+};
 
 /// What a command does besides the tracers: once the programs are loaded, and at each flush
 /// of the pipeline.
@@ -36,13 +38,14 @@ pub trait Companion {
 /// Every tracer, each with its options.
 pub fn every_tracer(
     btf: &KernelBtf,
+    identities: &Identities,
     signals: &SignalsOptions,
     conntrack: ConntrackOptions,
 ) -> Result<Vec<Box<dyn Tracer>>> {
     Ok(vec![
-        Box::new(SignalsTracer::new(signals)?),
-        Box::new(ConntrackTracer::new(btf, conntrack)?),
-        Box::new(NetnsTracer::new()),
+        Box::new(SignalsTracer::new(signals, identities)?),
+        Box::new(ConntrackTracer::new(btf, conntrack, identities)?),
+        Box::new(NetnsTracer::new(identities)),
     ])
 }
 
@@ -106,6 +109,12 @@ impl<C: Companion> Tracer for Ensemble<C> {
         let written = tracer.on_record(kind, raw, out)?;
         *self.events.entry(tracer.name()).or_default() += written;
         Ok(written)
+    }
+
+    fn identities_refreshed(&mut self) {
+        self.tracers
+            .iter_mut()
+            .for_each(|t| t.identities_refreshed());
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {

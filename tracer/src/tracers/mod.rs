@@ -44,6 +44,10 @@ pub trait Tracer {
     /// were written (they count towards `--count`).
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64>;
 
+    /// The run's identity cache learnt new cgroups (the pipeline's refresh step): keep what
+    /// follows it, such as a workload filter's kernel map, in step.
+    fn identities_refreshed(&mut self) {}
+
     /// Writes events the tracer held back (for instance to match them with a later record).
     /// `final_flush` is set once at the end of the run: then everything goes out.
     fn flush(&mut self, _out: &mut Output, _final_flush: bool) -> Result<u64> {

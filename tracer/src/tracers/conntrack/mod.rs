@@ -31,7 +31,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::{identity::Enricher, selector::Selector},
+    enrich::{identity::Identities, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     kernel::{btf::KernelBtf, netns},
     output::Output,
@@ -112,7 +112,7 @@ pub struct ConntrackTracer {
     /// Recently read entry counts by namespace inode.
     entries: LruCache<u64, (std::time::Instant, u64)>,
     /// Network namespaces to the pod whose sandbox owns them.
-    enricher: Enricher,
+    identities: Identities,
     /// `--pod` and `--namespace`.
     workload: Selector,
 }
@@ -129,7 +129,11 @@ const REQUIRED_FIELDS: &[(&str, &str)] = &[
 ];
 
 impl ConntrackTracer {
-    pub fn new(btf: &KernelBtf, options: ConntrackOptions) -> Result<Self> {
+    pub fn new(
+        btf: &KernelBtf,
+        options: ConntrackOptions,
+        identities: &Identities,
+    ) -> Result<Self> {
         for (s, f) in REQUIRED_FIELDS {
             btf.field_offset(s, f).with_context(|| {
                 format!("conntrack-drops needs `{s}.{f}` in the kernel's BTF (is nf_conntrack loaded and built with BTF?)")
@@ -179,7 +183,7 @@ impl ConntrackTracer {
             warned_no_stats: false,
             namespaces,
             entries: LruCache::new(MAX_TALLIED),
-            enricher: Enricher::new(),
+            identities: identities.clone(),
             workload,
         })
     }
@@ -292,9 +296,13 @@ impl ConntrackTracer {
                     let path = &now.get(&inode)?.path;
                     netns::cookie_of(path, inode).ok()
                 });
-                let pod = cookie
-                    .and_then(|cookie| self.enricher.known_netns_owner(inode, cookie))
-                    .and_then(|owner| owner.pod.as_ref());
+                let pod = cookie.and_then(|cookie| {
+                    self.identities
+                        .lock()
+                        .known_netns_owner(inode, cookie)?
+                        .pod
+                        .clone()
+                });
                 Some(json!({
                     "netns": inode,
                     "pod": pod,
@@ -337,9 +345,11 @@ impl Tracer for ConntrackTracer {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
-        drop.pod =
-            self.enricher
-                .pod_of_netns(ev.netns_inum.into(), ev.net_cookie, ev.header.ktime_ns);
+        drop.pod = self.identities.lock().pod_of_netns(
+            ev.netns_inum.into(),
+            ev.net_cookie,
+            ev.header.ktime_ns,
+        );
         if class == DropClass::TableFull {
             (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
         }

@@ -11,7 +11,6 @@ use std::num::NonZeroUsize;
 use std::{
     collections::{BTreeMap, HashSet},
     path::Path,
-    time::{Duration, Instant},
 };
 
 use lru::LruCache;
@@ -28,7 +27,7 @@ use self::decode::{NetnsRecord, Record};
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::identity::Enricher,
+    enrich::identity::Identities,
     hooks::{Attach, Candidate, HookSpec},
     kernel::{preflight, symbols},
     output::Output,
@@ -89,10 +88,6 @@ const HOOKS: &[HookSpec] = &[
 /// process releases its namespaces right after the tracepoint.
 const EXIT_SETTLE_NS: u64 = 100_000_000;
 
-/// How often pod sandboxes are looked for: a sandbox must be seen while it runs for its
-/// namespace's teardown, which comes after the sandbox is gone, to name the pod.
-const OWNER_REFRESH: Duration = Duration::from_secs(1);
-
 /// Creation times remembered, for the lifetime at teardown: the most recent namespaces, so
 /// that those whose teardown is never seen do not pile up in a long `serve`.
 const MAX_CREATED: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
@@ -108,8 +103,7 @@ pub struct NetnsTracer {
     pending_exits: Vec<Record>,
     by_action: BTreeMap<&'static str, u64>,
     /// Namespaces to the pod sandbox owning them.
-    enricher: Enricher,
-    refreshed: Instant,
+    identities: Identities,
 }
 
 /// What the programs need from this kernel beyond BTF. Missing pieces only lose detail (the
@@ -151,7 +145,7 @@ fn kernel_config() -> NetnsConfig {
 }
 
 impl NetnsTracer {
-    pub fn new() -> Self {
+    pub fn new(identities: &Identities) -> Self {
         Self {
             config: kernel_config(),
             clock: Clock::new(),
@@ -159,8 +153,7 @@ impl NetnsTracer {
             tearing_down: HashSet::new(),
             pending_exits: Vec::new(),
             by_action: BTreeMap::new(),
-            enricher: Enricher::new(),
-            refreshed: Instant::now(),
+            identities: identities.clone(),
         }
     }
 
@@ -168,7 +161,8 @@ impl NetnsTracer {
     fn emit(&mut self, action: &'static str, record: &Record, out: &mut Output) -> Result<u64> {
         let created = self.created.peek(&record.cookie).copied();
         let owner = self
-            .enricher
+            .identities
+            .lock()
             .netns_owner(record.inode, record.cookie, record.ktime_ns)
             .cloned()
             .unwrap_or_default();
@@ -268,10 +262,6 @@ impl Tracer for NetnsTracer {
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
-        if self.refreshed.elapsed() >= OWNER_REFRESH {
-            self.enricher.refresh();
-            self.refreshed = Instant::now();
-        }
         let mut written = 0;
         for record in self.last_holder_exits(final_flush) {
             written += self.emit("last_holder_exit", &record, out)?;

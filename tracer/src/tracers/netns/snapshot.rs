@@ -12,7 +12,7 @@ use super::{
     inside::{look_inside, Address, Inside, Interface},
 };
 use crate::{
-    enrich::identity::{Container, Enricher, Pod},
+    enrich::identity::{Container, Identities, Pod},
     output::{Event, Format, Output},
 };
 
@@ -50,8 +50,8 @@ pub struct NamespaceReport {
 }
 
 impl NamespaceReport {
-    /// Looks inside the namespace; `enricher` names the sandbox owning it.
-    fn new(found: discover::Found, enricher: &Enricher) -> Self {
+    /// Looks inside the namespace; `identities` names the sandbox owning it.
+    fn new(found: discover::Found, identities: &Identities) -> Self {
         let mut error = None;
         let mut inside = None;
         for path in found.entry_paths() {
@@ -69,8 +69,12 @@ impl NamespaceReport {
             addresses,
         } = inside.unwrap_or_default();
         let owner = cookie
-            .and_then(|cookie| enricher.known_netns_owner(found.inode, cookie))
-            .cloned()
+            .and_then(|cookie| {
+                identities
+                    .lock()
+                    .known_netns_owner(found.inode, cookie)
+                    .cloned()
+            })
             .unwrap_or_default();
         Self {
             kind: "netns_snapshot",
@@ -153,14 +157,15 @@ impl Event for NamespaceReport {
 
 /// Every namespace, flagged.
 pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
-    take_with(&Enricher::new(), stuck_after)
+    take_with(&Identities::new(), stuck_after)
 }
 
-/// [`take`], naming pods with what `enricher` knows.
-pub fn take_with(enricher: &Enricher, stuck_after: Duration) -> Vec<NamespaceReport> {
+/// [`take`], naming pods with what `identities` knows (locked for each lookup only: looking
+/// inside a namespace can wait long on the kernel's rtnl lock).
+pub fn take_with(identities: &Identities, stuck_after: Duration) -> Vec<NamespaceReport> {
     let mut reports: Vec<NamespaceReport> = discover::all()
         .into_values()
-        .map(|found| NamespaceReport::new(found, enricher))
+        .map(|found| NamespaceReport::new(found, identities))
         .collect();
     let configured: Vec<Configured> = reports
         .iter()

@@ -23,7 +23,7 @@ use self::{
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::{cgroup, filter::WorkloadFilter, identity::Enricher, selector::Selector},
+    enrich::{cgroup, filter::WorkloadFilter, identity::Identities, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     output::Output,
 };
@@ -85,7 +85,7 @@ pub struct SignalsTracer {
     /// Recent OOM victims by pid, for a SIGKILL that comes after its `mark_victim`.
     oom_victims: HashMap<u32, OomVictim>,
     memcg_root: Option<std::path::PathBuf>,
-    enricher: Enricher,
+    identities: Identities,
     workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
@@ -95,7 +95,7 @@ pub struct SignalsTracer {
 }
 
 impl SignalsTracer {
-    pub fn new(options: &SignalsOptions) -> Result<Self> {
+    pub fn new(options: &SignalsOptions, identities: &Identities) -> Result<Self> {
         let mut filter = SignalFilter::default();
         if let Some(pid) = options.pid {
             filter.target_pid = match process_of(pid) {
@@ -115,8 +115,7 @@ impl SignalsTracer {
         }
         filter.failed_only = options.failed_only as u32;
         filter.target_cgroups_only = options.workload.is_active() as u32;
-        let enricher = Enricher::new();
-        if options.workload.is_active() && !enricher.has_cgroup_ids() {
+        if options.workload.is_active() && !identities.lock().has_cgroup_ids() {
             bail!(
                 "--container, --pod and --namespace need a cgroup v2 (unified) hierarchy, \
                  and none is mounted"
@@ -128,7 +127,7 @@ impl SignalsTracer {
             held: VecDeque::new(),
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
-            enricher,
+            identities: identities.clone(),
             workload: WorkloadFilter::new(options.workload.clone()),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
@@ -182,7 +181,7 @@ impl SignalsTracer {
         .into_iter()
         .flatten()
         {
-            process.enrich(&mut self.enricher, at_ns);
+            process.enrich(&mut self.identities.lock(), at_ns);
         }
         if record.is_privileged_kill() && !self.match_oom(&mut record) {
             self.held.push_back(record);
@@ -195,7 +194,7 @@ impl SignalsTracer {
         let mut victim = OomVictim::decode(&decode_record::<OomVictimEvent>(raw)?);
         victim
             .allocating
-            .enrich(&mut self.enricher, victim.ktime_ns);
+            .enrich(&mut self.identities.lock(), victim.ktime_ns);
         if let Some(i) = self
             .held
             .iter()
@@ -267,7 +266,7 @@ impl Tracer for SignalsTracer {
 
     fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.workload
-            .attach(ebpf, TARGET_CGROUPS_MAP, &self.enricher)
+            .attach(ebpf, TARGET_CGROUPS_MAP, &self.identities.lock())
     }
 
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
@@ -278,8 +277,11 @@ impl Tracer for SignalsTracer {
         }
     }
 
+    fn identities_refreshed(&mut self) {
+        self.workload.sync(&self.identities.lock());
+    }
+
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
-        self.workload.refresh_if_due(&mut self.enricher);
         let now = Clock::monotonic_now_ns();
         let mut written = 0;
         while let Some(first) = self.held.front() {
@@ -301,7 +303,7 @@ impl Tracer for SignalsTracer {
         // Processes in them were named after no container: say so, it may be an attempt.
         summary.insert(
             "cgroups_unlike_their_runtime_record".into(),
-            json!(self.enricher.status().impostors),
+            json!(self.identities.lock().status().impostors),
         );
         let findings = self.exit_code_findings();
         if !findings.is_empty() {
