@@ -11,12 +11,7 @@ use crate::{
         btf::{KernelBtf, VMLINUX_BTF},
         offsets, preflight,
     },
-    tracers::{
-        conntrack::{ConntrackOptions, ConntrackTracer},
-        netns::NetnsTracer,
-        signals::{SignalsOptions, SignalsTracer},
-        Tracer,
-    },
+    tracers::{Tracer, TracerOptions, REGISTRY},
 };
 
 fn line(what: &str, ok: bool, detail: &str) {
@@ -27,17 +22,6 @@ fn detail<T>(result: &Result<T>, ok: &str) -> String {
     result
         .as_ref()
         .map_or_else(|e| format!("{e:#}"), |_| ok.to_string())
-}
-
-/// Every tracer, with default options, as the doctor checks them.
-fn all_tracers(btf: &KernelBtf, identities: &Identities) -> Vec<Result<Box<dyn Tracer>>> {
-    vec![
-        SignalsTracer::new(&SignalsOptions::default(), identities)
-            .map(|t| Box::new(t) as Box<dyn Tracer>),
-        ConntrackTracer::new(btf, ConntrackOptions::default(), identities)
-            .map(|t| Box::new(t) as Box<dyn Tracer>),
-        Ok(Box::new(NetnsTracer::new(identities))),
-    ]
 }
 
 /// Prints the report. Exit 0 when every tracer has a usable path and containers can be named,
@@ -77,8 +61,21 @@ pub fn run() -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let identities = Identities::new();
-    let tracers = all_tracers(&btf, &identities);
-    let hooks: Vec<_> = tracers.iter().flatten().flat_map(|t| t.hooks()).collect();
+    // Each on its own: one that cannot be built does not hide the others.
+    let tracers: Vec<(&str, Result<Box<dyn Tracer>>)> = REGISTRY
+        .iter()
+        .map(|r| {
+            (
+                r.name,
+                (r.make)(&btf, &identities, &TracerOptions::default()),
+            )
+        })
+        .collect();
+    let hooks: Vec<_> = tracers
+        .iter()
+        .filter_map(|(_, t)| t.as_ref().ok())
+        .flat_map(|t| t.hooks())
+        .collect();
     let kernel = KernelContext::new(&btf, &hooks)?;
     drop(btf);
 
@@ -88,11 +85,11 @@ pub fn run() -> Result<ExitCode> {
     }
 
     let mut all_usable = true;
-    for tracer in tracers {
+    for (name, tracer) in tracers {
         let tracer = match tracer {
             Ok(tracer) => tracer,
             Err(e) => {
-                println!("tracer cannot start: {e:#}");
+                println!("tracer `{name}` cannot start: {e:#}");
                 all_usable = false;
                 continue;
             }

@@ -26,7 +26,8 @@ use crate::kernel::{
 const FEXIT_PROBE_TARGET: &str = "do_send_sig_info";
 
 /// The compiled kernel programs (tracer-ebpf), embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// Ring buffer shared by all programs.
 pub const EVENTS_MAP: &str = "EVENTS";

@@ -21,7 +21,7 @@ use crate::{
         ensemble::{every_tracer, Companion, Ensemble},
         netns::snapshot,
         signals::SignalsOptions,
-        Tracer as _,
+        Tracer as _, TracerOptions,
     },
 };
 
@@ -90,7 +90,8 @@ pub fn run(args: RecordArgs) -> Result<()> {
         ..Default::default()
     };
     let (mut recorder, session) = prepare(|btf, identities| {
-        let tracers = every_tracer(btf, identities, &signals, conntrack)?;
+        let options = TracerOptions { signals, conntrack };
+        let tracers = every_tracer(btf, identities, &options)?;
         let recording = Recording {
             started: Instant::now(),
             last_status: Instant::now(),

@@ -28,7 +28,7 @@ use crate::{
     tracers::{
         ensemble::{every_tracer, Companion, Ensemble},
         netns::snapshot::{self, NamespaceReport},
-        Tracer as _,
+        Tracer as _, TracerOptions,
     },
 };
 
@@ -140,7 +140,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let mut shared = None;
     let (mut ensemble, session) = prepare(|btf, identities| {
-        let tracers = every_tracer(btf, identities, &Default::default(), Default::default())?;
+        let tracers = every_tracer(btf, identities, &TracerOptions::default())?;
         let kinds: Vec<_> = tracers.iter().map(|t| (t.name(), t.kinds())).collect();
         let metrics = Arc::new(Metrics::new(bounds, &kinds)?);
         let (stop, flagged) = start_census(

@@ -9,12 +9,7 @@ use aya::{Ebpf, GlobalData};
 use serde_json::{Map, Value};
 use tracer_common::EventKind;
 
-use super::{
-    conntrack::{ConntrackOptions, ConntrackTracer},
-    netns::NetnsTracer,
-    signals::{SignalsOptions, SignalsTracer},
-    Tracer,
-};
+use super::{Tracer, TracerOptions, REGISTRY};
 use crate::{
     enrich::identity::Identities, hooks::HookSpec, kernel::btf::KernelBtf, output::Output,
 };
@@ -35,18 +30,16 @@ pub trait Companion {
     ) -> Result<()>;
 }
 
-/// Every tracer, each with its options.
+/// Every registered tracer, each with its options.
 pub fn every_tracer(
     btf: &KernelBtf,
     identities: &Identities,
-    signals: &SignalsOptions,
-    conntrack: ConntrackOptions,
+    options: &TracerOptions,
 ) -> Result<Vec<Box<dyn Tracer>>> {
-    Ok(vec![
-        Box::new(SignalsTracer::new(signals, identities)?),
-        Box::new(ConntrackTracer::new(btf, conntrack, identities)?),
-        Box::new(NetnsTracer::new(identities)),
-    ])
+    REGISTRY
+        .iter()
+        .map(|r| (r.make)(btf, identities, options))
+        .collect()
 }
 
 pub struct Ensemble<C> {

@@ -3,9 +3,13 @@
 //! - `decode.rs`: ring-buffer bytes to a typed, serialisable event;
 //! - further modules for its own vocabulary (signal names, ...).
 //!
-//! A new tracer adds its kernel program in tracer-ebpf, its record type and `EventKind` in
-//! tracer-common, a module here, a subcommand in `cli.rs` dispatched in `main.rs`, and an
-//! entry in `doctor::all_tracers` and in `ensemble::every_tracer`.
+//! Adding a tracer (the unit tests below fail until each is done):
+//! 1. its kernel module in tracer-ebpf (a `mod` line in its main.rs);
+//! 2. its record type and `EventKind` in tracer-common;
+//! 3. a module here in the shape of `netns`, and its line in [`REGISTRY`], from which
+//!    `doctor`, `record` and `serve` take their tracers;
+//! 4. its subcommand in `cli.rs`, dispatched in `main.rs`;
+//! 5. its events' type in `report.rs`, and its programs in the tests' `PROGRAMS_BY_TRACER`.
 
 pub mod conntrack;
 pub mod ensemble;
@@ -16,7 +20,52 @@ use anyhow::Result;
 use aya::GlobalData;
 use tracer_common::EventKind;
 
-use crate::{hooks::HookSpec, output::Output};
+use self::{
+    conntrack::{ConntrackOptions, ConntrackTracer},
+    netns::NetnsTracer,
+    signals::{SignalsOptions, SignalsTracer},
+};
+use crate::{
+    enrich::identity::Identities, hooks::HookSpec, kernel::btf::KernelBtf, output::Output,
+};
+
+/// What a command asks of the tracers; `doctor` and `serve` take the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct TracerOptions {
+    pub signals: SignalsOptions,
+    pub conntrack: ConntrackOptions,
+}
+
+/// A tracer, as the registry knows it.
+pub struct Registered {
+    pub name: &'static str,
+    /// Builds it for a run.
+    pub make: fn(&KernelBtf, &Identities, &TracerOptions) -> Result<Box<dyn Tracer>>,
+}
+
+/// Every tracer, once.
+pub const REGISTRY: &[Registered] = &[
+    Registered {
+        name: "signals",
+        make: |_, identities, options| {
+            Ok(Box::new(SignalsTracer::new(&options.signals, identities)?))
+        },
+    },
+    Registered {
+        name: "conntrack-drops",
+        make: |btf, identities, options| {
+            Ok(Box::new(ConntrackTracer::new(
+                btf,
+                options.conntrack.clone(),
+                identities,
+            )?))
+        },
+    },
+    Registered {
+        name: "netns",
+        make: |_, identities, _| Ok(Box::new(NetnsTracer::new(identities))),
+    },
+];
 
 pub trait Tracer {
     /// Name used in messages and in the summary (`"signals"`).
@@ -70,4 +119,61 @@ pub fn decode_record<T: aya::Pod>(raw: &[u8]) -> Result<T> {
     // SAFETY: the length is checked; `Pod` types are plain data for which every bit pattern is
     // valid; read_unaligned copes with the ring buffer's 8-byte alignment.
     Ok(unsafe { std::ptr::read_unaligned(raw.as_ptr().cast::<T>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Every registered tracer with default options, as on this machine (root, BTF).
+    fn registered() -> Vec<Box<dyn Tracer>> {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let identities = Identities::new();
+        REGISTRY
+            .iter()
+            .map(|r| {
+                let tracer = (r.make)(&btf, &identities, &TracerOptions::default())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", r.name));
+                assert_eq!(tracer.name(), r.name);
+                tracer
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_record_kind_has_exactly_one_tracer() {
+        let mut owners: HashMap<u32, Vec<&str>> = HashMap::new();
+        for tracer in registered() {
+            for kind in tracer.kinds() {
+                owners.entry(*kind as u32).or_default().push(tracer.name());
+            }
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(
+                owners.get(&(*kind as u32)).map(Vec::len),
+                Some(1),
+                "{kind:?}: {owners:?}"
+            );
+        }
+        assert_eq!(owners.len(), EventKind::ALL.len());
+    }
+
+    #[test]
+    fn every_hooks_program_is_in_the_kernel_object() {
+        let object = aya_obj::Object::parse(crate::hooks::EBPF_OBJECT).expect("the object");
+        for tracer in registered() {
+            for hook in tracer.hooks() {
+                for candidate in hook.candidates {
+                    assert!(
+                        object.programs.contains_key(candidate.program),
+                        "{}: program {} is not in tracer-ebpf",
+                        tracer.name(),
+                        candidate.program
+                    );
+                }
+            }
+        }
+    }
 }
