@@ -8,8 +8,9 @@ use tracer_common::{
     TaskInfo,
 };
 
-use super::names::{
-    code_name, is_user_sent, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE,
+use super::{
+    names::{code_name, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE},
+    sender::{self, CodeFrom, How},
 };
 use crate::{
     clock::{self, Clock},
@@ -133,12 +134,19 @@ pub struct SignalRecord {
     pub time: String,
     pub signal: String,
     pub signo: i32,
-    /// How it was sent (`kill`, `tkill`, `sigqueue`, `kernel`, `SEGV_MAPERR`, ...).
+    /// How it was sent: `kill`, `kill_pgrp`, `tgkill`, `sigqueue`, `pidfd`, `cgroup.kill`, ...,
+    /// or `kernel`; decided from where the kernel generated it (see `sender`).
+    pub how: How,
+    /// The `si_code` by name (`kill`, `tkill`, `timer`, `SEGV_MAPERR`, `code -77`, ...).
     pub code: String,
+    /// The raw `si_code`; null when the kernel passed no siginfo.
+    pub si_code: Option<i32>,
+    /// Who chose the code: `kernel`, `sender` (a claim), `unverified`.
+    pub code_from: CodeFrom,
     pub result: &'static str,
     /// Sent to the whole process (rather than one thread).
     pub group: bool,
-    /// Why the kernel sent it; null when a process sent it with kill(2)/tkill(2)/sigqueue(2).
+    /// Why the kernel sent it; null when a process sent it, whatever code it claims.
     pub kernel_reason: Option<KernelReason>,
     /// The sending process; null when the kernel sent the signal.
     pub sender: Option<Process>,
@@ -180,17 +188,20 @@ impl SignalRecord {
             1 => InfoKind::NoInfo,
             _ => InfoKind::Priv,
         };
+        let verdict = sender::attribute(ev, info_kind);
         let kernel_reason = match info_kind {
-            InfoKind::Siginfo if is_user_sent(ev.code) => None,
+            _ if verdict.by_process() => None,
             InfoKind::Siginfo => Some(reason_from_code(ev.signo, ev.code)),
             InfoKind::NoInfo if ev.signo == SIGPIPE => Some(KernelReason::Pipe),
             // The OOM killer is recognised later, when its mark_victim record is matched.
             InfoKind::NoInfo | InfoKind::Priv => Some(KernelReason::Kernel),
         };
-        let code = match info_kind {
-            InfoKind::Siginfo => code_name(ev.signo, ev.code),
-            InfoKind::NoInfo => "kernel (no info)".to_string(),
-            InfoKind::Priv => "kernel (privileged)".to_string(),
+        let (code, si_code) = match info_kind {
+            InfoKind::Siginfo => (code_name(ev.signo, ev.code), Some(ev.code)),
+            // What the target's siginfo says: SI_USER from the sender.
+            InfoKind::NoInfo if verdict.by_process() => (code_name(ev.signo, 0), None),
+            InfoKind::NoInfo => ("kernel (no info)".to_string(), None),
+            InfoKind::Priv => ("kernel (privileged)".to_string(), None),
         };
         let mut current = Process::from_task(&ev.sender);
         current.exe = exe_path(ev);
@@ -212,7 +223,10 @@ impl SignalRecord {
             time: clock::rfc3339(clock.wall(ev.header.ktime_ns)),
             signal: signal_name(ev.signo),
             signo: ev.signo,
+            how: verdict.how,
             code,
+            si_code,
+            code_from: verdict.code_from,
             result: result_name(ev.result),
             group: ev.group != 0,
             kernel_reason,
@@ -230,6 +244,17 @@ impl SignalRecord {
     /// Whether this could be the OOM killer's SIGKILL (sent with kernel privilege).
     pub fn is_privileged_kill(&self) -> bool {
         self.signo == super::names::SIGKILL && self.code == "kernel (privileged)"
+    }
+
+    /// `kill`, `sigqueue, claims SI_TIMER`, `SEGV_MAPERR`: the human line's `(HOW)`.
+    pub fn how_label(&self) -> String {
+        sender::how_label(
+            self.how.name(),
+            &self.code,
+            self.code_from.name(),
+            self.signo,
+            self.si_code,
+        )
     }
 
     /// Who sent it, for the human line.
@@ -270,7 +295,7 @@ impl Event for SignalRecord {
             self.result,
             self.sender_label(),
             self.target.label(),
-            self.code
+            self.how_label()
         )?;
         if let Some(workload) = self.target.workload() {
             writeln!(w, "    target in {workload}")?;
