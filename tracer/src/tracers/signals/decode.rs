@@ -373,6 +373,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kill_claiming_a_timer_counts_as_its_senders() {
+        // SAFETY: SignalEvent is plain data; all zeroes is a valid value.
+        let mut ev: SignalEvent = unsafe { std::mem::zeroed() };
+        ev.signo = 9;
+        ev.code = -2;
+        ev.info_kind = InfoKind::Siginfo as u32;
+        ev.sender.pid = 100;
+        ev.target.pid = 200;
+        // In rt_sigqueueinfo (x86-64), the siginfo on its stack, the syscall not returned.
+        ev.context.nr = 129;
+        ev.context.ret = -38i64 as u64;
+        ev.context.info_on_stack = 1;
+        ev.context.regs_known = 1;
+        let record = SignalRecord::decode(&ev, &Clock::new());
+        assert_eq!(record.kernel_reason, None);
+        assert_eq!(record.sender.as_ref().map(|s| s.pid), Some(100));
+        assert_eq!(record.how_label(), "sigqueue, claims SI_TIMER");
+        let count = record.count().unwrap();
+        assert_eq!(count.labels, ["SIGKILL", "delivered", "none"]);
+    }
+
+    #[test]
     fn workload_lines() {
         // SAFETY: TaskInfo is plain data; all zeroes is a valid (empty) value.
         let mut p = Process::from_task(&unsafe { std::mem::zeroed::<TaskInfo>() });
