@@ -615,7 +615,7 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         forged_skipped,
         ("empty program", forged_empty),
         "ns",
-        "<= 1.1",
+        "<= 3",
     ));
     let skb_other = kernel_ns_per_event(ours(&["conntrack-drops", "--json"]), false, &other_drops)?;
     let skb_other_empty = kernel_ns_per_event(
