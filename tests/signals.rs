@@ -291,3 +291,440 @@ fn storm_of_100k_signals_is_counted_exactly_or_loss_is_reported() {
     assert_eq!(out.summary()["events"], events);
     assert!(events > 0);
 }
+
+/// A siginfo as rt_sigqueueinfo(2) and its kin take it (128 bytes): signo, errno, code, ...
+fn siginfo(signo: i32, code: i32) -> [i32; 32] {
+    let mut info = [0; 32];
+    info[0] = signo;
+    info[2] = code;
+    info
+}
+
+/// The syscalls that let a process choose the si_code.
+#[derive(Clone, Copy, Debug)]
+enum Queue {
+    Sigqueue,
+    TgSigqueue,
+    Pidfd,
+}
+
+/// Sends `signo` with si_code `code` to thread `tid` of process `pid` the `way` given.
+fn queue(way: Queue, pid: u32, tid: u32, signo: i32, code: i32) {
+    let info = siginfo(signo, code);
+    // SAFETY: plain syscalls with a valid siginfo buffer.
+    let rc = unsafe {
+        match way {
+            Queue::Sigqueue => libc::syscall(libc::SYS_rt_sigqueueinfo, pid, signo, info.as_ptr()),
+            Queue::TgSigqueue => {
+                libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, signo, info.as_ptr())
+            }
+            Queue::Pidfd => {
+                let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+                assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+                let rc = libc::syscall(libc::SYS_pidfd_send_signal, fd, signo, info.as_ptr(), 0);
+                libc::close(fd as i32);
+                rc
+            }
+        }
+    };
+    assert_eq!(
+        rc,
+        0,
+        "{way:?} of {signo} with code {code}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn gettid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// The test process's own ancestry, as the tracer should report it for a signal it sends.
+fn own_ancestry() -> Vec<u64> {
+    ancestry_of(std::process::id())
+        .into_iter()
+        .map(u64::from)
+        .collect()
+}
+
+#[test]
+fn forged_codes_name_their_sender() {
+    let me = std::process::id();
+    let target = sleeper(&[Signal::SIGUSR1]);
+    let mut victim = sleeper(&[]);
+    let run = TracerRun::start(&["signals", "--json", "--sender-pid", &me.to_string()]);
+    let codes = [
+        (-1, "sigqueue", "SI_QUEUE"),
+        (-2, "timer", "SI_TIMER"),
+        (-3, "mesgq", "SI_MESGQ"),
+        (-4, "asyncio", "SI_ASYNCIO"),
+        (-5, "sigio", "SI_SIGIO"),
+    ];
+    let ways = [
+        (Queue::Sigqueue, "sigqueue"),
+        (Queue::TgSigqueue, "tgsigqueue"),
+        (Queue::Pidfd, "pidfd"),
+    ];
+    for (way, _) in ways {
+        for (code, ..) in codes {
+            queue(way, target.pid(), target.pid(), libc::SIGUSR1, code);
+        }
+    }
+    // A SIGKILL dressed as a timer's.
+    queue(
+        Queue::Sigqueue,
+        victim.pid(),
+        victim.pid(),
+        libc::SIGKILL,
+        -2,
+    );
+    let status = victim
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the victim was killed");
+    assert_eq!(status.signal(), Some(9));
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let ancestry = own_ancestry();
+    let to_target: Vec<&Value> = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| e["target"]["pid"] == target.pid())
+        .collect();
+    let expected: Vec<(&str, i32)> = ways
+        .iter()
+        .flat_map(|(_, how)| codes.iter().map(move |(code, ..)| (*how, *code)))
+        .collect();
+    assert_eq!(to_target.len(), expected.len(), "{to_target:#?}");
+    for (e, (how, code)) in to_target.iter().zip(&expected) {
+        let (_, name, _) = codes.iter().find(|(c, ..)| c == code).unwrap();
+        assert_eq!(e["sender"]["pid"], me, "{e:#}");
+        assert_eq!(e["how"], *how, "{e:#}");
+        assert_eq!(e["code"], *name, "{e:#}");
+        assert_eq!(e["si_code"], *code, "{e:#}");
+        assert_eq!(e["code_from"], "sender", "{e:#}");
+        assert_eq!(e["kernel_reason"], Value::Null, "{e:#}");
+        assert_eq!(pids(e["ancestry"].as_array().unwrap()), ancestry, "{e:#}");
+    }
+    let kills: Vec<&Value> = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| e["target"]["pid"] == victim.pid())
+        .collect();
+    assert_eq!(kills.len(), 1, "{kills:#?}");
+    let kill = kills[0];
+    assert_eq!(
+        (&kill["sender"]["pid"], &kill["code"], &kill["code_from"]),
+        (
+            &Value::from(me),
+            &Value::from("timer"),
+            &Value::from("sender")
+        ),
+        "{kill:#}"
+    );
+    assert_eq!(kill["kernel_reason"], Value::Null, "{kill:#}");
+    let summary = out.summary();
+    assert_eq!(summary["by_sender"]["process (sigqueue)"], 6, "{summary:#}");
+    assert_eq!(summary["by_sender"]["process (pidfd)"], 5, "{summary:#}");
+    let exit_codes = summary["exit_codes"].to_string();
+    assert!(
+        exit_codes.contains("sigqueue, claims SI_TIMER"),
+        "{exit_codes}"
+    );
+
+    // The report of the same events finds a kill by this process, not the kernel's.
+    let dir = TempDir::new("forged");
+    let file = dir.0.join("events.jsonl");
+    fs::write(&file, out.stdout.join("\n")).unwrap();
+    let report = tracer(&["report", file.to_str().unwrap(), "--json"]);
+    assert!(report.status.success());
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let finding = findings
+        .iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&victim.pid().to_string())
+        })
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert_eq!(finding["kind"], "kill", "{finding:#}");
+    let text = finding["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("({me})")) && text.contains("sigqueue, claims SI_TIMER"),
+        "{text}"
+    );
+}
+
+/// The cgroup v2 hierarchy's mount point, from mountinfo (`/sys/fs/cgroup/unified` on a
+/// hybrid host).
+fn cgroup2_root() -> std::path::PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            (fs.split(' ').next() == Some("cgroup2"))
+                .then(|| mount.split(' ').nth(4).unwrap().into())
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup v2 group the test creates; dropping it kills what is left in it and removes it.
+struct KillGroup(std::path::PathBuf);
+
+impl KillGroup {
+    fn new() -> Self {
+        let dir = cgroup2_root().join(format!("tracer-test-kill-{}", std::process::id()));
+        fs::create_dir(&dir).expect("creating a cgroup v2 group");
+        Self(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("moving into the group");
+    }
+}
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn cgroup_kill_names_the_writer_and_its_ancestry() {
+    let group = KillGroup::new();
+    let mut members: Vec<Owned> = (0..3).map(|_| sleeper(&[])).collect();
+    for m in &members {
+        group.add(m.pid());
+    }
+    let mut writer = Owned(
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "read go; echo 1 > {}",
+                    group.0.join("cgroup.kill").display()
+                ),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let writer_pid = writer.pid();
+    let run = TracerRun::start(&["signals", "--json", "--signal", "KILL"]);
+    {
+        use std::io::Write as _;
+        writeln!(writer.0.stdin.take().unwrap()).unwrap();
+    }
+    let status = writer
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the writer finished");
+    assert!(status.success(), "{status:?}");
+    for m in &mut members {
+        let status = m
+            .wait_timeout(Duration::from_secs(10))
+            .expect("a member was killed");
+        assert_eq!(status.signal(), Some(9));
+    }
+    let out = run.stop();
+    let member_pids: Vec<u32> = members.iter().map(Owned::pid).collect();
+    let kills: Vec<&Value> = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| member_pids.iter().any(|p| e["target"]["pid"] == *p))
+        .collect();
+    assert_eq!(kills.len(), 3, "{kills:#?}");
+    let mut ancestry = vec![std::process::id() as u64];
+    ancestry.extend(own_ancestry());
+    for e in kills {
+        assert_eq!(e["sender"]["pid"], writer_pid, "{e:#}");
+        assert_eq!(e["how"], "cgroup.kill", "{e:#}");
+        assert_eq!(e["code"], "kill", "{e:#}");
+        assert_eq!(e["kernel_reason"], Value::Null, "{e:#}");
+        assert!(e["sender"]["exe"].is_string(), "{e:#}");
+        assert_eq!(pids(e["ancestry"].as_array().unwrap()), ancestry, "{e:#}");
+    }
+}
+
+#[test]
+fn process_group_kill_and_tgkill_to_a_thread() {
+    use std::os::unix::process::CommandExt as _;
+    let me = std::process::id();
+    let leader = spawn_ignoring(
+        Command::new("sleep").arg("300").process_group(0),
+        &[Signal::SIGUSR1],
+    );
+    let pgid = leader.pid();
+    let members: Vec<Owned> = (0..2)
+        .map(|_| {
+            spawn_ignoring(
+                Command::new("sleep").arg("300").process_group(pgid as i32),
+                &[Signal::SIGUSR1],
+            )
+        })
+        .collect();
+    let run = TracerRun::start(&[
+        "signals",
+        "--json",
+        "--sender-pid",
+        &me.to_string(),
+        "--signal",
+        "USR1,URG",
+    ]);
+    // SAFETY: plain kill(2) to the group the test made.
+    assert_eq!(unsafe { libc::kill(-(pgid as i32), libc::SIGUSR1) }, 0);
+    // A thread of this process that is not its leader; SIGURG is ignored by default.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        tid_tx.send(gettid()).unwrap();
+        let _ = stop_rx.recv_timeout(Duration::from_secs(20));
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_ne!(tid, me);
+    // SAFETY: plain tgkill(2) to a thread of this process.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, me, tid, libc::SIGURG) };
+    assert_eq!(rc, 0);
+    stop_tx.send(()).unwrap();
+    thread.join().unwrap();
+    let out = run.stop();
+
+    let events = out.of_type("signal");
+    let mut group: Vec<u64> = events
+        .iter()
+        .filter(|e| e["signal"] == "SIGUSR1")
+        .inspect(|e| {
+            assert_eq!(e["sender"]["pid"], me, "{e:#}");
+            assert_eq!(e["how"], "kill_pgrp", "{e:#}");
+        })
+        .map(|e| e["target"]["pid"].as_u64().unwrap())
+        .collect();
+    group.sort();
+    let mut expected: Vec<u64> = members.iter().map(|m| m.pid() as u64).collect();
+    expected.push(pgid as u64);
+    expected.sort();
+    assert_eq!(group, expected, "{events:#?}");
+    let urg: Vec<&&Value> = events.iter().filter(|e| e["signal"] == "SIGURG").collect();
+    assert_eq!(urg.len(), 1, "{events:#?}");
+    assert_eq!(urg[0]["target"]["pid"], me);
+    assert_eq!(urg[0]["target"]["tid"], tid);
+    assert_eq!(urg[0]["how"], "tgkill");
+    assert_eq!(urg[0]["code"], "tkill");
+    assert_eq!(urg[0]["sender"]["tid"], gettid());
+}
+
+#[test]
+fn genuine_kernel_signals_stay_the_kernels() {
+    use std::io::Write as _;
+    // Whether the kernel raises it in the process's own context (a timer fires in whatever
+    // task the CPU runs).
+    for (mode, signal, reason, own_context) in [
+        ("segv", 11, "fault", true),
+        ("seccomp", 31, "kernel", true),
+        ("xcpu", 24, "kernel", false),
+        ("alarm", 14, "kernel", false),
+        ("pipe", 13, "pipe", true),
+    ] {
+        let mut maker = Owned(
+            Command::new(env!("CARGO_BIN_EXE_signal-maker"))
+                .arg(mode)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let run = TracerRun::start(&["signals", "--json", "--pid", &maker.pid().to_string()]);
+        writeln!(maker.0.stdin.take().unwrap()).unwrap();
+        let status = maker
+            .wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{mode}: the maker did not end"));
+        assert_eq!(status.signal(), Some(signal), "{mode}: {status:?}");
+        let out = run.stop();
+        let events: Vec<&Value> = out
+            .of_type("signal")
+            .into_iter()
+            .filter(|e| e["signo"] == signal)
+            .collect();
+        assert!(!events.is_empty(), "{mode}: {:#?}", out.objects);
+        for e in events {
+            assert_eq!(e["sender"], Value::Null, "{mode}: {e:#}");
+            assert_eq!(e["how"], "kernel", "{mode}: {e:#}");
+            assert_eq!(e["kernel_reason"], reason, "{mode}: {e:#}");
+            if own_context {
+                assert_eq!(e["context"]["pid"], maker.pid(), "{mode}: {e:#}");
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_codes_and_targets_decode() {
+    let me = std::process::id();
+    // A zombie: exited, not reaped.
+    let zombie = Owned(Command::new("true").spawn().unwrap());
+    wait_for("a zombie", Duration::from_secs(10), || {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", zombie.pid())).ok()?;
+        (stat.rsplit_once(") ")?.1.starts_with('Z')).then_some(())
+    });
+    let run = TracerRun::start(&["signals", "--json", "--pid", &zombie.pid().to_string()]);
+    queue(
+        Queue::Sigqueue,
+        zombie.pid(),
+        zombie.pid(),
+        libc::SIGUSR1,
+        i32::MIN,
+    );
+    let out = run.stop();
+    let events = out.of_type("signal");
+    assert_eq!(events.len(), 1, "{:#?}", out.objects);
+    assert_eq!(events[0]["code"], format!("code {}", i32::MIN));
+    assert_eq!(events[0]["si_code"], i32::MIN);
+    assert_eq!(events[0]["sender"]["pid"], me);
+
+    // Codes >= 0 a process may only send to itself: any value.
+    let run = TracerRun::start(&[
+        "signals",
+        "--json",
+        "--pid",
+        &me.to_string(),
+        "--signal",
+        "URG",
+    ]);
+    for code in [12345, i32::MAX, 0x80] {
+        queue(Queue::TgSigqueue, me, gettid(), libc::SIGURG, code);
+    }
+    let out = run.stop();
+    let events = out.of_type("signal");
+    let codes: Vec<&Value> = events.iter().map(|e| &e["code"]).collect();
+    assert_eq!(
+        codes,
+        ["code 12345", &format!("code {}", i32::MAX), "kernel"]
+    );
+    for e in events {
+        assert_eq!(e["sender"]["pid"], me, "{e:#}");
+        assert_eq!(e["how"], "tgsigqueue", "{e:#}");
+        assert_eq!(e["code_from"], "sender", "{e:#}");
+    }
+
+    // A kernel thread, which ignores every signal.
+    assert_eq!(
+        fs::read_to_string("/proc/2/comm").unwrap().trim(),
+        "kthreadd"
+    );
+    let run = TracerRun::start(&["signals", "--json", "--pid", "2"]);
+    send(2, Signal::SIGUSR1);
+    let out = run.stop();
+    let events = out.of_type("signal");
+    assert_eq!(events.len(), 1, "{:#?}", out.objects);
+    assert_eq!(events[0]["result"], "ignored");
+    assert_eq!(events[0]["target"]["comm"], "kthreadd");
+    assert_eq!(events[0]["how"], "kill");
+}

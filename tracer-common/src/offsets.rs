@@ -70,6 +70,19 @@ pub struct KernelOffsets {
     pub net_list: u32,
     pub net_gen: u32,
     pub work_struct_func: u32,
+    pub task_struct_stack: u32,
+    pub task_struct_flags: u32,
+    /// `task_struct.thread_info.status` (x86: `TS_COMPAT` marks a 32-bit syscall).
+    pub task_struct_thread_info_status: u32,
+    /// The user registers' syscall number (x86: `pt_regs.orig_ax`); [`MISSING`] on an
+    /// architecture the loader does not know.
+    pub pt_regs_syscall_nr: u32,
+    /// The syscall's return value register (x86: `pt_regs.ax`, `-ENOSYS` while it runs).
+    pub pt_regs_syscall_ret: u32,
+    /// The first syscall argument, 64-bit ABI (x86: `pt_regs.di`).
+    pub pt_regs_arg0: u32,
+    /// The first syscall argument, 32-bit ABI (x86: `pt_regs.bx`).
+    pub pt_regs_arg0_compat: u32,
 }
 
 impl KernelOffsets {
@@ -126,6 +139,13 @@ impl KernelOffsets {
             net_list: MISSING,
             net_gen: MISSING,
             work_struct_func: MISSING,
+            task_struct_stack: MISSING,
+            task_struct_flags: MISSING,
+            task_struct_thread_info_status: MISSING,
+            pt_regs_syscall_nr: MISSING,
+            pt_regs_syscall_ret: MISSING,
+            pt_regs_arg0: MISSING,
+            pt_regs_arg0_compat: MISSING,
         }
     }
 }

@@ -36,6 +36,30 @@ pub struct Ancestor {
     pub comm: [u8; COMM_LEN],
 }
 
+/// What the task in whose context a signal was generated was doing: userspace decides from
+/// these kernel facts (none of which the sender chooses) whether a process sent the signal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SendContext {
+    /// The syscall number in the task's user registers (`orig_ax` on x86: -1 outside a
+    /// syscall, an exception's error code during one).
+    pub nr: u64,
+    /// The syscall return register (x86: `-ENOSYS` until the syscall returns).
+    pub ret: u64,
+    /// The first syscall argument, for the 64-bit and the 32-bit ABI.
+    pub arg0: u64,
+    pub arg0_compat: u64,
+    /// `task_struct.flags` (`PF_EXITING`, `PF_KTHREAD`).
+    pub flags: u32,
+    /// `thread_info.status` (x86 `TS_COMPAT`: a 32-bit syscall).
+    pub status: u32,
+    /// Non-zero: `info` points into the task's own kernel stack (a syscall's local siginfo),
+    /// not a slab `sigqueue` (timers) nor an interrupt stack.
+    pub info_on_stack: u32,
+    /// Non-zero: the registers were read (the loader knows this architecture's `pt_regs`).
+    pub regs_known: u32,
+}
+
 /// One `signal_generate` event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +87,7 @@ pub struct SignalEvent {
     pub exe_depth: u16,
     pub exe_truncated: u16,
     pub _pad: u32,
+    pub context: SendContext,
     pub ancestry: [Ancestor; ANCESTRY_MAX],
 }
 

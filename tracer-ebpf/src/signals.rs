@@ -4,8 +4,10 @@
 //! its SIGKILL apart from kill(2).
 
 use aya_ebpf::{
+    bindings::task_struct,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel_str_bytes,
+        bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map},
     maps::HashMap,
@@ -14,7 +16,8 @@ use aya_ebpf::{
 use tracer_common::{
     offsets::MISSING,
     signal::{
-        InfoKind, OomVictimEvent, SignalEvent, SignalFilter, ANCESTRY_MAX, TARGET_CGROUPS_MAX,
+        InfoKind, OomVictimEvent, SendContext, SignalEvent, SignalFilter, ANCESTRY_MAX,
+        TARGET_CGROUPS_MAX,
     },
     EventKind,
 };
@@ -112,8 +115,33 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     fill_task_info(target, &mut ev.target);
     fill_exe(current, ev);
     fill_ancestry(current, ev);
+    fill_send_context(current, info, &mut ev.context);
     entry.submit(submit_flags());
     0
+}
+
+/// What `current` was doing: its syscall (from the user registers the kernel saved on entry)
+/// and where `info` lives. Userspace decides from these who sent the signal.
+#[inline(always)]
+fn fill_send_context(current: Typed, info: u64, cx: &mut SendContext) {
+    cx.flags = current.get::<u32>(off!(task_struct_flags)).unwrap_or(0);
+    cx.status = current
+        .get::<u32>(off!(task_struct_thread_info_status))
+        .unwrap_or(0);
+    // SAFETY: `current` is the trusted task pointer the helper takes.
+    let regs =
+        Typed::new(unsafe { bpf_task_pt_regs(current.addr() as *mut task_struct) } as *const u8);
+    let nr = regs.get::<u64>(off!(pt_regs_syscall_nr));
+    cx.regs_known = nr.is_some() as u32;
+    cx.nr = nr.unwrap_or(u64::MAX);
+    cx.ret = regs.get(off!(pt_regs_syscall_ret)).unwrap_or(0);
+    cx.arg0 = regs.get(off!(pt_regs_arg0)).unwrap_or(0);
+    cx.arg0_compat = regs.get(off!(pt_regs_arg0_compat)).unwrap_or(0);
+    // The user registers sit at the top of the task's stack: a siginfo between the stack's
+    // base and them is a local of a function this task runs in process context. A timer's
+    // siginfo is in a slab `sigqueue`; interrupt code runs on the CPU's own stacks.
+    let stack = current.get::<u64>(off!(task_struct_stack)).unwrap_or(0);
+    cx.info_on_stack = (info > 1 && stack != 0 && info >= stack && info < regs.addr()) as u32;
 }
 
 /// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its root.

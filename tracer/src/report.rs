@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::clock;
+use crate::{clock, tracers::signals::sender};
 
 /// The readable objects of a recording, with their line numbers (from 1), and the lines that
 /// could not be read.
@@ -100,6 +100,21 @@ fn ancestry(e: &Value) -> String {
     chain.join(" => ")
 }
 
+/// How a signal was sent, as the live output shows it (`sigqueue, claims SI_TIMER`); its
+/// code alone for a recording that predates `how`.
+fn how_sent(e: &Value) -> String {
+    match e.get("how").and_then(Value::as_str) {
+        Some(how) => sender::how_label(
+            how,
+            str_of(e, "code"),
+            str_of(e, "code_from"),
+            e.get("signo").and_then(Value::as_i64).unwrap_or(0) as i32,
+            e.get("si_code").and_then(Value::as_i64).map(|c| c as i32),
+        ),
+        None => str_of(e, "code").to_string(),
+    }
+}
+
 fn signal_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (line, e) in events {
@@ -132,7 +147,7 @@ fn signal_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
                 format!(
                     "{target} was killed by SIGKILL from {} ({}), whose ancestry is {}",
                     process_label(sender),
-                    str_of(e, "code"),
+                    how_sent(e),
                     ancestry(e)
                 ),
             ),

@@ -230,6 +230,19 @@ fn storm(pid: u32, n: u64) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Sends `n` SIGUSR1 with rt_sigqueueinfo(2) claiming SI_TIMER: the path on which the tracer
+/// reads the sender's syscall registers to name it.
+fn forged_storm(pid: u32, n: u64) {
+    // A siginfo (128 bytes): signo, errno, code = SI_TIMER.
+    let mut info = [0i32; 32];
+    info[0] = libc::SIGUSR1;
+    info[2] = -2;
+    for _ in 0..n {
+        // SAFETY: rt_sigqueueinfo(2) with a valid siginfo buffer.
+        unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, pid, libc::SIGUSR1, info.as_ptr()) };
+    }
+}
+
 /// Sends SIGUSR1 at `rate` per second for `window`; returns how many were sent.
 fn paced(pid: u32, rate: u64, window: Duration) -> u64 {
     let started = Instant::now();
@@ -578,6 +591,29 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         "kernel ns/event, signal_generate, filtered out by --pid",
         sig_skipped,
         ("empty program", sig_empty),
+        "ns",
+        "<= 3",
+    ));
+    // The sender attribution runs only for a signal that passed the filters: a forged code
+    // filtered out must cost what the empty program costs.
+    let forged_work = || -> Result<()> {
+        forged_storm(pid, scale.storm);
+        Ok(())
+    };
+    let forged_skipped = kernel_ns_per_event(
+        ours(&["signals", "--pid", &elsewhere, "--json"]),
+        false,
+        &forged_work,
+    )?;
+    let forged_empty = kernel_ns_per_event(
+        ours(&["bench-empty-hook", "signal_generate"]),
+        false,
+        &forged_work,
+    )?;
+    rows.push(Row::new(
+        "kernel ns/event, signal_generate, rt_sigqueueinfo claiming SI_TIMER, filtered out by --pid",
+        forged_skipped,
+        ("empty program", forged_empty),
         "ns",
         "<= 3",
     ));

@@ -80,5 +80,35 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         net_list: optional("net", "list"),
         net_gen: optional("net", "gen"),
         work_struct_func: optional("work_struct", "func"),
+        // Who sent a signal (tracers/signals/sender.rs): without these, si_codes are taken at
+        // face value and the events say so.
+        task_struct_stack: optional("task_struct", "stack"),
+        task_struct_flags: optional("task_struct", "flags"),
+        task_struct_thread_info_status: optional("task_struct", "thread_info.status"),
+        pt_regs_syscall_nr: regs_field(&optional, SyscallRegister::Nr),
+        pt_regs_syscall_ret: regs_field(&optional, SyscallRegister::Ret),
+        pt_regs_arg0: regs_field(&optional, SyscallRegister::Arg0),
+        pt_regs_arg0_compat: regs_field(&optional, SyscallRegister::Arg0Compat),
     })
+}
+
+/// A register of a syscall in the user `pt_regs`.
+enum SyscallRegister {
+    Nr,
+    Ret,
+    Arg0,
+    Arg0Compat,
+}
+
+/// The `pt_regs` field holding `register` on this architecture; [`MISSING`] where the tracer
+/// does not know the architecture's syscall convention (it then says so rather than guess).
+fn regs_field(optional: &dyn Fn(&str, &str) -> u32, register: SyscallRegister) -> u32 {
+    let field = match (std::env::consts::ARCH, register) {
+        ("x86_64", SyscallRegister::Nr) => "orig_ax",
+        ("x86_64", SyscallRegister::Ret) => "ax",
+        ("x86_64", SyscallRegister::Arg0) => "di",
+        ("x86_64", SyscallRegister::Arg0Compat) => "bx",
+        _ => return MISSING,
+    };
+    optional("pt_regs", field)
 }

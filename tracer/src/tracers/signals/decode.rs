@@ -8,8 +8,9 @@ use tracer_common::{
     TaskInfo,
 };
 
-use super::names::{
-    code_name, is_user_sent, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE,
+use super::{
+    names::{code_name, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE},
+    sender::{self, CodeFrom, How},
 };
 use crate::{
     clock::{self, Clock},
@@ -134,12 +135,19 @@ pub struct SignalRecord {
     pub time: String,
     pub signal: String,
     pub signo: i32,
-    /// How it was sent (`kill`, `tkill`, `sigqueue`, `kernel`, `SEGV_MAPERR`, ...).
+    /// How it was sent: `kill`, `kill_pgrp`, `tgkill`, `sigqueue`, `pidfd`, `cgroup.kill`, ...,
+    /// or `kernel`; decided from where the kernel generated it (see `sender`).
+    pub how: How,
+    /// The `si_code` by name (`kill`, `tkill`, `timer`, `SEGV_MAPERR`, `code -77`, ...).
     pub code: String,
+    /// The raw `si_code`; null when the kernel passed no siginfo.
+    pub si_code: Option<i32>,
+    /// Who chose the code: `kernel`, `sender` (a claim), `unverified`.
+    pub code_from: CodeFrom,
     pub result: &'static str,
     /// Sent to the whole process (rather than one thread).
     pub group: bool,
-    /// Why the kernel sent it; null when a process sent it with kill(2)/tkill(2)/sigqueue(2).
+    /// Why the kernel sent it; null when a process sent it, whatever code it claims.
     pub kernel_reason: Option<KernelReason>,
     /// The sending process; null when the kernel sent the signal.
     pub sender: Option<Process>,
@@ -181,17 +189,20 @@ impl SignalRecord {
             1 => InfoKind::NoInfo,
             _ => InfoKind::Priv,
         };
+        let verdict = sender::attribute(ev, info_kind);
         let kernel_reason = match info_kind {
-            InfoKind::Siginfo if is_user_sent(ev.code) => None,
+            _ if verdict.by_process() => None,
             InfoKind::Siginfo => Some(reason_from_code(ev.signo, ev.code)),
             InfoKind::NoInfo if ev.signo == SIGPIPE => Some(KernelReason::Pipe),
             // The OOM killer is recognised later, when its mark_victim record is matched.
             InfoKind::NoInfo | InfoKind::Priv => Some(KernelReason::Kernel),
         };
-        let code = match info_kind {
-            InfoKind::Siginfo => code_name(ev.signo, ev.code),
-            InfoKind::NoInfo => "kernel (no info)".to_string(),
-            InfoKind::Priv => "kernel (privileged)".to_string(),
+        let (code, si_code) = match info_kind {
+            InfoKind::Siginfo => (code_name(ev.signo, ev.code), Some(ev.code)),
+            // What the target's siginfo says: SI_USER from the sender.
+            InfoKind::NoInfo if verdict.by_process() => (code_name(ev.signo, 0), None),
+            InfoKind::NoInfo => ("kernel (no info)".to_string(), None),
+            InfoKind::Priv => ("kernel (privileged)".to_string(), None),
         };
         let mut current = Process::from_task(&ev.sender);
         current.exe = exe_path(ev);
@@ -213,7 +224,10 @@ impl SignalRecord {
             time: clock::rfc3339(clock.wall(ev.header.ktime_ns)),
             signal: signal_name(ev.signo),
             signo: ev.signo,
+            how: verdict.how,
             code,
+            si_code,
+            code_from: verdict.code_from,
             result: result_name(ev.result),
             group: ev.group != 0,
             kernel_reason,
@@ -231,6 +245,17 @@ impl SignalRecord {
     /// Whether this could be the OOM killer's SIGKILL (sent with kernel privilege).
     pub fn is_privileged_kill(&self) -> bool {
         self.signo == super::names::SIGKILL && self.code == "kernel (privileged)"
+    }
+
+    /// `kill`, `sigqueue, claims SI_TIMER`, `SEGV_MAPERR`: the human line's `(HOW)`.
+    pub fn how_label(&self) -> String {
+        sender::how_label(
+            self.how.name(),
+            &self.code,
+            self.code_from.name(),
+            self.signo,
+            self.si_code,
+        )
     }
 
     /// Who sent it, for the human line.
@@ -271,7 +296,7 @@ impl Event for SignalRecord {
             self.result,
             self.sender_label(),
             self.target.label(),
-            self.code
+            self.how_label()
         )?;
         if let Some(workload) = self.target.workload() {
             writeln!(w, "    target in {workload}")?;
@@ -347,6 +372,28 @@ impl OomVictim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kill_claiming_a_timer_counts_as_its_senders() {
+        // SAFETY: SignalEvent is plain data; all zeroes is a valid value.
+        let mut ev: SignalEvent = unsafe { std::mem::zeroed() };
+        ev.signo = 9;
+        ev.code = -2;
+        ev.info_kind = InfoKind::Siginfo as u32;
+        ev.sender.pid = 100;
+        ev.target.pid = 200;
+        // In rt_sigqueueinfo (x86-64), the siginfo on its stack, the syscall not returned.
+        ev.context.nr = 129;
+        ev.context.ret = -38i64 as u64;
+        ev.context.info_on_stack = 1;
+        ev.context.regs_known = 1;
+        let record = SignalRecord::decode(&ev, &Clock::new());
+        assert_eq!(record.kernel_reason, None);
+        assert_eq!(record.sender.as_ref().map(|s| s.pid), Some(100));
+        assert_eq!(record.how_label(), "sigqueue, claims SI_TIMER");
+        let count = record.count().unwrap();
+        assert_eq!(count.labels, ["SIGKILL", "delivered", "none"]);
+    }
 
     #[test]
     fn workload_lines() {

@@ -2,6 +2,7 @@
 
 mod decode;
 pub mod names;
+pub mod sender;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroUsize;
@@ -89,7 +90,7 @@ pub struct SignalsTracer {
     workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
-    by_reason: BTreeMap<&'static str, u64>,
+    by_sender: BTreeMap<String, u64>,
     /// The last SIGKILL delivered to each target, to explain an exit code 137.
     kills: LruCache<u32, SignalRecord>,
 }
@@ -131,7 +132,7 @@ impl SignalsTracer {
             workload: WorkloadFilter::new(options.workload.clone()),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
-            by_reason: BTreeMap::new(),
+            by_sender: BTreeMap::new(),
             kills: LruCache::new(MAX_KILLS),
         })
     }
@@ -160,8 +161,11 @@ impl SignalsTracer {
     fn emit(&mut self, record: SignalRecord, out: &mut Output) -> Result<u64> {
         *self.by_signal.entry(record.signal.clone()).or_default() += 1;
         *self.by_result.entry(record.result).or_default() += 1;
-        let reason = record.kernel_reason.map_or("kill(2)", |r| r.describe());
-        *self.by_reason.entry(reason).or_default() += 1;
+        let sender = match record.kernel_reason {
+            Some(reason) => reason.describe().to_string(),
+            None => format!("process ({})", record.how.name()),
+        };
+        *self.by_sender.entry(sender).or_default() += 1;
         out.event(&record)?;
         if record.signo == SIGKILL && record.result == "delivered" {
             self.kills.put(record.target.pid, record);
@@ -223,7 +227,7 @@ impl SignalsTracer {
                         "the OOM killer (memory cgroup {})",
                         oom.memcg.as_deref().unwrap_or("unknown")
                     ),
-                    (Some(sender), None) => format!("{} with {}", sender.label(), r.code),
+                    (Some(sender), None) => format!("{} with {}", sender.label(), r.how_label()),
                     (None, None) => r.sender_label(),
                 };
                 let target = match r.target.workload() {
@@ -299,7 +303,7 @@ impl Tracer for SignalsTracer {
     fn summarize(&self, summary: &mut Map<String, Value>) {
         summary.insert("by_signal".into(), json!(self.by_signal));
         summary.insert("by_result".into(), json!(self.by_result));
-        summary.insert("by_sender".into(), json!(self.by_reason));
+        summary.insert("by_sender".into(), json!(self.by_sender));
         // Processes in them were named after no container: say so, it may be an attempt.
         summary.insert(
             "cgroups_unlike_their_runtime_record".into(),

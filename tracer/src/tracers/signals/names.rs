@@ -158,35 +158,47 @@ impl KernelReason {
     }
 }
 
-const SI_USER: i32 = 0;
+pub const SI_USER: i32 = 0;
 const SI_KERNEL: i32 = 0x80;
 const SI_QUEUE: i32 = -1;
 const SI_TIMER: i32 = -2;
 const SI_MESGQ: i32 = -3;
 const SI_ASYNCIO: i32 = -4;
 const SI_SIGIO: i32 = -5;
-const SI_TKILL: i32 = -6;
+pub const SI_TKILL: i32 = -6;
 const SI_DETHREAD: i32 = -7;
 const SI_ASYNCNL: i32 = -60;
 
-/// How the signal was sent, from `si_code`: `kill`, `tkill`, `sigqueue`, `kernel`, or the
-/// signal-specific codes (`SEGV_MAPERR`, `CLD_EXITED`, ...).
+/// The codes any signal may carry: value, name in `code`, the C name.
+const SI_CODES: [(i32, &str, &str); 10] = [
+    (SI_USER, "kill", "SI_USER"),
+    (SI_KERNEL, "kernel", "SI_KERNEL"),
+    (SI_QUEUE, "sigqueue", "SI_QUEUE"),
+    (SI_TIMER, "timer", "SI_TIMER"),
+    (SI_MESGQ, "mesgq", "SI_MESGQ"),
+    (SI_ASYNCIO, "asyncio", "SI_ASYNCIO"),
+    (SI_SIGIO, "sigio", "SI_SIGIO"),
+    (SI_TKILL, "tkill", "SI_TKILL"),
+    (SI_DETHREAD, "dethread", "SI_DETHREAD"),
+    (SI_ASYNCNL, "asyncnl", "SI_ASYNCNL"),
+];
+
+/// How the signal was sent, from `si_code`: `kill`, `tkill`, `sigqueue`, `kernel`, the
+/// signal-specific codes (`SEGV_MAPERR`, `CLD_EXITED`, ...), or `code N`.
 pub fn code_name(signo: i32, code: i32) -> String {
-    let name = match code {
-        SI_USER => "kill",
-        SI_KERNEL => "kernel",
-        SI_QUEUE => "sigqueue",
-        SI_TIMER => "timer",
-        SI_MESGQ => "mesgq",
-        SI_ASYNCIO => "asyncio",
-        SI_SIGIO => "sigio",
-        SI_TKILL => "tkill",
-        SI_DETHREAD => "dethread",
-        SI_ASYNCNL => "asyncnl",
-        c if c > 0 => return fault_code_name(signo, c),
-        c => return format!("code {c}"),
-    };
-    name.to_string()
+    match SI_CODES.iter().find(|(value, ..)| *value == code) {
+        Some((_, name, _)) => name.to_string(),
+        None if code > 0 => fault_code_name(signo, code),
+        None => format!("code {code}"),
+    }
+}
+
+/// The C name of a code: `SI_TIMER`, `SEGV_MAPERR`, or `code N`.
+pub fn si_code_symbol(signo: i32, code: i32) -> String {
+    match SI_CODES.iter().find(|(value, ..)| *value == code) {
+        Some((_, _, symbol)) => symbol.to_string(),
+        None => code_name(signo, code),
+    }
 }
 
 fn fault_code_name(signo: i32, code: i32) -> String {
@@ -339,6 +351,11 @@ mod tests {
         assert_eq!(code_name(17, 2), "CLD_KILLED");
         assert_eq!(code_name(10, -6), "tkill");
         assert_eq!(code_name(10, 99), "code 99");
+        assert_eq!(code_name(10, -99), "code -99");
+        assert_eq!(code_name(10, i32::MIN), format!("code {}", i32::MIN));
+        assert_eq!(code_name(11, i32::MAX), format!("code {}", i32::MAX));
+        assert_eq!(si_code_symbol(9, -2), "SI_TIMER");
+        assert_eq!(si_code_symbol(11, 2), "SEGV_ACCERR");
         assert!(is_user_sent(0) && is_user_sent(-6) && !is_user_sent(0x80));
         assert_eq!(reason_from_code(11, 1), KernelReason::Fault);
         assert_eq!(reason_from_code(17, 1), KernelReason::Child);
