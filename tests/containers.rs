@@ -498,6 +498,53 @@ fn a_host_network_pod_does_not_own_the_hosts_namespace() {
 }
 
 #[test]
+fn cgroup_kill_of_a_container_from_the_host_names_the_writer() {
+    let mut node = CriNode::up();
+    let web = node.run_pod("shop", "web", false);
+    let app = start_sleeper(&mut node, &web, "app");
+    let own = fs::read_to_string(format!("/proc/{}/cgroup", app.pid)).unwrap();
+    let relative = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("the container's unified cgroup");
+    let kill_file = unified_root()
+        .join(relative.trim_start_matches('/'))
+        .join("cgroup.kill");
+    // A shell on the host, started (and its pid known) before it writes.
+    let mut writer = Owned(
+        Command::new("sh")
+            .args(["-c", &format!("read go; echo 1 > {}", kill_file.display())])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let run = TracerRun::start(&[
+        "signals",
+        "--json",
+        "--pid",
+        &app.pid.to_string(),
+        "--signal",
+        "KILL",
+    ]);
+    writeln!(writer.0.stdin.take().unwrap()).unwrap();
+    let status = writer.0.wait().expect("the writer finished");
+    assert!(status.success(), "{status:?}");
+    wait_for("the container to die", Duration::from_secs(10), || {
+        (!std::path::Path::new(&format!("/proc/{}", app.pid)).exists()).then_some(())
+    });
+    let out = run.stop();
+    let kills = out.of_type("signal");
+    assert_eq!(kills.len(), 1, "{:#?}", out.objects);
+    let kill = kills[0];
+    assert_eq!(kill["sender"]["pid"], writer.pid(), "{kill:#}");
+    assert_eq!(kill["how"], "cgroup.kill", "{kill:#}");
+    assert_eq!(kill["kernel_reason"], Value::Null, "{kill:#}");
+    assert_eq!(kill["sender"]["container"], Value::Null, "{kill:#}");
+    assert_identity(&kill["target"], &app, "app", &web);
+    node.down();
+}
+
+#[test]
 fn cri_node_leaves_nothing_behind() {
     let mut node = CriNode::up();
     let pod = node.run_pod("shop", "web", false);
