@@ -75,15 +75,58 @@ pub struct Output {
     events_to_observer_only: bool,
 }
 
+/// Bytes an [`Output`] wrote into memory (see [`Output::in_memory`]).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct Written(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+#[cfg(test)]
+impl Written {
+    /// What was written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.borrow()).into_owned()
+    }
+}
+
+#[cfg(test)]
+impl Write for Written {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Output {
     pub fn new(format: Format, header: String) -> Self {
+        Self::into_writer(
+            format,
+            header,
+            Box::new(BufWriter::with_capacity(64 * 1024, io::stdout())),
+        )
+    }
+
+    fn into_writer(format: Format, header: String, out: Box<dyn Write>) -> Self {
         Self {
             format,
-            out: Box::new(BufWriter::with_capacity(64 * 1024, io::stdout())),
+            out,
             header: (format == Format::Human).then_some(header),
             observer: None,
             events_to_observer_only: false,
         }
+    }
+
+    /// Into memory, for tests of a tracer's decode → enrich → output path.
+    #[cfg(test)]
+    pub fn in_memory(format: Format) -> (Self, Written) {
+        let written = Written::default();
+        (
+            Self::into_writer(format, String::new(), Box::new(written.clone())),
+            written,
+        )
     }
 
     /// Also hands every event to `observer`; with `observer_only`, only to it.
