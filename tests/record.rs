@@ -234,4 +234,17 @@ fn a_damaged_recording_is_still_reported_and_the_bad_lines_named() {
         human.contains(&format!("line {} could not be read", middle + 1)),
         "{human}"
     );
+    // The same recording through a pipe (`kubectl logs ... | tracer report -`).
+    let piped = tracer_command()
+        .args(["report", "-", "--json"])
+        .stdin(fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let piped: Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(piped, report);
 }

@@ -166,7 +166,8 @@ pub enum Command {
 
     /// Print the timeline and findings of a recording (`tracer record`).
     Report {
-        /// The recording (JSON lines).
+        /// The recording (JSON lines), or `-` for standard input (`kubectl logs ds/tracer |
+        /// tracer report -`: serve's events are such lines).
         file: std::path::PathBuf,
 
         /// One JSON object with the findings, timelines and unreadable lines.

@@ -24,13 +24,20 @@ pub struct Recording {
     pub unreadable: Vec<(usize, String)>,
 }
 
+/// Reads the recording at `path`, or standard input for `-` (`kubectl logs ds/tracer | tracer
+/// report -`).
 pub fn read(path: &Path) -> Result<Recording> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let input: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Box::new(BufReader::new(file))
+    };
     let mut recording = Recording {
         objects: Vec::new(),
         unreadable: Vec::new(),
     };
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+    for (i, line) in input.split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -445,7 +452,12 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("report of {}: {} events", path.display(), report.events);
+    let source = if path == Path::new("-") {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    println!("report of {source}: {} events", report.events);
     for bad in &report.unreadable {
         println!(
             "  line {} could not be read ({}); skipped",
