@@ -4,7 +4,8 @@
 use std::{
     fs,
     io::Write as _,
-    net::UdpSocket,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
     process::{Command, Stdio},
     sync::{Arc, Barrier},
@@ -70,17 +71,58 @@ impl Netns {
     }
 
     /// Sends `count` UDP packets from inside to [`VIP_A`]:[`BLOCKED_PORT`], which
-    /// [`node_ruleset`] drops, for at most `within`; returns how many the kernel refused
-    /// (sendto fails with EPERM when netfilter drops the packet on its way out).
+    /// [`node_ruleset`] drops, for at most `within`; returns how many the kernel refused.
     pub fn send_blocked(&self, count: u64, within: Duration) -> u64 {
+        let vip: IpAddr = VIP_A.parse().unwrap();
+        self.send_refused(&[(vip, BLOCKED_PORT).into()], count, within)
+    }
+
+    /// Sends `count` UDP packets from inside, to each of `targets` in turn (IPv4 and IPv6 alike,
+    /// one socket per target), for at most `within`; returns how many the kernel refused
+    /// (sendto fails with EPERM when netfilter drops the packet on its way out).
+    pub fn send_refused(&self, targets: &[SocketAddr], count: u64, within: Duration) -> u64 {
+        let targets = targets.to_vec();
         self.run_inside(move || {
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let sockets: Vec<(UdpSocket, SocketAddr)> = targets
+                .into_iter()
+                .map(|to| {
+                    let any: SocketAddr = match to {
+                        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+                    };
+                    (UdpSocket::bind(any).unwrap(), to)
+                })
+                .collect();
             let deadline = Instant::now() + within;
             (0..count)
                 .take_while(|_| Instant::now() < deadline)
-                .filter(|_| socket.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err())
+                .filter(|i| {
+                    let (socket, to) = &sockets[*i as usize % sockets.len()];
+                    socket.send_to(b"x", to).is_err()
+                })
                 .count() as u64
         })
+    }
+
+    /// Packets the nft rule with `comment "NAME"` counted (its `counter`), read from the
+    /// kernel's ruleset inside the namespace.
+    pub fn nft_counter(&self, name: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "list", "ruleset"])
+            .output()
+            .expect("nft list ruleset");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let tag = format!("comment \"{name}\"");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&tag))
+            .unwrap_or_else(|| panic!("no rule {tag} in:\n{text}"));
+        let mut words = line.split_whitespace();
+        words
+            .find(|w| *w == "packets")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in `{line}`"))
     }
 
     /// The namespace's conntrack counters summed over CPUs, read by the kernel's own
@@ -431,4 +473,95 @@ impl Drop for NetnsHolder {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// A raw socket (`socket(family, SOCK_RAW, protocol)`): for packets a UDP socket cannot send,
+/// ICMP echo requests with a chosen id and hand-made (also malformed) IPv6 packets. Closed on
+/// drop.
+pub struct RawSocket(OwnedFd);
+
+impl RawSocket {
+    /// `protocol` is `IPPROTO_ICMP`, `IPPROTO_ICMPV6`, or `IPPROTO_RAW` (IPv6: the packet
+    /// starts with its own IPv6 header).
+    pub fn new(family: libc::c_int, protocol: libc::c_int) -> Self {
+        // SAFETY: plain socket(2); the fd is owned from here on.
+        let fd = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd nothing else owns.
+        Self(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Sends `packet` to `to`; `false` when the kernel refused it (netfilter dropped it).
+    pub fn send_to(&self, packet: &[u8], to: IpAddr) -> bool {
+        // SAFETY: zeroed sockaddr structs are valid; each is filled in before use, and the
+        // storage outlives the call.
+        let sent = unsafe {
+            let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+            let len = match to {
+                IpAddr::V4(a) => {
+                    let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                    sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                    std::mem::size_of::<libc::sockaddr_in>()
+                }
+                IpAddr::V6(a) => {
+                    let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    sin6.sin6_addr.s6_addr = a.octets();
+                    std::mem::size_of::<libc::sockaddr_in6>()
+                }
+            };
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&storage as *const libc::sockaddr_storage).cast(),
+                len as libc::socklen_t,
+            )
+        };
+        sent >= 0
+    }
+}
+
+/// An ICMP (`ipv6` false) or ICMPv6 echo request with `id` and `seq`, for a raw socket. The
+/// IPv4 checksum is left 0: the packets are dropped on their way out, before anything checks
+/// it; the kernel fills in ICMPv6's.
+pub fn echo_request(ipv6: bool, id: u16, seq: u16) -> Vec<u8> {
+    let kind = if ipv6 { 128 } else { 8 };
+    let mut packet = vec![kind, 0, 0, 0];
+    packet.extend(id.to_be_bytes());
+    packet.extend(seq.to_be_bytes());
+    packet.extend(b"tracer");
+    packet
+}
+
+/// An IPv6 packet from `src` to `dst`: the fixed header with `next` header, then `payload`
+/// (for a raw `IPPROTO_RAW` socket, which sends it as it is).
+pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend((payload.len() as u16).to_be_bytes());
+    packet.extend([next, 64]);
+    packet.extend(src.octets());
+    packet.extend(dst.octets());
+    packet.extend(payload);
+    packet
+}
+
+/// Sets a sticky IPv6 extension header (`IPV6_HOPOPTS` or `IPV6_DSTOPTS`) on `socket`: one
+/// 8-byte header of padding, which every packet the socket sends then carries.
+pub fn set_ipv6_ext_header(socket: &UdpSocket, option: libc::c_int) {
+    // Next header (the kernel fills it in), length 0 (8 bytes), PadN with 4 bytes of padding.
+    let header: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+    // SAFETY: setsockopt with a buffer of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            option,
+            header.as_ptr().cast(),
+            header.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
