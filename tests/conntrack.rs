@@ -126,12 +126,20 @@ fn same_tuple_clash_is_resolved_not_dropped() {
     assert_eq!(node["kernel_counters"]["insert_failed"], 0);
 }
 
-#[test]
-fn full_table_drops_are_counted_with_count_and_max() {
+/// One flow's ends: the address a socket binds (port 0) and where it sends.
+type Ends = (&'static str, &'static str);
+const V4_FLOW: Ends = ("127.0.0.1:0", "127.0.0.1:9");
+const V6_FLOW: Ends = ("[::1]:0", "[::1]:9");
+
+/// Fills the conntrack table of a namespace of its own (`nft_family` tables track its
+/// packets) with new flows, alternating over `flows`, under a briefly lowered global
+/// `nf_conntrack_max`: every refused packet is reported as `table_full`, with count and max,
+/// as many as the kernel's `drop` counter rose.
+fn full_table(tag: &str, nft_family: &str, flows: &'static [Ends]) {
     // nf_conntrack_max is global; each namespace's own entry count is compared with it.
-    let ns = Netns::new("table");
+    let ns = Netns::new(tag);
     // Any conntrack rule makes conntrack track this namespace.
-    ns.nft("table ip t {\n  chain out {\n    type filter hook output priority 0;\n    ct state new counter\n  }\n}\n");
+    ns.nft(&format!("table {nft_family} t {{\n  chain out {{\n    type filter hook output priority 0;\n    ct state new counter\n  }}\n}}\n"));
     let host_entries: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
         .unwrap()
         .trim()
@@ -150,9 +158,10 @@ fn full_table_drops_are_counted_with_count_and_max() {
     let refused = ns.run_inside(move || {
         // Each new socket is a new flow (a new source port): the table fills at `max`.
         (0..max + 40)
-            .filter(|_| {
-                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-                s.send_to(b"x", "127.0.0.1:9").is_err()
+            .filter(|i| {
+                let (bind, to) = flows[*i as usize % flows.len()];
+                let s = UdpSocket::bind(bind).unwrap();
+                s.send_to(b"x", to).is_err()
             })
             .count() as u64
     });
@@ -174,15 +183,63 @@ fn full_table_drops_are_counted_with_count_and_max() {
     for e in &full {
         assert_eq!(e["ct_max"], max, "{e}");
         assert_eq!(e["ct_count"], max, "{e}");
-        assert_eq!(
-            e["src"].as_str().map(|s| s.starts_with("127.0.0.1:")),
-            Some(true)
+        let src_host = |bind: &str| bind.trim_end_matches(":0").to_string() + ":";
+        assert!(
+            flows.iter().any(|(bind, to)| e["dst"] == *to
+                && e["src"].as_str().unwrap().starts_with(&src_host(bind))),
+            "{e}"
         );
-        assert_eq!(e["dst"], "127.0.0.1:9");
+    }
+    for (_, to) in flows {
+        assert!(full.iter().any(|e| e["dst"] == *to), "no drop to {to}");
     }
     let node = summary_netns(out.summary(), ns.inode());
     assert_eq!(node["kernel_counters"]["drop"], kernel.drop);
     assert_eq!(node["drops"]["table_full"], kernel.drop);
+}
+
+#[test]
+fn full_table_drops_are_counted_with_count_and_max() {
+    full_table("table", "ip", &[V4_FLOW]);
+}
+
+#[test]
+fn full_table_drops_over_ipv6_are_counted_with_count_and_max() {
+    full_table("table6", "ip6", &[V6_FLOW]);
+}
+
+#[test]
+fn full_table_drops_of_mixed_ipv4_and_ipv6_flows_match_the_kernel_counters() {
+    full_table("table46", "inet", &[V4_FLOW, V6_FLOW]);
+}
+
+#[test]
+fn a_mixed_ipv4_and_ipv6_flood_is_reported_in_full_or_the_shortfall_is_counted() {
+    let ns = Netns::new("flood46");
+    ns.nft("table inet flood {\n  chain out {\n    type filter hook output priority 0;\n    udp dport 9 counter drop comment \"flood\"\n  }\n}\n");
+    let inode = ns.inode();
+    let run = TracerRun::start(&["conntrack-drops", "--json", "--netns", &inode.to_string()]);
+    let targets = [V4_FLOW.1, V6_FLOW.1].map(|t| t.parse().unwrap());
+    let refused = ns.send_refused(&targets, 50_000, Duration::from_secs(30));
+    let out = run.stop();
+    let all = out.of_type("conntrack_drop");
+    let events = drops_in(&all, inode, "rule");
+    let reported = events.len() as u64;
+    let lost = out.summary()["lost"].as_u64().unwrap();
+    assert!(refused > 10_000, "flood too small: {refused}");
+    assert_eq!(
+        refused,
+        ns.nft_counter("flood"),
+        "the rule dropped every refused packet"
+    );
+    assert_eq!(
+        reported + lost,
+        refused,
+        "reported {reported} + lost {lost}"
+    );
+    for to in [V4_FLOW.1, V6_FLOW.1] {
+        assert!(events.iter().any(|e| e["dst"] == to), "no drop to {to}");
+    }
 }
 
 #[test]
