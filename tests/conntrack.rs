@@ -25,18 +25,23 @@ fn summary_netns(summary: &Value, netns: u64) -> Value {
         .unwrap_or_else(|| panic!("netns {netns} not in summary: {summary:#}"))
 }
 
-#[test]
-fn insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
-    let t = topology();
+/// The reply-tuple insert race through DNAT ([`topology_of`] with addresses `a`) and a firewall
+/// rule's drops in one run: the tracer's `insert_failed` is the namespace's own counter delta,
+/// each with its VIP and backend, and the rule's drops are kept apart.
+fn insert_race_is_counted_exactly(a: &Addressing) {
+    let t = topology_of(a);
     let inode = t.node.inode();
     let before = t.node.conntrack_counters();
     let run = TracerRun::start(&["conntrack-drops", "--json"]);
 
     // One socket to two VIPs that DNAT to the same endpoint: the two entries' reply tuples
     // collide, which the kernel cannot resolve.
-    let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
+    let race = race_rounds(&t.node, [a.vip_a, a.vip_b], 400);
     // Packets a firewall rule drops, in the same run.
-    let blocked = t.node.send_blocked(20, Duration::from_secs(30));
+    let blocked_to = endpoint(a.vip_a, BLOCKED_PORT);
+    let blocked = t
+        .node
+        .send_refused(&[blocked_to.parse().unwrap()], 20, Duration::from_secs(30));
 
     let out = run.stop();
     let kernel = t.node.conntrack_counters().since(&before);
@@ -54,21 +59,29 @@ fn insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
         "kernel: {kernel:?}"
     );
     assert_eq!(race.refused, kernel.insert_failed, "client: {race:?}");
-    assert_eq!(
-        race.sent - race.replies,
-        race.refused,
-        "every refused packet is a missing reply"
-    );
+    // Over IPv6 a few replies of packets that were not refused also go missing here (7 of
+    // 900 even with a 150 ms wait, so not late): not a drop netfilter reports (the kernel's
+    // `insert_failed` and `drop` match the tracer's), so only the IPv4 client is held exact.
+    let unanswered = race.sent - race.replies;
+    if a.nft_family == "ip" {
+        assert_eq!(
+            unanswered, race.refused,
+            "every refused packet is a missing reply"
+        );
+    } else {
+        assert!(unanswered >= race.refused, "{race:?}");
+    }
+    let client = endpoint(a.client, 0);
+    let vips = [endpoint(a.vip_a, 53), endpoint(a.vip_b, 53)];
     for e in &insert_failed {
         assert_eq!(e["proto"], "udp");
         let src = e["src"].as_str().unwrap();
-        assert!(src.starts_with(&format!("{CLIENT}:")), "{e}");
+        assert!(src.starts_with(client.strip_suffix('0').unwrap()), "{e}");
         assert!(
-            [format!("{VIP_A}:53"), format!("{VIP_B}:53")]
-                .contains(&e["dst"].as_str().unwrap().to_string()),
+            vips.contains(&e["dst"].as_str().unwrap().to_string()),
             "{e}"
         );
-        assert_eq!(e["nat_dst"], format!("{BACKEND}:53"), "{e}");
+        assert_eq!(e["nat_dst"], endpoint(a.backend, 53), "{e}");
     }
 
     let rule = drops_in(&events, inode, "rule");
@@ -77,9 +90,7 @@ fn insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
         "the firewall rule refused every blocked packet"
     );
     assert_eq!(rule.len(), 20, "rule drops: {rule:#?}");
-    assert!(rule
-        .iter()
-        .all(|e| e["dst"] == format!("{VIP_A}:{BLOCKED_PORT}")));
+    assert!(rule.iter().all(|e| e["dst"] == blocked_to));
     assert!(drops_in(&events, inode, "table_full").is_empty());
     assert!(drops_in(&events, inode, "conntrack_other").is_empty());
 
@@ -93,6 +104,16 @@ fn insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
     assert_eq!(node["kernel_counters"]["drop"], kernel.drop);
     assert_eq!(node["drops"]["insert_failed"], kernel.insert_failed);
     assert_eq!(node["drops"]["rule"], 20);
+}
+
+#[test]
+fn insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
+    insert_race_is_counted_exactly(&IPV4);
+}
+
+#[test]
+fn ipv6_insert_race_through_dnat_is_counted_exactly_and_rule_drops_are_kept_apart() {
+    insert_race_is_counted_exactly(&IPV6);
 }
 
 #[test]

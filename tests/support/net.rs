@@ -177,8 +177,13 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
             &b.name,
         ],
     );
-    a.ip(&["addr", "add", a_addr, "dev", &a_if]);
-    b.ip(&["addr", "add", b_addr, "dev", &b_if]);
+    // IPv6 addresses usable at once, without duplicate address detection's wait.
+    let nodad = |addr: &str| if addr.contains(':') { "nodad" } else { "" };
+    for (ns, addr, dev) in [(a, a_addr, &a_if), (b, b_addr, &b_if)] {
+        let mut args = vec!["addr", "add", addr, "dev", dev, nodad(addr)];
+        args.retain(|a| !a.is_empty());
+        ns.ip(&args);
+    }
     a.ip(&["link", "set", &a_if, "up"]);
     b.ip(&["link", "set", &b_if, "up"]);
 }
@@ -228,20 +233,67 @@ pub const VIP_B: &str = "10.96.0.11";
 /// A port a firewall rule drops.
 pub const BLOCKED_PORT: u16 = 5353;
 
+/// The addresses of a [`topology_of`], IPv4 or IPv6.
+pub struct Addressing {
+    /// The nft family of the node's tables, which is also its address keyword.
+    pub nft_family: &'static str,
+    pub client: &'static str,
+    pub backend: &'static str,
+    pub vip_a: &'static str,
+    pub vip_b: &'static str,
+    pub prefix_len: u8,
+    pub vip_net: &'static str,
+    /// No-op rules between NAT and conntrack's confirmation that widen the insert race
+    /// window: IPv6 needs more for as many races (see KERNEL-NOTES.md).
+    pub slow_rules: u32,
+}
+
+pub const IPV4: Addressing = Addressing {
+    nft_family: "ip",
+    client: CLIENT,
+    backend: BACKEND,
+    vip_a: VIP_A,
+    vip_b: VIP_B,
+    prefix_len: 24,
+    vip_net: "10.96.0.0/16",
+    slow_rules: 300,
+};
+
+pub const IPV6: Addressing = Addressing {
+    nft_family: "ip6",
+    client: "fd77::1",
+    backend: "fd77::2",
+    vip_a: "fd96::a",
+    vip_b: "fd96::b",
+    prefix_len: 64,
+    vip_net: "fd96::/64",
+    slow_rules: 3000,
+};
+
+/// `addr:port`, `[addr]:port` for IPv6: how the tracer and sockets write an endpoint.
+pub fn endpoint(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
 /// kube-proxy-like DNAT in the "node" namespace: two Service VIPs with the same endpoint, a
-/// firewall DROP, and a few hundred no-op rules between NAT and conntrack's confirmation that
-/// widen the insert race window.
-pub fn node_ruleset() -> String {
+/// firewall DROP of [`BLOCKED_PORT`], and no-op rules between NAT and conntrack's confirmation
+/// that widen the insert race window.
+pub fn node_ruleset(a: &Addressing) -> String {
     let mut slow = String::new();
-    for i in 0..300 {
+    for i in 0..a.slow_rules {
         slow.push_str(&format!("    meta mark 0x{:x} counter\n", 0x1000 + i));
     }
+    let (family, backend) = (a.nft_family, endpoint(a.backend, 53));
     format!(
-        "table ip kubeproxy {{
+        "table {family} kubeproxy {{
   chain output {{
     type nat hook output priority -100;
-    ip daddr {VIP_A} udp dport 53 dnat to {BACKEND}:53
-    ip daddr {VIP_B} udp dport 53 dnat to {BACKEND}:53
+    {family} daddr {} udp dport 53 dnat to {backend}
+    {family} daddr {} udp dport 53 dnat to {backend}
   }}
   chain filter {{
     type filter hook output priority 0;
@@ -251,7 +303,8 @@ pub fn node_ruleset() -> String {
     type filter hook postrouting priority 200;
 {slow}  }}
 }}
-"
+",
+        a.vip_a, a.vip_b
     )
 }
 
@@ -282,7 +335,12 @@ pub fn race_rounds(node: &Netns, targets: [&'static str; 2], rounds: u32) -> Cli
         if Instant::now() > deadline {
             break;
         }
-        let socket = Arc::new(node.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap()));
+        let any = if targets[0].contains(':') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let socket = Arc::new(node.run_inside(move || UdpSocket::bind(any).unwrap()));
         socket
             .set_read_timeout(Some(Duration::from_millis(30)))
             .unwrap();
@@ -320,17 +378,23 @@ pub struct Topology {
 }
 
 pub fn topology() -> Topology {
+    topology_of(&IPV4)
+}
+
+/// [`topology`] with the addresses `a`.
+pub fn topology_of(a: &Addressing) -> Topology {
     let node = Netns::new("node");
     let backend = Netns::new("backend");
+    let len = a.prefix_len;
     veth(
         &node,
-        &format!("{CLIENT}/24"),
+        &format!("{}/{len}", a.client),
         &backend,
-        &format!("{BACKEND}/24"),
+        &format!("{}/{len}", a.backend),
     );
-    node.ip(&["route", "add", "10.96.0.0/16", "via", BACKEND]);
-    node.nft(&node_ruleset());
-    let echo = EchoServer::start(&backend, &format!("{BACKEND}:53"), Duration::from_secs(120));
+    node.ip(&["route", "add", a.vip_net, "via", a.backend]);
+    node.nft(&node_ruleset(a));
+    let echo = EchoServer::start(&backend, &endpoint(a.backend, 53), Duration::from_secs(120));
     Topology {
         node,
         _backend: backend,
