@@ -53,6 +53,7 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     let drops = |class| {
         [
             ("class", class),
+            ("family", "ipv4"),
             ("netns", node.as_str()),
             ("k8s_namespace", ""),
             ("k8s_pod", ""),

@@ -133,7 +133,7 @@ pub enum Command {
             on a thread of its own, sets tracer_netns_flagged and writes each newly flagged \
             namespace on stdout.\n\n\
             Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
-            tracer_conntrack_drops_total{class,netns,k8s_namespace,k8s_pod}, \
+            tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod}, \
             tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
             tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \

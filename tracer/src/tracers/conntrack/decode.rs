@@ -215,6 +215,15 @@ impl ConntrackDrop {
         }
     }
 
+    /// `ipv4`, `ipv6`, or empty when the packet's flow is unknown.
+    pub fn family(&self) -> &'static str {
+        match self.flow.map(|t| t.src.0) {
+            Some(IpAddr::V4(_)) => "ipv4",
+            Some(IpAddr::V6(_)) => "ipv6",
+            None => "",
+        }
+    }
+
     /// Addresses and ports of both ends, before and after NAT.
     pub fn endpoints(&self) -> impl Iterator<Item = (IpAddr, Option<u16>)> + '_ {
         self.flow
@@ -228,15 +237,20 @@ impl ConntrackDrop {
 static DROPS_TOTAL: Family = Family {
     name: "tracer_conntrack_drops_total",
     help: "Packets netfilter dropped, by class (insert_failed, table_full, conntrack_other, \
-           rule) and network namespace (inode), for the namespace's pod.",
-    labels: &["class", "netns"],
+           rule), IP family (ipv4, ipv6; empty when the packet's header was unreadable) and \
+           network namespace (inode), for the namespace's pod.",
+    labels: &["class", "family", "netns"],
 };
 
 impl Event for ConntrackDrop {
     fn count(&self) -> Option<Count<'_>> {
         Some(Count {
             family: &DROPS_TOTAL,
-            labels: vec![self.class.name().into(), self.netns.to_string()],
+            labels: vec![
+                self.class.name().into(),
+                self.family().into(),
+                self.netns.to_string(),
+            ],
             pod: self.pod.as_ref(),
             netns: Some(self.netns.into()),
         })
