@@ -478,7 +478,7 @@ fn rule_drops_without_an_entry_name_their_flow_over_ipv4_and_ipv6() {
 }
 
 #[test]
-fn malformed_ipv6_packets_are_reported_with_what_could_be_read() {
+fn malformed_and_fragmented_ipv6_packets_are_reported_with_what_could_be_read() {
     let ns = Netns::new("bad");
     let bad: Ipv6Addr = "fd77::bad".parse().unwrap();
     ns.ip(&["addr", "add", "fd77::bad/128", "dev", "lo", "nodad"]);
@@ -497,7 +497,20 @@ fn malformed_ipv6_packets_are_reported_with_what_could_be_read() {
     let endless = ipv6_packet(src, bad, 60, &chain);
     // A hop-by-hop header that claims more bytes than the packet has.
     let overlong = ipv6_packet(src, bad, 0, &[17, 200, 1, 4, 0, 0, 0, 0]);
-    let packets = [short, endless, overlong];
+    // The first fragment of a UDP datagram (offset 0, more to come), and a later one.
+    let first = ipv6_packet(
+        src,
+        bad,
+        44,
+        &[17, 0, 0, 1, 0, 0, 0, 7, 0x9c, 0x41, 0, 9, 0, 16, 0, 0],
+    );
+    let later = ipv6_packet(
+        src,
+        bad,
+        44,
+        &[17, 0, 0, 8, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    let packets = [short, endless, overlong, first, later];
     let rounds = 3;
     let refused = ns.run_inside(move || {
         let raw = RawSocket::new(libc::AF_INET6, libc::IPPROTO_RAW);
@@ -541,9 +554,28 @@ fn malformed_ipv6_packets_are_reported_with_what_could_be_read() {
         );
     }
     // The walk stepped over the header to UDP, and found the packet ended.
-    let overlong = with(&with(&events, "proto", "udp"), "src", "::1");
+    let udp_from_bare = with(&with(&events, "proto", "udp"), "src", "::1");
+    let overlong = with(&udp_from_bare, "truncated", "packet_end");
     assert_eq!(overlong.len(), rounds, "{events:#?}");
-    assert!(overlong.iter().all(|e| e["truncated"] == "packet_end"));
+    assert!(overlong.iter().all(|e| e.get("fragment").is_none()));
+    // Fragments say so; the first has the ports, a later one has none and is not truncated.
+    let first = with(&events, "src", "[::1]:40001");
+    assert_eq!(first.len(), rounds, "{events:#?}");
+    for e in &first {
+        assert_eq!(
+            (&e["dst"], &e["fragment"]),
+            (&json!("[fd77::bad]:9"), &json!(true))
+        );
+        assert!(e.get("truncated").is_none(), "{e}");
+    }
+    let later: Vec<_> = udp_from_bare
+        .iter()
+        .filter(|e| e["fragment"] == true)
+        .collect();
+    assert_eq!(later.len(), rounds, "{events:#?}");
+    assert!(later
+        .iter()
+        .all(|e| e.get("truncated").is_none() && e["dst"] == "fd77::bad"));
     let good = with(&events, "src", &format!("[::1]:{good_port}"));
     assert_eq!(good.len(), 1, "{events:#?}");
     assert_eq!(good[0]["dst"], "[fd77::bad]:9");
