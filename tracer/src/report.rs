@@ -367,8 +367,19 @@ fn describe(e: &Value) -> String {
                 .get("nat_dst")
                 .and_then(Value::as_str)
                 .map_or(String::new(), |n| format!(" (dnat {n})"));
+            // What the packet was, beyond its ends: TCP flags, or the ICMP message.
+            let what = match (e.get("tcp_flags").and_then(Value::as_str), e.get("icmp")) {
+                (Some(flags), _) => format!(" [{flags}]"),
+                (None, Some(icmp)) => format!(
+                    " [{}]",
+                    icmp.get("name")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| format!("type {}", icmp["type"]), str::to_string)
+                ),
+                _ => String::new(),
+            };
             format!(
-                "{} drop: {} {} -> {}{nat}",
+                "{} drop: {} {} -> {}{what}{nat}",
                 str_of(e, "class"),
                 str_of(e, "proto"),
                 str_of(e, "src"),
@@ -479,6 +490,23 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn drops_are_described_with_their_flags_or_icmp_message() {
+        let syn = json!({"type": "conntrack_drop", "class": "rule", "proto": "tcp",
+                         "src": "[::1]:40000", "dst": "[::1]:80", "tcp_flags": "SYN"});
+        assert_eq!(
+            describe(&syn),
+            "rule drop: tcp [::1]:40000 -> [::1]:80 [SYN]"
+        );
+        let echo = json!({"type": "conntrack_drop", "class": "rule", "proto": "icmpv6",
+                          "src": "::1", "dst": "::1",
+                          "icmp": {"type": 128, "code": 0, "id": 7, "name": "echo-request"}});
+        assert_eq!(
+            describe(&echo),
+            "rule drop: icmpv6 ::1 -> ::1 [echo-request]"
+        );
+    }
 
     #[test]
     fn endpoints_of_either_family() {
