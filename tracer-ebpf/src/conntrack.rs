@@ -110,11 +110,16 @@ fn read_packet(skb: u64, p: &mut PacketHeaders) {
                 p.flags |= PACKET_FRAGMENT;
             }
             p.l4_proto = p.ip[9];
+            let header_len = (p.ip[0] & 0xf) as u32 * 4;
             if frag & 0x1fff != 0 {
                 p.flags |= PACKET_LATER_FRAGMENT;
                 return;
             }
-            (p.ip[9], (p.ip[0] & 0xf) as u32 * 4)
+            if header_len < 20 {
+                // Malformed: no transport header can be told apart.
+                return;
+            }
+            (p.ip[9], header_len)
         }
         6 => match walk_ext_headers(ip, len, p) {
             Some(found) => found,

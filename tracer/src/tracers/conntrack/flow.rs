@@ -209,8 +209,7 @@ impl Packet {
             return packet;
         }
         let len = p.len as usize;
-        // A byte of the packet, if the packet has it.
-        let ip = |at: usize| p.ip.get(at).copied().filter(|_| at < len);
+        // Bytes of the packet, if the packet has them.
         let ip_range = |from: usize, to: usize| -> Option<&[u8]> {
             (to <= len).then_some(())?;
             p.ip.get(from..to)
@@ -226,10 +225,11 @@ impl Packet {
                 };
                 (a(0), a(16))
             }),
-            _ => None,
+            // Not IP (a bridge's frame, say): nothing to tell.
+            _ => return packet,
         };
         packet.fragment = p.flags & PACKET_FRAGMENT != 0;
-        let Some((src, dst)) = addrs.filter(|_| ip(0).is_some()) else {
+        let Some((src, dst)) = addrs else {
             packet.truncated = Some(Truncated::PacketEnd);
             return packet;
         };
@@ -395,6 +395,10 @@ mod tests {
         assert!(p.fragment);
         assert_eq!(p.truncated, None);
         assert_eq!(p.tuple.unwrap().proto, UDP);
+
+        // Not IP at all: nothing to tell, and nothing called truncated.
+        let p = Packet::decode(&headers(&[0x10; 30], 0, 0, 0));
+        assert_eq!(p, Packet::default());
 
         // Shorter than an IPv6 header: nothing but the fact.
         let p = Packet::decode(&headers(&short[..20], 0, 0, 0));
