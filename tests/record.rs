@@ -7,7 +7,10 @@ use std::{fs, os::unix::fs::PermissionsExt as _, process::Command, time::Duratio
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
-    net::{add_address, race_rounds, topology, Netns, NetnsHolder, CLIENT, VIP_A, VIP_B},
+    net::{
+        add_address, endpoint, race_rounds, topology, topology_of, Netns, NetnsHolder, CLIENT,
+        IPV6, VIP_A, VIP_B,
+    },
     *,
 };
 
@@ -233,5 +236,56 @@ fn a_damaged_recording_is_still_reported_and_the_bad_lines_named() {
     assert!(
         human.contains(&format!("line {} could not be read", middle + 1)),
         "{human}"
+    );
+}
+
+#[test]
+fn an_ipv6_insert_race_is_a_finding_that_names_its_ipv6_flows() {
+    let dir = TempDir::new("record6");
+    let file = dir.0.join("incident.jsonl");
+    let t = topology_of(&IPV6);
+    let node_inode = t.node.inode();
+    let before = t.node.conntrack_counters();
+    let run = TracerRun::start(&["record", "-o", file.to_str().unwrap()]);
+    let race = race_rounds(&t.node, [IPV6.vip_a, IPV6.vip_b], 400);
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let kernel = t.node.conntrack_counters().since(&before);
+    assert!(
+        kernel.insert_failed > 0,
+        "the race never happened: {kernel:?} {race:?}"
+    );
+
+    let report = report(&file);
+    let races = findings(&report, "conntrack_insert_race");
+    let finding = races
+        .iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("netns {node_inode}"))
+        })
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let text = finding["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "{} UDP/IPv6 packets from {} ",
+            kernel.insert_failed, IPV6.client
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&endpoint(IPV6.vip_a, 53)) || text.contains(&endpoint(IPV6.vip_b, 53)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("through DNAT to {}", endpoint(IPV6.backend, 53))),
+        "{text}"
+    );
+    assert!(text.contains("A and AAAA"), "{text}");
+    assert_eq!(
+        finding["lines"].as_array().unwrap().len() as u64,
+        kernel.insert_failed
     );
 }
