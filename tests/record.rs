@@ -34,6 +34,19 @@ fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The insert-race finding of the namespace `inode`.
+fn race_finding(report: &Value, inode: u64) -> &Value {
+    findings(report, "conntrack_insert_race")
+        .into_iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("netns {inode}"))
+        })
+        .unwrap_or_else(|| panic!("{report:#}"))
+}
+
 /// The objects at the given lines (from 1) of the recording.
 fn lines_of(file: &std::path::Path, finding: &Value) -> Vec<Value> {
     let text = fs::read_to_string(file).unwrap();
@@ -145,16 +158,7 @@ fn one_recording_shows_the_kill_the_insert_race_and_the_stuck_namespace() {
         "the race never happened: {kernel:?}"
     );
     assert_eq!(race.refused, kernel.insert_failed);
-    let races = findings(&report, "conntrack_insert_race");
-    let race_finding = races
-        .iter()
-        .find(|f| {
-            f["text"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("netns {node_inode}"))
-        })
-        .unwrap_or_else(|| panic!("{report:#}"));
+    let race_finding = race_finding(&report, node_inode);
     let text = race_finding["text"].as_str().unwrap();
     assert!(
         text.starts_with(&format!(
@@ -257,16 +261,7 @@ fn an_ipv6_insert_race_is_a_finding_that_names_its_ipv6_flows() {
     );
 
     let report = report(&file);
-    let races = findings(&report, "conntrack_insert_race");
-    let finding = races
-        .iter()
-        .find(|f| {
-            f["text"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("netns {node_inode}"))
-        })
-        .unwrap_or_else(|| panic!("{report:#}"));
+    let finding = race_finding(&report, node_inode);
     let text = finding["text"].as_str().unwrap();
     assert!(
         text.starts_with(&format!(
