@@ -7,7 +7,10 @@ use std::{fs, os::unix::fs::PermissionsExt as _, process::Command, time::Duratio
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
-    net::{add_address, race_rounds, topology, Netns, NetnsHolder, CLIENT, VIP_A, VIP_B},
+    net::{
+        add_address, endpoint, race_rounds, topology, topology_of, Netns, NetnsHolder, CLIENT,
+        IPV6, VIP_A, VIP_B,
+    },
     *,
 };
 
@@ -29,6 +32,19 @@ fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|f| f["kind"] == kind)
         .collect()
+}
+
+/// The insert-race finding of the namespace `inode`.
+fn race_finding(report: &Value, inode: u64) -> &Value {
+    findings(report, "conntrack_insert_race")
+        .into_iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("netns {inode}"))
+        })
+        .unwrap_or_else(|| panic!("{report:#}"))
 }
 
 /// The objects at the given lines (from 1) of the recording.
@@ -142,16 +158,7 @@ fn one_recording_shows_the_kill_the_insert_race_and_the_stuck_namespace() {
         "the race never happened: {kernel:?}"
     );
     assert_eq!(race.refused, kernel.insert_failed);
-    let races = findings(&report, "conntrack_insert_race");
-    let race_finding = races
-        .iter()
-        .find(|f| {
-            f["text"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("netns {node_inode}"))
-        })
-        .unwrap_or_else(|| panic!("{report:#}"));
+    let race_finding = race_finding(&report, node_inode);
     let text = race_finding["text"].as_str().unwrap();
     assert!(
         text.starts_with(&format!(
@@ -247,4 +254,46 @@ fn a_damaged_recording_is_still_reported_and_the_bad_lines_named() {
     );
     let piped: Value = serde_json::from_slice(&piped.stdout).unwrap();
     assert_eq!(piped, report);
+}
+
+#[test]
+fn an_ipv6_insert_race_is_a_finding_that_names_its_ipv6_flows() {
+    let dir = TempDir::new("record6");
+    let file = dir.0.join("incident.jsonl");
+    let t = topology_of(&IPV6);
+    let node_inode = t.node.inode();
+    let before = t.node.conntrack_counters();
+    let run = TracerRun::start(&["record", "-o", file.to_str().unwrap()]);
+    let race = race_rounds(&t.node, [IPV6.vip_a, IPV6.vip_b], 400);
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let kernel = t.node.conntrack_counters().since(&before);
+    assert!(
+        kernel.insert_failed > 0,
+        "the race never happened: {kernel:?} {race:?}"
+    );
+
+    let report = report(&file);
+    let finding = race_finding(&report, node_inode);
+    let text = finding["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "{} UDP/IPv6 packets from {} ",
+            kernel.insert_failed, IPV6.client
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&endpoint(IPV6.vip_a, 53)) || text.contains(&endpoint(IPV6.vip_b, 53)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("through DNAT to {}", endpoint(IPV6.backend, 53))),
+        "{text}"
+    );
+    assert!(text.contains("A and AAAA"), "{text}");
+    assert_eq!(
+        finding["lines"].as_array().unwrap().len() as u64,
+        kernel.insert_failed
+    );
 }

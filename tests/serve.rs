@@ -43,6 +43,15 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     // The reply-tuple insert race through DNAT, and packets a firewall rule drops.
     let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
     let blocked = t.node.send_blocked(20, Duration::from_secs(30)) as f64;
+    // The same over IPv6: a rule of its own drops it, and it is counted in its family's series.
+    t.node.nft("table ip6 blocked6 {\n  chain out {\n    type filter hook output priority 0;\n    udp dport 5353 counter drop comment \"v6\"\n  }\n}\n");
+    let blocked6 = t.node.send_refused(
+        &["[::1]:5353".parse().unwrap()],
+        20,
+        Duration::from_secs(30),
+    ) as f64;
+    assert_eq!(blocked6, 20.0, "the rule refused every packet");
+    assert_eq!(blocked6 as u64, t.node.nft_counter("v6"));
     let kernel = t.node.conntrack_counters().since(&before);
     assert!(
         kernel.insert_failed > 0,
@@ -50,14 +59,16 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     );
     assert_eq!(blocked, 20.0, "the rule refused every packet");
 
-    let drops = |class| {
+    let drops_of = |class, family| {
         [
             ("class", class),
+            ("family", family),
             ("netns", node.as_str()),
             ("k8s_namespace", ""),
             ("k8s_pod", ""),
         ]
     };
+    let drops = |class| drops_of(class, "ipv4");
     let orphaned = [
         ("flag", "orphaned"),
         ("netns", orphan_inode.as_str()),
@@ -67,6 +78,8 @@ fn signals_drops_and_namespace_flags_become_their_series() {
     let settled = wait_for("the metrics to catch up", Duration::from_secs(10), || {
         let scrape = Scrape::of(&address);
         let done = scrape.value("tracer_conntrack_drops_total", &drops("rule")) == Some(blocked)
+            && scrape.value("tracer_conntrack_drops_total", &drops_of("rule", "ipv6"))
+                == Some(blocked6)
             && scrape.value("tracer_netns_flagged", &orphaned) == Some(1.0);
         done.then_some(scrape)
     });

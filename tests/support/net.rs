@@ -4,7 +4,8 @@
 use std::{
     fs,
     io::Write as _,
-    net::UdpSocket,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
     process::{Command, Stdio},
     sync::{Arc, Barrier},
@@ -70,17 +71,58 @@ impl Netns {
     }
 
     /// Sends `count` UDP packets from inside to [`VIP_A`]:[`BLOCKED_PORT`], which
-    /// [`node_ruleset`] drops, for at most `within`; returns how many the kernel refused
-    /// (sendto fails with EPERM when netfilter drops the packet on its way out).
+    /// [`node_ruleset`] drops, for at most `within`; returns how many the kernel refused.
     pub fn send_blocked(&self, count: u64, within: Duration) -> u64 {
+        let vip: IpAddr = VIP_A.parse().unwrap();
+        self.send_refused(&[(vip, BLOCKED_PORT).into()], count, within)
+    }
+
+    /// Sends `count` UDP packets from inside, to each of `targets` in turn (IPv4 and IPv6 alike,
+    /// one socket per target), for at most `within`; returns how many the kernel refused
+    /// (sendto fails with EPERM when netfilter drops the packet on its way out).
+    pub fn send_refused(&self, targets: &[SocketAddr], count: u64, within: Duration) -> u64 {
+        let targets = targets.to_vec();
         self.run_inside(move || {
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let sockets: Vec<(UdpSocket, SocketAddr)> = targets
+                .into_iter()
+                .map(|to| {
+                    let any: SocketAddr = match to {
+                        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+                    };
+                    (UdpSocket::bind(any).unwrap(), to)
+                })
+                .collect();
             let deadline = Instant::now() + within;
             (0..count)
                 .take_while(|_| Instant::now() < deadline)
-                .filter(|_| socket.send_to(b"x", (VIP_A, BLOCKED_PORT)).is_err())
+                .filter(|i| {
+                    let (socket, to) = &sockets[*i as usize % sockets.len()];
+                    socket.send_to(b"x", to).is_err()
+                })
                 .count() as u64
         })
+    }
+
+    /// Packets the nft rule with `comment "NAME"` counted (its `counter`), read from the
+    /// kernel's ruleset inside the namespace.
+    pub fn nft_counter(&self, name: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "list", "ruleset"])
+            .output()
+            .expect("nft list ruleset");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let tag = format!("comment \"{name}\"");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&tag))
+            .unwrap_or_else(|| panic!("no rule {tag} in:\n{text}"));
+        let mut words = line.split_whitespace();
+        words
+            .find(|w| *w == "packets")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in `{line}`"))
     }
 
     /// The namespace's conntrack counters summed over CPUs, read by the kernel's own
@@ -135,8 +177,13 @@ pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
             &b.name,
         ],
     );
-    a.ip(&["addr", "add", a_addr, "dev", &a_if]);
-    b.ip(&["addr", "add", b_addr, "dev", &b_if]);
+    // IPv6 addresses usable at once, without duplicate address detection's wait.
+    let nodad = |addr: &str| if addr.contains(':') { "nodad" } else { "" };
+    for (ns, addr, dev) in [(a, a_addr, &a_if), (b, b_addr, &b_if)] {
+        let mut args = vec!["addr", "add", addr, "dev", dev, nodad(addr)];
+        args.retain(|a| !a.is_empty());
+        ns.ip(&args);
+    }
     a.ip(&["link", "set", &a_if, "up"]);
     b.ip(&["link", "set", &b_if, "up"]);
 }
@@ -186,20 +233,67 @@ pub const VIP_B: &str = "10.96.0.11";
 /// A port a firewall rule drops.
 pub const BLOCKED_PORT: u16 = 5353;
 
+/// The addresses of a [`topology_of`], IPv4 or IPv6.
+pub struct Addressing {
+    /// The nft family of the node's tables, which is also its address keyword.
+    pub nft_family: &'static str,
+    pub client: &'static str,
+    pub backend: &'static str,
+    pub vip_a: &'static str,
+    pub vip_b: &'static str,
+    pub prefix_len: u8,
+    pub vip_net: &'static str,
+    /// No-op rules between NAT and conntrack's confirmation that widen the insert race
+    /// window: IPv6 needs more for as many races (see KERNEL-NOTES.md).
+    pub slow_rules: u32,
+}
+
+pub const IPV4: Addressing = Addressing {
+    nft_family: "ip",
+    client: CLIENT,
+    backend: BACKEND,
+    vip_a: VIP_A,
+    vip_b: VIP_B,
+    prefix_len: 24,
+    vip_net: "10.96.0.0/16",
+    slow_rules: 300,
+};
+
+pub const IPV6: Addressing = Addressing {
+    nft_family: "ip6",
+    client: "fd77::1",
+    backend: "fd77::2",
+    vip_a: "fd96::a",
+    vip_b: "fd96::b",
+    prefix_len: 64,
+    vip_net: "fd96::/64",
+    slow_rules: 3000,
+};
+
+/// `addr:port`, `[addr]:port` for IPv6: how the tracer and sockets write an endpoint.
+pub fn endpoint(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
 /// kube-proxy-like DNAT in the "node" namespace: two Service VIPs with the same endpoint, a
-/// firewall DROP, and a few hundred no-op rules between NAT and conntrack's confirmation that
-/// widen the insert race window.
-pub fn node_ruleset() -> String {
+/// firewall DROP of [`BLOCKED_PORT`], and no-op rules between NAT and conntrack's confirmation
+/// that widen the insert race window.
+pub fn node_ruleset(a: &Addressing) -> String {
     let mut slow = String::new();
-    for i in 0..300 {
+    for i in 0..a.slow_rules {
         slow.push_str(&format!("    meta mark 0x{:x} counter\n", 0x1000 + i));
     }
+    let (family, backend) = (a.nft_family, endpoint(a.backend, 53));
     format!(
-        "table ip kubeproxy {{
+        "table {family} kubeproxy {{
   chain output {{
     type nat hook output priority -100;
-    ip daddr {VIP_A} udp dport 53 dnat to {BACKEND}:53
-    ip daddr {VIP_B} udp dport 53 dnat to {BACKEND}:53
+    {family} daddr {} udp dport 53 dnat to {backend}
+    {family} daddr {} udp dport 53 dnat to {backend}
   }}
   chain filter {{
     type filter hook output priority 0;
@@ -209,7 +303,8 @@ pub fn node_ruleset() -> String {
     type filter hook postrouting priority 200;
 {slow}  }}
 }}
-"
+",
+        a.vip_a, a.vip_b
     )
 }
 
@@ -240,7 +335,12 @@ pub fn race_rounds(node: &Netns, targets: [&'static str; 2], rounds: u32) -> Cli
         if Instant::now() > deadline {
             break;
         }
-        let socket = Arc::new(node.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap()));
+        let any = if targets[0].contains(':') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let socket = Arc::new(node.run_inside(move || UdpSocket::bind(any).unwrap()));
         socket
             .set_read_timeout(Some(Duration::from_millis(30)))
             .unwrap();
@@ -278,17 +378,23 @@ pub struct Topology {
 }
 
 pub fn topology() -> Topology {
+    topology_of(&IPV4)
+}
+
+/// [`topology`] with the addresses `a`.
+pub fn topology_of(a: &Addressing) -> Topology {
     let node = Netns::new("node");
     let backend = Netns::new("backend");
+    let len = a.prefix_len;
     veth(
         &node,
-        &format!("{CLIENT}/24"),
+        &format!("{}/{len}", a.client),
         &backend,
-        &format!("{BACKEND}/24"),
+        &format!("{}/{len}", a.backend),
     );
-    node.ip(&["route", "add", "10.96.0.0/16", "via", BACKEND]);
-    node.nft(&node_ruleset());
-    let echo = EchoServer::start(&backend, &format!("{BACKEND}:53"), Duration::from_secs(120));
+    node.ip(&["route", "add", a.vip_net, "via", a.backend]);
+    node.nft(&node_ruleset(a));
+    let echo = EchoServer::start(&backend, &endpoint(a.backend, 53), Duration::from_secs(120));
     Topology {
         node,
         _backend: backend,
@@ -431,4 +537,95 @@ impl Drop for NetnsHolder {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// A raw socket (`socket(family, SOCK_RAW, protocol)`): for packets a UDP socket cannot send,
+/// ICMP echo requests with a chosen id and hand-made (also malformed) IPv6 packets. Closed on
+/// drop.
+pub struct RawSocket(OwnedFd);
+
+impl RawSocket {
+    /// `protocol` is `IPPROTO_ICMP`, `IPPROTO_ICMPV6`, or `IPPROTO_RAW` (IPv6: the packet
+    /// starts with its own IPv6 header).
+    pub fn new(family: libc::c_int, protocol: libc::c_int) -> Self {
+        // SAFETY: plain socket(2); the fd is owned from here on.
+        let fd = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd nothing else owns.
+        Self(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Sends `packet` to `to`; `false` when the kernel refused it (netfilter dropped it).
+    pub fn send_to(&self, packet: &[u8], to: IpAddr) -> bool {
+        // SAFETY: zeroed sockaddr structs are valid; each is filled in before use, and the
+        // storage outlives the call.
+        let sent = unsafe {
+            let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+            let len = match to {
+                IpAddr::V4(a) => {
+                    let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                    sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                    std::mem::size_of::<libc::sockaddr_in>()
+                }
+                IpAddr::V6(a) => {
+                    let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    sin6.sin6_addr.s6_addr = a.octets();
+                    std::mem::size_of::<libc::sockaddr_in6>()
+                }
+            };
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&storage as *const libc::sockaddr_storage).cast(),
+                len as libc::socklen_t,
+            )
+        };
+        sent >= 0
+    }
+}
+
+/// An ICMP (`ipv6` false) or ICMPv6 echo request with `id` and `seq`, for a raw socket. The
+/// IPv4 checksum is left 0: the packets are dropped on their way out, before anything checks
+/// it; the kernel fills in ICMPv6's.
+pub fn echo_request(ipv6: bool, id: u16, seq: u16) -> Vec<u8> {
+    let kind = if ipv6 { 128 } else { 8 };
+    let mut packet = vec![kind, 0, 0, 0];
+    packet.extend(id.to_be_bytes());
+    packet.extend(seq.to_be_bytes());
+    packet.extend(b"tracer");
+    packet
+}
+
+/// An IPv6 packet from `src` to `dst`: the fixed header with `next` header, then `payload`
+/// (for a raw `IPPROTO_RAW` socket, which sends it as it is).
+pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend((payload.len() as u16).to_be_bytes());
+    packet.extend([next, 64]);
+    packet.extend(src.octets());
+    packet.extend(dst.octets());
+    packet.extend(payload);
+    packet
+}
+
+/// Sets a sticky IPv6 extension header (`IPV6_HOPOPTS` or `IPV6_DSTOPTS`) on `socket`: one
+/// 8-byte header of padding, which every packet the socket sends then carries.
+pub fn set_ipv6_ext_header(socket: &UdpSocket, option: libc::c_int) {
+    // Next header (the kernel fills it in), length 0 (8 bytes), PadN with 4 bytes of padding.
+    let header: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+    // SAFETY: setsockopt with a buffer of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            option,
+            header.as_ptr().cast(),
+            header.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }

@@ -28,18 +28,52 @@ pub struct NetfilterDropEvent {
     pub ctinfo: u8,
     /// Non-zero when `stats` holds this CPU's conntrack statistics of the namespace.
     pub stats_valid: u8,
-    /// Non-zero when `packet_ip`/`packet_l4` were read from the packet.
-    pub packet_valid: u8,
+    pub _pad1: u8,
     pub _pad: u32,
     /// This CPU's `struct ip_conntrack_stat` of the namespace, raw.
     pub stats: [u8; STAT_BYTES],
     /// `tuplehash[IP_CT_DIR_ORIGINAL].tuple` and `[IP_CT_DIR_REPLY].tuple`, raw.
     pub orig: [u8; TUPLE_BYTES],
     pub reply: [u8; TUPLE_BYTES],
-    /// The IPv4 header and the first 4 bytes of the transport header (the ports), for drops
-    /// without a conntrack entry.
-    pub packet_ip: [u8; 20],
-    pub packet_l4: [u8; 4],
+    /// The packet's own headers: its flow when it has no conntrack entry, and what an entry
+    /// does not keep (TCP flags, fragments).
+    pub packet: PacketHeaders,
+}
+
+/// Bytes kept of the network header: the IPv4 header without options, or IPv6's fixed header.
+pub const PACKET_IP_BYTES: usize = 40;
+/// Bytes kept of the transport header: ports, ICMP type/code/echo id, TCP flags (byte 13).
+pub const PACKET_L4_BYTES: usize = 16;
+/// IPv6 extension headers walked before giving up on reaching the transport header.
+pub const MAX_EXT_HEADERS: usize = 8;
+
+/// `PacketHeaders::flags`: the network header was read.
+pub const PACKET_READ: u8 = 1;
+/// A fragment (IPv4 MF or offset, or an IPv6 fragment header).
+pub const PACKET_FRAGMENT: u8 = 2;
+/// The IPv6 extension-header chain was longer than [`MAX_EXT_HEADERS`].
+pub const PACKET_CHAIN_TOO_LONG: u8 = 4;
+/// A fragment other than the first: it has no transport header.
+pub const PACKET_LATER_FRAGMENT: u8 = 8;
+
+/// A dropped packet's headers as the kernel program found them. Bytes past `len` were not
+/// part of the packet: userspace ignores them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketHeaders {
+    /// From the network header on.
+    pub ip: [u8; PACKET_IP_BYTES],
+    /// From the transport header on (at `l4_offset`).
+    pub l4: [u8; PACKET_L4_BYTES],
+    /// Bytes of the packet's linear data from the network header on.
+    pub len: u32,
+    /// Where the transport header starts, from the network header; 0 when it was not reached
+    /// (a later fragment, a chain too long, a packet too short).
+    pub l4_offset: u16,
+    /// The IPv4 protocol, or the IPv6 next header where the walk ended.
+    pub l4_proto: u8,
+    /// `PACKET_*`.
+    pub flags: u8,
 }
 
 /// Settings of the `conntrack-drops` programs, set once at load time.

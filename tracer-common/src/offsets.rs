@@ -46,7 +46,8 @@ pub struct KernelOffsets {
     pub sk_buff_sk: u32,
     pub sk_buff_head: u32,
     pub sk_buff_network_header: u32,
-    pub sk_buff_transport_header: u32,
+    /// `sk_buff.tail`: the end of the linear data, as an offset from `head` (64-bit kernels).
+    pub sk_buff_tail: u32,
     pub net_device_nd_net_net: u32,
     pub sock_sk_common_skc_net_net: u32,
     pub nf_conn_tuplehash: u32,
@@ -120,7 +121,7 @@ impl KernelOffsets {
             sk_buff_sk: MISSING,
             sk_buff_head: MISSING,
             sk_buff_network_header: MISSING,
-            sk_buff_transport_header: MISSING,
+            sk_buff_tail: MISSING,
             net_device_nd_net_net: MISSING,
             sock_sk_common_skc_net_net: MISSING,
             nf_conn_tuplehash: MISSING,

@@ -7,7 +7,11 @@ use aya_ebpf::{
     helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use tracer_common::{
-    conntrack::{ConntrackConfig, NetfilterDropEvent, STAT_BYTES, TUPLE_BYTES},
+    conntrack::{
+        ConntrackConfig, NetfilterDropEvent, PacketHeaders, MAX_EXT_HEADERS, PACKET_CHAIN_TOO_LONG,
+        PACKET_FRAGMENT, PACKET_IP_BYTES, PACKET_L4_BYTES, PACKET_LATER_FRAGMENT, PACKET_READ,
+        STAT_BYTES, TUPLE_BYTES,
+    },
     EventKind,
 };
 
@@ -58,6 +62,120 @@ fn read_prefix<const N: usize>(src: u64, len: u32, dst: &mut [u8; N]) {
     }
 }
 
+/// IPv6 next-header values of the extension headers walked to reach the transport header.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// IPv6's fixed header, where the chain starts.
+const IPV6_HEADER_LEN: u32 = 40;
+
+#[inline(always)]
+fn is_ext_header(next: u8) -> bool {
+    matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH | NEXTHDR_DEST
+    )
+}
+
+/// The packet's network header and the start of its transport header, found from the network
+/// header itself: IPv4's header length, or IPv6's extension-header chain (the kernel's
+/// `transport_header` may still point at the first extension header, or at the network header
+/// for a raw socket's packet). Never reads past the packet's linear data for the walk; bytes
+/// copied past its end are left for userspace to ignore (it gets `len`).
+#[inline(always)]
+fn read_packet(skb: u64, p: &mut PacketHeaders) {
+    p.ip = [0; PACKET_IP_BYTES];
+    p.l4 = [0; PACKET_L4_BYTES];
+    p.len = 0;
+    p.l4_offset = 0;
+    p.l4_proto = 0;
+    p.flags = 0;
+    let head = read::<u64>(skb, off!(sk_buff_head)).unwrap_or(0);
+    let network = read::<u16>(skb, off!(sk_buff_network_header)).unwrap_or(u16::MAX) as u32;
+    let tail = read::<u32>(skb, off!(sk_buff_tail)).unwrap_or(0);
+    if head == 0 || network == u16::MAX as u32 || tail <= network {
+        return;
+    }
+    let ip = head + network as u64;
+    let len = tail - network;
+    p.len = len;
+    read_bytes(ip, 0, &mut p.ip);
+    p.flags = PACKET_READ;
+    let (next, offset) = match p.ip[0] >> 4 {
+        4 => {
+            let frag = u16::from_be_bytes([p.ip[6], p.ip[7]]);
+            if frag & 0x3fff != 0 {
+                p.flags |= PACKET_FRAGMENT;
+            }
+            p.l4_proto = p.ip[9];
+            let header_len = (p.ip[0] & 0xf) as u32 * 4;
+            if frag & 0x1fff != 0 {
+                p.flags |= PACKET_LATER_FRAGMENT;
+                return;
+            }
+            if header_len < 20 {
+                // Malformed: no transport header can be told apart.
+                return;
+            }
+            (p.ip[9], header_len)
+        }
+        6 => match walk_ext_headers(ip, len, p) {
+            Some(found) => found,
+            None => return,
+        },
+        _ => return,
+    };
+    p.l4_proto = next;
+    if offset >= len || offset > u16::MAX as u32 {
+        return;
+    }
+    p.l4_offset = offset as u16;
+    read_bytes(ip, offset, &mut p.l4);
+}
+
+/// Follows IPv6's extension headers from the fixed header to the transport header: its
+/// protocol and offset, or `None` (with `l4_proto` and `flags` saying why) when the packet
+/// ends first, a later fragment has none, or the chain is longer than [`MAX_EXT_HEADERS`].
+#[inline(always)]
+fn walk_ext_headers(ip: u64, len: u32, p: &mut PacketHeaders) -> Option<(u8, u32)> {
+    let (mut next, mut offset) = (p.ip[6], IPV6_HEADER_LEN);
+    for _ in 0..MAX_EXT_HEADERS {
+        if !is_ext_header(next) {
+            return Some((next, offset));
+        }
+        p.l4_proto = next;
+        // Every extension header is at least 8 bytes: next header, length, then 6 more.
+        if offset + 8 > len {
+            return None;
+        }
+        let mut ext = [0u8; 4];
+        read_bytes(ip, offset, &mut ext);
+        let size = match next {
+            NEXTHDR_FRAGMENT => {
+                p.flags |= PACKET_FRAGMENT;
+                if u16::from_be_bytes([ext[2], ext[3]]) & !7 != 0 {
+                    p.flags |= PACKET_LATER_FRAGMENT;
+                    p.l4_proto = ext[0];
+                    return None;
+                }
+                8
+            }
+            NEXTHDR_AUTH => (ext[1] as u32 + 2) * 4,
+            _ => (ext[1] as u32 + 1) * 8,
+        };
+        next = ext[0];
+        offset += size;
+    }
+    if is_ext_header(next) {
+        p.l4_proto = next;
+        p.flags |= PACKET_CHAIN_TOO_LONG;
+        return None;
+    }
+    Some((next, offset))
+}
+
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
@@ -86,6 +204,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     ev._pad0 = 0;
     ev.has_ct = (ct != 0) as u8;
     ev.ctinfo = (nfct & 7) as u8;
+    ev._pad1 = 0;
     ev._pad = 0;
     ev.ct_status = read::<u64>(ct, off!(nf_conn_status)).unwrap_or(0);
 
@@ -112,20 +231,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         read_prefix(orig + stride as u64, tuple_size, &mut ev.reply);
     }
 
-    // The packet's own addresses, for drops that happen before conntrack made an entry.
-    let head = read::<u64>(skb, off!(sk_buff_head)).unwrap_or(0);
-    let network = read::<u16>(skb, off!(sk_buff_network_header));
-    let transport = read::<u16>(skb, off!(sk_buff_transport_header));
-    ev.packet_valid = 0;
-    ev.packet_ip = [0; 20];
-    ev.packet_l4 = [0; 4];
-    if let (Some(network), Some(transport)) = (network, transport) {
-        if head != 0 && network != u16::MAX && transport != u16::MAX {
-            read_bytes(head, network as u32, &mut ev.packet_ip);
-            read_bytes(head, transport as u32, &mut ev.packet_l4);
-            ev.packet_valid = 1;
-        }
-    }
+    read_packet(skb, &mut ev.packet);
     entry.submit(submit_flags());
     0
 }

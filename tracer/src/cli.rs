@@ -7,7 +7,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::Format, pipeline::StopWhen, session::RunConfig};
+use crate::{output::Format, pipeline::StopWhen, session::RunConfig, tracers::conntrack::Prefix};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,13 +83,18 @@ pub enum Command {
             table_full       nf_conntrack_max reached (dmesg: \"nf_conntrack: table full, dropping packet\")\n  \
             conntrack_other  another conntrack drop\n  \
             rule             a firewall rule (iptables/nft DROP), not conntrack\n\n\
-            Each drop shows the namespace (inode), the original tuple and, where NAT applied, the \
-            translated destination. The summary puts the tracer's counts beside each namespace's own \
+            Each drop shows the namespace (inode) and its flow, IPv4 or IPv6, from the conntrack \
+            entry or else the packet's own headers (IPv6 extension headers walked): protocol, \
+            addresses and ports, the ICMP/ICMPv6 type, code and echo id, the TCP flags, and \
+            where NAT applied, the translated destination and source. The summary puts the tracer's counts beside each namespace's own \
             conntrack counters (insert_failed, drop, early_drop, clash_resolve) over the run.",
         after_help = "Examples:\n  \
             tracer conntrack-drops                          every netfilter drop on the node\n  \
             tracer conntrack-drops --conntrack-only         only conntrack's own drops\n  \
             tracer conntrack-drops --proto udp --port 53    DNS only\n  \
+            tracer conntrack-drops --host fd00::a           drops to or from one address\n  \
+            tracer conntrack-drops --net 10.96.0.0/12       drops to or from Service VIPs\n  \
+            tracer conntrack-drops --proto icmpv6           ICMPv6 (type, code, echo id)\n  \
             tracer conntrack-drops --netns 4026532290       one network namespace"
     )]
     ConntrackDrops(ConntrackArgs),
@@ -143,7 +148,7 @@ pub enum Command {
             on a thread of its own, sets tracer_netns_flagged and writes each newly flagged \
             namespace on stdout.\n\n\
             Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
-            tracer_conntrack_drops_total{class,netns,k8s_namespace,k8s_pod}, \
+            tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod}, \
             tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
             tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
@@ -398,6 +403,17 @@ pub struct ServeArgs {
     pub bpf_stats: bool,
 }
 
+fn parse_host(text: &str) -> Result<Prefix, String> {
+    if text.contains('/') {
+        return Err("one address; use --net for a prefix".into());
+    }
+    Prefix::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_net(text: &str) -> Result<Prefix, String> {
+    Prefix::parse(text).map_err(|e| e.to_string())
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if duration.is_zero() {
@@ -415,13 +431,21 @@ pub struct ConntrackArgs {
     #[arg(long, value_name = "INODE")]
     pub netns: Option<u32>,
 
-    /// Only this protocol: tcp, udp, icmp, sctp or a number.
+    /// Only this protocol: tcp, udp, icmp, icmpv6, sctp or a number.
     #[arg(long, value_name = "PROTO")]
     pub proto: Option<String>,
 
-    /// Only packets from or to this port.
+    /// Only packets from or to this port (either end, before or after NAT).
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+
+    /// Only packets from or to this address, IPv4 or IPv6 (either end, before or after NAT).
+    #[arg(long, value_name = "ADDR", value_parser = parse_host)]
+    pub host: Option<Prefix>,
+
+    /// Only packets from or to an address in this prefix (`10.96.0.0/12`, `fd00::/64`).
+    #[arg(long, value_name = "PREFIX", value_parser = parse_net)]
+    pub net: Option<Prefix>,
 
     /// Leave out packets a firewall rule dropped (the summary still counts them).
     #[arg(long)]

@@ -95,6 +95,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 netns: args.netns,
                 proto,
                 port: args.port,
+                host: args.host,
+                net: args.net,
                 conntrack_only: args.conntrack_only,
                 pod: args.pod,
                 namespace: args.namespace,

@@ -181,6 +181,19 @@ struct DropGroup {
     table: String,
 }
 
+/// The address of an endpoint as the tracer writes it: `10.0.0.1:53`, `[fd00::1]:53`, or a
+/// bare address (ICMP, or a packet whose ports could not be read).
+fn host_of(endpoint: &str) -> &str {
+    if let Some(rest) = endpoint.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(addr, _)| addr);
+    }
+    match endpoint.split_once(':') {
+        // One colon: IPv4 and a port; more: a bare IPv6 address.
+        Some((addr, port)) if !port.contains(':') => addr,
+        _ => endpoint,
+    }
+}
+
 fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
     let mut groups: BTreeMap<(String, u64, String), DropGroup> = BTreeMap::new();
     for (line, e) in events {
@@ -188,10 +201,8 @@ fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
         if class == "rule" {
             continue;
         }
-        let src_ip = str_of(e, "src")
-            .rsplit_once(':')
-            .map_or("?", |(ip, _)| ip)
-            .to_string();
+        let src_ip = host_of(str_of(e, "src")).to_string();
+        let ipv6 = src_ip.contains(':');
         let key = (
             class,
             e.get("netns").and_then(Value::as_u64).unwrap_or(0),
@@ -210,6 +221,9 @@ fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
         }
         g.pod = g.pod.take().or_else(|| e.get("pod").and_then(pod_label));
         g.proto = str_of(e, "proto").to_uppercase();
+        if ipv6 {
+            g.proto.push_str("/IPv6");
+        }
         if let (Some(count), Some(max)) = (e.get("ct_count"), e.get("ct_max")) {
             g.table = format!(" (entries {count}/{max})");
         }
@@ -230,7 +244,7 @@ fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
                         format!(" through DNAT to {}", g.nat_destinations.join(", "))
                     };
                     let advice = if g.destinations.iter().any(|d| d.ends_with(":53")) {
-                        "; for DNS consider single-request-reopen (glibc resolv.conf option), NodeLocal DNSCache, or DNS over TCP"
+                        "; for DNS (a resolver sends its A and AAAA queries in parallel from one socket) consider single-request-reopen (glibc resolv.conf option), NodeLocal DNSCache, or DNS over TCP"
                     } else {
                         ""
                     };
@@ -375,8 +389,19 @@ fn describe(e: &Value) -> String {
                 .get("nat_dst")
                 .and_then(Value::as_str)
                 .map_or(String::new(), |n| format!(" (dnat {n})"));
+            // What the packet was, beyond its ends: TCP flags, or the ICMP message.
+            let what = match (e.get("tcp_flags").and_then(Value::as_str), e.get("icmp")) {
+                (Some(flags), _) => format!(" [{flags}]"),
+                (None, Some(icmp)) => format!(
+                    " [{}]",
+                    icmp.get("name")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| format!("type {}", icmp["type"]), str::to_string)
+                ),
+                _ => String::new(),
+            };
             format!(
-                "{} drop: {} {} -> {}{nat}",
+                "{} drop: {} {} -> {}{what}{nat}",
                 str_of(e, "class"),
                 str_of(e, "proto"),
                 str_of(e, "src"),
@@ -486,4 +511,61 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn drops_are_described_with_their_flags_or_icmp_message() {
+        let syn = json!({"type": "conntrack_drop", "class": "rule", "proto": "tcp",
+                         "src": "[::1]:40000", "dst": "[::1]:80", "tcp_flags": "SYN"});
+        assert_eq!(
+            describe(&syn),
+            "rule drop: tcp [::1]:40000 -> [::1]:80 [SYN]"
+        );
+        let echo = json!({"type": "conntrack_drop", "class": "rule", "proto": "icmpv6",
+                          "src": "::1", "dst": "::1",
+                          "icmp": {"type": 128, "code": 0, "id": 7, "name": "echo-request"}});
+        assert_eq!(
+            describe(&echo),
+            "rule drop: icmpv6 ::1 -> ::1 [echo-request]"
+        );
+    }
+
+    #[test]
+    fn endpoints_of_either_family() {
+        assert_eq!(host_of("10.0.0.1:53"), "10.0.0.1");
+        assert_eq!(host_of("[fd00::1]:53"), "fd00::1");
+        assert_eq!(host_of("fd00::1"), "fd00::1");
+        assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
+    }
+
+    #[test]
+    fn an_ipv6_dns_insert_race_is_named() {
+        let drop = |line: usize, vip: &str| {
+            (
+                line,
+                json!({"type": "conntrack_drop", "class": "insert_failed", "netns": 7,
+                       "proto": "udp", "src": "[fd77::1]:40000", "dst": format!("[{vip}]:53"),
+                       "nat_dst": "[fd77::2]:53"}),
+            )
+        };
+        let events = [drop(1, "fd96::a"), drop(2, "fd96::b")];
+        let refs: Vec<&(usize, Value)> = events.iter().collect();
+        let findings = conntrack_findings(&refs);
+        assert_eq!(findings.len(), 1);
+        let text = &findings[0].text;
+        assert!(
+            text.starts_with(
+                "2 UDP/IPv6 packets from fd77::1 in netns 7 to [fd96::a]:53, [fd96::b]:53"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("through DNAT to [fd77::2]:53"), "{text}");
+        assert!(text.contains("single-request-reopen"), "{text}");
+        assert_eq!(findings[0].lines, [1, 2]);
+    }
 }

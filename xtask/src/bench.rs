@@ -259,16 +259,41 @@ fn paced(pid: u32, rate: u64, window: Duration) -> u64 {
     sent
 }
 
-/// A network namespace with kube-proxy-like DNAT: traffic to 10.96.0.10:53 is translated to
-/// 127.0.0.2:53 and dropped by a rule; traffic to 10.96.0.11:53 goes to 127.0.0.3:53, where
-/// a socket reads it; traffic to 127.0.0.4:9 finds no socket (dropped, but not by netfilter).
+/// kube-proxy-like DNAT ([`BenchNet::new`]'s namespace): traffic to 10.96.0.10:53 is
+/// translated to 127.0.0.2:53 and dropped by a rule; traffic to 10.96.0.11:53 goes to
+/// 127.0.0.3:53, where a socket reads it; traffic to 127.0.0.4:9 finds no socket (dropped, but
+/// not by netfilter).
+const DNAT_RULESET: &str = "table ip bench {
+  chain nat {
+    type nat hook output priority -100;
+    ip daddr 10.96.0.10 udp dport 53 dnat to 127.0.0.2:53
+    ip daddr 10.96.0.11 udp dport 53 dnat to 127.0.0.3:53
+  }
+  chain filter {
+    type filter hook output priority 0;
+    ip daddr 127.0.0.2 udp dport 53 drop
+  }
+}
+";
+
+/// A firewall rule and nothing else: UDP to port 9999 dropped over IPv4 and IPv6 alike, with no
+/// conntrack in the namespace, so both drops are described from the packet's own headers.
+const RULE_RULESET: &str = "table inet bench {
+  chain filter {
+    type filter hook output priority 0;
+    udp dport 9999 drop
+  }
+}
+";
+
+/// A network namespace with `ruleset`.
 struct BenchNet {
     name: String,
 }
 
 impl BenchNet {
-    fn new() -> Result<Self> {
-        let name = format!("trbench-{}", std::process::id());
+    fn new(tag: &str, ruleset: &str) -> Result<Self> {
+        let name = format!("trbench-{}-{tag}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(Stdio::null())
@@ -285,18 +310,6 @@ impl BenchNet {
             "dev",
             "lo",
         ]))?;
-        let ruleset = "table ip bench {
-  chain nat {
-    type nat hook output priority -100;
-    ip daddr 10.96.0.10 udp dport 53 dnat to 127.0.0.2:53
-    ip daddr 10.96.0.11 udp dport 53 dnat to 127.0.0.3:53
-  }
-  chain filter {
-    type filter hook output priority 0;
-    ip daddr 127.0.0.2 udp dport 53 drop
-  }
-}
-";
         let mut nft = Command::new("ip")
             .args(["netns", "exec", &net.name, "nft", "-f", "-"])
             .stdin(Stdio::piped())
@@ -323,7 +336,11 @@ impl BenchNet {
             }
             let sink = UdpSocket::bind("127.0.0.3:53")?;
             sink.set_nonblocking(true)?;
-            let socket = UdpSocket::bind("127.0.0.1:0")?;
+            let socket = UdpSocket::bind(if to.0.contains(':') {
+                "[::1]:0"
+            } else {
+                "127.0.0.1:0"
+            })?;
             let started = Instant::now();
             let mut sent = 0u64;
             let mut buf = [0u8; 64];
@@ -339,6 +356,15 @@ impl BenchNet {
     }
 }
 
+/// Work for [`kernel_ns_per_event`]: `limit` packets to `to` inside `net`.
+fn flood_work<'a>(
+    net: &'a BenchNet,
+    to: (&'static str, u16),
+    limit: u64,
+) -> impl Fn() -> Result<()> + 'a {
+    move || net.flood(to, limit, Duration::from_secs(30)).map(|_| ())
+}
+
 impl Drop for BenchNet {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -351,6 +377,9 @@ impl Drop for BenchNet {
 const DROPPED: (&str, u16) = ("10.96.0.10", 53);
 const PASSING: (&str, u16) = ("10.96.0.11", 53);
 const NO_SOCKET: (&str, u16) = ("127.0.0.4", 9);
+/// Destinations inside the [`RULE_RULESET`] namespace.
+const RULE_DROPPED_V4: (&str, u16) = ("127.0.0.1", 9999);
+const RULE_DROPPED_V6: (&str, u16) = ("::1", 9999);
 
 /// `kernel.bpf_stats_enabled` on for the run, restored after.
 struct BpfStats(String);
@@ -534,16 +563,10 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         storm(pid, scale.storm);
         Ok(())
     };
-    let net = BenchNet::new()?;
-    let flood = |to: (&'static str, u16)| {
-        let net = &net;
-        move || -> Result<()> {
-            net.flood(to, scale.flood, Duration::from_secs(30))
-                .map(|_| ())
-        }
-    };
-    let drop_work = flood(DROPPED);
-    let other_drops = flood(NO_SOCKET);
+    let net = BenchNet::new("dnat", DNAT_RULESET)?;
+    let rule_net = BenchNet::new("rule", RULE_RULESET)?;
+    let drop_work = flood_work(&net, DROPPED, scale.flood);
+    let other_drops = flood_work(&net, NO_SOCKET, scale.flood);
     // A filter that rejects what the storm sends: the cost a busy node pays while the tracer
     // watches for something else.
     let elsewhere = std::process::id().to_string();
@@ -629,6 +652,26 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         ("empty program", skb_other_empty),
         "ns",
         "<= 3",
+    ));
+    // A rule's drop without conntrack, IPv6 beside IPv4: the flow comes from the packet's own
+    // headers, IPv6's after a walk of its extension headers.
+    let conntrack_drops = || ours(&["conntrack-drops", "--json"]);
+    let rule_v4 = kernel_ns_per_event(
+        conntrack_drops(),
+        false,
+        &flood_work(&rule_net, RULE_DROPPED_V4, scale.flood),
+    )?;
+    let rule_v6 = kernel_ns_per_event(
+        conntrack_drops(),
+        false,
+        &flood_work(&rule_net, RULE_DROPPED_V6, scale.flood),
+    )?;
+    rows.push(Row::new(
+        "kernel ns/event, kfree_skb, IPv6 rule drop",
+        rule_v6,
+        ("IPv4 rule drop", rule_v4),
+        "ns",
+        "<= 1.10",
     ));
 
     // 3 and 5. Throughput without loss, and userspace CPU.

@@ -56,7 +56,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         sk_buff_sk: optional("sk_buff", "sk"),
         sk_buff_head: optional("sk_buff", "head"),
         sk_buff_network_header: optional("sk_buff", "network_header"),
-        sk_buff_transport_header: optional("sk_buff", "transport_header"),
+        sk_buff_tail: optional("sk_buff", "tail"),
         net_device_nd_net_net: optional("net_device", "nd_net.net"),
         sock_sk_common_skc_net_net: optional("sock", "__sk_common.skc_net.net"),
         nf_conn_tuplehash: optional("nf_conn", "tuplehash"),

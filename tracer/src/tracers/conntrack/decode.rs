@@ -9,6 +9,9 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use tracer_common::conntrack::NetfilterDropEvent;
 
+use super::flow::{
+    endpoint, has_ports, is_icmp, proto_name, tcp_flags, Icmp, Packet, Truncated, Tuple, TCP,
+};
 use crate::{
     clock::{self, Clock},
     enrich::identity::Pod,
@@ -74,9 +77,11 @@ impl TupleLayout {
         })
     }
 
-    fn decode(&self, raw: &[u8]) -> Option<Tuple> {
+    /// One direction of the entry, and for ICMP its type, code and echo id (conntrack keeps
+    /// the id where other protocols have the source port, type and code at the destination's).
+    fn decode(&self, raw: &[u8]) -> Option<(Tuple, Option<Icmp>)> {
         let u16_ne = |o: usize| raw.get(o..o + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-        let port = |o: usize| raw.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+        let be16 = |o: usize| raw.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
         let addr = |o: usize, family: u16| -> Option<IpAddr> {
             let b = raw.get(o..o + 16)?;
             match family {
@@ -86,65 +91,21 @@ impl TupleLayout {
             }
         };
         let family = u16_ne(self.l3num)?;
-        Some(Tuple {
-            proto: *raw.get(self.protonum)?,
-            src: (addr(self.src_u3, family)?, port(self.src_port)?),
-            dst: (addr(self.dst_u3, family)?, port(self.dst_port)?),
-        })
-    }
-}
-
-/// One direction of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Tuple {
-    proto: u8,
-    src: (IpAddr, u16),
-    dst: (IpAddr, u16),
-}
-
-/// The packet's IPv4 header and ports, for drops without a conntrack entry.
-fn packet_tuple(ev: &NetfilterDropEvent) -> Option<Tuple> {
-    let ip = &ev.packet_ip;
-    if ev.packet_valid == 0 || ip[0] >> 4 != 4 {
-        return None;
-    }
-    let proto = ip[9];
-    let ports = matches!(proto, 6 | 17 | 132);
-    let port = |i: usize| {
-        if ports {
-            u16::from_be_bytes([ev.packet_l4[i], ev.packet_l4[i + 1]])
+        let proto = *raw.get(self.protonum)?;
+        let ports = has_ports(proto);
+        let port = |o: usize| be16(o).filter(|_| ports);
+        let icmp = if is_icmp(proto) {
+            let (kind, code) = (*raw.get(self.dst_port)?, *raw.get(self.dst_port + 1)?);
+            Some(Icmp::new(proto, kind, code, be16(self.src_port)))
         } else {
-            0
-        }
-    };
-    Some(Tuple {
-        proto,
-        src: (
-            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]).into(),
-            port(0),
-        ),
-        dst: (
-            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]).into(),
-            port(2),
-        ),
-    })
-}
-
-fn proto_name(proto: u8) -> String {
-    match proto {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        p => format!("proto {p}"),
-    }
-}
-
-fn endpoint((addr, port): (IpAddr, u16)) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
+            None
+        };
+        let tuple = Tuple {
+            proto,
+            src: (addr(self.src_u3, family)?, port(self.src_port)),
+            dst: (addr(self.dst_u3, family)?, port(self.dst_port)),
+        };
+        Some((tuple, icmp))
     }
 }
 
@@ -162,7 +123,8 @@ pub struct ConntrackDrop {
     /// The pod whose sandbox owns the namespace; null for the host's and other namespaces.
     pub pod: Option<Pod>,
     pub proto: Option<String>,
-    /// Original direction, before NAT: `ip:port`.
+    /// Original direction, before NAT: `ip:port`, `[ipv6]:port`, or the bare address for
+    /// protocols without ports (ICMP) and packets whose ports could not be read.
     pub src: Option<String>,
     pub dst: Option<String>,
     /// Where destination NAT was sending it (the backend behind a Service VIP).
@@ -170,6 +132,19 @@ pub struct ConntrackDrop {
     /// The source address after source NAT, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat_src: Option<String>,
+    /// ICMP and ICMPv6: type, code and echo id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<Icmp>,
+    /// TCP: the dropped segment's flags (`SYN`, `RST,ACK`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+    /// The packet is a fragment (a later one has no ports).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fragment: bool,
+    /// The packet's headers ended, or its IPv6 extension headers went on, before everything
+    /// above could be read: what could be read is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
     pub cpu: u32,
     /// For `table_full`: conntrack entries in the namespace and the limit (filled in by the
     /// tracer, which reads them from the namespace's sysctls).
@@ -177,10 +152,12 @@ pub struct ConntrackDrop {
     pub ct_count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ct_max: Option<u64>,
+    /// The original tuple, for filters.
     #[serde(skip)]
-    pub proto_number: Option<u8>,
+    pub flow: Option<Tuple>,
+    /// Where NAT sent it, for filters.
     #[serde(skip)]
-    pub ports: Vec<u16>,
+    pub nat: Vec<(IpAddr, Option<u16>)>,
 }
 
 impl ConntrackDrop {
@@ -190,21 +167,29 @@ impl ConntrackDrop {
         layout: &TupleLayout,
         clock: &Clock,
     ) -> Self {
-        let (orig, reply) = if ev.has_ct != 0 {
-            (layout.decode(&ev.orig), layout.decode(&ev.reply))
-        } else {
-            (packet_tuple(ev), None)
+        let packet = Packet::decode(&ev.packet);
+        let entry = (ev.has_ct != 0).then(|| layout.decode(&ev.orig)).flatten();
+        let reply = entry.and(layout.decode(&ev.reply)).map(|(t, _)| t);
+        let (orig, icmp) = match entry {
+            Some((tuple, icmp)) => (Some(tuple), icmp),
+            None => (packet.tuple, packet.icmp),
         };
         // The reply comes from the real destination and goes to the real source: where they
         // differ from the original direction, NAT rewrote them (or will, once confirmed).
         let nat_dst = match (orig, reply) {
-            (Some(o), Some(r)) if r.src != o.dst => Some(endpoint(r.src)),
+            (Some(o), Some(r)) if r.src != o.dst => Some(r.src),
             _ => None,
         };
         let nat_src = match (orig, reply) {
-            (Some(o), Some(r)) if r.dst != o.src => Some(endpoint(r.dst)),
+            (Some(o), Some(r)) if r.dst != o.src => Some(r.dst),
             _ => None,
         };
+        // The flags are the packet's own: an entry keeps none.
+        let is_tcp = |t: Option<Tuple>| t.is_some_and(|t| t.proto == TCP);
+        let tcp_flags = packet
+            .tcp_flags
+            .filter(|_| is_tcp(orig) && is_tcp(packet.tuple))
+            .map(tcp_flags);
         Self {
             kind: "conntrack_drop",
             time: clock::rfc3339(clock.wall(ev.header.ktime_ns)),
@@ -215,14 +200,36 @@ impl ConntrackDrop {
             proto: orig.map(|t| proto_name(t.proto)),
             src: orig.map(|t| endpoint(t.src)),
             dst: orig.map(|t| endpoint(t.dst)),
-            nat_dst,
-            nat_src,
+            nat_dst: nat_dst.map(endpoint),
+            nat_src: nat_src.map(endpoint),
+            icmp,
+            tcp_flags,
+            fragment: packet.fragment,
+            // An entry has the whole flow, whatever the packet's headers lacked.
+            truncated: packet.truncated.filter(|_| entry.is_none()),
             cpu: ev.header.cpu,
             ct_count: None,
             ct_max: None,
-            proto_number: orig.map(|t| t.proto),
-            ports: orig.map(|t| vec![t.src.1, t.dst.1]).unwrap_or_default(),
+            flow: orig,
+            nat: nat_dst.into_iter().chain(nat_src).collect(),
         }
+    }
+
+    /// `ipv4`, `ipv6`, or empty when the packet's flow is unknown.
+    pub fn family(&self) -> &'static str {
+        match self.flow.map(|t| t.src.0) {
+            Some(IpAddr::V4(_)) => "ipv4",
+            Some(IpAddr::V6(_)) => "ipv6",
+            None => "",
+        }
+    }
+
+    /// Addresses and ports of both ends, before and after NAT.
+    pub fn endpoints(&self) -> impl Iterator<Item = (IpAddr, Option<u16>)> + '_ {
+        self.flow
+            .iter()
+            .flat_map(|t| [t.src, t.dst])
+            .chain(self.nat.iter().copied())
     }
 }
 
@@ -230,15 +237,20 @@ impl ConntrackDrop {
 static DROPS_TOTAL: Family = Family {
     name: "tracer_conntrack_drops_total",
     help: "Packets netfilter dropped, by class (insert_failed, table_full, conntrack_other, \
-           rule) and network namespace (inode), for the namespace's pod.",
-    labels: &["class", "netns"],
+           rule), IP family (ipv4, ipv6; empty when the packet's header was unreadable) and \
+           network namespace (inode), for the namespace's pod.",
+    labels: &["class", "family", "netns"],
 };
 
 impl Event for ConntrackDrop {
     fn count(&self) -> Option<Count<'_>> {
         Some(Count {
             family: &DROPS_TOTAL,
-            labels: vec![self.class.name().into(), self.netns.to_string()],
+            labels: vec![
+                self.class.name().into(),
+                self.family().into(),
+                self.netns.to_string(),
+            ],
             pod: self.pod.as_ref(),
             netns: Some(self.netns.into()),
         })
@@ -261,6 +273,22 @@ impl Event for ConntrackDrop {
         }
         if let Some(nat_src) = &self.nat_src {
             write!(w, " (snat {nat_src})")?;
+        }
+        if let Some(icmp) = &self.icmp {
+            write!(w, "  {}", icmp.name.unwrap_or("type"))?;
+            write!(w, " {}/{}", icmp.kind, icmp.code)?;
+            if let Some(id) = icmp.id {
+                write!(w, " id {id}")?;
+            }
+        }
+        if let Some(flags) = &self.tcp_flags {
+            write!(w, "  [{flags}]")?;
+        }
+        if self.fragment {
+            write!(w, "  fragment")?;
+        }
+        if let Some(truncated) = self.truncated {
+            write!(w, "  (truncated: {})", truncated.text())?;
         }
         if let (Some(count), Some(max)) = (self.ct_count, self.ct_max) {
             write!(w, "  table {count}/{max}")?;

@@ -8,6 +8,7 @@
 //! one of the same namespace and CPU classifies the packet.
 
 mod decode;
+mod flow;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,6 +25,7 @@ use tracer_common::{
     EventKind,
 };
 
+pub use self::flow::Prefix;
 use self::{
     decode::{ConntrackDrop, DropClass, TupleLayout},
     stats::{CtStats, StatLayout},
@@ -62,7 +64,11 @@ pub struct ConntrackOptions {
     pub netns: Option<u32>,
     /// `tcp`, `udp`, ... (IP protocol number).
     pub proto: Option<u8>,
+    /// A port of either end, before or after NAT.
     pub port: Option<u16>,
+    /// An address (`--host`) and a prefix (`--net`) one end must be in, before or after NAT.
+    pub host: Option<Prefix>,
+    pub net: Option<Prefix>,
     /// Leave out packets a firewall rule dropped (they are still counted in the summary).
     pub conntrack_only: bool,
     /// Only drops in the network namespace of this pod (by name).
@@ -74,12 +80,15 @@ pub struct ConntrackOptions {
 /// Parses `--proto`.
 pub fn parse_proto(text: &str) -> Result<u8> {
     match text.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(6),
-        "udp" => Ok(17),
-        "icmp" => Ok(1),
-        "sctp" => Ok(132),
+        "tcp" => Ok(flow::TCP),
+        "udp" => Ok(flow::UDP),
+        "icmp" => Ok(flow::ICMP),
+        "icmpv6" | "ipv6-icmp" => Ok(flow::ICMPV6),
+        "sctp" => Ok(flow::SCTP),
         other => other.parse().map_err(|_| {
-            anyhow::anyhow!("unknown protocol `{text}`: use tcp, udp, icmp, sctp or a number")
+            anyhow::anyhow!(
+                "unknown protocol `{text}`: use tcp, udp, icmp, icmpv6, sctp or a number"
+            )
         }),
     }
 }
@@ -260,9 +269,14 @@ impl ConntrackTracer {
 
     fn wanted(&self, drop: &ConntrackDrop) -> bool {
         let o = &self.options;
+        let end_in = |prefix: &Prefix| drop.endpoints().any(|(addr, _)| prefix.contains(addr));
         !(o.conntrack_only && drop.class == DropClass::Rule)
-            && o.proto.is_none_or(|p| drop.proto_number == Some(p))
-            && o.port.is_none_or(|p| drop.ports.contains(&p))
+            && o.proto
+                .is_none_or(|p| drop.flow.is_some_and(|f| f.proto == p))
+            && o.port
+                .is_none_or(|p| drop.endpoints().any(|(_, port)| port == Some(p)))
+            && o.host.as_ref().is_none_or(end_in)
+            && o.net.as_ref().is_none_or(end_in)
             && self.workload.matches_pod(drop.pod.as_ref())
     }
 
