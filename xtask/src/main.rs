@@ -23,7 +23,7 @@ fn usage() -> ! {
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
          setup              install what building and testing need (apt packages, nightly rust-src, bpf-linker)\n  \
-         run -- ARGS        setup, build, and run `tracer ARGS`\n  \
+         run -- ARGS        install only what building needs, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
          bench [--quick]    setup, then measure start-up, kernel cost, throughput and overhead against baselines\n  \
          image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)"
@@ -43,9 +43,9 @@ fn run() -> Result<()> {
     let task = args.next().unwrap_or_else(|| usage());
     let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
     match task.as_str() {
-        "setup" => setup::all(),
+        "setup" => setup::for_testing(),
         "run" => {
-            setup::all()?;
+            setup::for_running()?;
             cargo(&["build", "--release", "--package", "tracer"])?;
             let status = Command::new(workspace_root().join("target/release/tracer"))
                 .args(&rest)
@@ -54,15 +54,15 @@ fn run() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         "test" => {
-            setup::all()?;
+            setup::for_testing()?;
             test(&rest)
         }
         "bench" => {
-            setup::all()?;
+            setup::for_testing()?;
             bench::run(rest.iter().any(|a| a == "--quick"))
         }
         "image" => {
-            setup::all()?;
+            setup::for_testing()?;
             image::run(&rest)
         }
         _ => usage(),

@@ -10,12 +10,18 @@ use crate::run_checked;
 /// The LLVM bpf-linker is built against (Debian's LLVM 22).
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-/// Debian packages: LLVM for bpf-linker, and the tools the integration tests drive.
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages building and running need: LLVM for bpf-linker.
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+];
+
+/// Debian packages only the tests, the benchmarks and the image need: the tools the
+/// integration tests drive. Never installed by `cargo xtask run`: on a real node, installing
+/// containerd could replace the node's runtime.
+const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "nftables",
@@ -45,13 +51,20 @@ const VALIDATOR_PACKAGES: &[&str] = &[
     "cloudcoil-models-prometheus-operator==0.80.1.0",
 ];
 
-pub fn all() -> Result<()> {
-    apt_packages()?;
+/// What building and running the tracer need.
+pub fn for_running() -> Result<()> {
+    apt_packages(BUILD_PACKAGES)?;
     nightly_rust_src()?;
     bpf_linker()?;
-    validator()?;
     tracefs();
     Ok(())
+}
+
+/// What the tests, the benchmarks and the image need besides.
+pub fn for_testing() -> Result<()> {
+    for_running()?;
+    apt_packages(TEST_PACKAGES)?;
+    validator()
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
@@ -61,8 +74,12 @@ fn succeeds(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs the `packages` that are missing, without starting a service: a policy-rc.d that
+/// refuses every start is in place during the install, and the services the new packages
+/// enabled are disabled again (containerd and prometheus have theirs; the tests start their
+/// own instances).
+fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -77,12 +94,45 @@ fn apt_packages() -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(
+    let policy = std::path::Path::new(POLICY_RC_D);
+    let ours = !policy.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask: no service starts while it installs.\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755)))
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+    }
+    let installed = run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed?;
+    if succeeds(Command::new("systemctl").arg("--version")) {
+        for unit in missing.iter().filter_map(|p| service_of(p)) {
+            let _ = run_checked(Command::new("systemctl").args(["disable", unit]));
+        }
+    }
+    Ok(())
+}
+
+/// Debian's way to keep maintainer scripts from starting services.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// The service a test package enables when installed.
+fn service_of(package: &str) -> Option<&'static str> {
+    match package {
+        "containerd" => Some("containerd.service"),
+        "prometheus" => Some("prometheus.service"),
+        _ => None,
+    }
 }
 
 fn nightly_rust_src() -> Result<()> {
