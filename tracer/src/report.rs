@@ -12,17 +12,197 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{clock, tracers::signals::sender};
 
-/// The readable objects of a recording, with their line numbers (from 1), and the lines that
-/// could not be read.
+/// A pod as events name it.
+#[derive(Debug, Deserialize)]
+struct PodLine {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl PodLine {
+    /// `shop/web`, when the runtime named it.
+    fn label(&self) -> Option<String> {
+        Some(format!(
+            "{}/{}",
+            self.namespace.as_ref()?,
+            self.name.as_ref()?
+        ))
+    }
+}
+
+/// One side of a signal.
+#[derive(Debug, Deserialize)]
+struct ProcessLine {
+    pid: u32,
+    comm: String,
+    process_comm: Option<String>,
+    pod: Option<PodLine>,
+}
+
+impl ProcessLine {
+    /// `comm(pid)`, with the pod when there is one.
+    fn label(&self) -> String {
+        let comm = self.process_comm.as_deref().unwrap_or(&self.comm);
+        match self.pod.as_ref().and_then(PodLine::label) {
+            Some(pod) => format!("{comm}({}) in pod {pod}", self.pid),
+            None => format!("{comm}({})", self.pid),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AncestorLine {
+    pid: u32,
+    comm: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OomLine {
+    memcg: Option<String>,
+}
+
+/// A `signal` event, as far as the report reads it.
+#[derive(Debug, Deserialize)]
+struct SignalLine {
+    time: String,
+    signal: String,
+    signo: i32,
+    result: String,
+    code: String,
+    /// Absent from recordings made before senders were attributed by syscall.
+    how: Option<String>,
+    code_from: Option<String>,
+    si_code: Option<i32>,
+    kernel_reason: Option<String>,
+    sender: Option<ProcessLine>,
+    target: ProcessLine,
+    #[serde(default)]
+    ancestry: Vec<AncestorLine>,
+    #[serde(default)]
+    ancestry_truncated: bool,
+    oom: Option<OomLine>,
+}
+
+impl SignalLine {
+    /// The sender's parents, pid 1 first: `systemd(1) => bash(20) => ...`.
+    fn ancestry(&self) -> String {
+        let mut chain: Vec<String> = self
+            .ancestry
+            .iter()
+            .rev()
+            .map(|p| format!("{}({})", p.comm, p.pid))
+            .collect();
+        if self.ancestry_truncated {
+            chain.insert(0, "...".into());
+        }
+        chain.join(" => ")
+    }
+
+    /// How it was sent, as the live output shows it (`sigqueue, claims SI_TIMER`); its code
+    /// alone for a recording that predates `how`.
+    fn how_sent(&self) -> String {
+        match &self.how {
+            Some(how) => sender::how_label(
+                how,
+                &self.code,
+                self.code_from.as_deref().unwrap_or(""),
+                self.signo,
+                self.si_code,
+            ),
+            None => self.code.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IcmpLine {
+    #[serde(rename = "type")]
+    kind: u8,
+    name: Option<String>,
+}
+
+/// A `conntrack_drop` event, as far as the report reads it.
+#[derive(Debug, Deserialize)]
+struct DropLine {
+    time: String,
+    class: String,
+    netns: u64,
+    pod: Option<PodLine>,
+    proto: Option<String>,
+    src: Option<String>,
+    dst: Option<String>,
+    nat_dst: Option<String>,
+    icmp: Option<IcmpLine>,
+    tcp_flags: Option<String>,
+    ct_count: Option<u64>,
+    ct_max: Option<u64>,
+}
+
+/// A `netns` (`--watch`) event, as far as the report reads it.
+#[derive(Debug, Deserialize)]
+struct NetnsLine {
+    time: String,
+    action: String,
+    inode: u64,
+    pid: Option<u32>,
+    pod: Option<PodLine>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FlagLine {
+    flag: String,
+    explanation: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct HolderLine {
+    pid: u32,
+    comm: String,
+    state: String,
+    wchan: Option<String>,
+}
+
+/// A namespace of the closing snapshot (`netns_snapshot`), as far as the report reads it.
+#[derive(Debug, Deserialize)]
+struct SnapshotLine {
+    inode: u64,
+    pod: Option<PodLine>,
+    #[serde(default)]
+    flags: Vec<FlagLine>,
+    #[serde(default)]
+    holders: Vec<HolderLine>,
+}
+
+/// Every type of line the tracers write, matched exhaustively: a new event type has to be
+/// handled here (the round-trip test feeds every tracer's events through it).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Line {
+    Signal(Box<SignalLine>),
+    ConntrackDrop(Box<DropLine>),
+    Netns(NetnsLine),
+    NetnsSnapshot(SnapshotLine),
+    /// A tracer's end-of-run figures: not an event.
+    Summary,
+    /// A type this version does not know (a newer recording's): counted, not read.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The lines of a recording that could be read, with their line numbers (from 1), and those
+/// that could not (with why).
 pub struct Recording {
-    pub objects: Vec<(usize, Value)>,
+    lines: Vec<(usize, Line)>,
     pub unreadable: Vec<(usize, String)>,
 }
+
+/// Lines longer than this are not read (a recording's longest is a few KiB).
+const MAX_LINE: usize = 1 << 20;
 
 /// Reads the recording at `path`, or standard input for `-` (`kubectl logs ds/tracer | tracer
 /// report -`).
@@ -34,7 +214,7 @@ pub fn read(path: &Path) -> Result<Recording> {
         Box::new(BufReader::new(file))
     };
     let mut recording = Recording {
-        objects: Vec::new(),
+        lines: Vec::new(),
         unreadable: Vec::new(),
     };
     for (i, line) in input.split(b'\n').enumerate() {
@@ -42,11 +222,14 @@ pub fn read(path: &Path) -> Result<Recording> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Value>(&line) {
-            Ok(value) if value.is_object() => recording.objects.push((i + 1, value)),
-            Ok(_) => recording
+        if line.len() > MAX_LINE {
+            recording
                 .unreadable
-                .push((i + 1, "not a JSON object".into())),
+                .push((i + 1, format!("longer than {MAX_LINE} bytes")));
+            continue;
+        }
+        match serde_json::from_slice::<Line>(&line) {
+            Ok(parsed) => recording.lines.push((i + 1, parsed)),
             Err(e) => recording.unreadable.push((i + 1, e.to_string())),
         }
     }
@@ -62,83 +245,21 @@ pub struct Finding {
     pub lines: Vec<usize>,
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("?")
-}
-
-fn pod_label(pod: &Value) -> Option<String> {
-    let (ns, name) = (pod.get("namespace")?.as_str()?, pod.get("name")?.as_str()?);
-    Some(format!("{ns}/{name}"))
-}
-
-/// `comm(pid)`, with the pod when there is one.
-fn process_label(p: &Value) -> String {
-    let comm = p
-        .get("process_comm")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| str_of(p, "comm"));
-    let pid = p.get("pid").map_or("?".into(), Value::to_string);
-    match p.get("pod").and_then(pod_label) {
-        Some(pod) => format!("{comm}({pid}) in pod {pod}"),
-        None => format!("{comm}({pid})"),
-    }
-}
-
-fn ancestry(e: &Value) -> String {
-    let mut chain: Vec<String> = e
-        .get("ancestry")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .rev()
-                .map(|p| {
-                    format!(
-                        "{}({})",
-                        str_of(p, "comm"),
-                        p.get("pid").map_or("?".into(), Value::to_string)
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if e.get("ancestry_truncated") == Some(&Value::Bool(true)) {
-        chain.insert(0, "...".into());
-    }
-    chain.join(" => ")
-}
-
-/// How a signal was sent, as the live output shows it (`sigqueue, claims SI_TIMER`); its
-/// code alone for a recording that predates `how`.
-fn how_sent(e: &Value) -> String {
-    match e.get("how").and_then(Value::as_str) {
-        Some(how) => sender::how_label(
-            how,
-            str_of(e, "code"),
-            str_of(e, "code_from"),
-            e.get("signo").and_then(Value::as_i64).unwrap_or(0) as i32,
-            e.get("si_code").and_then(Value::as_i64).map(|c| c as i32),
-        ),
-        None => str_of(e, "code").to_string(),
-    }
-}
-
-fn signal_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
+fn signal_findings(events: &[(usize, &SignalLine)]) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (line, e) in events {
-        if e.get("signo") != Some(&json!(9)) || str_of(e, "result") != "delivered" {
+        if e.signo != 9 || e.result != "delivered" {
             continue;
         }
-        let target = e.get("target").map(process_label).unwrap_or_default();
-        let (kind, text) = match (
-            e.get("kernel_reason").and_then(Value::as_str),
-            e.get("sender"),
-        ) {
+        let target = e.target.label();
+        let (kind, text) = match (e.kernel_reason.as_deref(), &e.sender) {
             (Some("oom"), _) => (
                 "oom_kill",
                 format!(
                     "{target} was OOM-killed: memory cgroup {} hit its limit",
-                    e.pointer("/oom/memcg")
-                        .and_then(Value::as_str)
+                    e.oom
+                        .as_ref()
+                        .and_then(|o| o.memcg.as_deref())
                         .unwrap_or("(unknown)")
                 ),
             ),
@@ -146,16 +267,16 @@ fn signal_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
                 "kernel_kill",
                 format!(
                     "{target} was killed by SIGKILL from the kernel ({reason}, {})",
-                    str_of(e, "code")
+                    e.code
                 ),
             ),
             (None, Some(sender)) => (
                 "kill",
                 format!(
                     "{target} was killed by SIGKILL from {} ({}), whose ancestry is {}",
-                    process_label(sender),
-                    how_sent(e),
-                    ancestry(e)
+                    sender.label(),
+                    e.how_sent(),
+                    e.ancestry()
                 ),
             ),
             (None, None) => continue,
@@ -194,37 +315,35 @@ fn host_of(endpoint: &str) -> &str {
     }
 }
 
-fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
+fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
     let mut groups: BTreeMap<(String, u64, String), DropGroup> = BTreeMap::new();
     for (line, e) in events {
-        let class = str_of(e, "class").to_string();
-        if class == "rule" {
+        if e.class == "rule" {
             continue;
         }
-        let src_ip = host_of(str_of(e, "src")).to_string();
+        let src_ip = host_of(e.src.as_deref().unwrap_or("?")).to_string();
         let ipv6 = src_ip.contains(':');
-        let key = (
-            class,
-            e.get("netns").and_then(Value::as_u64).unwrap_or(0),
-            src_ip,
-        );
-        let g = groups.entry(key).or_default();
+        let g = groups
+            .entry((e.class.clone(), e.netns, src_ip))
+            .or_default();
         g.lines.push(*line);
-        for (list, field) in [
-            (&mut g.destinations, "dst"),
-            (&mut g.nat_destinations, "nat_dst"),
+        for (list, value) in [
+            (&mut g.destinations, &e.dst),
+            (&mut g.nat_destinations, &e.nat_dst),
         ] {
-            let v = str_of(e, field).to_string();
-            if v != "?" && !list.contains(&v) {
-                list.push(v);
+            if let Some(v) = value.as_ref().filter(|v| !list.contains(v)) {
+                list.push(v.clone());
             }
         }
-        g.pod = g.pod.take().or_else(|| e.get("pod").and_then(pod_label));
-        g.proto = str_of(e, "proto").to_uppercase();
+        g.pod = g
+            .pod
+            .take()
+            .or_else(|| e.pod.as_ref().and_then(PodLine::label));
+        g.proto = e.proto.as_deref().unwrap_or("?").to_uppercase();
         if ipv6 {
             g.proto.push_str("/IPv6");
         }
-        if let (Some(count), Some(max)) = (e.get("ct_count"), e.get("ct_max")) {
+        if let (Some(count), Some(max)) = (e.ct_count, e.ct_max) {
             g.table = format!(" (entries {count}/{max})");
         }
     }
@@ -278,57 +397,47 @@ fn conntrack_findings(events: &[&(usize, Value)]) -> Vec<Finding> {
         .collect()
 }
 
-fn netns_findings(snapshot: &[&(usize, Value)], events: &[&(usize, Value)]) -> Vec<Finding> {
+fn netns_findings(
+    snapshot: &[(usize, &SnapshotLine)],
+    events: &[(usize, &NetnsLine)],
+) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (line, ns) in snapshot {
-        let flags: Vec<&Value> = ns
-            .get("flags")
-            .and_then(Value::as_array)
-            .map(|f| f.iter().collect())
-            .unwrap_or_default();
-        if flags.is_empty() {
+        if ns.flags.is_empty() {
             continue;
         }
-        let inode = ns.get("inode").and_then(Value::as_u64).unwrap_or(0);
         let mut lines = vec![*line];
         lines.extend(
             events
                 .iter()
-                .filter(|(_, e)| e.get("inode").and_then(Value::as_u64) == Some(inode))
+                .filter(|(_, e)| e.inode == ns.inode)
                 .map(|(l, _)| *l),
         );
         lines.sort_unstable();
         let pod = ns
-            .get("pod")
-            .and_then(pod_label)
+            .pod
+            .as_ref()
+            .and_then(PodLine::label)
             .map_or(String::new(), |p| format!(" (pod {p})"));
         let stuck: Vec<String> = ns
-            .get("holders")
-            .and_then(Value::as_array)
+            .holders
+            .iter()
+            .filter(|h| h.state == "D")
             .map(|h| {
-                h.iter()
-                    .filter(|h| str_of(h, "state") == "D")
-                    .map(|h| {
-                        format!(
-                            "{}({}) in D state, waiting in {}",
-                            str_of(h, "comm"),
-                            h.get("pid").map_or("?".into(), Value::to_string),
-                            str_of(h, "wchan")
-                        )
-                    })
-                    .collect()
+                format!(
+                    "{}({}) in D state, waiting in {}",
+                    h.comm,
+                    h.pid,
+                    h.wchan.as_deref().unwrap_or("?")
+                )
             })
-            .unwrap_or_default();
-        let mut text = format!("netns {inode}{pod} is alive");
+            .collect();
+        let mut text = format!("netns {}{pod} is alive", ns.inode);
         if !stuck.is_empty() {
             text.push_str(&format!(", held by {}", stuck.join(", ")));
         }
-        for flag in &flags {
-            text.push_str(&format!(
-                "; {}: {}",
-                str_of(flag, "flag"),
-                str_of(flag, "explanation")
-            ));
+        for flag in &ns.flags {
+            text.push_str(&format!("; {}: {}", flag.flag, flag.explanation));
         }
         let kind = if !stuck.is_empty() {
             "netns_stuck"
@@ -348,73 +457,69 @@ pub struct Moment {
     pub what: String,
 }
 
-/// Who an event is about: its pod when known, else its process or namespace.
-fn subject(e: &Value) -> String {
-    let pod = e
-        .get("pod")
-        .or_else(|| e.pointer("/target/pod"))
-        .and_then(pod_label);
-    if let Some(pod) = pod {
-        return format!("pod {pod}");
-    }
-    match str_of(e, "type") {
-        "signal" => format!(
-            "process {}",
-            e.get("target").map(process_label).unwrap_or_default()
-        ),
-        _ => format!(
-            "netns {}",
-            e.get("netns")
-                .or_else(|| e.get("inode"))
-                .map_or("?".into(), Value::to_string)
-        ),
+/// An event of the timeline: who it is about (its pod when known, else its process or
+/// namespace), when, and what happened.
+fn moment(line: &Line) -> Option<(String, &str, String)> {
+    let pod_subject = |pod: &Option<PodLine>| {
+        pod.as_ref()
+            .and_then(PodLine::label)
+            .map(|p| format!("pod {p}"))
+    };
+    match line {
+        Line::Signal(e) => {
+            let from = match &e.sender {
+                Some(sender) => sender.label(),
+                None => format!("[kernel: {}]", e.kernel_reason.as_deref().unwrap_or("?")),
+            };
+            Some((
+                pod_subject(&e.target.pod)
+                    .unwrap_or_else(|| format!("process {}", e.target.label())),
+                &e.time,
+                format!("{} {} from {from}", e.signal, e.result),
+            ))
+        }
+        Line::ConntrackDrop(e) => Some((
+            pod_subject(&e.pod).unwrap_or_else(|| format!("netns {}", e.netns)),
+            &e.time,
+            describe_drop(e),
+        )),
+        Line::Netns(e) => Some((
+            pod_subject(&e.pod).unwrap_or_else(|| format!("netns {}", e.inode)),
+            &e.time,
+            format!(
+                "{} (pid {})",
+                e.action,
+                e.pid.map_or("-".into(), |p| p.to_string())
+            ),
+        )),
+        Line::NetnsSnapshot(_) | Line::Summary | Line::Unknown => None,
     }
 }
 
-fn describe(e: &Value) -> String {
-    match str_of(e, "type") {
-        "signal" => {
-            let from = match e.get("sender").filter(|s| !s.is_null()) {
-                Some(sender) => process_label(sender),
-                None => format!("[kernel: {}]", str_of(e, "kernel_reason")),
-            };
-            format!(
-                "{} {} from {from}",
-                str_of(e, "signal"),
-                str_of(e, "result")
-            )
-        }
-        "conntrack_drop" => {
-            let nat = e
-                .get("nat_dst")
-                .and_then(Value::as_str)
-                .map_or(String::new(), |n| format!(" (dnat {n})"));
-            // What the packet was, beyond its ends: TCP flags, or the ICMP message.
-            let what = match (e.get("tcp_flags").and_then(Value::as_str), e.get("icmp")) {
-                (Some(flags), _) => format!(" [{flags}]"),
-                (None, Some(icmp)) => format!(
-                    " [{}]",
-                    icmp.get("name")
-                        .and_then(Value::as_str)
-                        .map_or_else(|| format!("type {}", icmp["type"]), str::to_string)
-                ),
-                _ => String::new(),
-            };
-            format!(
-                "{} drop: {} {} -> {}{what}{nat}",
-                str_of(e, "class"),
-                str_of(e, "proto"),
-                str_of(e, "src"),
-                str_of(e, "dst")
-            )
-        }
-        "netns" => format!(
-            "{} (pid {})",
-            str_of(e, "action"),
-            e.get("pid").map_or("-".into(), Value::to_string)
+fn describe_drop(e: &DropLine) -> String {
+    let nat = e
+        .nat_dst
+        .as_ref()
+        .map_or(String::new(), |n| format!(" (dnat {n})"));
+    // What the packet was, beyond its ends: TCP flags, or the ICMP message.
+    let what = match (&e.tcp_flags, &e.icmp) {
+        (Some(flags), _) => format!(" [{flags}]"),
+        (None, Some(icmp)) => format!(
+            " [{}]",
+            icmp.name
+                .clone()
+                .unwrap_or_else(|| format!("type {}", icmp.kind))
         ),
-        other => other.to_string(),
-    }
+        _ => String::new(),
+    };
+    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+    format!(
+        "{} drop: {} {} -> {}{what}{nat}",
+        e.class,
+        or_unknown(&e.proto),
+        or_unknown(&e.src),
+        or_unknown(&e.dst)
+    )
 }
 
 /// The findings and timelines of a recording.
@@ -429,30 +534,32 @@ pub struct Report {
 }
 
 pub fn analyse(recording: &Recording) -> Report {
-    let of_type = |t: &str| -> Vec<&(usize, Value)> {
-        recording
-            .objects
-            .iter()
-            .filter(|(_, v)| str_of(v, "type") == t)
-            .collect()
-    };
-    let (signals, drops, netns, snapshot) = (
-        of_type("signal"),
-        of_type("conntrack_drop"),
-        of_type("netns"),
-        of_type("netns_snapshot"),
-    );
+    let mut signals = Vec::new();
+    let mut drops = Vec::new();
+    let mut netns = Vec::new();
+    let mut snapshot = Vec::new();
+    for (line, parsed) in &recording.lines {
+        match parsed {
+            Line::Signal(e) => signals.push((*line, e.as_ref())),
+            Line::ConntrackDrop(e) => drops.push((*line, e.as_ref())),
+            Line::Netns(e) => netns.push((*line, e)),
+            Line::NetnsSnapshot(e) => snapshot.push((*line, e)),
+            Line::Summary | Line::Unknown => {}
+        }
+    }
     let mut findings = signal_findings(&signals);
     findings.extend(conntrack_findings(&drops));
     findings.extend(netns_findings(&snapshot, &netns));
 
     let mut timelines: BTreeMap<String, Vec<Moment>> = BTreeMap::new();
-    for (line, e) in signals.iter().chain(&drops).chain(&netns) {
-        timelines.entry(subject(e)).or_default().push(Moment {
-            line: *line,
-            time: str_of(e, "time").to_string(),
-            what: describe(e),
-        });
+    for (line, parsed) in &recording.lines {
+        if let Some((subject, time, what)) = moment(parsed) {
+            timelines.entry(subject).or_default().push(Moment {
+                line: *line,
+                time: time.to_string(),
+                what,
+            });
+        }
     }
     for moments in timelines.values_mut() {
         moments.sort_by(|a, b| a.time.cmp(&b.time));
@@ -487,7 +594,7 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
         println!(
             "  line {} could not be read ({}); skipped",
             bad["line"],
-            str_of(bad, "error")
+            bad["error"].as_str().unwrap_or("?")
         );
     }
     println!("findings:");
@@ -512,26 +619,185 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeSet;
+
     use serde_json::json;
+
+    use super::*;
+    use crate::{
+        enrich::identity::Identities,
+        kernel::btf::KernelBtf,
+        output::{Format, Output},
+        tracers::{netns::snapshot, samples, TracerOptions, REGISTRY},
+    };
+
+    /// A recording of `objects`, one per line from line 1, read as `tracer report` reads.
+    fn recording(objects: &[Value]) -> Recording {
+        let mut recording = Recording {
+            lines: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for (i, object) in objects.iter().enumerate() {
+            match serde_json::from_value::<Line>(object.clone()) {
+                Ok(line) => recording.lines.push((i + 1, line)),
+                Err(e) => recording.unreadable.push((i + 1, e.to_string())),
+            }
+        }
+        recording
+    }
+
+    fn name(line: &Line) -> &'static str {
+        match line {
+            Line::Signal(_) => "signal",
+            Line::ConntrackDrop(_) => "conntrack_drop",
+            Line::Netns(_) => "netns",
+            Line::NetnsSnapshot(_) => "netns_snapshot",
+            Line::Summary => "summary",
+            Line::Unknown => "unknown",
+        }
+    }
+
+    #[test]
+    fn every_line_the_tracers_write_is_read_back() {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let identities = Identities::new();
+        let (mut out, written) = Output::in_memory(Format::Json);
+        for registered in REGISTRY {
+            let mut tracer =
+                (registered.make)(&btf, &identities, &TracerOptions::default()).unwrap();
+            for (kind, raw) in samples::one_of_each_kind() {
+                if tracer.kinds().contains(&kind) {
+                    tracer.on_record(kind, &raw, &mut out).unwrap();
+                }
+            }
+            tracer.flush(&mut out, true).unwrap();
+            let mut summary = serde_json::Map::new();
+            summary.insert("type".into(), json!("summary"));
+            tracer.summarize(&mut summary);
+            out.summary(&Value::Object(summary)).unwrap();
+        }
+        // And record's closing snapshot of this machine's namespaces.
+        for namespace in snapshot::take(std::time::Duration::from_secs(30)) {
+            out.event(&namespace).unwrap();
+        }
+        out.flush().unwrap();
+        let objects = samples::objects(&written);
+        let read = recording(&objects);
+        assert!(read.unreadable.is_empty(), "{:?}", read.unreadable);
+        let seen: BTreeSet<&str> = read.lines.iter().map(|(_, l)| name(l)).collect();
+        let every = [
+            "conntrack_drop",
+            "netns",
+            "netns_snapshot",
+            "signal",
+            "summary",
+        ];
+        assert_eq!(seen, BTreeSet::from(every), "{objects:#?}");
+        // Each is a finding or a moment where it should be.
+        let report = analyse(&read);
+        assert_eq!(report.events, 5, "{:#?}", report.timelines);
+        assert!(report.timelines.contains_key("process server(7942)"));
+        assert!(report.timelines.contains_key("netns 4026532999"));
+    }
+
+    fn kill(how: &str, code: &str, code_from: &str, si_code: Option<i32>) -> Value {
+        json!({"type": "signal", "time": "2026-12-01T00:00:01.000000Z", "signal": "SIGKILL",
+               "signo": 9, "result": "delivered", "code": code, "how": how,
+               "code_from": code_from, "si_code": si_code, "kernel_reason": null,
+               "sender": {"pid": 30, "comm": "python3", "pod": null},
+               "target": {"pid": 40, "comm": "app",
+                          "pod": {"namespace": "shop", "name": "web", "uid": "u"}},
+               "ancestry": [{"pid": 20, "comm": "bash"}, {"pid": 1, "comm": "systemd"}],
+               "ancestry_truncated": false})
+    }
+
+    #[test]
+    fn kills_are_findings_with_their_sender_however_they_claim_to_be_sent() {
+        let oom = json!({"type": "signal", "time": "2026-12-01T00:00:00.000000Z",
+                         "signal": "SIGKILL", "signo": 9, "result": "delivered",
+                         "code": "kernel (privileged)", "kernel_reason": "oom",
+                         "sender": null, "target": {"pid": 50, "comm": "java"},
+                         "oom": {"memcg": "/kubepods/pod1"}});
+        let ignored = json!({"type": "signal", "time": "2026-12-01T00:00:02.000000Z",
+                             "signal": "SIGUSR1", "signo": 10, "result": "ignored",
+                             "code": "kill", "sender": {"pid": 30, "comm": "python3"},
+                             "target": {"pid": 40, "comm": "app",
+                                        "pod": {"namespace": "shop", "name": "web"}}});
+        let forged = kill("sigqueue", "timer", "sender", Some(-2));
+        let report = analyse(&recording(&[oom, forged, ignored]));
+        let kinds: Vec<&str> = report.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, ["oom_kill", "kill"]);
+        assert!(report.findings[0].text.contains("/kubepods/pod1"));
+        let text = &report.findings[1].text;
+        assert!(
+            text.starts_with("app(40) in pod shop/web was killed by SIGKILL from python3(30) (sigqueue, claims SI_TIMER)"),
+            "{text}"
+        );
+        assert!(text.ends_with("systemd(1) => bash(20)"), "{text}");
+        assert_eq!(report.findings[1].lines, [2]);
+        // The pod's timeline has both of its events, in time order.
+        let web = &report.timelines["pod shop/web"];
+        assert_eq!(web.iter().map(|m| m.line).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_stuck_namespace_is_a_finding_with_its_events() {
+        let snapshot = json!({"type": "netns_snapshot", "inode": 7, "pod": null,
+            "holders": [{"pid": 9, "comm": "vfork-holder", "state": "D", "wchan": "kernel_clone"}],
+            "flags": [{"flag": "stuck", "explanation": "in D state for 3s"}]});
+        let teardown = json!({"type": "netns", "time": "2026-12-01T00:00:00.000000Z",
+                              "action": "create", "inode": 7, "pid": 9});
+        let healthy = json!({"type": "netns_snapshot", "inode": 8, "flags": []});
+        let report = analyse(&recording(&[teardown, snapshot, healthy]));
+        assert_eq!(report.findings.len(), 1, "{:#?}", report.findings);
+        let finding = &report.findings[0];
+        assert_eq!(finding.kind, "netns_stuck");
+        assert!(finding
+            .text
+            .contains("vfork-holder(9) in D state, waiting in kernel_clone"));
+        assert_eq!(finding.lines, [1, 2]);
+    }
+
+    #[test]
+    fn unknown_and_malformed_lines_are_told_apart() {
+        let read = recording(&[
+            json!({"type": "from_a_newer_tracer", "x": 1}),
+            json!({"type": "signal", "time": "t"}),
+            json!([1, 2]),
+        ]);
+        assert!(matches!(read.lines[..], [(1, Line::Unknown)]));
+        let bad: Vec<usize> = read.unreadable.iter().map(|(l, _)| *l).collect();
+        assert_eq!(bad, [2, 3]);
+        // A renamed field is named, not silently skipped.
+        assert!(
+            read.unreadable[0].1.contains("missing field"),
+            "{:?}",
+            read.unreadable
+        );
+    }
 
     #[test]
     fn drops_are_described_with_their_flags_or_icmp_message() {
-        let syn = json!({"type": "conntrack_drop", "class": "rule", "proto": "tcp",
-                         "src": "[::1]:40000", "dst": "[::1]:80", "tcp_flags": "SYN"});
+        let read = recording(&[
+            json!({"type": "conntrack_drop", "time": "t", "class": "rule", "netns": 1,
+                   "proto": "tcp", "src": "[::1]:40000", "dst": "[::1]:80", "tcp_flags": "SYN"}),
+            json!({"type": "conntrack_drop", "time": "t", "class": "rule", "netns": 1,
+                   "proto": "icmpv6", "src": "::1", "dst": "::1",
+                   "icmp": {"type": 128, "code": 0, "id": 7, "name": "echo-request"}}),
+        ]);
+        let described: Vec<String> = read
+            .lines
+            .iter()
+            .filter_map(|(_, l)| moment(l).map(|(_, _, what)| what))
+            .collect();
         assert_eq!(
-            describe(&syn),
-            "rule drop: tcp [::1]:40000 -> [::1]:80 [SYN]"
-        );
-        let echo = json!({"type": "conntrack_drop", "class": "rule", "proto": "icmpv6",
-                          "src": "::1", "dst": "::1",
-                          "icmp": {"type": 128, "code": 0, "id": 7, "name": "echo-request"}});
-        assert_eq!(
-            describe(&echo),
-            "rule drop: icmpv6 ::1 -> ::1 [echo-request]"
+            described,
+            [
+                "rule drop: tcp [::1]:40000 -> [::1]:80 [SYN]",
+                "rule drop: icmpv6 ::1 -> ::1 [echo-request]"
+            ]
         );
     }
 
@@ -545,19 +811,14 @@ mod tests {
 
     #[test]
     fn an_ipv6_dns_insert_race_is_named() {
-        let drop = |line: usize, vip: &str| {
-            (
-                line,
-                json!({"type": "conntrack_drop", "class": "insert_failed", "netns": 7,
-                       "proto": "udp", "src": "[fd77::1]:40000", "dst": format!("[{vip}]:53"),
-                       "nat_dst": "[fd77::2]:53"}),
-            )
+        let drop = |vip: &str| {
+            json!({"type": "conntrack_drop", "time": "t", "class": "insert_failed", "netns": 7,
+                   "proto": "udp", "src": "[fd77::1]:40000", "dst": format!("[{vip}]:53"),
+                   "nat_dst": "[fd77::2]:53"})
         };
-        let events = [drop(1, "fd96::a"), drop(2, "fd96::b")];
-        let refs: Vec<&(usize, Value)> = events.iter().collect();
-        let findings = conntrack_findings(&refs);
-        assert_eq!(findings.len(), 1);
-        let text = &findings[0].text;
+        let report = analyse(&recording(&[drop("fd96::a"), drop("fd96::b")]));
+        assert_eq!(report.findings.len(), 1);
+        let text = &report.findings[0].text;
         assert!(
             text.starts_with(
                 "2 UDP/IPv6 packets from fd77::1 in netns 7 to [fd96::a]:53, [fd96::b]:53"
@@ -566,6 +827,6 @@ mod tests {
         );
         assert!(text.contains("through DNAT to [fd77::2]:53"), "{text}");
         assert!(text.contains("single-request-reopen"), "{text}");
-        assert_eq!(findings[0].lines, [1, 2]);
+        assert_eq!(report.findings[0].lines, [1, 2]);
     }
 }

@@ -14,6 +14,8 @@
 pub mod conntrack;
 pub mod ensemble;
 pub mod netns;
+#[cfg(test)]
+pub mod samples;
 pub mod signals;
 
 use anyhow::Result;

@@ -388,74 +388,27 @@ impl Tracer for ConntrackTracer {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
-
-    use tracer_common::{
-        conntrack::{
-            PacketHeaders, PACKET_IP_BYTES, PACKET_L4_BYTES, PACKET_READ, STAT_BYTES, TUPLE_BYTES,
-        },
-        EventHeader,
-    };
-
     use super::*;
-    use crate::output::Format;
+    use crate::{
+        output::Format,
+        tracers::samples::{bytes, ipv6_rule_drop, objects},
+    };
 
     #[test]
     fn a_recorded_ipv6_rule_drop_decodes_into_its_flow() {
         let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
         let mut tracer =
             ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
-        // A UDP datagram [fd00::1]:40000 -> [::1]:53 that a rule dropped: no conntrack entry,
-        // the namespace's statistics unread (a namespace without conntrack).
-        let mut ip = [0u8; PACKET_IP_BYTES];
-        ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 9, 17, 64]);
-        ip[8..24].copy_from_slice(&Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets());
-        ip[24..40].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        let mut l4 = [0u8; PACKET_L4_BYTES];
-        l4[..8].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 9, 0, 0]);
-        let ev = NetfilterDropEvent {
-            header: EventHeader {
-                kind: EventKind::NetfilterDrop as u32,
-                cpu: 0,
-                ktime_ns: crate::clock::Clock::monotonic_now_ns(),
-            },
-            netns_inum: 4026532999,
-            _pad0: 0,
-            net_cookie: 77,
-            ct_status: 0,
-            has_ct: 0,
-            ctinfo: 0,
-            stats_valid: 0,
-            _pad1: 0,
-            _pad: 0,
-            stats: [0; STAT_BYTES],
-            orig: [0; TUPLE_BYTES],
-            reply: [0; TUPLE_BYTES],
-            packet: PacketHeaders {
-                ip,
-                l4,
-                len: 49,
-                l4_offset: 40,
-                l4_proto: 17,
-                flags: PACKET_READ,
-            },
-        };
-        // SAFETY: a Pod record is plain bytes of its size.
-        let raw = unsafe {
-            std::slice::from_raw_parts(
-                (&ev as *const NetfilterDropEvent).cast::<u8>(),
-                size_of::<NetfilterDropEvent>(),
-            )
-        };
+        let raw = bytes(&ipv6_rule_drop());
         let (mut out, written) = Output::in_memory(Format::Json);
         assert_eq!(
             tracer
-                .on_record(EventKind::NetfilterDrop, raw, &mut out)
+                .on_record(EventKind::NetfilterDrop, &raw, &mut out)
                 .unwrap(),
             1
         );
         out.flush().unwrap();
-        let e: Value = serde_json::from_str(written.text().trim()).unwrap();
+        let e = &objects(&written)[0];
         assert_eq!(e["class"], "rule", "{e:#}");
         assert_eq!(e["proto"], "udp", "{e:#}");
         assert_eq!(e["src"], "[fd00::1]:40000", "{e:#}");

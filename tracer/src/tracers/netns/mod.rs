@@ -280,31 +280,11 @@ impl Tracer for NetnsTracer {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::EventHeader;
-
     use super::*;
-    use crate::output::Format;
-
-    fn record(action: NetnsAction, cookie: u64, at_ns: u64) -> Vec<u8> {
-        // SAFETY: NetnsEvent is plain data; all zeroes is a valid value.
-        let mut ev: NetnsEvent = unsafe { std::mem::zeroed() };
-        ev.header = EventHeader {
-            kind: EventKind::Netns as u32,
-            cpu: 0,
-            ktime_ns: at_ns,
-        };
-        ev.action = action as u32;
-        ev.inum = 4026532999;
-        ev.cookie = cookie;
-        // SAFETY: a Pod record is plain bytes of its size.
-        unsafe {
-            std::slice::from_raw_parts(
-                (&ev as *const NetnsEvent).cast::<u8>(),
-                size_of::<NetnsEvent>(),
-            )
-        }
-        .to_vec()
-    }
+    use crate::{
+        output::Format,
+        tracers::samples::{bytes, netns, objects},
+    };
 
     #[test]
     fn recorded_lifecycle_records_decode_into_events_with_a_lifetime() {
@@ -320,16 +300,12 @@ mod tests {
             (NetnsAction::TeardownEnd, t0 + 2_500_000_000),
         ] {
             n += tracer
-                .on_record(EventKind::Netns, &record(action, 77, at), &mut out)
+                .on_record(EventKind::Netns, &bytes(&netns(action, 77, at)), &mut out)
                 .unwrap();
         }
         out.flush().unwrap();
         assert_eq!(n, 3);
-        let events: Vec<Value> = written
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let events = objects(&written);
         let actions: Vec<&str> = events
             .iter()
             .map(|e| e["action"].as_str().unwrap())
@@ -337,12 +313,9 @@ mod tests {
         assert_eq!(actions, ["create", "teardown_start", "teardown_end"]);
         assert_eq!(events[2]["lifetime_ms"], 2500, "{:#}", events[2]);
         assert_eq!(events[0]["inode"], 4026532999u64, "{:#}", events[0]);
+        let create = bytes(&netns(NetnsAction::Create, 1, t0));
         assert!(tracer
-            .on_record(
-                EventKind::Netns,
-                &record(NetnsAction::Create, 1, t0)[..8],
-                &mut out
-            )
+            .on_record(EventKind::Netns, &create[..8], &mut out)
             .is_err());
     }
 }

@@ -318,76 +318,11 @@ impl Tracer for SignalsTracer {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{signal::SendContext, EventHeader, COMM_LEN};
-
     use super::*;
-    use crate::output::Format;
-
-    fn comm(name: &str) -> [u8; COMM_LEN] {
-        let mut comm = [0; COMM_LEN];
-        comm[..name.len()].copy_from_slice(name.as_bytes());
-        comm
-    }
-
-    fn bytes<T: aya::Pod>(record: &T) -> Vec<u8> {
-        // SAFETY: a Pod record is plain bytes of its size.
-        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
-    }
-
-    fn header(kind: EventKind) -> EventHeader {
-        EventHeader {
-            kind: kind as u32,
-            cpu: 1,
-            ktime_ns: Clock::monotonic_now_ns(),
-        }
-    }
-
-    /// A SIGKILL as the kernel program writes it for pkill(4242) -> server(7942) via kill(2),
-    /// or, with `privileged`, as the kernel sends it itself (SEND_SIG_PRIV).
-    fn kill(privileged: bool) -> SignalEvent {
-        // SAFETY: SignalEvent is plain data; all zeroes is a valid value.
-        let mut ev: SignalEvent = unsafe { std::mem::zeroed() };
-        ev.header = header(EventKind::Signal);
-        ev.signo = SIGKILL;
-        ev.info_kind = if privileged {
-            tracer_common::signal::InfoKind::Priv
-        } else {
-            tracer_common::signal::InfoKind::Siginfo
-        } as u32;
-        (ev.sender.pid, ev.sender.tid) = (4242, 4242);
-        ev.sender.comm = comm("pkill");
-        ev.sender.leader_comm = comm("pkill");
-        (ev.target.pid, ev.target.tid) = (7942, 7942);
-        ev.target.comm = comm("server");
-        ev.target.leader_comm = comm("server");
-        for (slot, name) in ev.exe.iter_mut().zip(["pkill", "bin", "usr"]) {
-            slot[..name.len()].copy_from_slice(name.as_bytes());
-        }
-        ev.exe_depth = 3;
-        ev.ancestry[0].pid = 1;
-        ev.ancestry[0].comm = comm("systemd");
-        ev.ancestry_len = 1;
-        ev.context = SendContext {
-            nr: 62, // kill(2) on x86_64
-            ret: (-(libc::ENOSYS as i64)) as u64,
-            arg0: 7942,
-            arg0_compat: 0,
-            flags: 0,
-            status: 0,
-            info_on_stack: 1,
-            regs_known: 1,
-        };
-        ev
-    }
-
-    fn lines(written: &crate::output::Written) -> Vec<Value> {
-        written
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
+    use crate::{
+        output::Format,
+        tracers::samples::{bytes, kill, objects, oom_victim},
+    };
 
     #[test]
     fn a_recorded_kill_decodes_into_its_event() {
@@ -399,7 +334,7 @@ mod tests {
             .unwrap();
         out.flush().unwrap();
         assert_eq!(n, 1);
-        let events = lines(&written);
+        let events = objects(&written);
         let e = &events[0];
         assert_eq!(
             (e["type"].as_str(), e["signal"].as_str()),
@@ -408,6 +343,7 @@ mod tests {
         assert_eq!(e["result"], "delivered");
         assert_eq!(e["sender"]["pid"], 4242);
         assert_eq!(e["sender"]["exe"], "/usr/bin/pkill");
+        assert_eq!(e["how"], "kill");
         assert_eq!(e["target"]["comm"], "server");
         assert_eq!(e["kernel_reason"], Value::Null);
         assert_eq!(e["ancestry"][0]["comm"], "systemd");
@@ -427,14 +363,8 @@ mod tests {
             .on_record(EventKind::Signal, &bytes(&kill(true)), &mut out)
             .unwrap();
         assert_eq!(held, 0);
-        // SAFETY: OomVictimEvent is plain data; all zeroes is a valid value.
-        let mut victim: OomVictimEvent = unsafe { std::mem::zeroed() };
-        victim.header = header(EventKind::OomVictim);
-        victim.victim.pid = 7942;
-        victim.allocating.pid = 5000;
-        victim.allocating.comm = comm("hog");
         let n = tracer
-            .on_record(EventKind::OomVictim, &bytes(&victim), &mut out)
+            .on_record(EventKind::OomVictim, &bytes(&oom_victim(7942)), &mut out)
             .unwrap();
         assert_eq!(n, 1);
         // Another privileged kill with no mark goes out as the kernel's at the final flush.
@@ -445,7 +375,7 @@ mod tests {
             .unwrap();
         assert_eq!(tracer.flush(&mut out, true).unwrap(), 1);
         out.flush().unwrap();
-        let events = lines(&written);
+        let events = objects(&written);
         assert_eq!(events.len(), 2, "{events:#?}");
         assert_eq!(events[0]["kernel_reason"], "oom");
         assert_eq!(events[0]["sender"], Value::Null);
