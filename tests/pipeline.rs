@@ -24,6 +24,29 @@ fn doctor_attaches_every_tracers_hooks() {
     );
     assert!(text.contains("using tp_btf:mark_victim"), "{text}");
     assert!(text.contains("using tp_btf:kfree_skb"), "{text}");
+    // The tests' list of each tracer's programs is the registry's, as the doctor shows it.
+    let mut shown: Vec<(String, Vec<String>)> = Vec::new();
+    for l in text.lines() {
+        if let Some(name) = l
+            .strip_prefix("tracer `")
+            .and_then(|r| r.strip_suffix("`:"))
+        {
+            shown.push((name.to_string(), Vec::new()));
+        } else if let Some((_, program)) = l.split_once("(program ") {
+            let (_, programs) = shown.last_mut().expect("a tracer's section");
+            programs.push(program.trim_end_matches(')').to_string());
+        }
+    }
+    let listed: Vec<(String, Vec<String>)> = PROGRAMS_BY_TRACER
+        .iter()
+        .map(|(name, programs)| {
+            (
+                name.to_string(),
+                programs.iter().map(|p| p.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, listed, "{text}");
     // This kernel has neither kprobes nor fentry/fexit: the doctor must say so and why.
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     assert_eq!(

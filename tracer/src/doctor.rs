@@ -108,7 +108,19 @@ pub fn run() -> Result<ExitCode> {
         for outcome in &loaded.outcomes {
             let purpose = outcome.spec.purpose;
             match outcome.used {
-                Some(attach) => line(purpose, true, &format!("using {attach}")),
+                Some(attach) => {
+                    let program = outcome
+                        .spec
+                        .candidates
+                        .iter()
+                        .find(|c| c.attach == attach)
+                        .map_or("?", |c| c.program);
+                    line(
+                        purpose,
+                        true,
+                        &format!("using {attach} (program {program})"),
+                    )
+                }
                 None => {
                     all_usable &= !outcome.spec.required;
                     let kind = if outcome.spec.required {

@@ -35,7 +35,7 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOST_MAP: &str = "LOST";
 
 /// How a program attaches to the kernel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
     /// BTF-typed raw tracepoint (`tp_btf/<name>`): typed arguments, no record fill.
     TpBtf(&'static str),
