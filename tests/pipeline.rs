@@ -89,6 +89,10 @@ fn a_real_signal_arrives_with_the_right_pids() {
     assert_eq!(summary["events"], 1);
     assert_eq!(summary["lost"], 0);
     assert_eq!(summary["stopped_by"], "interrupt");
+    // Lines collected from many nodes tell their node (the host name without NODE_NAME).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(e["node"], host.trim(), "{e}");
+    assert_eq!(summary["node"], host.trim());
 }
 
 #[test]

@@ -73,6 +73,22 @@ pub struct Output {
     observer: Option<Arc<dyn Observer + Send + Sync>>,
     /// Events go to the observer only (the summary is still written).
     events_to_observer_only: bool,
+    /// `{"node":"NAME",`: what every JSON line starts with, so that lines collected from many
+    /// nodes (a DaemonSet's logs) can be told apart.
+    node_prefix: Vec<u8>,
+    /// Where a JSON line is built before it is written.
+    line: Vec<u8>,
+}
+
+/// This node's name: `NODE_NAME` (the DaemonSet sets it from the pod's `spec.nodeName`), else
+/// the host name.
+fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Bytes an [`Output`] wrote into memory (see [`Output::in_memory`]).
@@ -110,13 +126,31 @@ impl Output {
     }
 
     fn into_writer(format: Format, header: String, out: Box<dyn Write>) -> Self {
+        let node = serde_json::to_string(&node_name()).unwrap_or_else(|_| "\"\"".into());
         Self {
             format,
             out,
             header: (format == Format::Human).then_some(header),
             observer: None,
             events_to_observer_only: false,
+            node_prefix: format!("{{\"node\":{node},").into_bytes(),
+            line: Vec::with_capacity(4096),
         }
+    }
+
+    /// `value` (an object with at least one field) as one JSON line with the node's name
+    /// first, in `self.line`.
+    fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        self.line.clear();
+        self.line.extend_from_slice(&self.node_prefix);
+        serde_json::to_writer(&mut self.line, value)?;
+        // The object's own `{` goes: its fields follow the node's.
+        let object_start = self.node_prefix.len();
+        if self.line.get(object_start) == Some(&b'{') {
+            self.line.remove(object_start);
+        }
+        self.line.push(b'\n');
+        Ok(())
     }
 
     /// Into memory, for tests of a tracer's decode → enrich → output path.
@@ -150,13 +184,7 @@ impl Output {
     /// Record mode: events to `file`, a live view on stderr.
     pub fn record(file: File, header: String) -> Self {
         eprintln!("{header}");
-        Self {
-            format: Format::Record,
-            out: Box::new(file),
-            header: None,
-            observer: None,
-            events_to_observer_only: false,
-        }
+        Self::into_writer(Format::Record, header, Box::new(file))
     }
 
     /// A line for people only (a closing count), left out of JSON output.
@@ -176,14 +204,13 @@ impl Output {
         }
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, event)?;
-                self.out.write_all(b"\n")
+                self.json_line(event)?;
+                self.out.write_all(&self.line)
             }
             Format::Record => {
                 // One write per event, so that a crash leaves whole lines behind.
-                let mut line = serde_json::to_vec(event)?;
-                line.push(b'\n');
-                self.out.write_all(&line)?;
+                self.json_line(event)?;
+                self.out.write_all(&self.line)?;
                 let mut human = Vec::new();
                 event.write_human(&mut human)?;
                 let first = human.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -205,8 +232,8 @@ impl Output {
     pub fn summary(&mut self, summary: &serde_json::Value) -> io::Result<()> {
         match self.format {
             Format::Json | Format::Record => {
-                serde_json::to_writer(&mut self.out, summary)?;
-                self.out.write_all(b"\n")?;
+                self.json_line(summary)?;
+                self.out.write_all(&self.line)?;
             }
             Format::Human => {
                 writeln!(self.out, "--- summary ---")?;
@@ -249,4 +276,48 @@ fn write_human_value(w: &mut dyn Write, value: &serde_json::Value, depth: usize)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Sample {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        n: u32,
+    }
+
+    impl Event for Sample {
+        fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
+            writeln!(w, "sample {}", self.n)
+        }
+    }
+
+    #[test]
+    fn json_lines_name_the_node_first() {
+        let (mut out, written) = Output::in_memory(Format::Json);
+        out.node_prefix = br#"{"node":"node-\"7\"","#.to_vec();
+        out.event(&Sample {
+            kind: "sample",
+            n: 1,
+        })
+        .unwrap();
+        out.summary(&serde_json::json!({"type": "summary", "events": 1}))
+            .unwrap();
+        let lines: Vec<serde_json::Value> = written
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({"node": "node-\"7\"", "type": "sample", "n": 1}),
+                serde_json::json!({"node": "node-\"7\"", "type": "summary", "events": 1})
+            ]
+        );
+        assert!(written.text().starts_with(r#"{"node":"#));
+    }
 }
