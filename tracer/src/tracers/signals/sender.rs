@@ -193,12 +193,15 @@ enum Syscall {
 }
 
 fn syscall_of(cx: &SendContext) -> Syscall {
+    // The kernel's entry code dispatches on the low 32 bits of the register (an `int`): a
+    // process may set the high ones to anything, and the syscall runs all the same.
+    let low = u64::from(cx.nr as u32);
     let (abi, nr, arg0) = if cx.status & TS_COMPAT != 0 {
-        (&IA32, cx.nr, cx.arg0_compat)
-    } else if cx.nr != u64::MAX && cx.nr & X32_SYSCALL_BIT != 0 {
-        (&X32, cx.nr & !X32_SYSCALL_BIT, cx.arg0)
+        (&IA32, low, cx.arg0_compat)
+    } else if low != u64::from(u32::MAX) && low & X32_SYSCALL_BIT != 0 {
+        (&X32, low & !X32_SYSCALL_BIT, cx.arg0)
     } else {
-        (&X86_64, cx.nr, cx.arg0)
+        (&X86_64, low, cx.arg0)
     };
     match nr {
         n if n == abi.kill => Syscall::Kill(arg0 as i32),
@@ -354,6 +357,14 @@ mod tests {
             verdict(&event(11, 1, 100, 129)),
             (How::Sigqueue, CodeFrom::Sender)
         );
+    }
+
+    #[test]
+    fn high_bits_of_the_syscall_register_hide_nothing() {
+        // `syscall` with rax = 1<<32 | 62 runs kill(2): the entry code takes the low 32 bits.
+        assert_eq!(verdict(&event(9, 0, 200, 1 << 32 | 62)).0, How::Kill);
+        let forged = verdict(&event(9, -2, 200, 0xffff_0000_0000_0000 | 129));
+        assert_eq!(forged, (How::Sigqueue, CodeFrom::Sender));
     }
 
     #[test]
