@@ -134,40 +134,48 @@ fn nothing_stays_attached_after_any_kind_of_exit() {
 fn a_reader_that_goes_away_ends_the_run_quietly() {
     use std::io::BufRead as _;
     let target = sleeper(&[Signal::SIGUSR2]);
-    let mut child = tracer_command()
-        .args(["signals", "--json", "--pid", &target.pid().to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("tracer: ready") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no ready line");
-    }
+    // Killed and reaped when dropped, so a failed assertion leaves nothing running.
+    let mut tracer = Owned(
+        tracer_command()
+            .args(["signals", "--json", "--pid", &target.pid().to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = forward_lines(tracer.0.stderr.take().unwrap());
+    let timeout = Duration::from_secs(30);
+    while !stderr
+        .recv_timeout(timeout)
+        .expect("a ready line")
+        .starts_with("tracer: ready")
+    {}
     // As `| head -1`: the first event read, then the pipe closed.
+    let stdout = tracer.0.stdout.take().unwrap();
+    let (first_tx, first) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = first_tx.send(line);
+    });
     send(target.pid(), Signal::SIGUSR2);
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
+    let line = first.recv_timeout(timeout).expect("a first event");
     assert!(line.contains(r#""type":"signal""#), "{line}");
-    drop(stdout);
     // More events, bounded, until the tracer notices the closed pipe and ends.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         send(target.pid(), Signal::SIGUSR2);
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = tracer.0.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "still running");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    assert_eq!(status.code(), Some(0), "{rest}");
-    assert!(!rest.contains("error"), "{rest}");
+    // The rest of stderr: it ends with the process.
+    let rest: Vec<String> = stderr.iter().collect();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("error")), "{rest:?}");
     assert!(ours_left_behind().is_empty());
 }
 

@@ -80,7 +80,7 @@ impl TracerOutput {
     }
 }
 
-fn forward_lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+pub fn forward_lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(reader).lines() {

@@ -47,21 +47,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The reader went away (`tracer signals | head -1`): the programs are detached by
         // then, and there is no one left to tell; end quietly, as coreutils do.
-        Err(e) if closed_reader(&e) => ExitCode::SUCCESS,
+        Err(e) if output::ReaderGone::caused(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tracer: error: {e:#}");
             ExitCode::from(2)
         }
     }
-}
-
-/// Whether `e` comes from writing to a pipe whose reader is gone.
-fn closed_reader(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

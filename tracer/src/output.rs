@@ -80,6 +80,52 @@ pub struct Output {
     line: Vec<u8>,
 }
 
+/// What a write to the output fails with once its reader went away (`tracer signals | head
+/// -1`): the run then ends quietly, as coreutils do, and only for the output's own pipe.
+#[derive(Debug)]
+pub struct ReaderGone;
+
+impl std::fmt::Display for ReaderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the reader of the output went away")
+    }
+}
+
+impl std::error::Error for ReaderGone {}
+
+impl ReaderGone {
+    /// Whether `e` (anywhere in its chain) is the output's reader going away.
+    pub fn caused(e: &anyhow::Error) -> bool {
+        e.chain().any(|cause| {
+            cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<ReaderGone>())
+        })
+    }
+}
+
+/// The output's writer, its broken pipe marked as [`ReaderGone`].
+struct MarksReaderGone(Box<dyn Write>);
+
+fn mark_reader_gone(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        io::Error::new(io::ErrorKind::BrokenPipe, ReaderGone)
+    } else {
+        e
+    }
+}
+
+impl Write for MarksReaderGone {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(mark_reader_gone)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(mark_reader_gone)
+    }
+}
+
 /// This node's name: `NODE_NAME` (the DaemonSet sets it from the pod's `spec.nodeName`), else
 /// the host name.
 fn node_name() -> String {
@@ -129,7 +175,7 @@ impl Output {
         let node = serde_json::to_string(&node_name()).unwrap_or_else(|_| "\"\"".into());
         Self {
             format,
-            out,
+            out: Box::new(MarksReaderGone(out)),
             header: (format == Format::Human).then_some(header),
             observer: None,
             events_to_observer_only: false,
@@ -138,16 +184,22 @@ impl Output {
         }
     }
 
-    /// `value` (an object with at least one field) as one JSON line with the node's name
-    /// first, in `self.line`.
+    /// `value` (a JSON object) as one JSON line with the node's name first, in `self.line`.
     fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
         self.line.clear();
         self.line.extend_from_slice(&self.node_prefix);
         serde_json::to_writer(&mut self.line, value)?;
         // The object's own `{` goes: its fields follow the node's.
         let object_start = self.node_prefix.len();
-        if self.line.get(object_start) == Some(&b'{') {
-            self.line.remove(object_start);
+        match &self.line[object_start..] {
+            b"{}" => {
+                self.line.truncate(object_start - 1);
+                self.line.push(b'}');
+            }
+            [b'{', ..] => {
+                self.line.remove(object_start);
+            }
+            _ => return Err(io::Error::other("an event that is not a JSON object")),
         }
         self.line.push(b'\n');
         Ok(())
@@ -306,6 +358,8 @@ mod tests {
         .unwrap();
         out.summary(&serde_json::json!({"type": "summary", "events": 1}))
             .unwrap();
+        out.summary(&serde_json::json!({})).unwrap();
+        assert!(out.summary(&serde_json::json!([1])).is_err());
         let lines: Vec<serde_json::Value> = written
             .text()
             .lines()
@@ -315,7 +369,8 @@ mod tests {
             lines,
             [
                 serde_json::json!({"node": "node-\"7\"", "type": "sample", "n": 1}),
-                serde_json::json!({"node": "node-\"7\"", "type": "summary", "events": 1})
+                serde_json::json!({"node": "node-\"7\"", "type": "summary", "events": 1}),
+                serde_json::json!({"node": "node-\"7\""})
             ]
         );
         assert!(written.text().starts_with(r#"{"node":"#));

@@ -3,7 +3,8 @@
 //! The kernel reports a task's cgroup v2 id; the cache is keyed by it, so a process that has
 //! already exited (the victim of a SIGKILL is gone before userspace reads the event) is still
 //! named: its cgroup was seen either at start-up or when the first unknown id triggered a new
-//! walk of the hierarchy. Identities of cgroups that disappeared are kept for the whole run.
+//! walk of the hierarchy. Identities of cgroups that disappeared are kept (up to
+//! [`MAX_CACHED`]; past it, those no longer on the node are forgotten).
 //!
 //! An unknown id is looked for by a new walk unless the last walk began after the event: a
 //! cgroup that existed when the event happened and that such a walk did not see is gone, and
@@ -122,7 +123,15 @@ fn identity_of(
         return (Identity::default(), None, Verdict::NoRecord);
     };
     let cgroup = format!("/{}", cgroup.trim_matches('/'));
-    if !metadata.cgroup_paths.contains(&cgroup) {
+    // The container's own cgroup, or one below it (systemd or a nested runtime inside the
+    // container made it: only what is already inside may).
+    let is_own = |own: &String| {
+        cgroup == *own
+            || cgroup
+                .strip_prefix(own.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if !metadata.cgroup_paths.iter().any(is_own) {
         log::debug!(
             "cgroup {cgroup} looks like container {}'s, whose record names {:?}: not named",
             container.id,
@@ -236,8 +245,8 @@ fn netns_id(path: &Path) -> Option<(u64, u64)> {
 struct Walk {
     /// When it began, on the kernel's clock (CLOCK_MONOTONIC), comparable with event times.
     started_ns: u64,
-    /// When it ended, and how long it took: walks are at least their own length apart (the
-    /// next one waits for the rest), so events from ever new cgroups cannot keep the tracer
+    /// When it ended, and how long it took: a walk an event asks for waits until the last
+    /// one's own length has passed, so events from ever new cgroups cannot keep the tracer
     /// walking more than half the time, and none goes unnamed for it.
     ended: Instant,
     took: Duration,
@@ -296,6 +305,17 @@ impl Identities {
     }
 }
 
+/// What an event made the cache walk for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Looked {
+    Cgroup(u64),
+    /// A network namespace's inode and cookie.
+    Netns(u64, u64),
+}
+
+/// Keys remembered as walked for; past it, the oldest may make one more walk.
+const MAX_LOOKED_FOR: NonZeroUsize = NonZeroUsize::new(4_096).unwrap();
+
 /// The cache. One per run, shared through [`Identities`].
 pub struct Enricher {
     /// The unified (cgroup v2) hierarchy, where the kernel's cgroup ids live.
@@ -321,6 +341,8 @@ pub struct Enricher {
     unresolved: HashSet<u64>,
     /// Present cgroups whose path names a container whose record names another cgroup.
     impostors: HashSet<u64>,
+    /// What events made a walk for already: each makes one at most.
+    looked_for: LruCache<Looked, ()>,
     /// Identities found by pid (tasks in the root cgroup), with when they were found.
     by_pid: HashMap<u32, (Instant, Identity)>,
 }
@@ -343,6 +365,7 @@ impl Enricher {
             last_walk: None,
             unresolved: HashSet::new(),
             impostors: HashSet::new(),
+            looked_for: LruCache::new(MAX_LOOKED_FOR),
             by_pid: HashMap::new(),
         };
         enricher.walk();
@@ -454,14 +477,18 @@ impl Enricher {
         self.walk();
     }
 
-    /// What is named in the latest walk.
-    pub fn status(&self) -> IdentityStatus {
-        let verified: Vec<&Identity> = self
-            .by_cgroup
+    /// The containers (verified by their runtime's record) in the latest walk.
+    fn present_containers(&self) -> Vec<&Identity> {
+        self.by_cgroup
             .iter()
             .filter(|(id, identity)| self.present.contains(id) && identity.container.is_some())
             .map(|(_, identity)| identity)
-            .collect();
+            .collect()
+    }
+
+    /// What is named in the latest walk.
+    pub fn status(&self) -> IdentityStatus {
+        let verified = self.present_containers();
         let pods: std::collections::BTreeSet<String> = verified
             .iter()
             .filter_map(|identity| identity.pod.as_ref())
@@ -493,21 +520,23 @@ impl Enricher {
     /// containers. `None` when the walk cannot tell (no cgroup v2 hierarchy, or the runtime
     /// keeps its containers in the v1 hierarchies only).
     pub fn present_pods(&self) -> Option<Vec<&Pod>> {
-        let containers: Vec<&Identity> = self
-            .by_cgroup
-            .iter()
-            .filter(|(id, identity)| self.present.contains(id) && identity.container.is_some())
-            .map(|(_, identity)| identity)
-            .collect();
+        let containers = self.present_containers();
         if containers.is_empty() {
             return None;
         }
         Some(containers.iter().filter_map(|i| i.pod.as_ref()).collect())
     }
 
-    /// Walks again when that could find what an event at `at_ns` is about: when the last walk
-    /// began before the event. Says why not (for `-v`) otherwise.
-    fn walk_for(&mut self, at_ns: u64, what: &dyn std::fmt::Display) {
+    /// Walks again when that could find what an event at `at_ns` about `key` is about: when
+    /// the last walk began before the event and no event about `key` made a walk already
+    /// (the host's namespace, a container whose records are not readable here, would make
+    /// every event walk; later walks of the pipeline's refresh still learn them). Says why
+    /// not (for `-v`) otherwise.
+    fn walk_for(&mut self, key: Looked, at_ns: u64, what: &dyn std::fmt::Display) {
+        if self.looked_for.put(key, ()).is_some() {
+            log::debug!("{what}: not found by the walk made for it; left to the next refresh");
+            return;
+        }
         match self.last_walk {
             Some(walk) if !walk.is_older_than(at_ns) => log::debug!(
                 "{what}: not in the cgroup hierarchy walked after the event: gone before it \
@@ -530,7 +559,8 @@ impl Enricher {
             return self.identify_by_pid(pid);
         }
         if !self.by_cgroup.contains_key(&cgroup_id) || self.unresolved.contains(&cgroup_id) {
-            self.walk_for(at_ns, &format_args!("cgroup {cgroup_id} (pid {pid})"));
+            let what = format_args!("cgroup {cgroup_id} (pid {pid})");
+            self.walk_for(Looked::Cgroup(cgroup_id), at_ns, &what);
         }
         match self.by_cgroup.get(&cgroup_id) {
             Some(identity) => identity.clone(),
@@ -572,7 +602,8 @@ impl Enricher {
     /// unknown.
     pub fn netns_owner(&mut self, inode: u64, cookie: u64, at_ns: u64) -> Option<&Identity> {
         if self.known_netns_owner(inode, cookie).is_none() {
-            self.walk_for(at_ns, &format_args!("network namespace {inode}"));
+            let what = format_args!("network namespace {inode}");
+            self.walk_for(Looked::Netns(inode, cookie), at_ns, &what);
         }
         self.known_netns_owner(inode, cookie)
     }
@@ -701,6 +732,12 @@ mod tests {
                 "{elsewhere}"
             );
         }
+        // A cgroup below the container's own (systemd inside it) is the container's.
+        let nested = format!("{cgroup}/init.scope");
+        let (identity, _, verdict) =
+            identity_of(&nested, &cgroup_path::parse(&nested), &state.dirs());
+        assert_eq!(verdict, Verdict::Verified);
+        assert_eq!(identity.container.unwrap().id, id);
         // No record at all: nothing from the path alone.
         let other = format!("/kubepods/besteffort/pod0a-1/{}", "d".repeat(64));
         let (identity, _, verdict) =
@@ -872,6 +909,8 @@ mod tests {
         let mut enricher = Enricher::new();
         enricher.state = state.dirs();
         enricher.walk();
+        // Whatever else runs on this machine (other tests' containers) is counted before.
+        let before = enricher.status();
         // The container starts right after the walk, and its first event comes at once:
         // as a pod started just after another event made the tracer walk.
         fs::create_dir_all(dir(&first)).unwrap();
@@ -892,6 +931,9 @@ mod tests {
         );
         assert!(enricher.unresolved.contains(&id_of(&late)));
         state.record(&late, &cgroup(&late), "late", None);
+        // The walk its first event made did not find the record: the pipeline's next refresh
+        // looks again.
+        enricher.refresh();
         let container = enricher.identify(id_of(&late), 0, now()).container;
         assert_eq!(container.and_then(|c| c.name).as_deref(), Some("late"));
 
@@ -906,7 +948,14 @@ mod tests {
             );
         }
         let status = enricher.status();
-        assert_eq!((status.impostors, status.described), (1, 2), "{status:?}");
+        assert_eq!(
+            (
+                status.impostors - before.impostors,
+                status.described - before.described
+            ),
+            (1, 2),
+            "{status:?}"
+        );
         assert!(status
             .verdict()
             .unwrap()
@@ -965,6 +1014,15 @@ mod tests {
             Identity::default()
         );
         assert_eq!(enricher.identify(u64::MAX, 1, now()), Identity::default());
+        // Events about what a walk did not find do not walk again (the host's namespace, a
+        // container whose records are unreadable): the pipeline's refresh looks later.
+        assert_eq!(enricher.pod_of_netns(1, 1, now()), None);
+        let walked = enricher.last_walk.unwrap().started_ns;
+        for _ in 0..3 {
+            assert_eq!(enricher.identify(u64::MAX, 1, now()), Identity::default());
+            assert_eq!(enricher.pod_of_netns(1, 1, now()), None);
+        }
+        assert_eq!(enricher.last_walk.unwrap().started_ns, walked);
         assert_eq!(enricher.pod_of_netns(1, 1, now()), None);
     }
 }

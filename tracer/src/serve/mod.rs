@@ -49,9 +49,10 @@ fn start_census(
         .name("census".into())
         .spawn(move || {
             loop {
+                // The pipeline's refresh step keeps the cache current: a walk here would hold
+                // the event loop's lookups for its length.
                 let (verdict, pods) = {
-                    let mut cache = identities.lock();
-                    cache.refresh();
+                    let cache = identities.lock();
                     let pods = cache
                         .present_pods()
                         .map(|pods| pods.into_iter().map(|p| pod_key(Some(p))).collect());
