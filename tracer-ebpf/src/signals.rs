@@ -60,6 +60,20 @@ fn in_target_cgroups(task: Typed) -> bool {
 /// int group, int result)`.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    generate(&ctx, true)
+}
+
+/// [`signal_generate`] for kernels without `bpf_task_pt_regs` (before 5.15): the sending
+/// syscall is not read, so userspace marks every claimed code as unverified.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_gen_noregs(ctx: BtfTracePointContext) -> i32 {
+    generate(&ctx, false)
+}
+
+/// One signal; `read_regs` says whether this kernel lets the program read the sender's
+/// saved user registers (a constant in each program, so the other's helper call is gone).
+#[inline(always)]
+fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
     let sig: i32 = ctx.arg(0);
     let info: u64 = ctx.arg(1);
     let target = Typed::new(ctx.arg(2));
@@ -115,7 +129,7 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     fill_task_info(target, &mut ev.target);
     fill_exe(current, ev);
     fill_ancestry(current, ev);
-    fill_send_context(current, info, &mut ev.context);
+    fill_send_context(current, info, read_regs, &mut ev.context);
     entry.submit(submit_flags());
     0
 }
@@ -123,11 +137,17 @@ pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
 /// What `current` was doing: its syscall (from the user registers the kernel saved on entry)
 /// and where `info` lives. Userspace decides from these who sent the signal.
 #[inline(always)]
-fn fill_send_context(current: Typed, info: u64, cx: &mut SendContext) {
+fn fill_send_context(current: Typed, info: u64, read_regs: bool, cx: &mut SendContext) {
     cx.flags = current.get::<u32>(off!(task_struct_flags)).unwrap_or(0);
     cx.status = current
         .get::<u32>(off!(task_struct_thread_info_status))
         .unwrap_or(0);
+    if !read_regs {
+        cx.regs_known = 0;
+        cx.nr = u64::MAX;
+        (cx.ret, cx.arg0, cx.arg0_compat, cx.info_on_stack) = (0, 0, 0, 0);
+        return;
+    }
     // SAFETY: `current` is the trusted task pointer the helper takes.
     let regs =
         Typed::new(unsafe { bpf_task_pt_regs(current.addr() as *mut task_struct) } as *const u8);

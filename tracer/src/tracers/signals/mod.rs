@@ -32,10 +32,17 @@ use crate::{
 const HOOKS: &[HookSpec] = &[
     HookSpec {
         purpose: "signal generation",
-        candidates: &[Candidate {
-            program: "signal_generate",
-            attach: Attach::TpBtf("signal_generate"),
-        }],
+        candidates: &[
+            Candidate {
+                program: "signal_generate",
+                attach: Attach::TpBtf("signal_generate"),
+            },
+            // Kernels before 5.15 lack bpf_task_pt_regs: senders are then not verified.
+            Candidate {
+                program: "signal_gen_noregs",
+                attach: Attach::TpBtf("signal_generate"),
+            },
+        ],
         required: true,
     },
     HookSpec {
