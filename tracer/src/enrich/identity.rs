@@ -454,8 +454,11 @@ impl Enricher {
                     .is_some_and(|i| i.container.is_none() && i.pod.is_none())
             })
             .filter_map(|(id, path)| {
-                let own = cgroup_path::parse(path).pod?;
-                let pod = parents.get(path.as_str()).filter(|p| p.uid == own.uid)?;
+                // Only the parents of verified containers are parsed, not every cgroup.
+                let pod = parents.get(path.as_str())?;
+                let own = cgroup_path::parse(path)
+                    .pod
+                    .filter(|own| own.uid == pod.uid)?;
                 Some((
                     *id,
                     Pod {
