@@ -332,8 +332,8 @@ pub struct Enricher {
     /// entries in `netns` are kept recent, so only gone sandboxes' fall out.
     sandboxes: HashMap<u64, u64>,
     /// The cgroups of sandboxes whose record names no network namespace (hostNetwork pods:
-    /// they join the node's), while they run.
-    host_network: HashMap<u64, Pod>,
+    /// they join their runtime's), while they run: their pod and cgroup directory.
+    host_network: HashMap<u64, (Pod, PathBuf)>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
@@ -420,7 +420,8 @@ impl Enricher {
                 .filter(|m| m.netns_path.is_none())
                 .and_then(|_| identity.pod.clone())
             {
-                self.host_network.insert(*id, pod);
+                self.host_network
+                    .insert(*id, (pod, root.join(path.trim_start_matches('/'))));
             }
             let netns = sandbox
                 .and_then(|m| m.netns_path)
@@ -537,9 +538,10 @@ impl Enricher {
             .collect()
     }
 
-    /// The pods whose sandbox has no network namespace of its own (hostNetwork), as of the
+    /// The pods whose sandbox has no network namespace of its own (hostNetwork), with the
+    /// sandbox's cgroup directory (its processes are in the namespace it joined), as of the
     /// latest walk.
-    pub fn host_network_pods(&self) -> Vec<Pod> {
+    pub fn host_network_pods(&self) -> Vec<(Pod, PathBuf)> {
         self.host_network.values().cloned().collect()
     }
 

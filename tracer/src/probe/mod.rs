@@ -10,7 +10,7 @@ pub mod target;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -29,7 +29,10 @@ use self::{
     target::Target,
 };
 use crate::{
-    enrich::{identity::Identities, selector::Selector},
+    enrich::{
+        identity::{Identities, Pod},
+        selector::Selector,
+    },
     hooks::HookSpec,
     kernel::netns::{self, NetnsRef},
     output::{Format, Output},
@@ -126,27 +129,33 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
         }
         jobs
     };
-    // hostNetwork pods have no namespace of their own: the node's is probed once for them.
-    let host_network: Vec<_> = host_network
-        .into_iter()
-        .filter(|pod| options.workload.matches_pod(Some(pod)))
-        .collect();
-    if options.netns.is_empty() && !host_network.is_empty() {
-        let host = netns::net_ns_of(1)
-            .map(|inode| NetnsRef {
-                inode,
-                path: netns::net_ns_link(1),
-            })
-            .ok_or_else(|| anyhow::anyhow!("cannot read the node's namespace (/proc/1/ns/net)"))?;
-        match jobs.iter_mut().find(|j| j.subject.netns == host.inode) {
-            Some(existing) => existing.subject.host_network_pods = host_network,
-            None => jobs.push(Job {
-                subject: Subject {
-                    host_network_pods: host_network,
-                    ..job(&host).subject
-                },
-                ..job(&host)
-            }),
+    // hostNetwork pods have no namespace of their own: the one their sandbox joined (the
+    // node's) is probed once for all of them.
+    let mut shared: BTreeMap<u64, Vec<Pod>> = BTreeMap::new();
+    for (pod, cgroup) in host_network {
+        if !options.workload.matches_pod(Some(&pod)) || !options.netns.is_empty() {
+            continue;
+        }
+        match sandbox_netns(&cgroup) {
+            Some(inode) => shared.entry(inode).or_default().push(pod),
+            None => log::warn!(
+                "{} (hostNetwork): no process left in its sandbox's cgroup {}; not probed",
+                pod.label(),
+                cgroup.display()
+            ),
+        }
+    }
+    for (inode, pods) in shared {
+        let Some(ns) = found.get(&inode) else {
+            continue;
+        };
+        match jobs.iter_mut().find(|j| j.subject.netns == inode) {
+            Some(existing) => existing.subject.host_network_pods = pods,
+            None => {
+                let mut host = job(ns);
+                host.subject.host_network_pods = pods;
+                jobs.push(host);
+            }
         }
     }
     if jobs.is_empty() {
@@ -161,6 +170,15 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
         );
     }
     Ok(jobs)
+}
+
+/// The network namespace of the first process in the cgroup at `dir`.
+fn sandbox_netns(dir: &Path) -> Option<u64> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    procs
+        .lines()
+        .filter_map(|pid| pid.trim().parse().ok())
+        .find_map(netns::net_ns_of)
 }
 
 /// One probe inside `job`'s namespace (on a thread of its own, which alone enters it).
