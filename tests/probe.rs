@@ -359,3 +359,162 @@ fn a_namespace_gone_before_its_turn_is_reported_and_the_scan_goes_on() {
     assert_eq!(line_of(&out, &s.ok)["status"], "ok");
     assert_eq!(out.summary()["errors"], 1);
 }
+
+/// Runs `args` inside the network namespace of `pid` (a pod's).
+fn in_netns_of(pid: u32, args: &[&str], stdin: Option<&str>) {
+    let net = format!("--net=/proc/{pid}/ns/net");
+    let mut child = Command::new("nsenter")
+        .arg(&net)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nsenter");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+    }
+    drop(input);
+    assert!(child.wait().unwrap().success(), "{args:?} in {pid}'s netns");
+}
+
+/// The rule counter `name` in the namespace of `pid`.
+fn nft_counter_of(pid: u32, name: &str) -> u64 {
+    let out = Command::new("nsenter")
+        .args([
+            &format!("--net=/proc/{pid}/ns/net"),
+            "nft",
+            "list",
+            "ruleset",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{name}\"")))
+        .unwrap_or_else(|| panic!("no rule {name}: {text}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "packets").unwrap();
+    words[at + 1].parse().unwrap()
+}
+
+#[test]
+fn every_pod_of_a_cri_node_is_probed_and_named_hostnetwork_pods_once_as_the_node() {
+    use std::os::unix::fs::MetadataExt as _;
+    use tracer_tests::cri::CriNode;
+
+    const GATEWAY: &str = "10.213.0.1";
+    let mut node = CriNode::up();
+    let pods = [
+        node.run_pod("probe-test", "web", false),
+        node.run_pod("probe-test", "blocked", false),
+        node.run_pod("probe-test", "lost", false),
+    ];
+    let agent = node.run_host_network_pod("probe-test", "agent", false);
+    let elsewhere = node.run_pod("other", "db", false);
+    let mut pids = Vec::new();
+    for pod in pods.iter().chain([&agent, &elsewhere]) {
+        pids.push(node.start_container(pod, "app", &["sleep", "3600"]).pid);
+    }
+    let netns_of = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino()
+    };
+    in_netns_of(
+        pids[1],
+        &["nft", "-f", "-"],
+        Some(&format!(
+            "table inet probe_test {{\n chain out {{\n type filter hook output priority 0;\n \
+             tcp dport {PORT} counter drop comment \"probe-block\"\n }}\n}}\n"
+        )),
+    );
+    // The lost pod's packets to the gateway leave from an address the node has no route to.
+    in_netns_of(
+        pids[2],
+        &["ip", "addr", "add", "10.214.0.7/32", "dev", "eth0"],
+        None,
+    );
+    in_netns_of(
+        pids[2],
+        &[
+            "ip",
+            "route",
+            "replace",
+            GATEWAY,
+            "dev",
+            "eth0",
+            "src",
+            "10.214.0.7",
+        ],
+        None,
+    );
+    let _listener = tracer_tests::in_netns(&node.netns_path(), || {
+        TcpListener::bind((GATEWAY, PORT)).expect("listen on the node's bridge")
+    });
+
+    let out = probe(&[
+        &format!("{GATEWAY}:{PORT}"),
+        "--timeout",
+        "2s",
+        "--namespace",
+        "probe-test",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let lines = out.of_type("probe");
+    assert_eq!(lines.len(), 4, "{:#?}\n{}", out.objects, out.stderr);
+    let of_pod = |pod: &tracer_tests::cri::Pod| {
+        *lines
+            .iter()
+            .find(|l| l["pod"]["uid"] == pod.uid.as_str())
+            .unwrap_or_else(|| panic!("no line for {}: {:#?}", pod.name, lines))
+    };
+    let (web, blocked, lost) = (of_pod(&pods[0]), of_pod(&pods[1]), of_pod(&pods[2]));
+    assert_eq!(web["status"], "ok", "{web:#}");
+    assert_eq!(web["netns"], netns_of(pids[0]), "{web:#}");
+    assert_eq!(blocked["netns"], netns_of(pids[1]), "{blocked:#}");
+    assert_eq!(blocked["status"], "fail", "{blocked:#}");
+    let drops = blocked["drops"].as_array().unwrap();
+    assert_eq!(drops.len() as u64, nft_counter_of(pids[1], "probe-block"));
+    for drop in drops {
+        assert_eq!(drop["class"], "rule", "{blocked:#}");
+        assert_eq!(drop["netns"], netns_of(pids[1]), "{blocked:#}");
+        assert_eq!(drop["pod"]["uid"], pods[1].uid.as_str(), "{blocked:#}");
+    }
+    assert!(
+        blocked["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("(pod probe-test/blocked)"),
+        "{blocked:#}"
+    );
+    assert_eq!(lost["status"], "fail", "{lost:#}");
+    assert!(
+        lost["src"].as_str().unwrap().starts_with("10.214.0.7:"),
+        "{lost:#}"
+    );
+    assert_eq!(lost["explained"], false, "{lost:#}");
+    // The hostNetwork pod has no namespace of its own: the node's is probed once for it.
+    let host = lines
+        .iter()
+        .find(|l| l["pod"].is_null())
+        .unwrap_or_else(|| panic!("no hostNetwork line: {lines:#?}"));
+    assert_eq!(host["netns"], netns_of(pids[3]), "{host:#}");
+    assert_eq!(
+        host["netns"],
+        std::fs::metadata(node.netns_path()).unwrap().ino()
+    );
+    assert_eq!(
+        host["host_network_pods"][0]["uid"],
+        agent.uid.as_str(),
+        "{host:#}"
+    );
+    assert_eq!(host["status"], "ok", "{host:#}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["pod"]["uid"] == elsewhere.uid.as_str()),
+        "--namespace leaves other pods out: {lines:#?}"
+    );
+    node.down();
+}
