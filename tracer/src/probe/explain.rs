@@ -301,7 +301,7 @@ impl Event for ProbeResult {
         };
         writeln!(
             w,
-            "{:<40}  {:<5}  {} -> {}  {}",
+            "{:<40}  {:<6}  {} -> {}  {}",
             self.subject.label(),
             status,
             self.src.as_deref().unwrap_or("-"),
@@ -314,6 +314,61 @@ impl Event for ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        enrich::identity::Identities,
+        kernel::btf::KernelBtf,
+        tracers::{
+            conntrack::{ConntrackOptions, ConntrackTracer},
+            samples::{bytes, ipv6_rule_drop},
+        },
+    };
+
+    #[test]
+    fn a_drop_is_the_probes_by_its_flow_either_way() {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let mut tracer =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
+        // udp [fd00::1]:40000 -> [::1]:53.
+        let drop = tracer.drop_of(&bytes(&ipv6_rule_drop())).unwrap();
+        let flow = |src: &str, dst: &str| Flow {
+            proto: UDP,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            echo_id: None,
+        };
+        assert!(flow("[fd00::1]:40000", "[::1]:53").matches(&drop));
+        assert!(flow("[::1]:53", "[fd00::1]:40000").matches(&drop));
+        assert!(!flow("[fd00::1]:40001", "[::1]:53").matches(&drop));
+        assert!(!flow("[fd00::2]:40000", "[::1]:53").matches(&drop));
+        let tcp = Flow {
+            proto: TCP,
+            ..flow("[fd00::1]:40000", "[::1]:53")
+        };
+        assert!(!tcp.matches(&drop));
+        let seen = SeenDrop::of(&drop);
+        assert_eq!(
+            seen.text(),
+            "udp packet dropped by rule in netns 4026532999"
+        );
+        let race = SeenDrop {
+            class: DropClass::InsertFailed,
+            ..seen.clone()
+        };
+        assert_eq!(
+            race.text(),
+            "udp packet dropped: conntrack insert race lost in netns 4026532999"
+        );
+        let full = SeenDrop {
+            class: DropClass::TableFull,
+            ct_count: Some(64),
+            ct_max: Some(64),
+            ..seen
+        };
+        assert_eq!(
+            full.text(),
+            "udp packet dropped: conntrack table full in netns 4026532999, 64/64 entries"
+        );
+    }
 
     #[test]
     fn a_timeout_without_drops_is_unexplained_and_a_drop_explains() {

@@ -301,7 +301,7 @@ impl Tracer for Prober {
     }
 
     fn human_header(&self) -> String {
-        format!("{:<40}  {:<5}  SRC -> DST  WHY", "POD (or NETNS)", "STATUS")
+        format!("{:<40}  {:<6}  SRC -> DST  WHY", "POD (or NETNS)", "STATUS")
     }
 
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
@@ -403,11 +403,16 @@ pub fn run(options: ProbeOptions) -> Result<ExitCode> {
         options.parallel
     );
     let out = Output::new(options.format, prober.human_header());
+    let rounds = prober.jobs.len().div_ceil(options.parallel);
     let run = RunConfig {
         format: options.format,
-        // Every probe ends within the timeout; the count stops the run once all are written.
+        // The count stops the run once every probe is written. Each ends within its timeout,
+        // so the duration only bounds a run whose probes could not (a thread that never
+        // returned): the summary counts them as not finished.
         stop: StopWhen {
-            duration: None,
+            duration: Some(
+                options.timeout * rounds.try_into().unwrap_or(u32::MAX) + Duration::from_secs(10),
+            ),
             count: Some(prober.jobs.len() as u64),
         },
         buffer_mb: options.buffer_mb,
