@@ -252,12 +252,12 @@ fn two_hundred_namespaces_at_sixteen_at_a_time_end_within_twice_the_timeout() {
     const COUNT: usize = 200;
     const DROPPING: usize = 16;
     let namespaces: Vec<Netns> = (0..COUNT).map(|i| Netns::new(&format!("p{i}"))).collect();
-    // Sixteen time out (their rule drops the echo): run one after the other they alone would
-    // take sixteen timeouts.
+    // Sixteen time out (their rule drops the echo reply on its way in): run one after the
+    // other they alone would take sixteen timeouts.
     for ns in &namespaces[..DROPPING] {
         ns.nft(
-            "table ip probe_test {\n chain out {\n type filter hook output priority 0;\n \
-             icmp type echo-request drop\n }\n}\n",
+            "table ip probe_test {\n chain in {\n type filter hook input priority 0;\n \
+             icmp type echo-reply drop\n }\n}\n",
         );
     }
     let all: Vec<&Netns> = namespaces.iter().collect();
@@ -276,12 +276,14 @@ fn two_hundred_namespaces_at_sixteen_at_a_time_end_within_twice_the_timeout() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(out.of_type("probe").len(), COUNT);
     assert!(took < 2 * timeout, "took {took:?}");
+    eprintln!("{COUNT} namespaces, {DROPPING} timing out, in {took:?}");
     for (i, ns) in namespaces.iter().enumerate() {
         let line = line_of(&out, ns);
         if i < DROPPING {
             assert_eq!(line["drops"][0]["class"], "rule", "{line:#}");
             assert_eq!(line["drops"][0]["netns"], ns.inode(), "{line:#}");
-            assert_eq!(line["drops"][0]["packet"], "echo-request", "{line:#}");
+            assert_eq!(line["drops"][0]["packet"], "echo-reply", "{line:#}");
+            assert_eq!(line["outcome"]["result"], "timeout", "{line:#}");
         } else {
             assert_eq!(line["status"], "ok", "{line:#}");
         }

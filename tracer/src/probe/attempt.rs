@@ -125,7 +125,7 @@ fn raw_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// The socket's own address (`getsockname`).
+/// The socket's own address (`getsockname`), once the kernel chose one.
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -138,12 +138,14 @@ fn local_addr(fd: RawFd) -> Option<SocketAddr> {
             let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+                .filter(|a| !a.ip().is_unspecified())
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6.
             let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const storage).cast()) };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
+                .filter(|a| !a.ip().is_unspecified())
         }
         _ => None,
     }
@@ -351,7 +353,7 @@ fn icmp(to: IpAddr, timeout: Duration) -> io::Result<Attempt> {
     let id = next_echo_id();
     let started = Instant::now();
     let done = |outcome| Attempt {
-        src: local_addr(fd.as_raw_fd()).filter(|a| !a.ip().is_unspecified()),
+        src: local_addr(fd.as_raw_fd()),
         echo_id: Some(id),
         outcome,
         elapsed: started.elapsed(),

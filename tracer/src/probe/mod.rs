@@ -132,10 +132,10 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
     // hostNetwork pods have no namespace of their own: the one their sandbox joined (the
     // node's) is probed once for all of them.
     let mut shared: BTreeMap<u64, Vec<Pod>> = BTreeMap::new();
-    for (pod, cgroup) in host_network {
-        if !options.workload.matches_pod(Some(&pod)) || !options.netns.is_empty() {
-            continue;
-        }
+    let wanted = host_network
+        .into_iter()
+        .filter(|(pod, _)| options.netns.is_empty() && options.workload.matches_pod(Some(pod)));
+    for (pod, cgroup) in wanted {
         match sandbox_netns(&cgroup) {
             Some(inode) => shared.entry(inode).or_default().push(pod),
             None => log::warn!(
@@ -185,13 +185,13 @@ fn sandbox_netns(dir: &Path) -> Option<u64> {
 fn probe_from(job: &Job, target: &Target, timeout: Duration) -> Result<attempt::Attempt, String> {
     let inode = job.subject.netns;
     netns::in_namespace(&job.path, inode, || {
-        if let Some(want) = job.cookie {
-            let socket = std::net::UdpSocket::bind("0.0.0.0:0")
-                .or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
-            let cookie = netns::socket_netns_cookie(std::os::fd::AsRawFd::as_raw_fd(&socket));
-            if cookie.is_some_and(|c| c != want) {
-                bail!("namespace {inode} is no longer the pod's (it was torn down and its inode reused)");
-            }
+        if job
+            .cookie
+            .is_some_and(|want| netns::own_cookie().ok() != Some(want))
+        {
+            bail!(
+                "namespace {inode} is no longer the pod's (it was torn down and its inode reused)"
+            );
         }
         Ok(attempt::probe(target, timeout)?)
     })
