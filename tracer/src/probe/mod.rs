@@ -112,15 +112,12 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
         found.values().map(job).collect()
     } else {
         let mut jobs = Vec::new();
-        for (pod, inode, cookie) in &pods {
+        for (pod, inode, _) in &pods {
             if !options.workload.matches_pod(Some(pod)) {
                 continue;
             }
             match found.get(inode) {
-                Some(ns) => jobs.push(Job {
-                    cookie: Some(*cookie),
-                    ..job(ns)
-                }),
+                Some(ns) => jobs.push(job(ns)),
                 None => log::warn!(
                     "{}: its network namespace {inode} is gone; not probed",
                     pod.label()
