@@ -169,6 +169,28 @@ pub enum Command {
     )]
     Serve(ServeArgs),
 
+    /// Which pods on this node cannot reach TARGET, and why: a probe from inside every pod's
+    /// network namespace, explained by the drops it caused.
+    #[command(
+        long_about = "Which pods on this node cannot reach TARGET, and why.\n\n\
+            From a thread of the tracer inside each pod's network namespace (setns; nothing runs \
+            in the containers) a TCP connect (HOST:PORT), a UDP datagram (udp://HOST:PORT; a \
+            reply, equal to --expect when given, is success) or an ICMP echo (icmp://HOST). \
+            Meanwhile the conntrack-drops programs are attached, and each failure is explained by \
+            the drops of its own flow: dropped by a rule in which namespace, a lost conntrack \
+            insert race, a full table; else the error (no route, refused), or no reply and no \
+            drop on this node (the problem is elsewhere). A pod with hostNetwork has no namespace \
+            of its own: the node's is probed once for all of them.\n\n\
+            One line per namespace, then a summary (ok, failed, unexplained). Exit code 1 when \
+            any probe failed.",
+        after_help = "Examples:\n  \
+            tracer probe 100.100.100.200:80                  every pod to the metadata service\n  \
+            tracer probe udp://10.96.0.10:53 --namespace shop  pods of namespace shop to a UDP port\n  \
+            tracer probe icmp://10.0.0.1 --all-netns         every namespace on the node\n  \
+            tracer probe 10.0.0.5:443 --netns 4026532402     one namespace (its inode)"
+    )]
+    Probe(ProbeArgs),
+
     /// Print the timeline and findings of a recording (`tracer record`).
     Report {
         /// The recording (JSON lines), or `-` for standard input (`kubectl logs ds/tracer |
@@ -458,6 +480,48 @@ pub struct ConntrackArgs {
     /// Only drops in the network namespaces of pods in this namespace.
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// HOST:PORT (TCP connect), udp://HOST:PORT or icmp://HOST.
+    pub target: String,
+
+    /// Print one JSON object per line (a probe each, then a final {"type":"summary"} object).
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long each probe waits for its connection or reply.
+    #[arg(long, default_value = "4s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Probes at a time.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub parallel: u16,
+
+    /// Every network namespace on the node, not only pods'.
+    #[arg(long, conflicts_with_all = ["netns", "pod", "namespace"])]
+    pub all_netns: bool,
+
+    /// Only these namespaces: inode numbers (of /proc/PID/ns/net), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "INODE", conflicts_with_all = ["pod", "namespace"])]
+    pub netns: Vec<u64>,
+
+    /// Only this pod (by name).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+
+    /// Only pods in this namespace.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// UDP: the datagram to send (default: "tracer probe" and a newline).
+    #[arg(long, value_name = "TEXT")]
+    pub payload: Option<String>,
+
+    /// UDP: the reply that means success (default: any reply).
+    #[arg(long, value_name = "TEXT")]
+    pub expect: Option<String>,
 }
 
 #[cfg(test)]

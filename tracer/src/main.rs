@@ -10,6 +10,7 @@ mod hooks;
 mod kernel;
 mod output;
 mod pipeline;
+mod probe;
 mod record;
 mod report;
 mod serve;
@@ -115,6 +116,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             serve::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Probe(args) => probe::run(probe::ProbeOptions {
+            target: probe::target::Target::parse(
+                &args.target,
+                args.payload.as_deref(),
+                args.expect.as_deref(),
+            )?,
+            timeout: args.timeout,
+            parallel: args.parallel.into(),
+            all_netns: args.all_netns,
+            netns: args.netns,
+            workload: Selector {
+                pod: args.pod,
+                namespace: args.namespace,
+                ..Default::default()
+            },
+            format: if args.json {
+                output::Format::Json
+            } else {
+                output::Format::Human
+            },
+            buffer_mb: 8,
+        }),
         Command::Report { file, json } => {
             report::print(&file, json)?;
             Ok(ExitCode::SUCCESS)

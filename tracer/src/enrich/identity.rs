@@ -331,6 +331,9 @@ pub struct Enricher {
     /// The sandboxes' cgroups (ids) to their namespaces (inodes), while they run: their
     /// entries in `netns` are kept recent, so only gone sandboxes' fall out.
     sandboxes: HashMap<u64, u64>,
+    /// The cgroups of sandboxes whose record names no network namespace (hostNetwork pods:
+    /// they join their runtime's), while they run: their pod and cgroup directory.
+    host_network: HashMap<u64, (Pod, PathBuf)>,
     /// Id of the root cgroup, where every task of a runtime that does not join the unified
     /// hierarchy on a hybrid host appears to be.
     root_id: Option<u64>,
@@ -362,6 +365,7 @@ impl Enricher {
             present: HashSet::new(),
             netns: LruCache::new(MAX_SANDBOX_NETNS),
             sandboxes: HashMap::new(),
+            host_network: HashMap::new(),
             last_walk: None,
             unresolved: HashSet::new(),
             impostors: HashSet::new(),
@@ -410,8 +414,16 @@ impl Enricher {
             }
             // The sandbox's namespace as its record names it; a hostNetwork sandbox names
             // none (it joins its runtime's), and is never the owner of a namespace.
-            let netns = metadata
-                .filter(|m| m.sandbox && identity.pod.is_some())
+            let sandbox = metadata.filter(|m| m.sandbox && identity.pod.is_some());
+            if let Some(pod) = sandbox
+                .as_ref()
+                .filter(|m| m.netns_path.is_none())
+                .and_then(|_| identity.pod.clone())
+            {
+                self.host_network
+                    .insert(*id, (pod, root.join(path.trim_start_matches('/'))));
+            }
+            let netns = sandbox
                 .and_then(|m| m.netns_path)
                 .and_then(|p| netns_id(Path::new(&p)));
             if let Some((inode, cookie)) = netns {
@@ -423,6 +435,7 @@ impl Enricher {
         self.name_pod_cgroups(&seen);
         let present = &self.present;
         self.sandboxes.retain(|id, _| present.contains(id));
+        self.host_network.retain(|id, _| present.contains(id));
         self.unresolved.retain(|id| present.contains(id));
         self.impostors.retain(|id| present.contains(id));
         for inode in self.sandboxes.values() {
@@ -511,6 +524,25 @@ impl Enricher {
             impostors: self.impostors.len(),
             pods: pods.into_iter().collect(),
         }
+    }
+
+    /// The pods whose sandbox runs in a namespace of its own, with the namespace's inode and
+    /// cookie, as of the latest walk.
+    pub fn pod_netns(&self) -> Vec<(Pod, u64, u64)> {
+        self.sandboxes
+            .values()
+            .filter_map(|inode| {
+                let (cookie, owner) = self.netns.peek(inode)?;
+                Some((owner.pod.clone()?, *inode, *cookie))
+            })
+            .collect()
+    }
+
+    /// The pods whose sandbox has no network namespace of its own (hostNetwork), with the
+    /// sandbox's cgroup directory (its processes are in the namespace it joined), as of the
+    /// latest walk.
+    pub fn host_network_pods(&self) -> Vec<(Pod, PathBuf)> {
+        self.host_network.values().cloned().collect()
     }
 
     /// Every cgroup known so far (those gone included) with its identity.

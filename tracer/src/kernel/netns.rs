@@ -148,12 +148,15 @@ pub fn socket_netns_cookie(fd: RawFd) -> Option<u64> {
     (rc == 0).then_some(cookie)
 }
 
+/// The cookie of the calling thread's network namespace.
+pub fn own_cookie() -> Result<u64> {
+    let socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+    socket_netns_cookie(socket.as_raw_fd()).context("SO_NETNS_COOKIE (Linux 5.14+)")
+}
+
 /// The cookie of the namespace at `path`, which must be the one with `inode`.
 pub fn cookie_of(path: &Path, inode: u64) -> Result<u64> {
-    in_namespace(path, inode, || {
-        let socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
-        socket_netns_cookie(socket.as_raw_fd()).context("SO_NETNS_COOKIE (Linux 5.14+)")
-    })
+    in_namespace(path, inode, own_cookie)
 }
 
 /// Reads `path` as seen from inside `netns`: `/proc/thread-self/net/...` shows that

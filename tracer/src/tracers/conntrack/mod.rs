@@ -25,9 +25,10 @@ use tracer_common::{
     EventKind,
 };
 
-pub use self::flow::Prefix;
+pub use self::decode::{ConntrackDrop, DropClass};
+pub use self::flow::{Prefix, Tuple};
 use self::{
-    decode::{ConntrackDrop, DropClass, TupleLayout},
+    decode::TupleLayout,
     stats::{CtStats, StatLayout},
 };
 use super::{decode_record, Tracer};
@@ -280,6 +281,29 @@ impl ConntrackTracer {
             && self.workload.matches_pod(drop.pod.as_ref())
     }
 
+    /// One record as a classified, named drop, counted in the summary: what `on_record`
+    /// writes, and what `tracer probe` matches with its probes' flows.
+    pub fn drop_of(&mut self, raw: &[u8]) -> Result<ConntrackDrop> {
+        let ev: NetfilterDropEvent = decode_record(raw)?;
+        let class = self.classify(&ev);
+        let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
+        drop.pod = self.identities.lock().pod_of_netns(
+            ev.netns_inum.into(),
+            ev.net_cookie,
+            ev.header.ktime_ns,
+        );
+        if class == DropClass::TableFull {
+            (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
+        }
+        let tally = self
+            .tally
+            .get_or_insert_mut(ev.netns_inum, NetnsTally::default);
+        tally.cookie = ev.net_cookie;
+        *tally.drops.entry(class.name()).or_default() += 1;
+        *self.by_class.entry(class.name()).or_default() += 1;
+        Ok(drop)
+    }
+
     /// Per namespace: the tracer's drops beside the kernel's own counter growth over the run.
     fn per_netns(&self) -> Vec<Value> {
         let now = netns::discover();
@@ -356,23 +380,7 @@ impl Tracer for ConntrackTracer {
         if kind != EventKind::NetfilterDrop {
             bail!("the conntrack-drops tracer got a {kind:?} record");
         }
-        let ev: NetfilterDropEvent = decode_record(raw)?;
-        let class = self.classify(&ev);
-        let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
-        drop.pod = self.identities.lock().pod_of_netns(
-            ev.netns_inum.into(),
-            ev.net_cookie,
-            ev.header.ktime_ns,
-        );
-        if class == DropClass::TableFull {
-            (drop.ct_count, drop.ct_max) = self.table_state(ev.netns_inum as u64);
-        }
-        let tally = self
-            .tally
-            .get_or_insert_mut(ev.netns_inum, NetnsTally::default);
-        tally.cookie = ev.net_cookie;
-        *tally.drops.entry(class.name()).or_default() += 1;
-        *self.by_class.entry(class.name()).or_default() += 1;
+        let drop = self.drop_of(raw)?;
         if !self.wanted(&drop) {
             return Ok(0);
         }

@@ -1,0 +1,407 @@
+//! A probe's drops (the conntrack-drops tracer's events whose flow is the probe's) and its
+//! outcome, into one explained line.
+
+use std::{
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use super::{
+    attempt::{Attempt, Outcome},
+    target::{Kind, Target},
+};
+use crate::{
+    enrich::identity::Pod,
+    output::Event,
+    tracers::conntrack::{ConntrackDrop, DropClass, Tuple},
+};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// A probe's flow, as the kernel saw its packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: u8,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// ICMP: the echo id (conntrack's key where other protocols have ports).
+    pub echo_id: Option<u16>,
+}
+
+impl Flow {
+    pub fn of(target: &Target, attempt: &Attempt) -> Option<Self> {
+        let proto = match (&target.kind, target.addr.ip()) {
+            (Kind::Tcp, _) => TCP,
+            (Kind::Udp { .. }, _) => UDP,
+            (Kind::Icmp, IpAddr::V4(_)) => ICMP,
+            (Kind::Icmp, IpAddr::V6(_)) => ICMPV6,
+        };
+        Some(Self {
+            proto,
+            src: attempt.src?,
+            dst: target.addr,
+            echo_id: attempt.echo_id,
+        })
+    }
+
+    /// Whether `drop` is a packet of this flow, either way: its conntrack entry's original
+    /// tuple (or, without an entry, the packet's own) is the probe's.
+    pub fn matches(&self, drop: &ConntrackDrop) -> bool {
+        let Some(Tuple { proto, src, dst }) = drop.flow else {
+            return false;
+        };
+        if proto != self.proto {
+            return false;
+        }
+        let end = |(ip, port): (IpAddr, Option<u16>), of: SocketAddr| {
+            ip == of.ip() && (self.echo_id.is_some() || port == Some(of.port()))
+        };
+        let same_flow = (end(src, self.src) && end(dst, self.dst))
+            || (end(src, self.dst) && end(dst, self.src));
+        same_flow
+            && self
+                .echo_id
+                .is_none_or(|id| drop.icmp.is_some_and(|icmp| icmp.id == Some(id)))
+    }
+}
+
+/// What was probed: a pod's namespace, another namespace, or the node's own for its
+/// hostNetwork pods.
+#[derive(Clone, Debug, Serialize)]
+pub struct Subject {
+    /// Inode of the namespace probed from.
+    pub netns: u64,
+    /// The pod whose sandbox owns the namespace.
+    pub pod: Option<Pod>,
+    /// For the node's namespace: the hostNetwork pods that share it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_network_pods: Vec<Pod>,
+}
+
+impl Subject {
+    fn label(&self) -> String {
+        if let Some(pod) = &self.pod {
+            return pod_name(pod);
+        }
+        if !self.host_network_pods.is_empty() {
+            let pods: Vec<String> = self.host_network_pods.iter().map(pod_name).collect();
+            return format!("host (hostNetwork: {})", pods.join(", "));
+        }
+        format!("netns {}", self.netns)
+    }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    match (&pod.namespace, &pod.name) {
+        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        _ => format!("uid {}", pod.uid),
+    }
+}
+
+/// How a probe went, for the summary and the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Fail,
+    /// It could not be probed (its namespace went away, a socket could not be opened).
+    Error,
+}
+
+/// One drop of the probe's flow, where it happened.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeenDrop {
+    pub class: DropClass,
+    pub netns: u32,
+    pub pod: Option<Pod>,
+    /// `SYN`, `echo-request`, ...: which of the probe's packets.
+    pub packet: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct_count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ct_max: Option<u64>,
+}
+
+impl SeenDrop {
+    pub fn of(drop: &ConntrackDrop) -> Self {
+        let packet = drop
+            .tcp_flags
+            .clone()
+            .or_else(|| drop.icmp.and_then(|i| i.name).map(str::to_string))
+            .unwrap_or_else(|| format!("{} packet", drop.proto.as_deref().unwrap_or("?")));
+        Self {
+            class: drop.class,
+            netns: drop.netns,
+            pod: drop.pod.clone(),
+            packet,
+            ct_count: drop.ct_count,
+            ct_max: drop.ct_max,
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut place = format!("in netns {}", self.netns);
+        if let Some(pod) = &self.pod {
+            place.push_str(&format!(" ({})", pod.label()));
+        }
+        let packet = &self.packet;
+        match self.class {
+            DropClass::Rule => format!("{packet} dropped by rule {place}"),
+            DropClass::InsertFailed => {
+                format!("{packet} dropped: conntrack insert race lost {place}")
+            }
+            DropClass::TableFull => {
+                let table = match (self.ct_count, self.ct_max) {
+                    (Some(count), Some(max)) => format!(", {count}/{max} entries"),
+                    _ => String::new(),
+                };
+                format!("{packet} dropped: conntrack table full {place}{table}")
+            }
+            DropClass::ConntrackOther => format!("{packet} dropped by conntrack {place}"),
+        }
+    }
+}
+
+/// One probe's line.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeResult {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub subject: Subject,
+    pub status: Status,
+    pub proto: &'static str,
+    pub src: Option<String>,
+    pub dst: String,
+    /// Time to connect (TCP) or to the reply (UDP, ICMP) of a successful probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    /// What the socket saw; null when it could not be probed.
+    pub outcome: Option<Outcome>,
+    /// The probe's packets netfilter dropped on this node, in order.
+    pub drops: Vec<SeenDrop>,
+    /// Why it failed, when the kernel told: a drop, an error, an answer.
+    pub explained: bool,
+    pub explanation: String,
+}
+
+/// `ENETUNREACH (Network is unreachable)`.
+fn errno_text(errno: i32) -> String {
+    let errno = nix::errno::Errno::from_raw(errno);
+    format!("{errno:?} ({})", errno.desc())
+}
+
+impl ProbeResult {
+    pub fn new(
+        subject: Subject,
+        target: &Target,
+        attempt: Result<Attempt, String>,
+        drops: Vec<SeenDrop>,
+    ) -> Self {
+        let attempt = match attempt {
+            Ok(attempt) => attempt,
+            Err(error) => {
+                return Self {
+                    kind: "probe",
+                    subject,
+                    status: Status::Error,
+                    proto: target.kind.name(),
+                    src: None,
+                    dst: target.endpoint(),
+                    connect_ms: None,
+                    outcome: None,
+                    drops,
+                    explained: true,
+                    explanation: format!("not probed: {error}"),
+                }
+            }
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (status, explained, explanation) = match (&attempt.outcome, drops.first()) {
+            (Outcome::Ok, _) => {
+                let verb = match target.kind {
+                    Kind::Tcp => "connected",
+                    _ => "reply",
+                };
+                (
+                    Status::Ok,
+                    true,
+                    format!("{verb} in {:.2} ms", ms(attempt.elapsed)),
+                )
+            }
+            (_, Some(first)) => {
+                let mut text = first.text();
+                if drops.len() > 1 {
+                    text.push_str(&format!(" ({} drops)", drops.len()));
+                }
+                (Status::Fail, true, text)
+            }
+            (Outcome::Refused, None) => (
+                Status::Fail,
+                true,
+                match target.kind {
+                    Kind::Tcp => "refused: the target reset the connection (nothing listens)",
+                    _ => "refused: port unreachable (nothing listens)",
+                }
+                .to_string(),
+            ),
+            (Outcome::WrongReply { reply }, None) => (
+                Status::Fail,
+                true,
+                format!("unexpected reply {:?}", reply.escape_debug().to_string()),
+            ),
+            (Outcome::Unreachable { icmp_type, code }, None) => (
+                Status::Fail,
+                true,
+                format!("ICMP error type {icmp_type} code {code} in answer"),
+            ),
+            (Outcome::Errno { errno, .. }, None) if *errno == libc::ENETUNREACH => (
+                Status::Fail,
+                true,
+                format!("no route: {}", errno_text(*errno)),
+            ),
+            (Outcome::Errno { errno, .. }, None) => (Status::Fail, true, errno_text(*errno)),
+            (Outcome::Timeout, None) => (
+                Status::Fail,
+                false,
+                "no reply, no drop on this node: the problem is elsewhere".to_string(),
+            ),
+        };
+        Self {
+            kind: "probe",
+            subject,
+            status,
+            proto: target.kind.name(),
+            src: attempt.src.map(|s| match target.kind {
+                Kind::Icmp => s.ip().to_string(),
+                _ => s.to_string(),
+            }),
+            dst: target.endpoint(),
+            connect_ms: (status == Status::Ok).then(|| ms(attempt.elapsed)),
+            outcome: Some(attempt.outcome),
+            drops,
+            explained,
+            explanation,
+        }
+    }
+}
+
+impl Event for ProbeResult {
+    fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
+        let status = match self.status {
+            Status::Ok => "OK",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+        };
+        writeln!(
+            w,
+            "{:<40}  {:<6}  {} -> {}  {}",
+            self.subject.label(),
+            status,
+            self.src.as_deref().unwrap_or("-"),
+            self.dst,
+            self.explanation
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        enrich::identity::Identities,
+        kernel::btf::KernelBtf,
+        tracers::{
+            conntrack::{ConntrackOptions, ConntrackTracer},
+            samples::{bytes, ipv6_rule_drop},
+        },
+    };
+
+    #[test]
+    fn a_drop_is_the_probes_by_its_flow_either_way() {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let mut tracer =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
+        // udp [fd00::1]:40000 -> [::1]:53.
+        let drop = tracer.drop_of(&bytes(&ipv6_rule_drop())).unwrap();
+        let flow = |src: &str, dst: &str| Flow {
+            proto: UDP,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            echo_id: None,
+        };
+        assert!(flow("[fd00::1]:40000", "[::1]:53").matches(&drop));
+        assert!(flow("[::1]:53", "[fd00::1]:40000").matches(&drop));
+        assert!(!flow("[fd00::1]:40001", "[::1]:53").matches(&drop));
+        assert!(!flow("[fd00::2]:40000", "[::1]:53").matches(&drop));
+        let tcp = Flow {
+            proto: TCP,
+            ..flow("[fd00::1]:40000", "[::1]:53")
+        };
+        assert!(!tcp.matches(&drop));
+        let seen = SeenDrop::of(&drop);
+        assert_eq!(
+            seen.text(),
+            "udp packet dropped by rule in netns 4026532999"
+        );
+        let race = SeenDrop {
+            class: DropClass::InsertFailed,
+            ..seen.clone()
+        };
+        assert_eq!(
+            race.text(),
+            "udp packet dropped: conntrack insert race lost in netns 4026532999"
+        );
+        let full = SeenDrop {
+            class: DropClass::TableFull,
+            ct_count: Some(64),
+            ct_max: Some(64),
+            ..seen
+        };
+        assert_eq!(
+            full.text(),
+            "udp packet dropped: conntrack table full in netns 4026532999, 64/64 entries"
+        );
+    }
+
+    #[test]
+    fn a_timeout_without_drops_is_unexplained_and_a_drop_explains() {
+        let target = Target::parse("10.0.0.9:80", None, None).unwrap();
+        let attempt = Attempt {
+            src: Some("10.0.3.7:40000".parse().unwrap()),
+            echo_id: None,
+            outcome: Outcome::Timeout,
+            elapsed: Duration::from_secs(4),
+        };
+        let subject = Subject {
+            netns: 4026532402,
+            pod: None,
+            host_network_pods: Vec::new(),
+        };
+        let lost = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![]);
+        assert_eq!((lost.status, lost.explained), (Status::Fail, false));
+        assert!(lost
+            .explanation
+            .starts_with("no reply, no drop on this node"));
+        let drop = SeenDrop {
+            class: DropClass::Rule,
+            netns: 4026532402,
+            pod: None,
+            packet: "SYN".into(),
+            ct_count: None,
+            ct_max: None,
+        };
+        let dropped = ProbeResult::new(subject, &target, Ok(attempt), vec![drop.clone(), drop]);
+        assert!(dropped.explained);
+        assert_eq!(
+            dropped.explanation,
+            "SYN dropped by rule in netns 4026532402 (2 drops)"
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! `tracer probe TARGET`: which pods on this node cannot reach TARGET, and why. From a thread
+//! inside each selected network namespace (setns: nothing runs in the containers) a TCP
+//! connect, UDP exchange or ICMP echo; meanwhile the conntrack-drops programs are attached,
+//! and each failed probe is explained by the drops of its own flow (namespace inode, protocol,
+//! addresses, source port or echo id), wherever on the node they happened.
+
+mod attempt;
+mod explain;
+pub mod target;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+use aya::GlobalData;
+use serde_json::{json, Map, Value};
+use tracer_common::EventKind;
+
+use self::{
+    explain::{Flow, ProbeResult, SeenDrop, Status, Subject},
+    target::Target,
+};
+use crate::{
+    enrich::{
+        identity::{Identities, Pod},
+        selector::Selector,
+    },
+    hooks::HookSpec,
+    kernel::netns::{self, NetnsRef},
+    output::{Format, Output},
+    pipeline::StopWhen,
+    session::{prepare, trace_into, RunConfig},
+    tracers::{
+        conntrack::{ConntrackDrop, ConntrackOptions, ConntrackTracer},
+        Tracer,
+    },
+};
+
+/// Drops of the target's flows kept until the probes they belong to end; the oldest go first.
+const MAX_KEPT_DROPS: usize = 65_536;
+
+/// What the command line asked for.
+pub struct ProbeOptions {
+    pub target: Target,
+    pub timeout: Duration,
+    pub parallel: usize,
+    /// Every namespace on the node, not only pods'.
+    pub all_netns: bool,
+    /// Only these namespaces (inodes).
+    pub netns: Vec<u64>,
+    /// `--pod`, `--namespace`.
+    pub workload: Selector,
+    pub format: Format,
+    pub buffer_mb: u32,
+}
+
+/// One namespace to probe from.
+struct Job {
+    subject: Subject,
+    path: PathBuf,
+    /// The cookie a pod's namespace had when its sandbox was found: a namespace that took its
+    /// inode since is not that pod's.
+    cookie: Option<u64>,
+}
+
+/// The namespaces to probe from.
+fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
+    let found = netns::discover();
+    let (pods, host_network) = {
+        let cache = identities.lock();
+        (cache.pod_netns(), cache.host_network_pods())
+    };
+    let pod_of = |inode: u64| {
+        pods.iter()
+            .find(|(_, i, _)| *i == inode)
+            .map(|(pod, _, cookie)| (pod.clone(), *cookie))
+    };
+    let job = |ns: &NetnsRef| {
+        let owner = pod_of(ns.inode);
+        Job {
+            subject: Subject {
+                netns: ns.inode,
+                pod: owner.as_ref().map(|(pod, _)| pod.clone()),
+                host_network_pods: Vec::new(),
+            },
+            path: ns.path.clone(),
+            cookie: owner.map(|(_, cookie)| cookie),
+        }
+    };
+    let mut jobs: Vec<Job> = if !options.netns.is_empty() {
+        options
+            .netns
+            .iter()
+            .map(|inode| {
+                found.get(inode).map(job).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no network namespace with inode {inode} is held by a process or a \
+                         bind mount (see `tracer netns`)"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    } else if options.all_netns {
+        found.values().map(job).collect()
+    } else {
+        let mut jobs = Vec::new();
+        for (pod, inode, _) in &pods {
+            if !options.workload.matches_pod(Some(pod)) {
+                continue;
+            }
+            match found.get(inode) {
+                Some(ns) => jobs.push(job(ns)),
+                None => log::warn!(
+                    "{}: its network namespace {inode} is gone; not probed",
+                    pod.label()
+                ),
+            }
+        }
+        jobs
+    };
+    // hostNetwork pods have no namespace of their own: the one their sandbox joined (the
+    // node's) is probed once for all of them.
+    let mut shared: BTreeMap<u64, Vec<Pod>> = BTreeMap::new();
+    let wanted = host_network
+        .into_iter()
+        .filter(|(pod, _)| options.netns.is_empty() && options.workload.matches_pod(Some(pod)));
+    for (pod, cgroup) in wanted {
+        match sandbox_netns(&cgroup) {
+            Some(inode) => shared.entry(inode).or_default().push(pod),
+            None => log::warn!(
+                "{} (hostNetwork): no process left in its sandbox's cgroup {}; not probed",
+                pod.label(),
+                cgroup.display()
+            ),
+        }
+    }
+    for (inode, pods) in shared {
+        let Some(ns) = found.get(&inode) else {
+            continue;
+        };
+        match jobs.iter_mut().find(|j| j.subject.netns == inode) {
+            Some(existing) => existing.subject.host_network_pods = pods,
+            None => {
+                let mut host = job(ns);
+                host.subject.host_network_pods = pods;
+                jobs.push(host);
+            }
+        }
+    }
+    if jobs.is_empty() {
+        bail!(
+            "no pod network namespace on this node matches{}: check --pod/--namespace, \
+             or probe other namespaces with --all-netns or --netns",
+            if options.workload.is_active() {
+                " the selection"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(jobs)
+}
+
+/// The network namespace of the first process in the cgroup at `dir`.
+fn sandbox_netns(dir: &Path) -> Option<u64> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    procs
+        .lines()
+        .filter_map(|pid| pid.trim().parse().ok())
+        .find_map(netns::net_ns_of)
+}
+
+/// One probe inside `job`'s namespace (on a thread of its own, which alone enters it).
+fn probe_from(job: &Job, target: &Target, timeout: Duration) -> Result<attempt::Attempt, String> {
+    let inode = job.subject.netns;
+    netns::in_namespace(&job.path, inode, || {
+        if job
+            .cookie
+            .is_some_and(|want| netns::own_cookie().ok() != Some(want))
+        {
+            bail!(
+                "namespace {inode} is no longer the pod's (it was torn down and its inode reused)"
+            );
+        }
+        Ok(attempt::probe(target, timeout)?)
+    })
+    .map_err(|e| {
+        if job.path.exists() {
+            format!("{e:#}")
+        } else {
+            format!("namespace {inode} went away before it was probed ({e:#})")
+        }
+    })
+}
+
+/// Starts `parallel` workers probing `jobs`; each result goes to `results` as it comes.
+fn start_workers(
+    jobs: Arc<Vec<Job>>,
+    target: Arc<Target>,
+    timeout: Duration,
+    parallel: usize,
+    results: mpsc::Sender<(usize, Result<attempt::Attempt, String>)>,
+) {
+    let next = Arc::new(AtomicUsize::new(0));
+    for _ in 0..parallel.min(jobs.len()) {
+        let (jobs, target, next, results) =
+            (jobs.clone(), target.clone(), next.clone(), results.clone());
+        std::thread::spawn(move || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = jobs.get(i) else { break };
+            if results
+                .send((i, probe_from(job, &target, timeout)))
+                .is_err()
+            {
+                break;
+            }
+        });
+    }
+}
+
+/// The probe run, as the pipeline sees a tracer: the conntrack-drops tracer's programs, and
+/// one line per finished probe instead of one per drop.
+pub struct Prober {
+    conntrack: ConntrackTracer,
+    target: Arc<Target>,
+    timeout: Duration,
+    parallel: usize,
+    jobs: Arc<Vec<Job>>,
+    results: Option<mpsc::Receiver<(usize, Result<attempt::Attempt, String>)>>,
+    /// Probes that ended, held until the ring buffer was drained once more after them: their
+    /// drops are read by then.
+    ended: Vec<(usize, Result<attempt::Attempt, String>)>,
+    /// Recent drops with the target at one end.
+    drops: VecDeque<ConntrackDrop>,
+    by_status: BTreeMap<&'static str, u64>,
+    unexplained: u64,
+}
+
+impl Prober {
+    fn new(conntrack: ConntrackTracer, jobs: Vec<Job>, options: &ProbeOptions) -> Self {
+        Self {
+            conntrack,
+            target: Arc::new(options.target.clone()),
+            timeout: options.timeout,
+            parallel: options.parallel,
+            jobs: Arc::new(jobs),
+            results: None,
+            ended: Vec::new(),
+            drops: VecDeque::new(),
+            by_status: BTreeMap::new(),
+            unexplained: 0,
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.by_status.get("fail").is_some_and(|n| *n > 0)
+    }
+
+    /// The line of probe `i`, with the drops of its flow.
+    fn result(&self, i: usize, attempt: Result<attempt::Attempt, String>) -> ProbeResult {
+        let job = &self.jobs[i];
+        let flow = attempt
+            .as_ref()
+            .ok()
+            .and_then(|a| Flow::of(&self.target, a));
+        let drops = flow
+            .map(|flow| {
+                self.drops
+                    .iter()
+                    .filter(|d| flow.matches(d))
+                    .map(SeenDrop::of)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ProbeResult::new(job.subject.clone(), &self.target, attempt, drops)
+    }
+}
+
+impl Tracer for Prober {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn hooks(&self) -> Vec<HookSpec> {
+        self.conntrack.hooks()
+    }
+
+    fn kinds(&self) -> &'static [EventKind] {
+        self.conntrack.kinds()
+    }
+
+    fn human_header(&self) -> String {
+        format!("{:<40}  {:<6}  SRC -> DST  WHY", "POD (or NETNS)", "STATUS")
+    }
+
+    fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
+        self.conntrack.globals()
+    }
+
+    /// The programs are attached: the probes start now, so that every drop they cause is seen.
+    fn use_maps(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        self.conntrack.use_maps(ebpf)?;
+        let (sender, receiver) = mpsc::channel();
+        start_workers(
+            self.jobs.clone(),
+            self.target.clone(),
+            self.timeout,
+            self.parallel,
+            sender,
+        );
+        self.results = Some(receiver);
+        Ok(())
+    }
+
+    fn on_record(&mut self, kind: EventKind, raw: &[u8], _out: &mut Output) -> Result<u64> {
+        if !self.conntrack.kinds().contains(&kind) {
+            bail!("the probe got a {kind:?} record");
+        }
+        let drop = self.conntrack.drop_of(raw)?;
+        let target = self.target.addr.ip();
+        if drop.endpoints().any(|(addr, _)| addr == target) {
+            if self.drops.len() == MAX_KEPT_DROPS {
+                self.drops.pop_front();
+            }
+            self.drops.push_back(drop);
+        }
+        Ok(0)
+    }
+
+    fn identities_refreshed(&mut self) {
+        self.conntrack.identities_refreshed();
+    }
+
+    fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
+        // Probes that ended before this tick's drain have their drops read: write them.
+        let ready = std::mem::take(&mut self.ended);
+        if let Some(results) = &self.results {
+            self.ended.extend(results.try_iter());
+        }
+        let mut ready = ready;
+        if final_flush {
+            ready.append(&mut self.ended);
+        }
+        let written = ready.len() as u64;
+        for (i, attempt) in ready {
+            let line = self.result(i, attempt);
+            *self
+                .by_status
+                .entry(match line.status {
+                    Status::Ok => "ok",
+                    Status::Fail => "fail",
+                    Status::Error => "error",
+                })
+                .or_default() += 1;
+            if !line.explained {
+                self.unexplained += 1;
+            }
+            out.event(&line)?;
+        }
+        Ok(written)
+    }
+
+    fn summarize(&self, summary: &mut Map<String, Value>) {
+        let count = |s: &str| self.by_status.get(s).copied().unwrap_or(0);
+        let probed = self.by_status.values().sum::<u64>();
+        summary.insert("target".into(), json!(self.target.endpoint()));
+        summary.insert("proto".into(), json!(self.target.kind.name()));
+        summary.insert("namespaces".into(), json!(self.jobs.len()));
+        summary.insert("ok".into(), json!(count("ok")));
+        summary.insert("failed".into(), json!(count("fail")));
+        summary.insert("unexplained".into(), json!(self.unexplained));
+        summary.insert("errors".into(), json!(count("error")));
+        summary.insert(
+            "not_finished".into(),
+            json!(self.jobs.len() as u64 - probed),
+        );
+    }
+}
+
+/// `tracer probe`: exit 1 when a selected namespace failed to reach the target.
+pub fn run(options: ProbeOptions) -> Result<ExitCode> {
+    let (mut prober, session) = prepare(|btf, identities| {
+        let jobs = select(&options, identities)?;
+        let conntrack = ConntrackTracer::new(btf, ConntrackOptions::default(), identities)?;
+        Ok(Prober::new(conntrack, jobs, &options))
+    })?;
+    eprintln!(
+        "tracer: probing {} {} from {} network namespaces, {} at a time",
+        options.target.kind.name(),
+        options.target.endpoint(),
+        prober.jobs.len(),
+        options.parallel
+    );
+    let out = Output::new(options.format, prober.human_header());
+    let rounds = prober.jobs.len().div_ceil(options.parallel);
+    let run = RunConfig {
+        format: options.format,
+        // The count stops the run once every probe is written. Each ends within its timeout,
+        // so the duration only bounds a run whose probes could not (a thread that never
+        // returned): the summary counts them as not finished.
+        stop: StopWhen {
+            duration: Some(
+                options.timeout * rounds.try_into().unwrap_or(u32::MAX) + Duration::from_secs(10),
+            ),
+            count: Some(prober.jobs.len() as u64),
+        },
+        buffer_mb: options.buffer_mb,
+    };
+    trace_into(&mut prober, session, &run, out)?;
+    Ok(if prober.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
