@@ -7,11 +7,8 @@ mod flags;
 mod inside;
 pub mod snapshot;
 
+use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroUsize;
-use std::{
-    collections::{BTreeMap, HashSet},
-    path::Path,
-};
 
 use lru::LruCache;
 
@@ -29,7 +26,7 @@ use crate::{
     clock::Clock,
     enrich::identity::Identities,
     hooks::{Attach, Candidate, HookSpec},
-    kernel::{preflight, symbols},
+    kernel::{preflight, procfd::path_of, symbols},
     output::Output,
 };
 
@@ -199,7 +196,7 @@ impl NetnsTracer {
             .filter(|r| {
                 mounts.iter().any(|(point, inode)| {
                     *inode == r.inode
-                        && crate::kernel::netns::cookie_of(Path::new(point), *inode).ok()
+                        && crate::kernel::netns::cookie_of(&path_of(point), *inode).ok()
                             == Some(r.cookie)
                 })
             })
