@@ -272,12 +272,14 @@ pub fn holder(pid: u32) -> Option<Holder> {
     let wchan = read_proc(pid, "wchan").filter(|w| !w.is_empty() && w != b"0");
     // Only a blocked holder's stack and time asleep are shown: not read for the others.
     let blocked = state == "D";
-    let stack = read_proc_text(pid, "stack")
-        .filter(|_| blocked)
+    let stack = blocked
+        .then(|| read_proc_text(pid, "stack"))
+        .flatten()
         .map(|s| parse_stack(&s))
         .filter(|s| !s.is_empty());
-    let blocked_ms = read_proc_text(pid, "sched")
-        .filter(|_| blocked)
+    let blocked_ms = blocked
+        .then(|| read_proc_text(pid, "sched"))
+        .flatten()
         .and_then(|s| parse_exec_start_ms(&s))
         .map(|ms| (Clock::monotonic_now_ns() as f64 / 1e6 - ms).max(0.0) as u64);
     Some(Holder {
@@ -315,7 +317,8 @@ struct Process {
 /// Bind mounts of network namespaces in every mount namespace some process lives in: one
 /// mountinfo read per mount namespace (from the first of its processes that can still be read).
 fn bind_mounts(processes: &[Process], found: &mut BTreeMap<u64, Found>) -> HashSet<Vec<u8>> {
-    let own = ns_inode(std::process::id(), "mnt");
+    let own_pid = std::process::id();
+    let own = ns_inode(own_pid, "mnt");
     let mut by_ns: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for p in processes {
         if let Some(mnt) = p.mnt {
@@ -324,10 +327,13 @@ fn bind_mounts(processes: &[Process], found: &mut BTreeMap<u64, Found>) -> HashS
     }
     let mut points = HashSet::new();
     for (mnt, pids) in by_ns {
-        // A mount namespace whose processes all left while it was read is skipped.
-        let Some((pid, mounts)) = pids
-            .iter()
-            .find_map(|&pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
+        // Ours is named after this process; a mount namespace whose processes all left while
+        // it was read is skipped.
+        let first = (Some(mnt) == own).then_some(own_pid);
+        let Some((pid, mounts)) = first
+            .into_iter()
+            .chain(pids)
+            .find_map(|pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
         else {
             continue;
         };
