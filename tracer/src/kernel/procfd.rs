@@ -2,7 +2,7 @@
 //! pidfd_getfd(2) to ask the kernel about it (a socket's namespace, its addresses).
 
 use std::{
-    ffi::OsStr,
+    ffi::{CString, OsStr},
     fs, io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -50,14 +50,30 @@ fn classify(link: &[u8]) -> Link {
 /// skip.
 pub fn fds(pid: u32) -> io::Result<Vec<(u32, Link)>> {
     let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    // Links are read relative to the directory: no path walk through /proc per fd.
+    let handle = fs::File::open(&dir)?;
     let mut out = Vec::new();
+    let mut buf = [0u8; libc::PATH_MAX as usize];
     for entry in fs::read_dir(&dir)?.take(MAX_FDS) {
         let Ok(entry) = entry else { continue };
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+        let name = entry.file_name();
+        let Some(fd) = name.to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if let Ok(link) = fs::read_link(entry.path()) {
-            out.push((fd, classify(link.as_os_str().as_bytes())));
+        let Ok(name) = CString::new(name.as_bytes()) else {
+            continue;
+        };
+        // SAFETY: valid directory fd and C string; the kernel writes at most `buf.len()` bytes.
+        let n = unsafe {
+            libc::readlinkat(
+                handle.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if let Ok(n) = usize::try_from(n) {
+            out.push((fd, classify(&buf[..n])));
         }
     }
     Ok(out)

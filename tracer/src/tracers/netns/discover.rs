@@ -8,11 +8,11 @@
 //! snapshot. The cost is a few syscalls per socket; other fds cost one readlink.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     ffi::OsStr,
     fs::{self, File},
     os::{
-        fd::{AsFd as _, AsRawFd as _},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd},
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::{Path, PathBuf},
@@ -23,7 +23,9 @@ use serde::Serialize;
 use crate::{
     clock::Clock,
     kernel::{
-        netns::{net_ns_link, netns_file_inode, netns_mounts_of, process_namespaces},
+        netns::{
+            net_ns_link, netns_file_inode, netns_mounts_of, process_namespaces, socket_netns_cookie,
+        },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
         sockets::{describe, socket_netns, SocketInfo},
     },
@@ -351,61 +353,99 @@ fn bind_mounts(processes: &[Process], found: &mut BTreeMap<u64, Found>) -> HashS
     points
 }
 
-/// The fds of `process` that hold a network namespace other than its own: open namespace
-/// files and sockets. `mount_points` are the paths of nsfs bind mounts: an fd opened through
-/// one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
-fn fd_holders(
-    process: &Process,
-    mount_points: &HashSet<Vec<u8>>,
-    found: &mut BTreeMap<u64, Found>,
-) {
-    let pid = process.pid;
-    // Unreadable (EACCES, gone): skipped; the namespaces it holds may be found another way.
-    let Ok(fds) = fds(pid) else { return };
-    let mut comm = None;
-    let mut pidfd = None;
-    for (fd, link) in fds {
-        let inode = match link {
-            Link::Netns(inode) => Some(inode),
-            Link::Other(path) if path == b"/" || mount_points.contains(&path) => {
-                netns_file_inode(&fd_path(pid, fd))
-            }
-            Link::Other(_) => None,
-            Link::Socket => {
-                if pidfd.is_none() {
-                    pidfd = Some(Pidfd::open(pid));
+/// One scanning thread's findings and what it learnt on the way.
+#[derive(Default)]
+struct Scan {
+    found: BTreeMap<u64, Found>,
+    /// Namespace inodes by cookie: `SO_NETNS_COOKIE` on a socket is one cheap getsockopt,
+    /// `SIOCGSKNS` opens a file; it is asked once per namespace.
+    inodes: HashMap<u64, u64>,
+}
+
+impl Scan {
+    /// The inode of socket `fd`'s namespace, and the namespace opened if that was needed.
+    fn socket_ns(&mut self, fd: BorrowedFd<'_>) -> Option<(u64, Option<File>)> {
+        let cookie = socket_netns_cookie(fd.as_raw_fd());
+        if let Some(inode) = cookie.and_then(|c| self.inodes.get(&c)) {
+            return Some((*inode, None));
+        }
+        let (inode, netns) = socket_netns(fd).ok()?;
+        if let Some(cookie) = cookie {
+            self.inodes.insert(cookie, inode);
+        }
+        Some((inode, Some(netns)))
+    }
+
+    /// The fds of `process` that hold a network namespace other than its own: open namespace
+    /// files and sockets. `mount_points` are the paths of nsfs bind mounts: an fd opened
+    /// through one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
+    fn fd_holders(&mut self, process: &Process, mount_points: &HashSet<Vec<u8>>) {
+        let pid = process.pid;
+        // Unreadable (EACCES, gone): skipped; the namespaces it holds may be found another way.
+        let Ok(fds) = fds(pid) else { return };
+        let mut comm = None;
+        let mut pidfd = None;
+        for (fd, link) in fds {
+            let inode = match link {
+                Link::Netns(inode) => Some(inode),
+                Link::Other(path) if path == b"/" || mount_points.contains(&path) => {
+                    netns_file_inode(&fd_path(pid, fd))
                 }
-                let Some(Ok(pidfd)) = &pidfd else { continue };
-                // Closed since it was listed, or not ours to borrow: skipped.
-                let Ok(socket) = pidfd.get_fd(fd) else {
-                    continue;
-                };
-                let Ok((inode, netns)) = socket_netns(socket.as_fd()) else {
-                    continue;
-                };
-                if inode == process.net {
+                Link::Other(_) => None,
+                Link::Socket => {
+                    let pidfd = pidfd.get_or_insert_with(|| Pidfd::open(pid));
+                    let Ok(pidfd) = pidfd else { continue };
+                    // Closed since it was listed, or not ours to borrow: skipped.
+                    let Ok(socket) = pidfd.get_fd(fd) else {
+                        continue;
+                    };
+                    let Some((inode, netns)) = self.socket_ns(socket.as_fd()) else {
+                        continue;
+                    };
+                    if inode == process.net {
+                        continue;
+                    }
+                    let entry = Found::at(&mut self.found, inode);
+                    entry.sockets.push(SocketHolder {
+                        pid,
+                        comm: comm.get_or_insert_with(|| comm_of(pid)).clone(),
+                        fd,
+                        socket: describe(socket.as_fd()),
+                    });
+                    if entry.via_socket.is_none() {
+                        entry.via_socket =
+                            netns.or_else(|| socket_netns(socket.as_fd()).ok().map(|(_, f)| f));
+                    }
                     continue;
                 }
-                let entry = Found::at(found, inode);
-                entry.sockets.push(SocketHolder {
+            };
+            if let Some(inode) = inode.filter(|&i| i != process.net) {
+                Found::at(&mut self.found, inode).files.push(FileHolder {
                     pid,
                     comm: comm.get_or_insert_with(|| comm_of(pid)).clone(),
                     fd,
-                    socket: describe(socket.as_fd()),
                 });
-                entry.via_socket.get_or_insert(netns);
-                continue;
             }
-        };
-        if let Some(inode) = inode.filter(|&i| i != process.net) {
-            Found::at(found, inode).files.push(FileHolder {
-                pid,
-                comm: comm.get_or_insert_with(|| comm_of(pid)).clone(),
-                fd,
-            });
+        }
+    }
+
+    /// Processes inside their namespaces, and what their fds hold.
+    fn processes(&mut self, processes: &[Process], mount_points: &HashSet<Vec<u8>>) {
+        let own = std::process::id();
+        for process in processes {
+            if let Some(h) = holder(process.pid) {
+                Found::at(&mut self.found, process.net).holders.push(h);
+            }
+            // Our own fds are the scan's: the namespaces it opened.
+            if process.pid != own {
+                self.fd_holders(process, mount_points);
+            }
         }
     }
 }
+
+/// Threads that scan processes at most: the scan is syscalls, one per fd at least.
+const MAX_THREADS: usize = 4;
 
 /// Every network namespace held from userspace, by inode: by a process inside, an open file,
 /// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
@@ -421,14 +461,36 @@ pub fn all() -> BTreeMap<u64, Found> {
         })
         .collect();
     let mount_points = bind_mounts(&processes, &mut found);
-    let own = std::process::id();
-    for process in &processes {
-        if let Some(h) = holder(process.pid) {
-            Found::at(&mut found, process.net).holders.push(h);
-        }
-        // Our own fds are the scan's: the namespaces it opened.
-        if process.pid != own {
-            fd_holders(process, &mount_points, &mut found);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_THREADS);
+    let chunk = processes.len().div_ceil(threads).max(1);
+    let scans: Vec<Scan> = std::thread::scope(|s| {
+        let workers: Vec<_> = processes
+            .chunks(chunk)
+            .map(|part| {
+                let mount_points = &mount_points;
+                s.spawn(move || {
+                    let mut scan = Scan::default();
+                    scan.processes(part, mount_points);
+                    scan
+                })
+            })
+            .collect();
+        // A worker that panicked loses its part of the scan, not the snapshot.
+        workers.into_iter().filter_map(|w| w.join().ok()).collect()
+    });
+    // In pid order: the chunks are consecutive.
+    for scan in scans {
+        for (inode, part) in scan.found {
+            let entry = Found::at(&mut found, inode);
+            entry.holders.extend(part.holders);
+            entry.files.extend(part.files);
+            entry.sockets.extend(part.sockets);
+            entry.mounts.extend(part.mounts);
+            if entry.via_socket.is_none() {
+                entry.via_socket = part.via_socket;
+            }
         }
     }
     found
