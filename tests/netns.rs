@@ -365,13 +365,20 @@ fn same_address_in_two_namespaces_is_a_conflict() {
 
 /// Waits for the teardown of the namespace `cookie` to end, stops the tracer, and checks the
 /// whole life of the namespace, as `inode`, in order.
-fn expect_plain_life(mut run: TracerRun, cookie: u64, inode: u64) {
+fn expect_plain_life(run: TracerRun, cookie: u64, inode: u64) {
+    expect_life(
+        run,
+        cookie,
+        inode,
+        &["create", "teardown_start", "teardown_end"],
+    );
+}
+
+/// [`expect_plain_life`], with these `actions`.
+fn expect_life(mut run: TracerRun, cookie: u64, inode: u64, actions: &[&str]) {
     event(&mut run, "teardown_end", "cookie", cookie);
     let out = run.stop();
-    assert_eq!(
-        actions_of(&out, cookie, inode),
-        ["create", "teardown_start", "teardown_end"]
-    );
+    assert_eq!(actions_of(&out, cookie, inode), actions);
 }
 
 /// The namespace `pid` is in, once it differs from this test's.
@@ -546,8 +553,11 @@ fn socket_from_inside_holds_a_deleted_namespace() {
 #[test]
 fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
     use std::os::unix::ffi::OsStrExt as _;
+    let mut run = watch();
     let mut named = NamedNetns::new("mnt");
     let inode = named.inode();
+    let cookie = cookie_of(&event(&mut run, "create", "inode", inode));
+    let mut sleeper = named.enter_sleeper();
     // A mount point with a space, a newline and a byte that is not UTF-8.
     let dir = TempDir::new("netns-mnt");
     let target = dir.0.join(std::ffi::OsStr::from_bytes(b"a b\xff\nc"));
@@ -569,6 +579,13 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
     let mount_ns = inode_of(Path::new(&format!("/proc/{pid}/ns/mnt"))).unwrap();
     assert_ne!(Some(mount_ns), inode_of(Path::new("/proc/self/ns/mnt")));
     named.delete();
+    // The last process leaves; only the mount in the other mount namespace holds it now.
+    let _ = sleeper.0.kill();
+    sleeper
+        .wait_timeout(Duration::from_secs(10))
+        .expect("sleeper exited");
+    let last = event(&mut run, "last_holder_exit", "cookie", cookie);
+    assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
 
     let ns = held_after_delete(inode, "bind mount", pid, holder);
     let shown = format!("{}/a b\\xff\\nc", dir.0.display());
@@ -582,4 +599,17 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
     // Only that mount namespace holds it (with its copy of /run/netns): the cookie was read
     // through the raw path under the holder's root.
     assert!(mounts.iter().all(|m| m["mount_ns"] == mount_ns), "{ns:#}");
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
+    // Its mount namespace gone with the holder, the namespace is torn down.
+    expect_life(
+        run,
+        cookie,
+        inode,
+        &[
+            "create",
+            "last_holder_exit",
+            "teardown_start",
+            "teardown_end",
+        ],
+    );
 }

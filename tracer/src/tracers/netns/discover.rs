@@ -88,7 +88,7 @@ pub struct BindMount {
 impl BindMount {
     /// A path to it from this process: its own path, or through the root of a process of its
     /// mount namespace.
-    fn reach(&self) -> PathBuf {
+    pub fn reach(&self) -> PathBuf {
         if self.own {
             path_of(&self.raw)
         } else {
@@ -447,19 +447,32 @@ impl Scan {
 /// Threads that scan processes at most: the scan is syscalls, one per fd at least.
 const MAX_THREADS: usize = 4;
 
-/// Every network namespace held from userspace, by inode: by a process inside, an open file,
-/// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
-/// vanish while they are read are skipped.
-pub fn all() -> BTreeMap<u64, Found> {
-    let mut found: BTreeMap<u64, Found> = BTreeMap::new();
-    let processes: Vec<Process> = process_namespaces()
+fn processes() -> Vec<Process> {
+    process_namespaces()
         .into_iter()
         .map(|(pid, net)| Process {
             pid,
             net,
             mnt: ns_inode(pid, "mnt"),
         })
-        .collect();
+        .collect()
+}
+
+/// The namespaces processes are inside, and those bind-mounted in any mount namespace (by
+/// inode, with their mounts): the cheap part of [`all`], no fd is looked at.
+pub fn occupied_and_mounted() -> (HashSet<u64>, BTreeMap<u64, Found>) {
+    let processes = processes();
+    let mut mounted = BTreeMap::new();
+    bind_mounts(&processes, &mut mounted);
+    (processes.iter().map(|p| p.net).collect(), mounted)
+}
+
+/// Every network namespace held from userspace, by inode: by a process inside, an open file,
+/// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
+/// vanish while they are read are skipped.
+pub fn all() -> BTreeMap<u64, Found> {
+    let mut found: BTreeMap<u64, Found> = BTreeMap::new();
+    let processes = processes();
     let mount_points = bind_mounts(&processes, &mut found);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
