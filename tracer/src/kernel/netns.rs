@@ -98,6 +98,11 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 /// If `path` opens a network namespace file (through a bind mount or a /proc fd link), its
 /// inode.
 pub fn netns_file_inode(path: &Path) -> Option<u64> {
+    // Only a file on nsfs is opened: opening a FIFO or a device could block or act on it.
+    let nsfs = fs::metadata("/proc/self/ns/net").ok()?.dev();
+    if fs::metadata(path).ok()?.dev() != nsfs {
+        return None;
+    }
     let file = File::open(path).ok()?;
     // SAFETY: plain ioctl on a valid fd; nsfs answers it, any other file fails it.
     let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };

@@ -19,6 +19,9 @@ use crate::{
 /// Holders named on a human line before "+N more".
 const HUMAN_HOLDERS: usize = 3;
 
+/// Lines of open files, sockets and mounts shown per namespace before "+N more".
+const HUMAN_HOLDER_LINES: usize = 8;
+
 pub struct SnapshotOptions {
     pub format: Format,
     /// Only these namespaces (all when empty). Flags still compare against every namespace.
@@ -135,22 +138,28 @@ impl Event for NamespaceReport {
         if let Some(pod) = &self.pod {
             writeln!(w, "    {}", pod.label())?;
         }
-        for f in &self.files {
-            writeln!(w, "    open as fd {} of {}({})", f.fd, f.comm, f.pid)?;
+        let lines = self
+            .files
+            .iter()
+            .map(|f| format!("open as fd {} of {}({})", f.fd, f.comm, f.pid))
+            .chain(
+                self.sockets
+                    .iter()
+                    .map(|s| format!("socket fd {} of {}({}): {}", s.fd, s.comm, s.pid, s.socket)),
+            )
+            .chain(self.mounts.iter().map(|m| {
+                format!(
+                    "mounted at {} (mount ns {}, pid {})",
+                    m.path, m.mount_ns, m.pid
+                )
+            }));
+        let shown = HUMAN_HOLDER_LINES;
+        let total = self.files.len() + self.sockets.len() + self.mounts.len();
+        for line in lines.take(shown) {
+            writeln!(w, "    {line}")?;
         }
-        for s in &self.sockets {
-            writeln!(
-                w,
-                "    socket fd {} of {}({}): {}",
-                s.fd, s.comm, s.pid, s.socket
-            )?;
-        }
-        for m in &self.mounts {
-            writeln!(
-                w,
-                "    mounted at {} (mount ns {}, pid {})",
-                m.path, m.mount_ns, m.pid
-            )?;
+        if total > shown {
+            writeln!(w, "    +{} more (all in --json)", total - shown)?;
         }
         for h in self.holders.iter().filter(|h| h.state == "D") {
             writeln!(
