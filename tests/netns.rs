@@ -258,7 +258,7 @@ fn deleted_namespace_lives_on_with_its_holder() {
     let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
     let ns = report(&objects, inode);
     assert_eq!(objects.len(), 1, "{objects:#?}");
-    assert_eq!(ns["held_by"], "process", "{ns:#}");
+    assert_eq!(ns["held_by"], serde_json::json!(["process"]), "{ns:#}");
     assert_eq!(holder_pids(ns), [sleeper.pid() as u64], "{ns:#}");
     assert_eq!(ns["holders"][0]["comm"], "sleep");
     assert_eq!(ns["mounts"], serde_json::json!([]));
@@ -294,8 +294,12 @@ fn bind_mount_alone_is_orphaned() {
     let named = NamedNetns::new("orphan");
     let (code, objects) = snapshot(&["--inode", &named.inode().to_string()]);
     let ns = report(&objects, named.inode());
-    assert_eq!(ns["held_by"], "bind mount");
-    assert_eq!(ns["mounts"][0], named.path().to_str().unwrap());
+    assert_eq!(ns["held_by"], serde_json::json!(["bind mount"]));
+    assert_eq!(ns["mounts"][0]["path"], named.path().to_str().unwrap());
+    assert_eq!(
+        ns["mounts"][0]["mount_ns"],
+        inode_of(Path::new("/proc/self/ns/mnt")).unwrap()
+    );
     assert_eq!(flag_names(ns), ["orphaned"], "{ns:#}");
     assert_eq!(code, 1);
 }
@@ -361,13 +365,20 @@ fn same_address_in_two_namespaces_is_a_conflict() {
 
 /// Waits for the teardown of the namespace `cookie` to end, stops the tracer, and checks the
 /// whole life of the namespace, as `inode`, in order.
-fn expect_plain_life(mut run: TracerRun, cookie: u64, inode: u64) {
+fn expect_plain_life(run: TracerRun, cookie: u64, inode: u64) {
+    expect_life(
+        run,
+        cookie,
+        inode,
+        &["create", "teardown_start", "teardown_end"],
+    );
+}
+
+/// [`expect_plain_life`], with these `actions`.
+fn expect_life(mut run: TracerRun, cookie: u64, inode: u64, actions: &[&str]) {
     event(&mut run, "teardown_end", "cookie", cookie);
     let out = run.stop();
-    assert_eq!(
-        actions_of(&out, cookie, inode),
-        ["create", "teardown_start", "teardown_end"]
-    );
+    assert_eq!(actions_of(&out, cookie, inode), actions);
 }
 
 /// The namespace `pid` is in, once it differs from this test's.
@@ -445,4 +456,160 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
 
     holder.end();
     expect_plain_life(run, cookie, inode);
+}
+
+/// `netns-holder MODE` holding `netns` from outside it, and the fd it holds it with.
+fn outside_holder(mode: &str, netns: &Path) -> (Owned, u32) {
+    let mut child = Owned(
+        Command::new(env!("CARGO_BIN_EXE_netns-holder"))
+            .args([mode, "120"])
+            .arg(netns)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("netns-holder"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = forward_lines(stdout)
+        .recv_timeout(Duration::from_secs(10))
+        .expect("netns-holder prints its fd");
+    (child, line.trim().parse().expect("an fd number"))
+}
+
+/// The holders a flag names, as (kind, pid).
+fn flag_holders(flag: &Value) -> Vec<(&str, u64)> {
+    flag["holders"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no holders: {flag:#}"))
+        .iter()
+        .map(|h| (h["kind"].as_str().unwrap(), h["pid"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Checks that a deleted namespace `inode` with `cookie` held only by `kind` of `pid` is listed
+/// and orphaned, then kills `holder` and checks that the namespace is gone.
+fn held_after_delete(inode: u64, kind: &str, pid: u32, mut holder: Owned) -> Value {
+    let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
+    let ns = report(&objects, inode).clone();
+    assert_eq!(ns["held_by"], serde_json::json!([kind]), "{ns:#}");
+    assert_eq!(holder_pids(&ns), Vec::<u64>::new(), "{ns:#}");
+    assert_eq!(flag_names(&ns), ["orphaned"], "{ns:#}");
+    assert!(
+        flag_holders(&ns["flags"][0]).contains(&(kind, pid as u64)),
+        "{ns:#}"
+    );
+    assert_eq!(code, 1, "{ns:#}");
+    // Entered through what holds it: its cookie could be read.
+    let cookie = ns["cookie"].as_u64().unwrap_or_else(|| panic!("{ns:#}"));
+
+    let _ = holder.0.kill();
+    holder
+        .wait_timeout(Duration::from_secs(10))
+        .expect("holder exited");
+    // Gone from the next snapshot; its inode may already belong to a newer namespace.
+    wait_for("the namespace to go", Duration::from_secs(10), || {
+        let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
+        let now: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        now.is_none_or(|now| now["cookie"] != cookie).then_some(())
+    });
+    ns
+}
+
+#[test]
+fn open_namespace_file_holds_a_deleted_namespace() {
+    let mut named = NamedNetns::new("fd");
+    let inode = named.inode();
+    let (holder, fd) = outside_holder("fd", &named.path());
+    let pid = holder.pid();
+    named.delete();
+    let ns = held_after_delete(inode, "file", pid, holder);
+    let file = &ns["files"][0];
+    assert_eq!(file["pid"], pid, "{ns:#}");
+    assert_eq!(file["fd"], fd, "{ns:#}");
+    // The comm is not UTF-8: still a holder, escaped.
+    assert_eq!(file["comm"], "hold\\xffer", "{ns:#}");
+}
+
+#[test]
+fn socket_from_inside_holds_a_deleted_namespace() {
+    let mut named = NamedNetns::new("sock");
+    let inode = named.inode();
+    let (holder, fd) = outside_holder("socket", &named.path());
+    let pid = holder.pid();
+    assert_ne!(netns_of(pid), Some(inode));
+    named.delete();
+    let ns = held_after_delete(inode, "socket", pid, holder);
+    let socket = &ns["sockets"][0];
+    assert_eq!(
+        (&socket["pid"], &socket["fd"]),
+        (&pid.into(), &fd.into()),
+        "{ns:#}"
+    );
+    assert_eq!(socket["protocol"], "tcp", "{socket:#}");
+    assert_eq!(socket["state"], "LISTEN", "{socket:#}");
+    let local = socket["local"].as_str().unwrap();
+    assert!(local.starts_with("127.0.0.1:"), "{socket:#}");
+}
+
+#[test]
+fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut run = watch();
+    let mut named = NamedNetns::new("mnt");
+    let inode = named.inode();
+    let cookie = cookie_of(&event(&mut run, "create", "inode", inode));
+    let mut sleeper = named.enter_sleeper();
+    // A mount point with a space, a newline and a byte that is not UTF-8.
+    let dir = TempDir::new("netns-mnt");
+    let target = dir.0.join(std::ffi::OsStr::from_bytes(b"a b\xff\nc"));
+    fs::write(&target, "").unwrap();
+    let holder = Owned(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$0" "$1" && exec sleep 120"#)
+            .arg(named.path())
+            .arg(&target)
+            .spawn()
+            .expect("unshare"),
+    );
+    let pid = holder.pid();
+    wait_for("the bind mount", Duration::from_secs(10), || {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    });
+    let mount_ns = inode_of(Path::new(&format!("/proc/{pid}/ns/mnt"))).unwrap();
+    assert_ne!(Some(mount_ns), inode_of(Path::new("/proc/self/ns/mnt")));
+    named.delete();
+    // The last process leaves; only the mount in the other mount namespace holds it now.
+    let _ = sleeper.0.kill();
+    sleeper
+        .wait_timeout(Duration::from_secs(10))
+        .expect("sleeper exited");
+    let last = event(&mut run, "last_holder_exit", "cookie", cookie);
+    assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
+
+    let ns = held_after_delete(inode, "bind mount", pid, holder);
+    let shown = format!("{}/a b\\xff\\nc", dir.0.display());
+    let mounts = ns["mounts"].as_array().unwrap();
+    let mount = mounts
+        .iter()
+        .find(|m| m["path"] == shown.as_str())
+        .unwrap_or_else(|| panic!("no mount at {shown}: {ns:#}"));
+    assert_eq!(mount["mount_ns"], mount_ns, "{mount:#}");
+    assert_eq!(mount["pid"], pid, "{mount:#}");
+    // Only that mount namespace holds it (with its copy of /run/netns): the cookie was read
+    // through the raw path under the holder's root.
+    assert!(mounts.iter().all(|m| m["mount_ns"] == mount_ns), "{ns:#}");
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
+    // Its mount namespace gone with the holder, the namespace is torn down.
+    expect_life(
+        run,
+        cookie,
+        inode,
+        &[
+            "create",
+            "last_holder_exit",
+            "teardown_start",
+            "teardown_end",
+        ],
+    );
 }

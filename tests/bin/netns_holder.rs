@@ -7,7 +7,15 @@
 //!
 //! The child runs on a stack of its own and dies with its parent.
 //!
-//! Usage: netns-holder vfork|clone SECONDS
+//! Or holds an existing namespace NETNS (a path such as /run/netns/NAME) from outside it, with
+//! a comm that is not UTF-8 (`hold\xffer`), for at most SECONDS:
+//! - `fd`: an open file of the namespace;
+//! - `socket`: a TCP socket listening on 127.0.0.1 that was made inside the namespace, after
+//!   returning to its own.
+//!
+//! and prints the fd's number once it holds it.
+//!
+//! Usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket SECONDS NETNS
 
 use std::ffi::c_void;
 
@@ -30,10 +38,64 @@ fn fail(what: &str) -> ! {
     std::process::exit(2);
 }
 
+fn open(path: &str) -> libc::c_int {
+    let path = std::ffi::CString::new(path).unwrap_or_else(|_| fail("a NUL-free path"));
+    // SAFETY: a valid C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        fail("open");
+    }
+    fd
+}
+
+/// A listening TCP socket made inside `netns`, with this process back in its own namespace.
+fn socket_in(netns: &str) -> libc::c_int {
+    let own = open("/proc/self/ns/net");
+    let target = open(netns);
+    // SAFETY: plain syscalls on fds this process owns; the sockaddr is fully initialised.
+    unsafe {
+        if libc::setns(target, libc::CLONE_NEWNET) != 0 {
+            fail("setns into the namespace");
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            fail("socket");
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&raw const addr).cast(), len) != 0 || libc::listen(fd, 1) != 0 {
+            fail("bind/listen");
+        }
+        if libc::setns(own, libc::CLONE_NEWNET) != 0 {
+            fail("setns back");
+        }
+        libc::close(own);
+        libc::close(target);
+        fd
+    }
+}
+
+/// Holds `fd` from outside the namespace until killed or `seconds` passed.
+fn hold(fd: libc::c_int, seconds: u32) -> ! {
+    // SAFETY: plain syscalls; the name is NUL-terminated.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"hold\xffer".as_ptr());
+    }
+    println!("{fd}");
+    // SAFETY: plain syscall.
+    unsafe { libc::sleep(seconds) };
+    std::process::exit(0)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(120);
+    let netns = args.get(3).map(String::as_str).unwrap_or("");
     let flags = match args.get(1).map(String::as_str) {
+        Some("fd") => hold(open(netns), seconds),
+        Some("socket") => hold(socket_in(netns), seconds),
         Some("vfork") => {
             // SAFETY: plain syscall.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -43,7 +105,9 @@ fn main() {
         }
         Some("clone") => libc::CLONE_NEWNET,
         _ => {
-            eprintln!("usage: netns-holder vfork|clone SECONDS");
+            eprintln!(
+                "usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket SECONDS NETNS"
+            );
             std::process::exit(2);
         }
     };

@@ -150,7 +150,7 @@ pub enum Command {
             Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
             tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod}, \
             tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
-            tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod}, tracer_lost_events_total{tracer}, \
+            tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod,holder,holder_pid}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
             statistics are on), tracer_series_dropped_total{reason}, \
             tracer_events_uncounted_total. The k8s_namespace and k8s_pod \

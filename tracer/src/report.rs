@@ -157,6 +157,16 @@ struct NetnsLine {
 struct FlagLine {
     flag: String,
     explanation: String,
+    /// What keeps the namespace alive, as the flag names it.
+    #[serde(default)]
+    holders: Vec<HolderRefLine>,
+}
+
+/// A holder named by a flag: its kind (`process`, `file`, `socket`, `bind mount`) and pid.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct HolderRefLine {
+    pub kind: String,
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +253,9 @@ pub struct Finding {
     pub text: String,
     /// Lines of the file with the events that show it.
     pub lines: Vec<usize>,
+    /// For a namespace: what keeps it alive (kind and pid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderRefLine>,
 }
 
 fn signal_findings(events: &[(usize, &SignalLine)]) -> Vec<Finding> {
@@ -284,6 +297,7 @@ fn signal_findings(events: &[(usize, &SignalLine)]) -> Vec<Finding> {
         findings.push(Finding {
             kind,
             text,
+            holders: Vec::new(),
             lines: vec![*line],
         });
     }
@@ -392,6 +406,7 @@ fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
                 kind,
                 text,
                 lines: g.lines,
+                holders: Vec::new(),
             }
         })
         .collect()
@@ -444,7 +459,18 @@ fn netns_findings(
         } else {
             "netns_flagged"
         };
-        findings.push(Finding { kind, text, lines });
+        let mut holders: Vec<HolderRefLine> = Vec::new();
+        for h in ns.flags.iter().flat_map(|f| &f.holders) {
+            if !holders.contains(h) {
+                holders.push(h.clone());
+            }
+        }
+        findings.push(Finding {
+            kind,
+            text,
+            lines,
+            holders,
+        });
     }
     findings
 }
@@ -758,6 +784,29 @@ mod tests {
             .text
             .contains("vfork-holder(9) in D state, waiting in kernel_clone"));
         assert_eq!(finding.lines, [1, 2]);
+    }
+
+    #[test]
+    fn an_orphaned_namespace_finding_names_its_holders() {
+        let snapshot = json!({"type": "netns_snapshot", "inode": 7, "pod": null,
+            "flags": [{"flag": "orphaned",
+                       "explanation": "no process is inside; held by socket fd 4 of cni(12)",
+                       "holders": [{"kind": "socket", "pid": 12, "comm": "cni", "what": "fd 4"}]}]});
+        let report = analyse(&recording(&[snapshot]));
+        let finding = &report.findings[0];
+        assert_eq!(finding.kind, "netns_flagged");
+        assert!(
+            finding.text.contains("socket fd 4 of cni(12)"),
+            "{}",
+            finding.text
+        );
+        assert_eq!(
+            finding.holders,
+            [HolderRefLine {
+                kind: "socket".into(),
+                pid: Some(12)
+            }]
+        );
     }
 
     #[test]

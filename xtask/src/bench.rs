@@ -30,6 +30,8 @@ struct Scale {
     window: Duration,
     /// Network namespaces made and dropped under `serve`.
     churn: usize,
+    /// The busy node a netns snapshot scans: namespaces, processes, fds per process.
+    census: (usize, usize, usize),
 }
 
 const FULL: Scale = Scale {
@@ -39,6 +41,7 @@ const FULL: Scale = Scale {
     rates: &[50_000, 100_000, 200_000, 400_000, 800_000],
     window: Duration::from_secs(2),
     churn: 2_000,
+    census: (500, 2_000, 100),
 };
 
 const QUICK: Scale = Scale {
@@ -48,6 +51,7 @@ const QUICK: Scale = Scale {
     rates: &[20_000],
     window: Duration::from_millis(300),
     churn: 20,
+    census: (10, 50, 100),
 };
 
 /// One line of the results table.
@@ -478,7 +482,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(quick: bool) -> Result<()> {
+/// Every measure, or with `netns_only` the netns snapshot's alone.
+pub fn run(quick: bool, netns_only: bool) -> Result<()> {
     let scale = if quick { QUICK } else { FULL };
     crate::run_checked(Command::new(env!("CARGO")).args([
         "build",
@@ -487,6 +492,10 @@ pub fn run(quick: bool) -> Result<()> {
         "tracer",
     ]))?;
     let mut rows = Vec::new();
+    if netns_only {
+        netns_census(scale.census, &mut rows)?;
+        return report(&rows, quick);
+    }
     let mut target = signal_target()?;
     let pid = target.id();
     let result = measure(scale, pid, &mut rows);
@@ -754,7 +763,121 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
     ));
 
     // 5. Memory of a long-running serve.
-    serve_memory(scale.churn, rows)
+    serve_memory(scale.churn, rows)?;
+
+    // 6. A netns snapshot of a busy node.
+    netns_census(scale.census, rows)
+}
+
+/// Forked processes that each hold open fds, some in network namespaces of their own: the
+/// node a `tracer netns` snapshot has to scan. Killed (and reaped) on drop.
+struct BusyNode(Vec<libc::pid_t>);
+
+impl BusyNode {
+    /// `processes` processes with `fds` open fds each (a third `/dev/null`, the rest both ends
+    /// of Unix socket pairs: sockets cost the scan most); the first `namespaces` of them in a
+    /// network namespace of their own.
+    fn new(processes: usize, fds: usize, namespaces: usize) -> Result<Self> {
+        let mut node = Self(Vec::with_capacity(processes));
+        for i in 0..processes {
+            // SAFETY: the child makes only async-signal-safe syscalls (the path is a static C
+            // string) and never returns; it dies with us (PDEATHSIG) or when killed on drop.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                bail!("fork: {}", std::io::Error::last_os_error());
+            }
+            if pid == 0 {
+                // SAFETY: see above.
+                unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if i < namespaces && libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        libc::_exit(1);
+                    }
+                    let mut open = 0;
+                    while open < fds / 3 {
+                        libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                        open += 1;
+                    }
+                    let mut pair = [0; 2];
+                    while open + 2 <= fds {
+                        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr());
+                        open += 2;
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            node.0.push(pid);
+        }
+        Ok(node)
+    }
+}
+
+impl Drop for BusyNode {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: plain syscalls on our own children.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// CPU seconds (user + system) used by our reaped children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Wall and CPU time of `tracer netns --json` on a node with `census.0` namespaces and
+/// `census.1` processes holding `census.2` fds each (medians of three). The CPU time says what
+/// the scan costs when the machine is shared.
+fn netns_census(census: (usize, usize, usize), rows: &mut Vec<Row>) -> Result<()> {
+    let (namespaces, processes, fds) = census;
+    let _node = BusyNode::new(processes, fds, namespaces)?;
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (started, cpu_before) = (Instant::now(), children_cpu());
+        let out = ours(&["netns", "--json"])
+            .stderr(Stdio::null())
+            .output()
+            .context("tracer netns")?;
+        wall.push(started.elapsed().as_secs_f64());
+        cpu.push(children_cpu() - cpu_before);
+        let listed = out
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        if listed < namespaces {
+            bail!("tracer netns listed {listed} namespaces, expected at least {namespaces}");
+        }
+    }
+    let node = format!("{namespaces} namespaces, {processes} processes x {fds} fds");
+    rows.push(Row::new(
+        &format!("netns snapshot, wall time: {node}"),
+        median(wall) * 1000.0,
+        ("-", 0.0),
+        "ms",
+        "< 1000",
+    ));
+    rows.push(Row::new(
+        &format!("netns snapshot, CPU time (user + sys): {node}"),
+        median(cpu) * 1000.0,
+        ("-", 0.0),
+        "ms",
+        "-",
+    ));
+    Ok(())
 }
 
 /// Makes and drops `n` network namespaces, each with a firewall rule that drops three UDP

@@ -25,7 +25,7 @@ fn usage() -> ! {
          setup              install what building and testing need (apt packages, nightly rust-src, bpf-linker)\n  \
          run -- ARGS        install only what building needs, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
-         bench [--quick]    setup, then measure start-up, kernel cost, throughput and overhead against baselines\n  \
+         bench [--quick] [--netns]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only)\n  \
          image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)"
     );
     std::process::exit(2)
@@ -59,7 +59,10 @@ fn run() -> Result<()> {
         }
         "bench" => {
             setup::for_testing()?;
-            bench::run(rest.iter().any(|a| a == "--quick"))
+            bench::run(
+                rest.iter().any(|a| a == "--quick"),
+                rest.iter().any(|a| a == "--netns"),
+            )
         }
         "image" => {
             setup::for_testing()?;
@@ -162,7 +165,7 @@ fn test(filter: &[String]) -> Result<()> {
     if result.is_ok() && filter.is_empty() {
         // The benchmark harness's own test: a short run proves it works (figures not asserted).
         eprintln!("xtask: bench --quick (the harness's test)");
-        result = bench::run(true);
+        result = bench::run(true, false);
         match &result {
             Ok(()) => tally.passed += 1,
             Err(_) => tally.failed += 1,

@@ -7,4 +7,6 @@ pub mod mountinfo;
 pub mod netns;
 pub mod offsets;
 pub mod preflight;
+pub mod procfd;
+pub mod sockets;
 pub mod symbols;

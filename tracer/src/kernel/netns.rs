@@ -16,7 +16,6 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use nix::sched::{setns, CloneFlags};
 
 use super::mountinfo;
-use crate::text::escape;
 
 /// Processes looked at, at most, so that a runaway fork bomb cannot stall a scan.
 const MAX_PROCESSES: usize = 1_000_000;
@@ -57,8 +56,9 @@ pub fn process_namespaces() -> Vec<(u32, u64)> {
 }
 
 /// `(mount point, namespace inode)` of every network-namespace bind mount in `mountinfo`:
-/// nsfs mounts whose root is `net:[INODE]`.
-pub fn parse_netns_mounts(mountinfo: &str) -> Vec<(String, u64)> {
+/// nsfs mounts whose root is `net:[INODE]`. Mount points are raw bytes (octal escapes undone):
+/// they are paths to open, escaped only when printed.
+pub fn parse_netns_mounts(mountinfo: &[u8]) -> Vec<(Vec<u8>, u64)> {
     let mut mounts = Vec::new();
     for mount in mountinfo::parse(mountinfo) {
         if mount.fstype != "nsfs" {
@@ -70,7 +70,7 @@ pub fn parse_netns_mounts(mountinfo: &str) -> Vec<(String, u64)> {
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|i| i.parse().ok());
         if let Some(inode) = inode {
-            let point = escape(&mount.mount_point);
+            let point = mount.mount_point;
             if !mounts.contains(&(point.clone(), inode)) {
                 mounts.push((point, inode));
             }
@@ -80,10 +80,33 @@ pub fn parse_netns_mounts(mountinfo: &str) -> Vec<(String, u64)> {
 }
 
 /// Network-namespace bind mounts visible in this mount namespace.
-pub fn netns_mounts() -> Vec<(String, u64)> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| parse_netns_mounts(&m))
-        .unwrap_or_default()
+pub fn netns_mounts() -> Vec<(Vec<u8>, u64)> {
+    netns_mounts_of("self").unwrap_or_default()
+}
+
+/// Network-namespace bind mounts in the mount namespace of `pid` (`self` for ours); an error
+/// when that process is gone or its mountinfo unreadable.
+pub fn netns_mounts_of(pid: &str) -> std::io::Result<Vec<(Vec<u8>, u64)>> {
+    Ok(parse_netns_mounts(&fs::read(format!(
+        "/proc/{pid}/mountinfo"
+    ))?))
+}
+
+/// `NS_GET_NSTYPE` (Linux 4.11): the `CLONE_NEW*` type of a namespace file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// If `path` opens a network namespace file (through a bind mount or a /proc fd link), its
+/// inode.
+pub fn netns_file_inode(path: &Path) -> Option<u64> {
+    // Only a file on nsfs is opened: opening a FIFO or a device could block or act on it.
+    let nsfs = fs::metadata("/proc/self/ns/net").ok()?.dev();
+    if fs::metadata(path).ok()?.dev() != nsfs {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    // SAFETY: plain ioctl on a valid fd; nsfs answers it, any other file fails it.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    (kind == libc::CLONE_NEWNET).then(|| file.metadata().ok().map(|m| m.ino()))?
 }
 
 /// Every network namespace reachable through a bind mount or a process, by inode.
@@ -92,7 +115,7 @@ pub fn discover() -> BTreeMap<u64, NetnsRef> {
     for (point, inode) in netns_mounts() {
         found.entry(inode).or_insert(NetnsRef {
             inode,
-            path: point.into(),
+            path: super::procfd::path_of(&point),
         });
     }
     for (pid, inode) in process_namespaces() {
@@ -180,10 +203,10 @@ mod tests {
 614 29 0:4 mnt:[4026532291] /run/mnt-ns rw - nsfs nsfs rw
 615 29 0:4 net:[4026532300] /var/run/with\\040space rw - nsfs nsfs rw";
         assert_eq!(
-            parse_netns_mounts(mountinfo),
+            parse_netns_mounts(mountinfo.as_bytes()),
             [
-                ("/run/netns/a".to_string(), 4026532290),
-                ("/var/run/with space".to_string(), 4026532300)
+                (b"/run/netns/a".to_vec(), 4026532290),
+                (b"/var/run/with space".to_vec(), 4026532300)
             ]
         );
     }

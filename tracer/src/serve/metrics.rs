@@ -160,11 +160,20 @@ impl Metrics {
         let netns_flagged = IntGaugeVec::new(
             Opts::new(
                 "tracer_netns_flagged",
-                "Network namespaces flagged by the latest census: orphaned (held only by a \
-                 bind mount), stuck (a process inside in D state), ip_conflict (an address \
-                 also in another namespace). 1 per flagged namespace.",
+                "Network namespaces flagged by the latest census: orphaned (no process \
+                 inside, held by an open file, a socket or a bind mount), stuck (a process \
+                 inside in D state), ip_conflict (an address also in another namespace). \
+                 holder and holder_pid: the first holder the flag names (kind and process). \
+                 1 per flagged namespace.",
             ),
-            &["flag", "netns", "k8s_namespace", "k8s_pod"],
+            &[
+                "flag",
+                "netns",
+                "k8s_namespace",
+                "k8s_pod",
+                "holder",
+                "holder_pid",
+            ],
         )?;
         registry.register(Box::new(netns_flagged.clone()))?;
         let build_info = IntGaugeVec::new(
@@ -266,9 +275,14 @@ impl Metrics {
             let [namespace, pod] = pod_key(report.pod.as_ref());
             let netns = report.inode.to_string();
             for flag in &report.flags {
+                let holder = flag.holders.first();
+                let kind = holder.map_or("", |h| h.kind);
+                let pid = holder
+                    .and_then(|h| h.pid)
+                    .map_or_else(String::new, |p| p.to_string());
                 let flag = flag.flag.replace('-', "_");
                 book.netns_flagged
-                    .with_label_values(&[flag.as_str(), &netns, &namespace, &pod])
+                    .with_label_values(&[flag.as_str(), &netns, &namespace, &pod, kind, &pid])
                     .set(1);
             }
         }

@@ -1,11 +1,20 @@
-//! Finding the network namespaces alive on the node from userspace: every process's
-//! /proc/PID/ns/net, and every nsfs bind mount in /proc/self/mountinfo (`ip netns`, container
-//! runtimes, kubelet). A namespace nobody holds in either way is being torn down and is not
-//! visible here.
+//! Finding the network namespaces alive on the node from userspace, and what holds each one:
+//! processes inside (/proc/PID/ns/net), open namespace files and sockets in processes of other
+//! namespaces (/proc/PID/fd), and nsfs bind mounts in every mount namespace (`ip netns`,
+//! container runtimes, kubelet, systemd units with private mounts).
+//!
+//! A socket's namespace is asked of the kernel with `SIOCGSKNS` on a copy of the fd borrowed
+//! with pidfd_getfd: exact for every socket family, and no kernel program is needed for a
+//! snapshot. The cost is a few syscalls per socket; other fds cost one readlink.
 
 use std::{
-    collections::BTreeMap,
-    fs,
+    collections::{BTreeMap, HashMap, HashSet},
+    ffi::OsStr,
+    fs::{self, File},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -13,7 +22,13 @@ use serde::Serialize;
 
 use crate::{
     clock::Clock,
-    kernel::netns::{net_ns_link, netns_mounts, process_namespaces},
+    kernel::{
+        netns::{
+            net_ns_link, netns_file_inode, netns_mounts_of, process_namespaces, socket_netns_cookie,
+        },
+        procfd::{fd_path, fds, path_of, Link, Pidfd},
+        sockets::{describe, socket_netns, SocketInfo},
+    },
     text::escape,
 };
 
@@ -35,33 +50,192 @@ pub struct Holder {
     pub blocked_ms: Option<u64>,
 }
 
-/// One namespace as found: its inode, who is inside, where it is mounted.
-#[derive(Clone, Debug, Default)]
+/// A process holding an open file of the namespace (opened from /proc/PID/ns/net or a bind
+/// mount, as CNI plugins and network agents do), while living in another one.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileHolder {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: u32,
+}
+
+/// A socket created in the namespace and open in a process that lives in another one.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketHolder {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: u32,
+    #[serde(flatten)]
+    pub socket: SocketInfo,
+}
+
+/// A bind mount of the namespace file, in any mount namespace.
+#[derive(Clone, Debug, Serialize)]
+pub struct BindMount {
+    /// The mount point, escaped for printing.
+    pub path: String,
+    /// The mount namespace it is in, and a process living there.
+    pub mount_ns: u64,
+    pub pid: u32,
+    /// The mount point's bytes, to open.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    /// Whether it is in the tracer's own mount namespace (reachable by its path).
+    #[serde(skip)]
+    pub own: bool,
+}
+
+impl BindMount {
+    /// A path to it from this process: its own path, or through the root of a process of its
+    /// mount namespace.
+    pub fn reach(&self) -> PathBuf {
+        if self.own {
+            path_of(&self.raw)
+        } else {
+            let mut path = PathBuf::from(format!("/proc/{}/root", self.pid)).into_os_string();
+            path.push(OsStr::from_bytes(&self.raw));
+            path.into()
+        }
+    }
+}
+
+/// A holder as a flag names it: its kind, the process behind it, and what it is.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HolderRef {
+    /// `process`, `file`, `socket` or `bind mount`.
+    pub kind: &'static str,
+    /// The process holding it (for a bind mount: a process of its mount namespace).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// `fd 3`, `fd 5 (tcp 10.0.0.1:80 -> 10.0.0.2:4242 ESTABLISHED)`, a mount point...
+    pub what: String,
+}
+
+impl HolderRef {
+    pub fn process(h: &Holder) -> Self {
+        Self {
+            kind: "process",
+            pid: Some(h.pid),
+            comm: Some(h.comm.clone()),
+            what: format!("state {}", h.state),
+        }
+    }
+
+    /// `file fd 3 of cni(42)`, `bind mount /run/netns/x (mount ns 4026531841, pid 1)`.
+    pub fn describe(&self) -> String {
+        let who = match (&self.comm, self.pid) {
+            (Some(comm), Some(pid)) => format!(" of {comm}({pid})"),
+            _ => String::new(),
+        };
+        format!("{} {}{who}", self.kind, self.what)
+    }
+}
+
+impl FileHolder {
+    pub fn as_ref(&self) -> HolderRef {
+        HolderRef {
+            kind: "file",
+            pid: Some(self.pid),
+            comm: Some(self.comm.clone()),
+            what: format!("fd {}", self.fd),
+        }
+    }
+}
+
+impl SocketHolder {
+    pub fn as_ref(&self) -> HolderRef {
+        HolderRef {
+            kind: "socket",
+            pid: Some(self.pid),
+            comm: Some(self.comm.clone()),
+            what: format!("fd {} ({})", self.fd, self.socket),
+        }
+    }
+}
+
+impl BindMount {
+    pub fn as_ref(&self) -> HolderRef {
+        HolderRef {
+            kind: "bind mount",
+            pid: Some(self.pid),
+            comm: None,
+            what: format!(
+                "{} (mount ns {}, pid {})",
+                self.path, self.mount_ns, self.pid
+            ),
+        }
+    }
+}
+
+/// One namespace as found: its inode and everything in userspace that holds it.
+#[derive(Debug, Default)]
 pub struct Found {
     pub inode: u64,
+    /// Processes inside.
     pub holders: Vec<Holder>,
-    /// Bind mounts of the namespace, as mount points.
-    pub mounts: Vec<String>,
+    pub files: Vec<FileHolder>,
+    pub sockets: Vec<SocketHolder>,
+    pub mounts: Vec<BindMount>,
+    /// The namespace opened from one of its sockets: a way in when nothing else is left.
+    via_socket: Option<File>,
 }
 
 impl Found {
     /// Paths through which the namespace can be entered, the most stable first.
-    pub fn entry_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.mounts
-            .iter()
-            .map(PathBuf::from)
+    pub fn entry_paths(&self) -> Vec<PathBuf> {
+        let (own, other): (Vec<_>, Vec<_>) = self.mounts.iter().partition(|m| m.own);
+        own.iter()
+            .map(|m| m.reach())
             .chain(self.holders.iter().map(|h| net_ns_link(h.pid)))
+            .chain(self.files.iter().map(|f| fd_path(f.pid, f.fd)))
+            .chain(other.iter().map(|m| m.reach()))
+            .chain(
+                self.via_socket
+                    .iter()
+                    .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))),
+            )
+            .collect()
+    }
+
+    /// Its holders other than processes inside.
+    pub fn held(&self) -> Vec<HolderRef> {
+        self.files
+            .iter()
+            .map(FileHolder::as_ref)
+            .chain(self.sockets.iter().map(SocketHolder::as_ref))
+            .chain(self.mounts.iter().map(BindMount::as_ref))
+            .collect()
+    }
+
+    /// The kinds of holder it has: `process`, `file`, `socket`, `bind mount`.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        [
+            ("process", self.holders.is_empty()),
+            ("file", self.files.is_empty()),
+            ("socket", self.sockets.is_empty()),
+            ("bind mount", self.mounts.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, none)| !none)
+        .map(|(kind, _)| kind)
+        .collect()
+    }
+
+    fn at(found: &mut BTreeMap<u64, Found>, inode: u64) -> &mut Found {
+        let entry = found.entry(inode).or_default();
+        entry.inode = inode;
+        entry
     }
 }
 
-/// `comm` and state letter from the text of /proc/PID/stat. The comm is in parentheses and
-/// may itself contain them, so the last `)` ends it.
-fn parse_stat(stat: &str) -> Option<(String, String)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = escape(stat.get(open + 1..close)?.as_bytes());
-    let state = stat
-        .get(close + 1..)?
+/// `comm` and state letter from /proc/PID/stat. The comm is in parentheses and may itself
+/// contain them (or any byte but NUL), so the last `)` ends it.
+fn parse_stat(stat: &[u8]) -> Option<(String, String)> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let comm = escape(stat.get(open + 1..close)?);
+    let state = std::str::from_utf8(stat.get(close + 1..)?)
+        .ok()?
         .split_whitespace()
         .next()?
         .to_string();
@@ -86,46 +260,251 @@ fn parse_stack(stack: &str) -> Vec<String> {
         .collect()
 }
 
-fn read_proc(pid: u32, file: &str) -> Option<String> {
-    fs::read_to_string(Path::new("/proc").join(pid.to_string()).join(file)).ok()
+fn read_proc(pid: u32, file: &str) -> Option<Vec<u8>> {
+    fs::read(Path::new("/proc").join(pid.to_string()).join(file)).ok()
+}
+
+fn read_proc_text(pid: u32, file: &str) -> Option<String> {
+    String::from_utf8(read_proc(pid, file)?).ok()
 }
 
 /// What /proc says about `pid`; `None` if it is gone.
 pub fn holder(pid: u32) -> Option<Holder> {
     let (comm, state) = parse_stat(&read_proc(pid, "stat")?)?;
-    let wchan = read_proc(pid, "wchan").filter(|w| !w.is_empty() && w != "0");
+    let wchan = read_proc(pid, "wchan").filter(|w| !w.is_empty() && w != b"0");
+    // Only a blocked holder's stack and time asleep are shown: not read for the others.
     let blocked = state == "D";
-    let stack = read_proc(pid, "stack")
+    let stack = blocked
+        .then(|| read_proc_text(pid, "stack"))
+        .flatten()
         .map(|s| parse_stack(&s))
-        .filter(|s| blocked && !s.is_empty());
-    let blocked_ms = read_proc(pid, "sched")
+        .filter(|s| !s.is_empty());
+    let blocked_ms = blocked
+        .then(|| read_proc_text(pid, "sched"))
+        .flatten()
         .and_then(|s| parse_exec_start_ms(&s))
-        .filter(|_| blocked)
         .map(|ms| (Clock::monotonic_now_ns() as f64 / 1e6 - ms).max(0.0) as u64);
     Some(Holder {
         pid,
         comm,
         state,
-        wchan: wchan.map(|w| escape(w.as_bytes())),
+        wchan: wchan.map(|w| escape(&w)),
         stack,
         blocked_ms,
     })
 }
 
-/// Every network namespace held by a process or a bind mount, by inode.
-pub fn all() -> BTreeMap<u64, Found> {
-    let mut found: BTreeMap<u64, Found> = BTreeMap::new();
-    for (pid, inode) in process_namespaces() {
-        if let Some(h) = holder(pid) {
-            let entry = found.entry(inode).or_default();
-            entry.inode = inode;
-            entry.holders.push(h);
+/// The escaped comm of `pid` (`?` once it is gone).
+fn comm_of(pid: u32) -> String {
+    read_proc(pid, "comm").map_or_else(
+        || "?".into(),
+        |c| escape(c.strip_suffix(b"\n").unwrap_or(&c)),
+    )
+}
+
+/// The inode of the namespace file /proc/PID/ns/KIND.
+fn ns_inode(pid: u32, kind: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Every process with its network and mount namespaces.
+struct Process {
+    pid: u32,
+    net: u64,
+    mnt: Option<u64>,
+}
+
+/// Bind mounts of network namespaces in every mount namespace some process lives in: one
+/// mountinfo read per mount namespace (from the first of its processes that can still be read).
+fn bind_mounts(processes: &[Process], found: &mut BTreeMap<u64, Found>) -> HashSet<Vec<u8>> {
+    let own_pid = std::process::id();
+    let own = ns_inode(own_pid, "mnt");
+    let mut by_ns: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for p in processes {
+        if let Some(mnt) = p.mnt {
+            by_ns.entry(mnt).or_default().push(p.pid);
         }
     }
-    for (point, inode) in netns_mounts() {
-        let entry = found.entry(inode).or_default();
-        entry.inode = inode;
-        entry.mounts.push(point);
+    let mut points = HashSet::new();
+    for (mnt, pids) in by_ns {
+        // Ours is named after this process; a mount namespace whose processes all left while
+        // it was read is skipped.
+        let first = (Some(mnt) == own).then_some(own_pid);
+        let Some((pid, mounts)) = first
+            .into_iter()
+            .chain(pids)
+            .find_map(|pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
+        else {
+            continue;
+        };
+        for (raw, inode) in mounts {
+            points.insert(raw.clone());
+            Found::at(found, inode).mounts.push(BindMount {
+                path: escape(&raw),
+                mount_ns: mnt,
+                pid,
+                raw,
+                own: Some(mnt) == own,
+            });
+        }
+    }
+    points
+}
+
+/// One scanning thread's findings and what it learnt on the way.
+#[derive(Default)]
+struct Scan {
+    found: BTreeMap<u64, Found>,
+    /// Namespace inodes by cookie: `SO_NETNS_COOKIE` on a socket is one cheap getsockopt,
+    /// `SIOCGSKNS` opens a file; it is asked once per namespace.
+    inodes: HashMap<u64, u64>,
+}
+
+impl Scan {
+    /// The inode of socket `fd`'s namespace, and the namespace opened if that was needed.
+    fn socket_ns(&mut self, fd: BorrowedFd<'_>) -> Option<(u64, Option<File>)> {
+        let cookie = socket_netns_cookie(fd.as_raw_fd());
+        if let Some(inode) = cookie.and_then(|c| self.inodes.get(&c)) {
+            return Some((*inode, None));
+        }
+        let (inode, netns) = socket_netns(fd).ok()?;
+        if let Some(cookie) = cookie {
+            self.inodes.insert(cookie, inode);
+        }
+        Some((inode, Some(netns)))
+    }
+
+    /// The fds of `process` that hold a network namespace other than its own: open namespace
+    /// files and sockets. `mount_points` are the paths of nsfs bind mounts: an fd opened
+    /// through one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
+    fn fd_holders(&mut self, process: &Process, mount_points: &HashSet<Vec<u8>>) {
+        let pid = process.pid;
+        // Unreadable (EACCES, gone): skipped; the namespaces it holds may be found another way.
+        let Ok(fds) = fds(pid) else { return };
+        let mut comm = None;
+        let mut pidfd = None;
+        for (fd, link) in fds {
+            let inode = match link {
+                Link::Netns(inode) => Some(inode),
+                Link::Other(path) if path == b"/" || mount_points.contains(&path) => {
+                    netns_file_inode(&fd_path(pid, fd))
+                }
+                Link::Other(_) => None,
+                Link::Socket => {
+                    let pidfd = pidfd.get_or_insert_with(|| Pidfd::open(pid));
+                    let Ok(pidfd) = pidfd else { continue };
+                    // Closed since it was listed, or not ours to borrow: skipped.
+                    let Ok(socket) = pidfd.get_fd(fd) else {
+                        continue;
+                    };
+                    let Some((inode, netns)) = self.socket_ns(socket.as_fd()) else {
+                        continue;
+                    };
+                    if inode == process.net {
+                        continue;
+                    }
+                    let entry = Found::at(&mut self.found, inode);
+                    entry.sockets.push(SocketHolder {
+                        pid,
+                        comm: comm.get_or_insert_with(|| comm_of(pid)).clone(),
+                        fd,
+                        socket: describe(socket.as_fd()),
+                    });
+                    if entry.via_socket.is_none() {
+                        entry.via_socket =
+                            netns.or_else(|| socket_netns(socket.as_fd()).ok().map(|(_, f)| f));
+                    }
+                    continue;
+                }
+            };
+            if let Some(inode) = inode.filter(|&i| i != process.net) {
+                Found::at(&mut self.found, inode).files.push(FileHolder {
+                    pid,
+                    comm: comm.get_or_insert_with(|| comm_of(pid)).clone(),
+                    fd,
+                });
+            }
+        }
+    }
+
+    /// Processes inside their namespaces, and what their fds hold.
+    fn processes(&mut self, processes: &[Process], mount_points: &HashSet<Vec<u8>>) {
+        let own = std::process::id();
+        for process in processes {
+            if let Some(h) = holder(process.pid) {
+                Found::at(&mut self.found, process.net).holders.push(h);
+            }
+            // Our own fds are the scan's: the namespaces it opened.
+            if process.pid != own {
+                self.fd_holders(process, mount_points);
+            }
+        }
+    }
+}
+
+/// Threads that scan processes at most: the scan is syscalls, one per fd at least.
+const MAX_THREADS: usize = 4;
+
+fn processes() -> Vec<Process> {
+    process_namespaces()
+        .into_iter()
+        .map(|(pid, net)| Process {
+            pid,
+            net,
+            mnt: ns_inode(pid, "mnt"),
+        })
+        .collect()
+}
+
+/// The namespaces processes are inside, and those bind-mounted in any mount namespace (by
+/// inode, with their mounts): the cheap part of [`all`], no fd is looked at.
+pub fn occupied_and_mounted() -> (HashSet<u64>, BTreeMap<u64, Found>) {
+    let processes = processes();
+    let mut mounted = BTreeMap::new();
+    bind_mounts(&processes, &mut mounted);
+    (processes.iter().map(|p| p.net).collect(), mounted)
+}
+
+/// Every network namespace held from userspace, by inode: by a process inside, an open file,
+/// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
+/// vanish while they are read are skipped.
+pub fn all() -> BTreeMap<u64, Found> {
+    let mut found: BTreeMap<u64, Found> = BTreeMap::new();
+    let processes = processes();
+    let mount_points = bind_mounts(&processes, &mut found);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_THREADS);
+    let chunk = processes.len().div_ceil(threads).max(1);
+    let scans: Vec<Scan> = std::thread::scope(|s| {
+        let workers: Vec<_> = processes
+            .chunks(chunk)
+            .map(|part| {
+                let mount_points = &mount_points;
+                s.spawn(move || {
+                    let mut scan = Scan::default();
+                    scan.processes(part, mount_points);
+                    scan
+                })
+            })
+            .collect();
+        // A worker that panicked loses its part of the scan, not the snapshot.
+        workers.into_iter().filter_map(|w| w.join().ok()).collect()
+    });
+    // In pid order: the chunks are consecutive.
+    for scan in scans {
+        for (inode, part) in scan.found {
+            let entry = Found::at(&mut found, inode);
+            entry.holders.extend(part.holders);
+            entry.files.extend(part.files);
+            entry.sockets.extend(part.sockets);
+            entry.mounts.extend(part.mounts);
+            if entry.via_socket.is_none() {
+                entry.via_socket = part.via_socket;
+            }
+        }
     }
     found
 }
@@ -137,8 +516,13 @@ mod tests {
     #[test]
     fn parses_proc_files() {
         assert_eq!(
-            parse_stat("42 (my (odd) comm) D 1 42 42 0"),
+            parse_stat(b"42 (my (odd) comm) D 1 42 42 0"),
             Some(("my (odd) comm".into(), "D".into()))
+        );
+        // A comm that is not UTF-8 is escaped, not a reason to drop the process.
+        assert_eq!(
+            parse_stat(b"43 (bad\xff\ncomm) S 1"),
+            Some(("bad\\xff\\ncomm".into(), "S".into()))
         );
         let sched = "sleep (1, #threads: 1)\n---\nse.exec_start   :   1225877.400704\n";
         assert_eq!(parse_exec_start_ms(sched), Some(1225877.400704));

@@ -8,7 +8,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::{discover::Holder, inside::Address};
+use super::{
+    discover::{Holder, HolderRef},
+    inside::Address,
+};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Flag {
@@ -18,6 +21,10 @@ pub struct Flag {
     /// Other namespaces involved (for `ip-conflict`: those with the same address).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<u64>,
+    /// What keeps the namespace alive (for `orphaned`: every holder; for `stuck`: the blocked
+    /// process).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderRef>,
 }
 
 /// `comm(pid), comm(pid)`, or `no process`.
@@ -32,17 +39,22 @@ pub fn holder_list(holders: &[Holder]) -> String {
         .join(", ")
 }
 
-/// Held by bind mounts alone: no process is inside. Holders whose container the runtime no
-/// longer knows are not told apart: a container without runtime state looks the same as one
-/// whose runtime keeps its state where the enricher does not look.
-pub fn orphaned(holders: &[Holder], mounts: &[String]) -> Option<Flag> {
-    (holders.is_empty() && !mounts.is_empty()).then(|| Flag {
+/// No process inside, yet something holds it: an open file, a socket or a bind mount (`held`).
+/// Holders whose container the runtime no longer knows are not told apart: a container without
+/// runtime state looks the same as one whose runtime keeps its state where the enricher does
+/// not look.
+pub fn orphaned(holders: &[Holder], held: Vec<HolderRef>) -> Option<Flag> {
+    (holders.is_empty() && !held.is_empty()).then(|| Flag {
         flag: "orphaned",
         explanation: format!(
-            "held only by bind mount {}: no process is inside",
-            mounts.join(", ")
+            "no process is inside; held by {}",
+            held.iter()
+                .map(HolderRef::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         namespaces: Vec::new(),
+        holders: held,
     })
 }
 
@@ -65,6 +77,7 @@ pub fn stuck(holders: &[Holder], after: Duration) -> Vec<Flag> {
                     h.wchan.as_deref().unwrap_or("an unknown kernel function")
                 ),
                 namespaces: Vec::new(),
+                holders: vec![HolderRef::process(h)],
             })
         })
         .collect()
@@ -101,6 +114,7 @@ pub fn ip_conflicts(namespaces: &[Configured<'_>]) -> BTreeMap<u64, Vec<Flag>> {
                 flag: "ip-conflict",
                 explanation: format!("{address} is also configured in {}", described.join(", ")),
                 namespaces: others.iter().map(|o| o.inode).collect(),
+                holders: Vec::new(),
             });
         }
     }
@@ -184,10 +198,20 @@ mod tests {
     }
 
     #[test]
-    fn orphaned_means_mounts_without_processes() {
-        let mounts = ["/run/netns/x".to_string()];
-        assert!(orphaned(&[], &mounts).is_some());
-        assert!(orphaned(&[holder(1, "S", None)], &mounts).is_none());
-        assert!(orphaned(&[], &[]).is_none());
+    fn orphaned_means_held_without_processes() {
+        let file = HolderRef {
+            kind: "file",
+            pid: Some(9),
+            comm: Some("cni".into()),
+            what: "fd 3".into(),
+        };
+        let flag = orphaned(&[], vec![file.clone()]).unwrap();
+        assert_eq!(
+            flag.explanation,
+            "no process is inside; held by file fd 3 of cni(9)"
+        );
+        assert_eq!(flag.holders, std::slice::from_ref(&file));
+        assert!(orphaned(&[holder(1, "S", None)], vec![file]).is_none());
+        assert!(orphaned(&[], Vec::new()).is_none());
     }
 }

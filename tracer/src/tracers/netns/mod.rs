@@ -7,11 +7,8 @@ mod flags;
 mod inside;
 pub mod snapshot;
 
+use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroUsize;
-use std::{
-    collections::{BTreeMap, HashSet},
-    path::Path,
-};
 
 use lru::LruCache;
 
@@ -172,8 +169,9 @@ impl NetnsTracer {
         Ok(1)
     }
 
-    /// The pending exits after which no process is inside while a bind mount still holds the
-    /// namespace (the same one: its cookie is checked). One /proc scan for all of them.
+    /// The pending exits after which no process is inside while a bind mount, in any mount
+    /// namespace, still holds the namespace (the same one: its cookie is checked). One /proc
+    /// scan for all of them; fds are not looked at (too costly for every exit).
     fn last_holder_exits(&mut self, final_flush: bool) -> Vec<Record> {
         let now = Clock::monotonic_now_ns();
         let (ready, waiting): (Vec<_>, Vec<_>) = self
@@ -184,11 +182,7 @@ impl NetnsTracer {
         if ready.is_empty() {
             return Vec::new();
         }
-        let occupied: HashSet<u64> = crate::kernel::netns::process_namespaces()
-            .into_iter()
-            .map(|(_, inode)| inode)
-            .collect();
-        let mounts = crate::kernel::netns::netns_mounts();
+        let (occupied, mounted) = discover::occupied_and_mounted();
         // The last exit per namespace is the last holder's.
         let mut last: BTreeMap<u64, Record> = BTreeMap::new();
         for exit in ready {
@@ -197,10 +191,10 @@ impl NetnsTracer {
         last.into_values()
             .filter(|r| !occupied.contains(&r.inode))
             .filter(|r| {
-                mounts.iter().any(|(point, inode)| {
-                    *inode == r.inode
-                        && crate::kernel::netns::cookie_of(Path::new(point), *inode).ok()
-                            == Some(r.cookie)
+                mounted.get(&r.inode).is_some_and(|found| {
+                    found.mounts.iter().any(|m| {
+                        crate::kernel::netns::cookie_of(&m.reach(), r.inode).ok() == Some(r.cookie)
+                    })
                 })
             })
             .collect()

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use super::{
-    discover::{self, Holder},
+    discover::{self, BindMount, FileHolder, Holder, SocketHolder},
     flags::{self, Configured, Flag},
     inside::{look_inside, Address, Inside, Interface},
 };
@@ -18,6 +18,9 @@ use crate::{
 
 /// Holders named on a human line before "+N more".
 const HUMAN_HOLDERS: usize = 3;
+
+/// Lines of open files, sockets and mounts shown per namespace before "+N more".
+const HUMAN_HOLDER_LINES: usize = 8;
 
 pub struct SnapshotOptions {
     pub format: Format,
@@ -34,12 +37,18 @@ pub struct NamespaceReport {
     pub kind: &'static str,
     pub inode: u64,
     pub cookie: Option<u64>,
-    /// `process`, `bind mount` or `both`.
-    pub held_by: &'static str,
+    /// The kinds of holder: `process`, `file`, `socket`, `bind mount`.
+    pub held_by: Vec<&'static str>,
     pub interfaces: Vec<Interface>,
     pub addresses: Vec<Address>,
+    /// Processes inside.
     pub holders: Vec<Holder>,
-    pub mounts: Vec<String>,
+    /// Open files of the namespace in processes of other namespaces.
+    pub files: Vec<FileHolder>,
+    /// Sockets of the namespace open in processes of other namespaces.
+    pub sockets: Vec<SocketHolder>,
+    /// Bind mounts of the namespace, in every mount namespace.
+    pub mounts: Vec<BindMount>,
     /// The pod sandbox owning the namespace, and its pod; null for other namespaces.
     pub container: Option<Container>,
     pub pod: Option<Pod>,
@@ -76,22 +85,21 @@ impl NamespaceReport {
                     .cloned()
             })
             .unwrap_or_default();
+        let (held_by, orphaned) = (found.kinds(), flags::orphaned(&found.holders, found.held()));
         Self {
             kind: "netns_snapshot",
             inode: found.inode,
             cookie,
-            held_by: match (found.holders.is_empty(), found.mounts.is_empty()) {
-                (false, false) => "both",
-                (false, true) => "process",
-                _ => "bind mount",
-            },
+            held_by,
             interfaces,
             addresses,
             holders: found.holders,
+            files: found.files,
+            sockets: found.sockets,
             mounts: found.mounts,
             container: owner.container,
             pod: owner.pod,
-            flags: Vec::new(),
+            flags: orphaned.into_iter().collect(),
             error: error.filter(|_| cookie.is_none()),
         }
     }
@@ -115,7 +123,11 @@ impl Event for NamespaceReport {
             "{:<11} {:<8} {:<10} {:<40} {}",
             self.inode,
             self.cookie.map_or_else(|| "?".into(), |c| c.to_string()),
-            self.held_by,
+            self.held_by
+                .iter()
+                .map(|k| k.split(' ').next_back().unwrap_or(k))
+                .collect::<Vec<_>>()
+                .join("+"),
             holders,
             if addresses.is_empty() {
                 "-".into()
@@ -126,8 +138,28 @@ impl Event for NamespaceReport {
         if let Some(pod) = &self.pod {
             writeln!(w, "    {}", pod.label())?;
         }
-        for mount in &self.mounts {
-            writeln!(w, "    mounted at {mount}")?;
+        let lines = self
+            .files
+            .iter()
+            .map(|f| format!("open as fd {} of {}({})", f.fd, f.comm, f.pid))
+            .chain(
+                self.sockets
+                    .iter()
+                    .map(|s| format!("socket fd {} of {}({}): {}", s.fd, s.comm, s.pid, s.socket)),
+            )
+            .chain(self.mounts.iter().map(|m| {
+                format!(
+                    "mounted at {} (mount ns {}, pid {})",
+                    m.path, m.mount_ns, m.pid
+                )
+            }));
+        let shown = HUMAN_HOLDER_LINES;
+        let total = self.files.len() + self.sockets.len() + self.mounts.len();
+        for line in lines.take(shown) {
+            writeln!(w, "    {line}")?;
+        }
+        if total > shown {
+            writeln!(w, "    +{} more (all in --json)", total - shown)?;
         }
         for h in self.holders.iter().filter(|h| h.state == "D") {
             writeln!(
@@ -179,9 +211,6 @@ pub fn take_with(identities: &Identities, stuck_after: Duration) -> Vec<Namespac
     for report in &mut reports {
         report
             .flags
-            .extend(flags::orphaned(&report.holders, &report.mounts));
-        report
-            .flags
             .extend(flags::stuck(&report.holders, stuck_after));
         report
             .flags
@@ -199,7 +228,7 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     let mut reports = take(options.stuck_after);
     for inode in &options.inodes {
         if !reports.iter().any(|r| r.inode == *inode) {
-            bail!("no network namespace with inode {inode} is held by a process or a bind mount");
+            bail!("no network namespace with inode {inode} is held from userspace (process, open file, socket or bind mount)");
         }
     }
     if !options.inodes.is_empty() {
