@@ -58,7 +58,7 @@ fn signal_from_the_host_names_the_killed_containers_pod() {
     let web = node.run_pod("shop", "web", false);
     let app = start_sleeper(&mut node, &web, "app");
     let run = TracerRun::start(&["signals", "--json", "--pid", &app.pid.to_string()]);
-    let human = TracerRun::start(&["signals", "--pid", &app.pid.to_string()]);
+    let human = TracerRun::start(&["signals", "-o", "text", "--pid", &app.pid.to_string()]);
     // The app ignores SIGUSR1; SIGKILL kills it, so the tracer must name a process (and soon
     // a cgroup) that is gone.
     send(app.pid, Signal::SIGUSR1);

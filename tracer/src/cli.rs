@@ -1,13 +1,19 @@
 //! Command line.
 
 use std::{
+    io::IsTerminal as _,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::Format, pipeline::StopWhen, session::RunConfig, tracers::conntrack::Prefix};
+use crate::{
+    output::{line_format, Event, Format},
+    pipeline::StopWhen,
+    session::RunConfig,
+    tracers::conntrack::Prefix,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -197,12 +203,36 @@ pub enum Command {
     },
 }
 
+/// `-o`: how events are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns, with the sender's executable and ancestry on lines of their own.
+    Text,
+    /// Exactly one `key=value` line per event, the same keys in the same order on every line.
+    Line,
+    /// One JSON object per line, with every field.
+    Json,
+}
+
 /// Options every tracing command shares.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Print one JSON object per line (events, then a final {"type":"summary"} object).
+    /// How events are printed. Default: `text` on a terminal, `line` otherwise, so that
+    /// grep, sort | uniq -c and watch always see one whole event per line (the text view
+    /// spends several lines on one event). For programs, `json`: its fields are the stable
+    /// interface.
+    #[arg(long, short = 'o', value_name = "FORMAT", conflicts_with = "json")]
+    pub output: Option<OutputFormat>,
+
+    /// The same as `-o json`: one JSON object per line (events, then a final
+    /// {"type":"summary"} object).
     #[arg(long)]
     pub json: bool,
+
+    /// The columns of `-o line`, comma-separated, in this order (implies `-o line`); an
+    /// unknown name lists the valid ones.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub fields: Vec<String>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -237,20 +267,35 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl RunArgs {
-    /// The run these options ask for, in the session's terms.
-    pub fn config(&self) -> RunConfig {
-        RunConfig {
-            format: if self.json {
-                Format::Json
-            } else {
-                Format::Human
-            },
+    /// The run these options ask for, in the session's terms, for a command whose events are
+    /// `E`s.
+    pub fn config<E: Event>(&self) -> anyhow::Result<RunConfig> {
+        let chosen = match (self.json, self.output) {
+            (true, _) => Some(OutputFormat::Json),
+            (false, chosen) => chosen,
+        };
+        let output = match chosen {
+            Some(chosen) => chosen,
+            None if !self.fields.is_empty() => OutputFormat::Line,
+            None if std::io::stdout().is_terminal() => OutputFormat::Text,
+            None => OutputFormat::Line,
+        };
+        let format = match output {
+            OutputFormat::Line => line_format::<E>(&self.fields).map_err(anyhow::Error::msg)?,
+            _ if !self.fields.is_empty() => {
+                anyhow::bail!("--fields chooses the columns of `-o line`; drop it or use -o line")
+            }
+            OutputFormat::Text => Format::Human,
+            OutputFormat::Json => Format::Json,
+        };
+        Ok(RunConfig {
+            format,
             stop: StopWhen {
                 duration: self.duration,
                 count: self.count,
             },
             buffer_mb: self.buffer_mb,
-        }
+        })
     }
 }
 

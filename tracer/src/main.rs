@@ -28,8 +28,12 @@ use crate::{
     session::{prepare, trace},
     tracers::{
         conntrack::{self, ConntrackOptions, ConntrackTracer},
-        netns::{snapshot::SnapshotOptions, NetnsTracer},
-        signals::{SignalsOptions, SignalsTracer},
+        netns::{
+            self,
+            snapshot::{NamespaceReport, SnapshotOptions},
+            NetnsTracer,
+        },
+        signals::{self, SignalsOptions, SignalsTracer},
     },
 };
 
@@ -59,6 +63,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     enrich::metadata::configure_containerd_state(cli.containerd_state);
     match cli.command {
         Command::Signals(args) => {
+            let run = args.run.config::<signals::SignalRecord>()?;
             let options = SignalsOptions {
                 pid: args.pid,
                 sender_pid: args.sender_pid,
@@ -73,10 +78,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (mut tracer, session) =
                 prepare(|_, identities| SignalsTracer::new(&options, identities))?;
-            trace(&mut tracer, session, &args.run.config())?;
+            trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
+            let run = args.run.config::<conntrack::ConntrackDrop>()?;
             let proto = args
                 .proto
                 .as_deref()
@@ -94,16 +100,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (mut tracer, session) =
                 prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;
-            trace(&mut tracer, session, &args.run.config())?;
+            trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) if args.watch => {
+            let run = args.run.config::<netns::NetnsRecord>()?;
             let (mut tracer, session) = prepare(|_, identities| Ok(NetnsTracer::new(identities)))?;
-            trace(&mut tracer, session, &args.run.config())?;
+            trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
-            format: args.run.config().format,
+            format: args.run.config::<NamespaceReport>()?.format,
             inodes: args.inode,
             stuck_after: args.stuck_after,
         }),

@@ -11,6 +11,8 @@ mod decode;
 mod flow;
 mod stats;
 
+/// Its events, for the command line (their `-o line` columns).
+pub use self::decode::ConntrackDrop;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 
@@ -27,7 +29,7 @@ use tracer_common::{
 
 pub use self::flow::Prefix;
 use self::{
-    decode::{ConntrackDrop, DropClass, TupleLayout},
+    decode::{DropClass, TupleLayout},
     stats::{CtStats, StatLayout},
 };
 use super::{decode_record, Tracer};

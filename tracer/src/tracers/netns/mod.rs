@@ -7,6 +7,8 @@ mod flags;
 mod inside;
 pub mod snapshot;
 
+/// Its events, for the command line (their `-o line` columns).
+pub use self::decode::NetnsRecord;
 use std::num::NonZeroUsize;
 use std::{
     collections::{BTreeMap, HashSet},
@@ -23,7 +25,7 @@ use tracer_common::{
     EventKind,
 };
 
-use self::decode::{NetnsRecord, Record};
+use self::decode::Record;
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,

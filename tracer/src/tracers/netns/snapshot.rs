@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     enrich::identity::{Container, Identities, Pod},
-    output::{Event, Format, Output},
+    output::{pod_column, Column, Event, Format, Output},
 };
 
 /// Holders named on a human line before "+N more".
@@ -97,7 +97,77 @@ impl NamespaceReport {
     }
 }
 
+/// `a,b` of a list, or none when it is empty.
+fn list_column(items: impl Iterator<Item = String>) -> Option<String> {
+    Some(items.collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty())
+}
+
 impl Event for NamespaceReport {
+    const COLUMNS: &'static [Column<Self>] = &[
+        Column {
+            name: "inode",
+            default: true,
+            value: |r| Some(r.inode.to_string()),
+        },
+        Column {
+            name: "cookie",
+            default: true,
+            value: |r| r.cookie.map(|c| c.to_string()),
+        },
+        Column {
+            name: "flags",
+            default: true,
+            value: |r| list_column(r.flags.iter().map(|f| f.flag.to_string())),
+        },
+        Column {
+            name: "pod",
+            default: true,
+            value: |r| pod_column(r.pod.as_ref()),
+        },
+        // `bind_mount` rather than `bind mount`: a value of one word.
+        Column {
+            name: "held_by",
+            default: true,
+            value: |r| Some(r.held_by.replace(' ', "_")),
+        },
+        Column {
+            name: "processes",
+            default: true,
+            value: |r| list_column(r.holders.iter().map(|h| format!("{}({})", h.comm, h.pid))),
+        },
+        Column {
+            name: "addresses",
+            default: true,
+            value: |r| {
+                list_column(
+                    r.addresses
+                        .iter()
+                        .filter(|a| a.scope != "host")
+                        .map(|a| format!("{}:{}/{}", a.interface, a.address, a.prefix_len)),
+                )
+            },
+        },
+        Column {
+            name: "mounts",
+            default: true,
+            value: |r| list_column(r.mounts.iter().cloned()),
+        },
+        Column {
+            name: "stuck",
+            default: false,
+            value: |r| {
+                list_column(r.holders.iter().filter(|h| h.state == "D").map(|h| {
+                    format!(
+                        "{}({})@{}",
+                        h.comm,
+                        h.pid,
+                        h.wchan.as_deref().unwrap_or("?")
+                    )
+                }))
+            },
+        },
+    ];
+
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
         let mut holders =
             flags::holder_list(&self.holders[..self.holders.len().min(HUMAN_HOLDERS)]);
@@ -209,7 +279,7 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
         "{:<11} {:<8} {:<10} {:<40} ADDRESSES",
         "INODE", "COOKIE", "HELD BY", "PROCESSES"
     );
-    let mut out = Output::new(options.format, header);
+    let mut out = Output::new(options.format.clone(), header);
     for report in &reports {
         out.event(report)?;
     }

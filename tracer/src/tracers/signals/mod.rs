@@ -4,6 +4,9 @@ mod decode;
 pub mod names;
 pub mod sender;
 
+/// Its events, for the command line (their `-o line` columns).
+pub use self::decode::SignalRecord;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroUsize;
 
@@ -18,7 +21,7 @@ use tracer_common::{
 };
 
 use self::{
-    decode::{OomDetail, OomVictim, SignalRecord},
+    decode::{OomDetail, OomVictim},
     names::{explain_exit_code, KernelReason, SIGKILL},
 };
 use super::{decode_record, Tracer};
