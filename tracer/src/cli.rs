@@ -9,6 +9,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    enrich::selector::NamePattern,
     output::{line_format, Event, Format},
     pipeline::StopWhen,
     session::RunConfig,
@@ -74,6 +75,8 @@ pub enum Command {
             tracer signals --failed                     signals that were not delivered\n  \
             tracer signals --pid 7942 --wait            pid 7942 does not exist yet\n  \
             tracer signals --pod web --namespace shop   signals to pod shop/web's containers\n  \
+            tracer signals --pod 'web-*'                signals to pods whose names start web-\n  \
+            tracer signals --workload web -s KILL       SIGKILLs to Deployment web's pods\n  \
             tracer signals --container app -s KILL      SIGKILLs to containers named app"
     )]
     Signals(SignalsArgs),
@@ -153,15 +156,16 @@ pub enum Command {
             loop runs, 503 when it stalls). A census of network namespaces every --census-every, \
             on a thread of its own, sets tracer_netns_flagged and writes each newly flagged \
             namespace on stdout.\n\n\
-            Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
-            tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod}, \
-            tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
+            Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod,k8s_workload}, \
+            tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod,k8s_workload}, \
+            tracer_netns_events_total{action,k8s_namespace,k8s_pod,k8s_workload}, \
             tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
             statistics are on), tracer_series_dropped_total{reason}, \
             tracer_events_uncounted_total. The k8s_namespace and k8s_pod \
             labels are those of the pod concerned (the signal's target, the namespace's owner), \
-            empty outside pods; Prometheus adds namespace and pod, the tracer's own.\n\n\
+            empty outside pods, and k8s_workload the workload its name says it belongs to \
+            (as --workload matches); Prometheus adds namespace and pod, the tracer's own.\n\n\
             A new series is scraped once at 0, then at its count, so that increase() sees a \
             first event. Memory is bounded: at most --max-series event series exist, and the \
             series of a pod or a network namespace that is gone are removed after --pod-grace. \
@@ -202,6 +206,11 @@ pub enum Command {
         code: i32,
     },
 }
+
+/// `--workload`, the same on every command.
+const WORKLOAD_HELP: &str = "Only the pods of this Deployment, StatefulSet, DaemonSet, Job or \
+    CronJob, by the names Kubernetes gives them: NAME-<hash>-<5 chars>, NAME-<ordinal>, \
+    NAME-<5 chars>, NAME-<minute>-<5 chars> (the name alone: a bare pod named so matches too)";
 
 /// `-o`: how events are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -334,14 +343,18 @@ pub struct SignalsArgs {
     #[arg(long)]
     pub failed: bool,
 
-    /// Only signals to this container: an id prefix or a container name. Follows the
-    /// workload: containers that start later (a restart) are added within a second.
-    #[arg(long, value_name = "ID|NAME")]
-    pub container: Option<String>,
+    /// Only signals to this container: an id prefix, a container name or a glob (`app-*`).
+    /// Follows the workload: containers that start later (a restart) are added within a
+    /// second.
+    #[arg(long, value_name = "ID|NAME|GLOB", value_parser = NamePattern::parse)]
+    pub container: Option<NamePattern>,
 
-    /// Only signals to processes of this pod (by name).
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
+    /// Only signals to processes of this pod: a name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
 
     /// Only signals to processes of pods in this namespace.
     #[arg(long, value_name = "NS")]
@@ -385,17 +398,21 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = parse_buffer_mb)]
     pub buffer_mb: u32,
 
-    /// Only signals to this pod's processes and conntrack drops in its network namespace.
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
+    /// Only signals to this pod's processes and conntrack drops in its network namespace: a
+    /// name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
 
     /// Only the signals and conntrack drops of pods in this Kubernetes namespace.
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
 
-    /// Only signals to this container (an id prefix or a name).
-    #[arg(long, value_name = "ID-OR-NAME")]
-    pub container: Option<String>,
+    /// Only signals to this container (an id prefix, a name or a glob).
+    #[arg(long, value_name = "ID|NAME|GLOB", value_parser = NamePattern::parse)]
+    pub container: Option<NamePattern>,
 
     /// In the closing namespace snapshot, a process in D state this long marks its namespace
     /// `stuck`.
@@ -496,9 +513,12 @@ pub struct ConntrackArgs {
     #[arg(long)]
     pub conntrack_only: bool,
 
-    /// Only drops in the network namespace of this pod (by name).
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
+    /// Only drops in the network namespace of this pod: a name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
 
     /// Only drops in the network namespaces of pods in this namespace.
     #[arg(long, value_name = "NS")]

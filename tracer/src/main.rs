@@ -74,6 +74,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     container: args.container,
                     pod: args.pod,
                     namespace: args.namespace,
+                    workload: args.workload,
                 },
             };
             let (mut tracer, session) =
@@ -95,8 +96,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 host: args.host,
                 net: args.net,
                 conntrack_only: args.conntrack_only,
-                pod: args.pod,
-                namespace: args.namespace,
+                workload: Selector {
+                    container: None,
+                    pod: args.pod,
+                    namespace: args.namespace,
+                    workload: args.workload,
+                },
             };
             let (mut tracer, session) =
                 prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;

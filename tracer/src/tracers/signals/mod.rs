@@ -128,10 +128,13 @@ impl SignalsTracer {
         filter.target_cgroups_only = options.workload.is_active() as u32;
         if options.workload.is_active() && !identities.lock().has_cgroup_ids() {
             bail!(
-                "--container, --pod and --namespace need a cgroup v2 (unified) hierarchy, \
-                 and none is mounted"
+                "--container, --pod, --workload and --namespace need a cgroup v2 (unified) \
+                 hierarchy, and none is mounted"
             );
         }
+        options
+            .workload
+            .warn_if_unmatched("signals", &identities.lock());
         Ok(Self {
             filter,
             clock: Clock::new(),
