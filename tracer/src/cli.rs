@@ -200,6 +200,21 @@ pub enum Command {
         hook: String,
     },
 
+    /// Print a shell completion script: `source <(tracer completions bash)`, or save it where
+    /// your shell loads completions from (bash-completion: /usr/share/bash-completion/completions/tracer).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Write a man page per command (tracer.8, tracer-signals.8, ...) into DIR: what `cargo
+    /// xtask man` and the image ship.
+    #[command(name = "man-pages", hide = true)]
+    ManPages {
+        /// The directory to write into (created if missing).
+        dir: std::path::PathBuf,
+    },
+
     /// Explain a process exit code (137 = killed by SIGKILL, ...).
     ExitCode {
         /// The exit code, as shown by a shell or `kubectl describe pod`.

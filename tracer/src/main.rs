@@ -4,6 +4,7 @@
 
 mod cli;
 mod clock;
+mod docs;
 mod doctor;
 mod enrich;
 mod hooks;
@@ -134,6 +135,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Doctor => doctor::run(),
         Command::BenchEmptyHook { hook } => {
             session::attach_empty_hook(&hook)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            docs::completions(shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ManPages { dir } => {
+            docs::man_pages(&dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ExitCode { code } => {
