@@ -174,6 +174,8 @@ fn test(filter: &[String]) -> Result<()> {
         "tracer",
         "--package",
         "tracer-common",
+        "--package",
+        "xtask",
     ];
     let mut integration = vec!["test", "--release", "--package", "tracer-tests", "--"];
     integration.push("--test-threads=1");
