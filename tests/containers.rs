@@ -284,12 +284,48 @@ fn pod_sandbox_netns_is_named_in_the_snapshot_and_its_teardown() {
         "{report:#}"
     );
     let cookie = report["cookie"].as_u64().expect("the namespace's cookie");
+    // The pod filters keep the pod's namespace, and only it.
+    let selected = tracer(&["netns", "--json", "--pod", "w?b", "--namespace", "shop"]);
+    let selected: Vec<Value> = String::from_utf8_lossy(&selected.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(selected.len(), 1, "{selected:#?}");
+    assert_eq!(selected[0]["inode"], inode);
 
     let mut watch = TracerRun::start(&["netns", "--watch", "--json"]);
+    let selected = TracerRun::start(&["netns", "--watch", "--json", "--pod", "w*"]);
+    let other = TracerRun::start(&["netns", "--watch", "--json", "--workload", "db"]);
+    assert!(
+        other
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("nothing on this node matches --workload 'db'")),
+        "{:#?}",
+        other.stderr_lines()
+    );
     node.remove_pod(&web);
     let teardown = watch.wait_for_json(Duration::from_secs(30), |e| {
         e["type"] == "netns" && e["action"] == "teardown_end" && e["cookie"] == cookie
     });
+    let (selected, other) = (selected.stop(), other.stop());
+    assert!(
+        selected
+            .of_type("netns")
+            .iter()
+            .any(|e| e["action"] == "teardown_end" && e["cookie"] == cookie),
+        "{:#?}",
+        selected.objects
+    );
+    assert!(
+        selected
+            .of_type("netns")
+            .iter()
+            .all(|e| e["pod"]["name"] == "web"),
+        "{:#?}",
+        selected.objects
+    );
+    assert!(other.of_type("netns").is_empty(), "{:#?}", other.objects);
     let out = watch.stop();
     let teardown =
         teardown.unwrap_or_else(|| panic!("no teardown of {cookie}: {:#?}", out.objects));

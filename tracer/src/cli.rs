@@ -9,7 +9,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    enrich::selector::NamePattern,
+    enrich::selector::{NamePattern, Selector},
     output::{line_format, Event, Format},
     pipeline::StopWhen,
     session::RunConfig,
@@ -397,6 +397,29 @@ pub struct NetnsArgs {
     /// A process inside in D state for longer than this flags its namespace `stuck`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "watch")]
     pub stuck_after: Duration,
+
+    /// Only the namespaces of this pod (its sandbox's): a name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
+
+    /// Only the namespaces of pods in this Kubernetes namespace.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+impl NetnsArgs {
+    /// `--pod`, `--workload`, `--namespace`.
+    pub fn selector(&self) -> Selector {
+        Selector {
+            container: None,
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -111,12 +111,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Netns(args) if args.watch => {
             let run = args.run.config::<netns::NetnsRecord>()?;
-            let (mut tracer, session) = prepare(|_, identities| Ok(NetnsTracer::new(identities)))?;
+            let (mut tracer, session) =
+                prepare(|_, identities| Ok(NetnsTracer::new(identities).only(args.selector())))?;
             trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
             format: args.run.config::<NamespaceReport>()?.format,
+            workload: args.selector(),
             inodes: args.inode,
             stuck_after: args.stuck_after,
         }),

@@ -12,7 +12,10 @@ use super::{
     inside::{look_inside, Address, Inside, Interface},
 };
 use crate::{
-    enrich::identity::{Container, Identities, Pod},
+    enrich::{
+        identity::{Container, Identities, Pod},
+        selector::Selector,
+    },
     output::{pod_column, Column, Event, Format, Output},
 };
 
@@ -25,6 +28,8 @@ pub struct SnapshotOptions {
     pub inodes: Vec<u64>,
     /// A holder in D state for longer than this marks its namespace `stuck`.
     pub stuck_after: Duration,
+    /// Only the namespaces of these pods (flags still compare against every namespace).
+    pub workload: Selector,
 }
 
 /// One namespace of the snapshot.
@@ -275,6 +280,7 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     if !options.inodes.is_empty() {
         reports.retain(|r| options.inodes.contains(&r.inode));
     }
+    reports.retain(|r| options.workload.matches_pod(r.pod.as_ref()));
     let header = format!(
         "{:<11} {:<8} {:<10} {:<40} ADDRESSES",
         "INODE", "COOKIE", "HELD BY", "PROCESSES"
