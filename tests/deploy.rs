@@ -432,7 +432,8 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
     }
     // Through its mounts (cgroups, containerd's bundles), the tracer in the container names
     // the pod of a process it sees signalled.
-    let web = node.run_pod("shop", "web", false);
+    // Named as a pod of Deployment `web` is: the series names the workload.
+    let web = node.run_pod("shop", "web-5d78c9f6b-x2x9q", false);
     let app = node.start_container(
         &web,
         "app",
@@ -448,6 +449,7 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
         ("kernel_reason", "none"),
         ("k8s_namespace", web.namespace.as_str()),
         ("k8s_pod", web.name.as_str()),
+        ("k8s_workload", "web"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
