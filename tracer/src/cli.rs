@@ -32,6 +32,7 @@ use crate::{
         tracer signals --pid 7942             who signals pid 7942, with the sender's ancestry\n  \
         tracer signals --signal KILL,TERM     every SIGKILL/SIGTERM on the node\n  \
         tracer signals --json --duration 60s  one JSON object per line for a minute\n  \
+        tracer signals | grep reason=oom      in a pipe: one key=value line per event (-o line)\n  \
         tracer serve --listen 0.0.0.0:9435    every tracer, with Prometheus metrics (DaemonSet)\n  \
         tracer exit-code 137                  what an exit code means"
 )]
