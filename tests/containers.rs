@@ -58,7 +58,7 @@ fn signal_from_the_host_names_the_killed_containers_pod() {
     let web = node.run_pod("shop", "web", false);
     let app = start_sleeper(&mut node, &web, "app");
     let run = TracerRun::start(&["signals", "--json", "--pid", &app.pid.to_string()]);
-    let human = TracerRun::start(&["signals", "--pid", &app.pid.to_string()]);
+    let human = TracerRun::start(&["signals", "-o", "text", "--pid", &app.pid.to_string()]);
     // The app ignores SIGUSR1; SIGKILL kills it, so the tracer must name a process (and soon
     // a cgroup) that is gone.
     send(app.pid, Signal::SIGUSR1);
@@ -209,9 +209,11 @@ fn conntrack_drop_in_a_pods_netns_names_the_pod_and_pod_filter_selects_it() {
     let all = TracerRun::start(&["conntrack-drops", "--json"]);
     let only_web = TracerRun::start(&["conntrack-drops", "--json", "--pod", "web"]);
     let only_store = TracerRun::start(&["conntrack-drops", "--json", "--namespace", "store"]);
+    let web_glob = TracerRun::start(&["conntrack-drops", "--json", "--pod", "w?b*"]);
     assert_eq!(send_blocked_in_netns_of(web_app.pid, 5), 5);
     assert_eq!(send_blocked_in_netns_of(db_app.pid, 3), 3);
     let (all, only_web, only_store) = (all.stop(), only_web.stop(), only_store.stop());
+    let web_glob = web_glob.stop();
 
     let in_netns = |out: &TracerOutput, netns: u64| -> Vec<Value> {
         out.of_type("conntrack_drop")
@@ -220,7 +222,7 @@ fn conntrack_drop_in_a_pods_netns_names_the_pod_and_pod_filter_selects_it() {
             .cloned()
             .collect()
     };
-    for out in [&all, &only_web, &only_store] {
+    for out in [&all, &only_web, &only_store, &web_glob] {
         assert!(out.status.success(), "{}", out.stderr);
     }
     for (netns, pod, count) in [(web_netns, &web, 5), (db_netns, &db, 3)] {
@@ -234,7 +236,11 @@ fn conntrack_drop_in_a_pods_netns_names_the_pod_and_pod_filter_selects_it() {
         assert_pod(&netns_summary(&all, netns)["pod"], pod);
     }
     // The filters let through only their pod's drops; the summaries still count every drop.
-    for (out, netns, count) in [(&only_web, web_netns, 5), (&only_store, db_netns, 3)] {
+    for (out, netns, count) in [
+        (&only_web, web_netns, 5),
+        (&only_store, db_netns, 3),
+        (&web_glob, web_netns, 5),
+    ] {
         let drops = out.of_type("conntrack_drop");
         assert_eq!(drops.len(), count, "{drops:#?}");
         assert!(drops.iter().all(|e| e["netns"] == netns), "{drops:#?}");
@@ -278,12 +284,48 @@ fn pod_sandbox_netns_is_named_in_the_snapshot_and_its_teardown() {
         "{report:#}"
     );
     let cookie = report["cookie"].as_u64().expect("the namespace's cookie");
+    // The pod filters keep the pod's namespace, and only it.
+    let selected = tracer(&["netns", "--json", "--pod", "w?b", "--namespace", "shop"]);
+    let selected: Vec<Value> = String::from_utf8_lossy(&selected.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(selected.len(), 1, "{selected:#?}");
+    assert_eq!(selected[0]["inode"], inode);
 
     let mut watch = TracerRun::start(&["netns", "--watch", "--json"]);
+    let selected = TracerRun::start(&["netns", "--watch", "--json", "--pod", "w*"]);
+    let other = TracerRun::start(&["netns", "--watch", "--json", "--workload", "db"]);
+    assert!(
+        other
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("nothing on this node matches --workload 'db'")),
+        "{:#?}",
+        other.stderr_lines()
+    );
     node.remove_pod(&web);
     let teardown = watch.wait_for_json(Duration::from_secs(30), |e| {
         e["type"] == "netns" && e["action"] == "teardown_end" && e["cookie"] == cookie
     });
+    let (selected, other) = (selected.stop(), other.stop());
+    assert!(
+        selected
+            .of_type("netns")
+            .iter()
+            .any(|e| e["action"] == "teardown_end" && e["cookie"] == cookie),
+        "{:#?}",
+        selected.objects
+    );
+    assert!(
+        selected
+            .of_type("netns")
+            .iter()
+            .all(|e| e["pod"]["name"] == "web"),
+        "{:#?}",
+        selected.objects
+    );
+    assert!(other.of_type("netns").is_empty(), "{:#?}", other.objects);
     let out = watch.stop();
     let teardown =
         teardown.unwrap_or_else(|| panic!("no teardown of {cookie}: {:#?}", out.objects));
@@ -695,23 +737,25 @@ fn record_with_a_pod_filter_keeps_only_that_pods_signals_and_drops() {
     assert!(drops.iter().all(|d| d["netns"] == web_netns), "{drops:#?}");
 }
 
-/// The series of an ignored SIGUSR1 to one of `pod`'s processes.
-fn usr1_ignored(pod: &Pod) -> [(&'static str, &str); 5] {
+/// The series of an ignored SIGUSR1 to one of the processes of `pod`, of `workload`.
+fn usr1_ignored<'a>(pod: &'a Pod, workload: &'a str) -> [(&'static str, &'a str); 6] {
     [
         ("signal", "SIGUSR1"),
         ("result", "ignored"),
         ("kernel_reason", "none"),
         ("k8s_namespace", pod.namespace.as_str()),
         ("k8s_pod", pod.name.as_str()),
+        ("k8s_workload", workload),
     ]
 }
 
 #[test]
 fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
     let mut node = CriNode::up();
-    let web = node.run_pod("shop", "web", false);
+    // Named as a Deployment's and a StatefulSet's pods: the series name their workloads.
+    let web = node.run_pod("shop", "web-5d78c9f6b-x2x9q", false);
     let web_app = start_sleeper(&mut node, &web, "app");
-    let db = node.run_pod("shop", "db", false);
+    let db = node.run_pod("shop", "db-0", false);
     let db_app = start_sleeper(&mut node, &db, "app");
     let grace = Duration::from_secs(2);
     let served = Served::start(&["--census-every", "1s", "--pod-grace", "2s"]);
@@ -720,10 +764,10 @@ fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
         send(web_app.pid, Signal::SIGUSR1);
         send(db_app.pid, Signal::SIGUSR1);
     }
-    for pod in [&web, &db] {
+    for (pod, workload) in [(&web, "web"), (&db, "db")] {
         let value = wait_for("the pods' series", Duration::from_secs(10), || {
             Scrape::of(&served.address)
-                .value("tracer_signals_total", &usr1_ignored(pod))
+                .value("tracer_signals_total", &usr1_ignored(pod, workload))
                 .filter(|v| *v >= sent as f64)
         });
         assert_eq!(value, sent as f64, "{}", pod.name);
@@ -747,7 +791,7 @@ fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
     );
     // The pod still running keeps its series, older than the grace period by now.
     assert_eq!(
-        scrape.value("tracer_signals_total", &usr1_ignored(&db)),
+        scrape.value("tracer_signals_total", &usr1_ignored(&db, "db")),
         Some(sent as f64),
         "{}",
         scrape.text
@@ -761,4 +805,87 @@ fn serve_labels_a_pods_series_and_drops_them_after_the_pod_is_gone() {
     let out = served.run.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(ours_left_behind().is_empty());
+}
+
+#[test]
+fn pod_globs_and_workloads_select_the_pods_of_a_deployment() {
+    let mut node = CriNode::up();
+    // Two pods of Deployment `web`, one of DaemonSet `web-api`, one of StatefulSet `db`, named
+    // as Kubernetes names them.
+    let names = [
+        "web-5d78c9f6b-x2x9q",
+        "web-5d78c9f6b-q7wz4",
+        "web-api-bq7ws",
+        "db-0",
+    ];
+    let apps: Vec<Container> = names
+        .iter()
+        .map(|name| {
+            let pod = node.run_pod("shop", name, false);
+            start_sleeper(&mut node, &pod, "app")
+        })
+        .collect();
+    let pid_of = |name: &str| apps[names.iter().position(|n| *n == name).unwrap()].pid;
+    let run = |selector: &[&str]| {
+        let mut args = vec!["signals", "--json", "--signal", "USR2"];
+        args.extend(selector);
+        TracerRun::start(&args)
+    };
+    let runs = [
+        (run(&["--pod", "web-*"]), &names[..3]),
+        (run(&["--workload", "web"]), &names[..2]),
+        (
+            run(&["--workload", "db", "--namespace", "shop"]),
+            &names[3..],
+        ),
+        (
+            run(&["--container", "ap?", "--pod", "*-q7wz4"]),
+            &names[1..2],
+        ),
+    ];
+    // A workload that does not exist yet: said on stderr, and traced once it starts.
+    let mut late = run(&["--workload", "late"]);
+    assert!(
+        late.stderr_lines()
+            .iter()
+            .any(|l| l.contains("nothing on this node matches --workload 'late' yet")),
+        "{:#?}",
+        late.stderr_lines()
+    );
+    for app in &apps {
+        send(app.pid, Signal::SIGUSR2);
+    }
+    for (run, expected) in runs {
+        let out = run.stop();
+        assert!(out.status.success(), "{}", out.stderr);
+        let mut targets: Vec<u64> = out
+            .of_type("signal")
+            .iter()
+            .filter_map(|e| e["target"]["pid"].as_u64())
+            .collect();
+        targets.sort_unstable();
+        let mut want: Vec<u64> = expected.iter().map(|n| pid_of(n) as u64).collect();
+        want.sort_unstable();
+        assert_eq!(targets, want, "{expected:?}: {:#?}", out.objects);
+    }
+    let late_pod = node.run_pod("shop", "late-7c9dbf5f4-wq2lx", false);
+    let late_app = start_sleeper(&mut node, &late_pod, "app");
+    // The workload filter learns the new cgroup within a second or so: signal until it does.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let seen = loop {
+        send(late_app.pid, Signal::SIGUSR2);
+        let seen = late.wait_for_json(Duration::from_millis(500), |e| {
+            e["type"] == "signal" && e["target"]["pid"] == late_app.pid
+        });
+        if seen.is_some() || Instant::now() > deadline {
+            break seen;
+        }
+    };
+    let seen = seen.expect("the late workload's signal");
+    assert_eq!(seen["target"]["pod"]["name"], "late-7c9dbf5f4-wq2lx");
+    let out = late.stop();
+    assert!(out
+        .of_type("signal")
+        .iter()
+        .all(|e| e["target"]["pid"] == late_app.pid));
 }

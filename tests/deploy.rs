@@ -432,7 +432,8 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
     }
     // Through its mounts (cgroups, containerd's bundles), the tracer in the container names
     // the pod of a process it sees signalled.
-    let web = node.run_pod("shop", "web", false);
+    // Named as a pod of Deployment `web` is: the series names the workload.
+    let web = node.run_pod("shop", "web-5d78c9f6b-x2x9q", false);
     let app = node.start_container(
         &web,
         "app",
@@ -448,6 +449,7 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
         ("kernel_reason", "none"),
         ("k8s_namespace", web.namespace.as_str()),
         ("k8s_pod", web.name.as_str()),
+        ("k8s_workload", "web"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -488,4 +490,113 @@ fn image_builds_and_runs_with_the_daemonsets_privileges() {
     node.down();
     let leftovers = node.footprint().leftovers();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
+/// `kubectl apply -k deploy/` renders, or `kustomize build`, where either is installed.
+fn kustomize_build(dir: &Path) -> Option<String> {
+    let tools: [(&str, &[&str]); 2] = [("kubectl", &["kustomize"]), ("kustomize", &["build"])];
+    tools.iter().find_map(|(tool, args)| {
+        let out = Command::new(tool).args(*args).arg(dir).output().ok()?;
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(String::from_utf8(out.stdout).expect("UTF-8"))
+    })
+}
+
+/// A resource's identity, to compare sets of resources whatever their order.
+fn kind_and_name(resource: &Value) -> (String, String) {
+    (
+        resource["kind"].as_str().unwrap_or_default().into(),
+        resource["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+    )
+}
+
+#[test]
+fn kustomization_applies_todays_manifests_with_the_image_as_a_field() {
+    let kustomization = resource("kustomization.yaml", "Kustomization");
+    assert_eq!(
+        kustomization["apiVersion"],
+        "kustomize.config.k8s.io/v1beta1"
+    );
+    // Every manifest is named, and exists and parses, except the ServiceMonitor: its CRD is
+    // the Prometheus operator's, which a cluster may not have (apply -k would fail there).
+    let named = strings(&kustomization["resources"]);
+    let mut manifests: Vec<String> = fs::read_dir(root().join("deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .filter(|f| f != "servicemonitor.yaml")
+        .collect();
+    manifests.sort();
+    assert_eq!(named, manifests);
+    let mut expected: Vec<Value> = named.iter().flat_map(|f| read_manifests(f)).collect();
+    assert!(!expected.is_empty());
+    // The image is a kustomize field: the one the DaemonSet names, at its tag.
+    let image = container()["image"].as_str().unwrap().to_string();
+    let (name, tag) = image.rsplit_once(':').unwrap();
+    let images = kustomization["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["name"], name);
+    assert_eq!(images[0]["newName"], name);
+    assert_eq!(images[0]["newTag"], tag);
+    // README's cluster section starts with the command.
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let cluster = readme
+        .split("### Across a cluster")
+        .nth(1)
+        .expect("the cluster section");
+    let first_command = cluster.lines().find(|l| l.starts_with("$ ")).unwrap();
+    assert!(
+        first_command.starts_with("$ kubectl apply -k deploy/"),
+        "{first_command}"
+    );
+
+    // Rendered by kustomize itself where it is installed (kubectl has it built in; neither is
+    // a prerequisite): the same resources, with the image a different newTag gives.
+    let dir = TempDir::new("kustomize");
+    for file in named
+        .iter()
+        .map(String::as_str)
+        .chain(["kustomization.yaml"])
+    {
+        let text = fs::read_to_string(root().join("deploy").join(file)).unwrap();
+        fs::write(
+            dir.0.join(file),
+            text.replace(&format!("newTag: \"{tag}\""), "newTag: \"9.9\""),
+        )
+        .unwrap();
+    }
+    let Some(rendered) = kustomize_build(&dir.0) else {
+        eprintln!("neither kubectl nor kustomize is installed: the kustomization is not rendered");
+        return;
+    };
+    let mut rendered: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .collect();
+    for r in &mut expected {
+        if r["kind"] == "DaemonSet" {
+            r["spec"]["template"]["spec"]["containers"][0]["image"] = format!("{name}:9.9").into();
+        }
+    }
+    rendered.sort_by_key(kind_and_name);
+    expected.sort_by_key(kind_and_name);
+    assert_eq!(rendered, expected);
+    let file = dir.0.join("rendered.yaml");
+    fs::write(
+        &file,
+        rendered
+            .iter()
+            .map(|r| serde_yaml::to_string(r).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n"),
+    )
+    .unwrap();
+    let (ok, report) = validate(&[file]);
+    assert!(ok, "{report}");
 }

@@ -206,7 +206,7 @@ fn kernel_strings_are_escaped() {
     let evil = dir.0.join("ev\x1b[31mil\nx");
     symlink("/bin/sleep", &evil).unwrap();
     let mut target = Owned(Command::new(&evil).arg("300").spawn().unwrap());
-    let run = TracerRun::start(&["signals", "--pid", &target.pid().to_string()]);
+    let run = TracerRun::start(&["signals", "-o", "text", "--pid", &target.pid().to_string()]);
     send(target.pid(), Signal::SIGUSR2);
     target
         .wait_timeout(Duration::from_secs(10))

@@ -297,3 +297,121 @@ fn an_ipv6_insert_race_is_a_finding_that_names_its_ipv6_flows() {
         kernel.insert_failed
     );
 }
+
+/// Runs `tracer ARGS` with stdout into `out`; its exit status and peak RSS in KiB (from the
+/// kernel's accounting of this child alone: wait4).
+#[allow(clippy::zombie_processes, reason = "wait4 reaps the child")]
+fn run_measured(args: &[&str], out: &std::path::Path) -> (i32, i64) {
+    let child = tracer_command()
+        .args(args)
+        .stdout(fs::File::create(out).unwrap())
+        .spawn()
+        .expect("tracer");
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, with valid pointers.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(
+        pid,
+        child.id() as i32,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn report_reads_a_recording_of_a_gibibyte_in_bounded_memory() {
+    let dir = TempDir::new("report-gib");
+    let file = dir.0.join("big.jsonl");
+    // Signals to 50 processes and the insert race from 10 sources, over and over: few
+    // findings and subjects, many lines.
+    let mut writer = std::io::BufWriter::new(fs::File::create(&file).unwrap());
+    let (mut signals, mut drops) = (0u64, 0u64);
+    let mut size = 0u64;
+    let padding = "/usr/local/lib/some/long/path/to/an/executable/".repeat(4);
+    while size < 1 << 30 {
+        let i = signals + drops;
+        let line = if i % 2 == 0 {
+            signals += 1;
+            serde_json::json!({"type": "signal", "time": format!("2026-12-01T00:00:{:02}.{:06}Z", (i / 1_000_000) % 60, i % 1_000_000),
+                "signal": "SIGUSR1", "signo": 10, "result": "ignored", "code": "kill",
+                "how": "kill", "code_from": "kernel", "si_code": 0, "kernel_reason": null,
+                "sender": {"pid": 30, "comm": "python3", "exe": padding, "pod": null},
+                "target": {"pid": 100 + signals % 50, "comm": "app", "pod": null},
+                "ancestry": [{"pid": 20, "comm": "bash"}, {"pid": 1, "comm": "systemd"}],
+                "ancestry_truncated": false})
+        } else {
+            drops += 1;
+            serde_json::json!({"type": "conntrack_drop", "time": "2026-12-01T00:00:00.000000Z",
+                "class": "insert_failed", "netns": 7, "proto": "udp",
+                "src": format!("10.0.0.{}:40000", drops % 10), "dst": "10.96.0.10:53",
+                "nat_dst": "10.244.0.5:53", "exe": padding})
+        };
+        let text = format!("{line}\n");
+        size += text.len() as u64;
+        std::io::Write::write_all(&mut writer, text.as_bytes()).unwrap();
+    }
+    std::io::Write::flush(&mut writer).unwrap();
+    drop(writer);
+
+    let out = dir.0.join("report.json");
+    let (status, peak_kib) = run_measured(&["report", file.to_str().unwrap(), "--json"], &out);
+    fs::remove_file(&file).unwrap();
+    assert_eq!(status, 0);
+    eprintln!("tracer report: {size} bytes, peak RSS {peak_kib} KiB");
+    assert!(
+        peak_kib < 100 * 1024,
+        "peak RSS {peak_kib} KiB reading {size} bytes"
+    );
+    let report: Value = serde_json::from_slice(&fs::read(&out).unwrap()).unwrap();
+    assert_eq!(report["events"], signals + drops);
+    let races = findings(&report, "conntrack_insert_race");
+    assert_eq!(races.len(), 10, "one per source");
+    let cited: u64 = races
+        .iter()
+        .map(|f| f["lines"].as_array().unwrap().len() as u64 + f["more_lines"].as_u64().unwrap())
+        .sum();
+    assert_eq!(cited, drops);
+    // 50 processes and the namespace: a timeline each, their lengths counted.
+    let timelines = report["timelines"].as_object().unwrap();
+    assert_eq!(timelines.len(), 51);
+    let moments: u64 = timelines
+        .values()
+        .map(|t| t["items"].as_array().unwrap().len() as u64 + t["more"].as_u64().unwrap())
+        .sum();
+    assert_eq!(moments, signals + drops);
+}
+
+#[test]
+fn report_escapes_every_string_it_prints() {
+    let dir = TempDir::new("report-escape");
+    let file = dir.0.join("hostile.jsonl");
+    // Not the tracer's (it escapes what the kernel gives it): a file from anywhere, with
+    // terminal control sequences in every string the report prints.
+    let evil = "\u{1b}]0;owned\u{7}\u{1b}[2J";
+    let kill = serde_json::json!({"type": "signal", "time": format!("2026-12-01T00:00:01.000000Z{evil}"),
+        "signal": format!("SIGKILL{evil}"), "signo": 9, "result": "delivered",
+        "code": evil, "how": "kill", "code_from": "kernel", "si_code": 0,
+        "kernel_reason": null,
+        "sender": {"pid": 30, "comm": evil, "pod": null},
+        "target": {"pid": 40, "comm": evil, "pod": {"namespace": evil, "name": evil}},
+        "ancestry": [{"pid": 1, "comm": evil}], "ancestry_truncated": false});
+    let drop = serde_json::json!({"type": "conntrack_drop", "time": "t", "class": "insert_failed",
+        "netns": 7, "proto": evil, "src": evil, "dst": evil, "nat_dst": evil});
+    fs::write(&file, format!("{kill}\n{drop}\n{{\"{evil}\n")).unwrap();
+    let out = tracer(&["report", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character reached the terminal: {text:?}"
+    );
+    assert!(text.contains(r"\u{1b}]0;owned\u{7}"), "{text}");
+    assert!(text.contains("was killed by SIGKILL"), "{text}");
+}

@@ -13,13 +13,14 @@ use nix::sys::signal::Signal;
 use tracer_tests::{net::*, scrape::*, *};
 
 /// The series a host process's signal adds to.
-fn host_signal(signal: &'static str, result: &'static str) -> [(&'static str, &'static str); 5] {
+fn host_signal(signal: &'static str, result: &'static str) -> [(&'static str, &'static str); 6] {
     [
         ("signal", signal),
         ("result", result),
         ("kernel_reason", "none"),
         ("k8s_namespace", ""),
         ("k8s_pod", ""),
+        ("k8s_workload", ""),
     ]
 }
 
@@ -66,6 +67,7 @@ fn signals_drops_and_namespace_flags_become_their_series() {
             ("netns", node.as_str()),
             ("k8s_namespace", ""),
             ("k8s_pod", ""),
+            ("k8s_workload", ""),
         ]
     };
     let drops = |class| drops_of(class, "ipv4");

@@ -1,13 +1,20 @@
 //! Command line.
 
 use std::{
+    io::IsTerminal as _,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{output::Format, pipeline::StopWhen, session::RunConfig, tracers::conntrack::Prefix};
+use crate::{
+    enrich::selector::{NamePattern, Selector},
+    output::{line_format, Event, Format},
+    pipeline::StopWhen,
+    session::RunConfig,
+    tracers::conntrack::Prefix,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +32,7 @@ use crate::{output::Format, pipeline::StopWhen, session::RunConfig, tracers::con
         tracer signals --pid 7942             who signals pid 7942, with the sender's ancestry\n  \
         tracer signals --signal KILL,TERM     every SIGKILL/SIGTERM on the node\n  \
         tracer signals --json --duration 60s  one JSON object per line for a minute\n  \
+        tracer signals | grep reason=oom      in a pipe: one key=value line per event (-o line)\n  \
         tracer serve --listen 0.0.0.0:9435    every tracer, with Prometheus metrics (DaemonSet)\n  \
         tracer exit-code 137                  what an exit code means"
 )]
@@ -68,6 +76,8 @@ pub enum Command {
             tracer signals --failed                     signals that were not delivered\n  \
             tracer signals --pid 7942 --wait            pid 7942 does not exist yet\n  \
             tracer signals --pod web --namespace shop   signals to pod shop/web's containers\n  \
+            tracer signals --pod 'web-*'                signals to pods whose names start web-\n  \
+            tracer signals --workload web -s KILL       SIGKILLs to Deployment web's pods\n  \
             tracer signals --container app -s KILL      SIGKILLs to containers named app"
     )]
     Signals(SignalsArgs),
@@ -147,15 +157,16 @@ pub enum Command {
             loop runs, 503 when it stalls). A census of network namespaces every --census-every, \
             on a thread of its own, sets tracer_netns_flagged and writes each newly flagged \
             namespace on stdout.\n\n\
-            Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod}, \
-            tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod}, \
-            tracer_netns_events_total{action,k8s_namespace,k8s_pod}, \
+            Metrics: tracer_signals_total{signal,result,kernel_reason,k8s_namespace,k8s_pod,k8s_workload}, \
+            tracer_conntrack_drops_total{class,family,netns,k8s_namespace,k8s_pod,k8s_workload}, \
+            tracer_netns_events_total{action,k8s_namespace,k8s_pod,k8s_workload}, \
             tracer_netns_flagged{flag,netns,k8s_namespace,k8s_pod,holder,holder_pid}, tracer_lost_events_total{tracer}, \
             tracer_program_runs_total and tracer_program_run_seconds_total{program} (while BPF \
             statistics are on), tracer_series_dropped_total{reason}, \
             tracer_events_uncounted_total. The k8s_namespace and k8s_pod \
             labels are those of the pod concerned (the signal's target, the namespace's owner), \
-            empty outside pods; Prometheus adds namespace and pod, the tracer's own.\n\n\
+            empty outside pods, and k8s_workload the workload its name says it belongs to \
+            (as --workload matches); Prometheus adds namespace and pod, the tracer's own.\n\n\
             A new series is scraped once at 0, then at its count, so that increase() sees a \
             first event. Memory is bounded: at most --max-series event series exist, and the \
             series of a pod or a network namespace that is gone are removed after --pod-grace. \
@@ -212,6 +223,21 @@ pub enum Command {
         hook: String,
     },
 
+    /// Print a shell completion script: `source <(tracer completions bash)`, or save it where
+    /// your shell loads completions from (bash-completion: /usr/share/bash-completion/completions/tracer).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Write a man page per command (tracer.8, tracer-signals.8, ...) into DIR: what `cargo
+    /// xtask man` and the image ship.
+    #[command(name = "man-pages", hide = true)]
+    ManPages {
+        /// The directory to write into (created if missing).
+        dir: std::path::PathBuf,
+    },
+
     /// Explain a process exit code (137 = killed by SIGKILL, ...).
     ExitCode {
         /// The exit code, as shown by a shell or `kubectl describe pod`.
@@ -219,12 +245,41 @@ pub enum Command {
     },
 }
 
+/// `--workload`, the same on every command.
+const WORKLOAD_HELP: &str = "Only the pods of this Deployment, StatefulSet, DaemonSet, Job or \
+    CronJob, by the names Kubernetes gives them: NAME-<hash>-<5 chars>, NAME-<ordinal>, \
+    NAME-<5 chars>, NAME-<minute>-<5 chars> (the name alone: a bare pod named so matches too)";
+
+/// `-o`: how events are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns, with the sender's executable and ancestry on lines of their own.
+    Text,
+    /// Exactly one `key=value` line per event, the same keys in the same order on every line.
+    Line,
+    /// One JSON object per line, with every field.
+    Json,
+}
+
 /// Options every tracing command shares.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Print one JSON object per line (events, then a final {"type":"summary"} object).
+    /// How events are printed. Default: `text` on a terminal, `line` otherwise, so that
+    /// grep, sort | uniq -c and watch always see one whole event per line (the text view
+    /// spends several lines on one event). For programs, `json`: its fields are the stable
+    /// interface.
+    #[arg(long, short = 'o', value_name = "FORMAT", conflicts_with = "json")]
+    pub output: Option<OutputFormat>,
+
+    /// The same as `-o json`: one JSON object per line (events, then a final
+    /// {"type":"summary"} object).
     #[arg(long)]
     pub json: bool,
+
+    /// The columns of `-o line`, comma-separated, in this order (implies `-o line`); an
+    /// unknown name lists the valid ones.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub fields: Vec<String>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -259,20 +314,35 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 impl RunArgs {
-    /// The run these options ask for, in the session's terms.
-    pub fn config(&self) -> RunConfig {
-        RunConfig {
-            format: if self.json {
-                Format::Json
-            } else {
-                Format::Human
-            },
+    /// The run these options ask for, in the session's terms, for a command whose events are
+    /// `E`s.
+    pub fn config<E: Event>(&self) -> anyhow::Result<RunConfig> {
+        let chosen = match (self.json, self.output) {
+            (true, _) => Some(OutputFormat::Json),
+            (false, chosen) => chosen,
+        };
+        let output = match chosen {
+            Some(chosen) => chosen,
+            None if !self.fields.is_empty() => OutputFormat::Line,
+            None if std::io::stdout().is_terminal() => OutputFormat::Text,
+            None => OutputFormat::Line,
+        };
+        let format = match output {
+            OutputFormat::Line => line_format::<E>(&self.fields).map_err(anyhow::Error::msg)?,
+            _ if !self.fields.is_empty() => {
+                anyhow::bail!("--fields chooses the columns of `-o line`; drop it or use -o line")
+            }
+            OutputFormat::Text => Format::Human,
+            OutputFormat::Json => Format::Json,
+        };
+        Ok(RunConfig {
+            format,
             stop: StopWhen {
                 duration: self.duration,
                 count: self.count,
             },
             buffer_mb: self.buffer_mb,
-        }
+        })
     }
 }
 
@@ -311,14 +381,18 @@ pub struct SignalsArgs {
     #[arg(long)]
     pub failed: bool,
 
-    /// Only signals to this container: an id prefix or a container name. Follows the
-    /// workload: containers that start later (a restart) are added within a second.
-    #[arg(long, value_name = "ID|NAME")]
-    pub container: Option<String>,
+    /// Only signals to this container: an id prefix, a container name or a glob (`app-*`).
+    /// Follows the workload: containers that start later (a restart) are added within a
+    /// second.
+    #[arg(long, value_name = "ID|NAME|GLOB", value_parser = NamePattern::parse)]
+    pub container: Option<NamePattern>,
 
-    /// Only signals to processes of this pod (by name).
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
+    /// Only signals to processes of this pod: a name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
 
     /// Only signals to processes of pods in this namespace.
     #[arg(long, value_name = "NS")]
@@ -346,6 +420,36 @@ pub struct NetnsArgs {
     /// A process inside in D state for longer than this flags its namespace `stuck`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "watch")]
     pub stuck_after: Duration,
+
+    #[command(flatten)]
+    pub pods: PodNetnsArgs,
+}
+
+/// Which pods' network namespaces a command looks at (`netns`, `probe`).
+#[derive(Debug, Args)]
+pub struct PodNetnsArgs {
+    /// Only the network namespace of this pod (its sandbox's): a name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
+
+    /// Only the network namespaces of pods in this Kubernetes namespace.
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+}
+
+impl PodNetnsArgs {
+    /// `--pod`, `--workload`, `--namespace`.
+    pub fn selector(&self) -> Selector {
+        Selector {
+            container: None,
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -362,17 +466,21 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = parse_buffer_mb)]
     pub buffer_mb: u32,
 
-    /// Only signals to this pod's processes and conntrack drops in its network namespace.
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
+    /// Only signals to this pod's processes and conntrack drops in its network namespace: a
+    /// name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
 
     /// Only the signals and conntrack drops of pods in this Kubernetes namespace.
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
 
-    /// Only signals to this container (an id prefix or a name).
-    #[arg(long, value_name = "ID-OR-NAME")]
-    pub container: Option<String>,
+    /// Only signals to this container (an id prefix, a name or a glob).
+    #[arg(long, value_name = "ID|NAME|GLOB", value_parser = NamePattern::parse)]
+    pub container: Option<NamePattern>,
 
     /// In the closing namespace snapshot, a process in D state this long marks its namespace
     /// `stuck`.
@@ -473,9 +581,12 @@ pub struct ConntrackArgs {
     #[arg(long)]
     pub conntrack_only: bool,
 
-    /// Only drops in the network namespace of this pod (by name).
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
+    /// Only drops in the network namespace of this pod: a name or a glob (`web-*`).
+    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
+    pub pod: Option<NamePattern>,
+
+    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
+    pub workload: Option<String>,
 
     /// Only drops in the network namespaces of pods in this namespace.
     #[arg(long, value_name = "NS")]
@@ -500,20 +611,15 @@ pub struct ProbeArgs {
     pub parallel: u16,
 
     /// Every network namespace on the node, not only pods'.
-    #[arg(long, conflicts_with_all = ["netns", "pod", "namespace"])]
+    #[arg(long, conflicts_with_all = ["netns", "pod", "workload", "namespace"])]
     pub all_netns: bool,
 
     /// Only these namespaces: inode numbers (of /proc/PID/ns/net), comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "INODE", conflicts_with_all = ["pod", "namespace"])]
+    #[arg(long, value_delimiter = ',', value_name = "INODE", conflicts_with_all = ["pod", "workload", "namespace"])]
     pub netns: Vec<u64>,
 
-    /// Only this pod (by name).
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
-
-    /// Only pods in this namespace.
-    #[arg(long, value_name = "NS")]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub pods: PodNetnsArgs,
 
     /// UDP: the datagram to send (default: "tracer probe" and a newline).
     #[arg(long, value_name = "TEXT")]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod clock;
+mod docs;
 mod doctor;
 mod enrich;
 mod hooks;
@@ -29,8 +30,12 @@ use crate::{
     session::{prepare, trace},
     tracers::{
         conntrack::{self, ConntrackOptions, ConntrackTracer},
-        netns::{snapshot::SnapshotOptions, NetnsTracer},
-        signals::{SignalsOptions, SignalsTracer},
+        netns::{
+            self,
+            snapshot::{NamespaceReport, SnapshotOptions},
+            NetnsTracer,
+        },
+        signals::{self, SignalsOptions, SignalsTracer},
     },
 };
 
@@ -60,6 +65,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     enrich::metadata::configure_containerd_state(cli.containerd_state);
     match cli.command {
         Command::Signals(args) => {
+            let run = args.run.config::<signals::SignalRecord>()?;
             let options = SignalsOptions {
                 pid: args.pid,
                 sender_pid: args.sender_pid,
@@ -70,14 +76,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     container: args.container,
                     pod: args.pod,
                     namespace: args.namespace,
+                    workload: args.workload,
                 },
             };
             let (mut tracer, session) =
                 prepare(|_, identities| SignalsTracer::new(&options, identities))?;
-            trace(&mut tracer, session, &args.run.config())?;
+            trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
+            let run = args.run.config::<conntrack::ConntrackDrop>()?;
             let proto = args
                 .proto
                 .as_deref()
@@ -90,21 +98,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 host: args.host,
                 net: args.net,
                 conntrack_only: args.conntrack_only,
-                pod: args.pod,
-                namespace: args.namespace,
+                workload: Selector {
+                    container: None,
+                    pod: args.pod,
+                    namespace: args.namespace,
+                    workload: args.workload,
+                },
             };
             let (mut tracer, session) =
                 prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;
-            trace(&mut tracer, session, &args.run.config())?;
+            trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) if args.watch => {
-            let (mut tracer, session) = prepare(|_, identities| Ok(NetnsTracer::new(identities)))?;
-            trace(&mut tracer, session, &args.run.config())?;
+            let run = args.run.config::<netns::NetnsRecord>()?;
+            let (mut tracer, session) = prepare(|_, identities| {
+                Ok(NetnsTracer::new(identities).only(args.pods.selector()))
+            })?;
+            trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
-            format: args.run.config().format,
+            format: args.run.config::<NamespaceReport>()?.format,
+            workload: args.pods.selector(),
             inodes: args.inode,
             stuck_after: args.stuck_after,
         }),
@@ -126,11 +142,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             parallel: args.parallel.into(),
             all_netns: args.all_netns,
             netns: args.netns,
-            workload: Selector {
-                pod: args.pod,
-                namespace: args.namespace,
-                ..Default::default()
-            },
+            workload: args.pods.selector(),
             format: if args.json {
                 output::Format::Json
             } else {
@@ -145,6 +157,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Doctor => doctor::run(),
         Command::BenchEmptyHook { hook } => {
             session::attach_empty_hook(&hook)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            docs::completions(shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ManPages { dir } => {
+            docs::man_pages(&dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ExitCode { code } => {

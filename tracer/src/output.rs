@@ -1,5 +1,5 @@
-//! The last stage of the pipeline: events and the summary, as aligned human lines or as one
-//! JSON object per line.
+//! The last stage of the pipeline: events and the summary, as aligned human lines, as one
+//! `key=value` line per event (`-o line`), or as one JSON object per line.
 
 use std::{
     fs::File,
@@ -11,8 +11,12 @@ use serde::Serialize;
 
 use crate::enrich::identity::Pod;
 
-/// An event a tracer emits: serialisable for `--json`, and one human line (or a few).
-pub trait Event: Serialize {
+/// An event a tracer emits: serialisable for `--json`, one human line (or a few), and the
+/// columns of its `-o line` view.
+pub trait Event: Serialize + 'static {
+    /// The `-o line` columns, in their stable order.
+    const COLUMNS: &'static [Column<Self>];
+
     /// Writes the human form, ending with a newline.
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()>;
 
@@ -46,6 +50,69 @@ pub struct Count<'a> {
     pub netns: Option<u64>,
 }
 
+/// One column of the `-o line` view: `name=value`, or `name=-` when the event has no value.
+pub struct Column<E: ?Sized> {
+    pub name: &'static str,
+    /// Shown when `--fields` is not given.
+    pub default: bool,
+    pub value: fn(&E) -> Option<String>,
+}
+
+/// The `-o line` format for events of type `E`: the columns `fields` names (comma-separated
+/// names), or the default ones. An unknown name is an error that lists the valid ones.
+pub fn line_format<E: Event>(fields: &[String]) -> Result<Format, String> {
+    if fields.is_empty() {
+        return Ok(Format::Line(
+            E::COLUMNS
+                .iter()
+                .filter(|c| c.default)
+                .map(|c| c.name)
+                .collect(),
+        ));
+    }
+    let names = fields
+        .iter()
+        .map(|field| {
+            E::COLUMNS
+                .iter()
+                .find(|c| c.name == field)
+                .map(|c| c.name)
+                .ok_or_else(|| {
+                    let valid: Vec<&str> = E::COLUMNS.iter().map(|c| c.name).collect();
+                    format!(
+                        "unknown field `{field}`; valid fields: {}",
+                        valid.join(", ")
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Format::Line(names))
+}
+
+/// A pod as a `-o line` value: `namespace/name`, or `uid:UID` when its names are unknown.
+pub fn pod_column(pod: Option<&Pod>) -> Option<String> {
+    pod.map(|p| match (&p.namespace, &p.name) {
+        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        _ => format!("uid:{}", p.uid),
+    })
+}
+
+/// A `-o line` value as written: bare when it is one plain word, else a JSON string (quoted,
+/// with quotes, backslashes and control characters escaped), so that a line splits into its
+/// `key=value` pairs on spaces.
+fn line_value(value: Option<&str>) -> String {
+    match value {
+        None | Some("") => "-".into(),
+        Some(v)
+            if v.chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '=') =>
+        {
+            v.into()
+        }
+        Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "-".into()),
+    }
+}
+
 /// What watches the event stream besides the writer: `tracer serve`'s metrics.
 pub trait Observer {
     /// One event was written.
@@ -54,9 +121,12 @@ pub trait Observer {
     fn tick(&self, lost: &[u64]);
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Format {
     Human,
+    /// One `key=value` line per event, with these columns in this order (see
+    /// [`line_format`]).
+    Line(Vec<&'static str>),
     Json,
     /// JSON lines to a file, written through at every event (a crash loses at most the event
     /// being written), and the first human line of each event on stderr as a live view.
@@ -174,9 +244,9 @@ impl Output {
     fn into_writer(format: Format, header: String, out: Box<dyn Write>) -> Self {
         let node = serde_json::to_string(&node_name()).unwrap_or_else(|_| "\"\"".into());
         Self {
+            header: (format == Format::Human).then_some(header),
             format,
             out: Box::new(MarksReaderGone(out)),
-            header: (format == Format::Human).then_some(header),
             observer: None,
             events_to_observer_only: false,
             node_prefix: format!("{{\"node\":{node},").into_bytes(),
@@ -241,20 +311,20 @@ impl Output {
 
     /// A line for people only (a closing count), left out of JSON output.
     pub fn human_line(&mut self, line: &str) -> io::Result<()> {
-        match self.format {
+        match &self.format {
             Format::Human => writeln!(self.out, "{line}"),
-            Format::Json | Format::Record => Ok(()),
+            Format::Line(_) | Format::Json | Format::Record => Ok(()),
         }
     }
 
-    pub fn event(&mut self, event: &impl Event) -> io::Result<()> {
+    pub fn event<E: Event>(&mut self, event: &E) -> io::Result<()> {
         if let Some((observer, count)) = self.observer.as_ref().zip(event.count()) {
             observer.count(count);
         }
         if self.events_to_observer_only {
             return Ok(());
         }
-        match self.format {
+        match &self.format {
             Format::Json => {
                 self.json_line(event)?;
                 self.out.write_all(&self.line)
@@ -270,6 +340,24 @@ impl Output {
                 stderr.write_all(first)?;
                 stderr.write_all(b"\n")
             }
+            Format::Line(columns) => {
+                let mut line = String::with_capacity(256);
+                for name in columns {
+                    // Names were checked against this event type (`line_format`).
+                    let value = E::COLUMNS
+                        .iter()
+                        .find(|c| c.name == *name)
+                        .and_then(|c| (c.value)(event));
+                    if !line.is_empty() {
+                        line.push(' ');
+                    }
+                    line.push_str(name);
+                    line.push('=');
+                    line.push_str(&line_value(value.as_deref()));
+                }
+                line.push('\n');
+                self.out.write_all(line.as_bytes())
+            }
             Format::Human => {
                 if let Some(header) = self.header.take() {
                     writeln!(self.out, "{header}")?;
@@ -282,10 +370,15 @@ impl Output {
     /// The end-of-run summary: a `{"type":"summary",...}` object, or indented `key: value`
     /// lines under a rule.
     pub fn summary(&mut self, summary: &serde_json::Value) -> io::Result<()> {
-        match self.format {
+        match &self.format {
             Format::Json | Format::Record => {
                 self.json_line(summary)?;
                 self.out.write_all(&self.line)?;
+            }
+            Format::Line(_) => {
+                let mut pairs = vec!["type=summary".to_string()];
+                line_pairs(summary, "", &mut pairs);
+                writeln!(self.out, "{}", pairs.join(" "))?;
             }
             Format::Human => {
                 writeln!(self.out, "--- summary ---")?;
@@ -297,6 +390,41 @@ impl Output {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+/// A JSON summary as `key=value` pairs, nested keys joined with `.`, lists with `,`.
+fn line_pairs(value: &serde_json::Value, prefix: &str, pairs: &mut Vec<String>) {
+    let serde_json::Value::Object(map) = value else {
+        return;
+    };
+    for (key, v) in map {
+        if prefix.is_empty() && key == "type" {
+            continue;
+        }
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let text = match v {
+            serde_json::Value::Object(_) => {
+                line_pairs(v, &key, pairs);
+                continue;
+            }
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        pairs.push(format!("{key}={}", line_value(Some(&text))));
     }
 }
 
@@ -342,6 +470,24 @@ mod tests {
     }
 
     impl Event for Sample {
+        const COLUMNS: &'static [Column<Self>] = &[
+            Column {
+                name: "n",
+                default: true,
+                value: |s| Some(s.n.to_string()),
+            },
+            Column {
+                name: "kind",
+                default: false,
+                value: |s| Some(s.kind.into()),
+            },
+            Column {
+                name: "none",
+                default: true,
+                value: |_| None,
+            },
+        ];
+
         fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
             writeln!(w, "sample {}", self.n)
         }
@@ -374,5 +520,48 @@ mod tests {
             ]
         );
         assert!(written.text().starts_with(r#"{"node":"#));
+    }
+
+    #[test]
+    fn line_format_checks_fields_and_keeps_their_order() {
+        assert_eq!(
+            line_format::<Sample>(&[]),
+            Ok(Format::Line(vec!["n", "none"]))
+        );
+        assert_eq!(
+            line_format::<Sample>(&["kind".into(), "n".into()]),
+            Ok(Format::Line(vec!["kind", "n"]))
+        );
+        let error = line_format::<Sample>(&["pid".into()]).unwrap_err();
+        assert_eq!(error, "unknown field `pid`; valid fields: n, kind, none");
+    }
+
+    #[test]
+    fn line_values_split_on_spaces_only_between_pairs() {
+        assert_eq!(line_value(Some("SIGKILL")), "SIGKILL");
+        assert_eq!(line_value(None), "-");
+        assert_eq!(line_value(Some("")), "-");
+        assert_eq!(line_value(Some("a b")), r#""a b""#);
+        assert_eq!(line_value(Some("k=v")), r#""k=v""#);
+        assert_eq!(line_value(Some("say \"hi\"\n")), r#""say \"hi\"\n""#);
+        assert_eq!(line_value(Some("\u{1b}[31m")), r#""\u001b[31m""#);
+    }
+
+    #[test]
+    fn line_output_is_one_line_per_event_and_summary() {
+        let (mut out, written) = Output::in_memory(line_format::<Sample>(&[]).unwrap());
+        out.event(&Sample {
+            kind: "sample",
+            n: 7,
+        })
+        .unwrap();
+        out.summary(&serde_json::json!({
+            "type": "summary", "events": 1, "by": {"x": "a b"}, "list": [1, 2], "none": null
+        }))
+        .unwrap();
+        assert_eq!(
+            written.text(),
+            "n=7 none=-\ntype=summary by.x=\"a b\" events=1 list=1,2 none=-\n"
+        );
     }
 }

@@ -76,17 +76,22 @@ pub fn run(args: RecordArgs) -> Result<()> {
             .collect();
         format!("tracer-record-{stamp}Z.jsonl").into()
     });
-    let signals = SignalsOptions {
+    let workload = Selector {
+        container: args.container,
+        pod: args.pod,
+        namespace: args.namespace,
+        workload: args.workload,
+    };
+    let conntrack = ConntrackOptions {
+        // A network namespace is a pod's: --container does not apply to drops.
         workload: Selector {
-            container: args.container,
-            pod: args.pod.clone(),
-            namespace: args.namespace.clone(),
+            container: None,
+            ..workload.clone()
         },
         ..Default::default()
     };
-    let conntrack = ConntrackOptions {
-        pod: args.pod,
-        namespace: args.namespace,
+    let signals = SignalsOptions {
+        workload,
         ..Default::default()
     };
     let (mut recorder, session) = prepare(|btf, identities| {

@@ -2,10 +2,13 @@
 //! each pointing at the lines of the file that support it, and a timeline per subject.
 //!
 //! It reads only the file, so a recording made on one node can be read anywhere. Lines that
-//! are not JSON (a truncated last line, garbage) are named and skipped.
+//! are not JSON (a truncated last line, garbage) are named and skipped. It streams: each line is
+//! folded into the findings and timelines as it is read, and what it keeps is bounded (lines
+//! cited per finding, moments per timeline, timelines, unreadable lines named), so a recording
+//! of any size, or an endless `kubectl logs -f`, is read in bounded memory.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     io::{BufRead, BufReader},
     path::Path,
@@ -15,7 +18,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{clock, tracers::signals::sender};
+use crate::{clock, text::escape, tracers::signals::sender};
 
 /// A pod as events name it.
 #[derive(Debug, Deserialize)]
@@ -204,46 +207,86 @@ enum Line {
     Unknown,
 }
 
-/// The lines of a recording that could be read, with their line numbers (from 1), and those
-/// that could not (with why).
-pub struct Recording {
-    lines: Vec<(usize, Line)>,
-    pub unreadable: Vec<(usize, String)>,
-}
-
 /// Lines longer than this are not read (a recording's longest is a few KiB).
 const MAX_LINE: usize = 1 << 20;
 
+/// What the report keeps, at most: the lines a finding cites, the moments of one timeline, the
+/// timelines, the unreadable lines it names. Past these, it counts.
+const MAX_CITED: usize = 100;
+const MAX_MOMENTS: usize = 200;
+const MAX_TIMELINES: usize = 1_000;
+const MAX_UNREADABLE: usize = 100;
+
+/// The first [`MAX_CITED`] items pushed, and how many more there were.
+#[derive(Debug, Serialize)]
+pub struct Capped<T> {
+    pub items: Vec<T>,
+    pub more: usize,
+}
+
+impl<T> Default for Capped<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            more: 0,
+        }
+    }
+}
+
+impl<T> Capped<T> {
+    fn push(&mut self, item: T, max: usize) {
+        if self.items.len() < max {
+            self.items.push(item);
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
 /// Reads the recording at `path`, or standard input for `-` (`kubectl logs ds/tracer | tracer
-/// report -`).
-pub fn read(path: &Path) -> Result<Recording> {
+/// report -`), line by line into `analysis`.
+pub fn read(path: &Path, analysis: &mut Analysis) -> Result<()> {
     let input: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(BufReader::new(file))
     };
-    let mut recording = Recording {
-        lines: Vec::new(),
-        unreadable: Vec::new(),
-    };
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    read_from(input, analysis).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`read`] from any reader. A line is read into one buffer, reused; a line longer than
+/// [`MAX_LINE`] is skipped without being kept whole.
+fn read_from(mut input: impl BufRead, analysis: &mut Analysis) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        let mut too_long = false;
+        loop {
+            let chunk = input.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(end) => (end + 1, true),
+                None => (chunk.len(), false),
+            };
+            if line.len() + take > MAX_LINE + 1 {
+                too_long = true;
+            } else {
+                line.extend_from_slice(&chunk[..take]);
+            }
+            input.consume(take);
+            if done {
+                break;
+            }
         }
-        if line.len() > MAX_LINE {
-            recording
-                .unreadable
-                .push((i + 1, format!("longer than {MAX_LINE} bytes")));
-            continue;
+        if line.is_empty() && !too_long {
+            return Ok(());
         }
-        match serde_json::from_slice::<Line>(&line) {
-            Ok(parsed) => recording.lines.push((i + 1, parsed)),
-            Err(e) => recording.unreadable.push((i + 1, e.to_string())),
-        }
+        analysis.add_text(number, &line, too_long);
     }
-    Ok(recording)
+    Ok(())
 }
 
 /// Something the recording shows, in plain words.
@@ -251,65 +294,70 @@ pub fn read(path: &Path) -> Result<Recording> {
 pub struct Finding {
     pub kind: &'static str,
     pub text: String,
-    /// Lines of the file with the events that show it.
+    /// Lines of the file with the events that show it (the first ones, when there are many).
     pub lines: Vec<usize>,
+    /// How many more lines show it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more_lines: usize,
     /// For a namespace: what keeps it alive (kind and pid).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<HolderRefLine>,
 }
 
-fn signal_findings(events: &[(usize, &SignalLine)]) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    for (line, e) in events {
-        if e.signo != 9 || e.result != "delivered" {
-            continue;
-        }
-        let target = e.target.label();
-        let (kind, text) = match (e.kernel_reason.as_deref(), &e.sender) {
-            (Some("oom"), _) => (
-                "oom_kill",
-                format!(
-                    "{target} was OOM-killed: memory cgroup {} hit its limit",
-                    e.oom
-                        .as_ref()
-                        .and_then(|o| o.memcg.as_deref())
-                        .unwrap_or("(unknown)")
-                ),
-            ),
-            (Some(reason), _) => (
-                "kernel_kill",
-                format!(
-                    "{target} was killed by SIGKILL from the kernel ({reason}, {})",
-                    e.code
-                ),
-            ),
-            (None, Some(sender)) => (
-                "kill",
-                format!(
-                    "{target} was killed by SIGKILL from {} ({}), whose ancestry is {}",
-                    sender.label(),
-                    e.how_sent(),
-                    e.ancestry()
-                ),
-            ),
-            (None, None) => continue,
-        };
-        findings.push(Finding {
-            kind,
-            text,
-            holders: Vec::new(),
-            lines: vec![*line],
-        });
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The finding a delivered SIGKILL is.
+fn signal_finding(line: usize, e: &SignalLine) -> Option<Finding> {
+    if e.signo != 9 || e.result != "delivered" {
+        return None;
     }
-    findings
+    let target = e.target.label();
+    let (kind, text) = match (e.kernel_reason.as_deref(), &e.sender) {
+        (Some("oom"), _) => (
+            "oom_kill",
+            format!(
+                "{target} was OOM-killed: memory cgroup {} hit its limit",
+                e.oom
+                    .as_ref()
+                    .and_then(|o| o.memcg.as_deref())
+                    .unwrap_or("(unknown)")
+            ),
+        ),
+        (Some(reason), _) => (
+            "kernel_kill",
+            format!(
+                "{target} was killed by SIGKILL from the kernel ({reason}, {})",
+                e.code
+            ),
+        ),
+        (None, Some(sender)) => (
+            "kill",
+            format!(
+                "{target} was killed by SIGKILL from {} ({}), whose ancestry is {}",
+                sender.label(),
+                e.how_sent(),
+                e.ancestry()
+            ),
+        ),
+        (None, None) => return None,
+    };
+    Some(Finding {
+        kind,
+        text,
+        lines: vec![line],
+        more_lines: 0,
+        holders: Vec::new(),
+    })
 }
 
 /// Drops of one class from one source address in one namespace.
 #[derive(Default)]
 struct DropGroup {
-    lines: Vec<usize>,
-    destinations: Vec<String>,
-    nat_destinations: Vec<String>,
+    lines: Capped<usize>,
+    destinations: Capped<String>,
+    nat_destinations: Capped<String>,
     pod: Option<String>,
     proto: String,
     /// For a full table: ` (entries N/MAX)`.
@@ -329,38 +377,43 @@ fn host_of(endpoint: &str) -> &str {
     }
 }
 
-fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
-    let mut groups: BTreeMap<(String, u64, String), DropGroup> = BTreeMap::new();
-    for (line, e) in events {
-        if e.class == "rule" {
-            continue;
-        }
-        let src_ip = host_of(e.src.as_deref().unwrap_or("?")).to_string();
-        let ipv6 = src_ip.contains(':');
-        let g = groups
-            .entry((e.class.clone(), e.netns, src_ip))
-            .or_default();
-        g.lines.push(*line);
-        for (list, value) in [
-            (&mut g.destinations, &e.dst),
-            (&mut g.nat_destinations, &e.nat_dst),
-        ] {
-            if let Some(v) = value.as_ref().filter(|v| !list.contains(v)) {
-                list.push(v.clone());
-            }
-        }
-        g.pod = g
-            .pod
-            .take()
-            .or_else(|| e.pod.as_ref().and_then(PodLine::label));
-        g.proto = e.proto.as_deref().unwrap_or("?").to_uppercase();
-        if ipv6 {
-            g.proto.push_str("/IPv6");
-        }
-        if let (Some(count), Some(max)) = (e.ct_count, e.ct_max) {
-            g.table = format!(" (entries {count}/{max})");
+/// Drops grouped by class, namespace and source address.
+type DropGroups = BTreeMap<(String, u64, String), DropGroup>;
+
+/// Adds a drop to its group (firewall rules' drops are no finding).
+fn add_drop(groups: &mut DropGroups, line: usize, e: &DropLine) {
+    if e.class == "rule" {
+        return;
+    }
+    let src_ip = host_of(e.src.as_deref().unwrap_or("?")).to_string();
+    let ipv6 = src_ip.contains(':');
+    let g = groups
+        .entry((e.class.clone(), e.netns, src_ip))
+        .or_default();
+    g.lines.push(line, MAX_CITED);
+    for (list, value) in [
+        (&mut g.destinations, &e.dst),
+        (&mut g.nat_destinations, &e.nat_dst),
+    ] {
+        if let Some(v) = value.as_ref().filter(|v| !list.items.contains(v)) {
+            list.push(v.clone(), MAX_CITED);
         }
     }
+    g.pod = g
+        .pod
+        .take()
+        .or_else(|| e.pod.as_ref().and_then(PodLine::label));
+    g.proto = e.proto.as_deref().unwrap_or("?").to_uppercase();
+    if ipv6 {
+        g.proto.push_str("/IPv6");
+    }
+    if let (Some(count), Some(max)) = (e.ct_count, e.ct_max) {
+        g.table = format!(" (entries {count}/{max})");
+    }
+}
+
+/// The findings of the drop groups.
+fn conntrack_findings(groups: DropGroups) -> Vec<Finding> {
     groups
         .into_iter()
         .map(|((class, netns, src), g)| {
@@ -368,15 +421,22 @@ fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
                 Some(pod) => format!("netns {netns} (pod {pod})"),
                 None => format!("netns {netns}"),
             };
-            let n = g.lines.len();
+            let n = g.lines.items.len() + g.lines.more;
+            let list = |l: &Capped<String>| {
+                let mut text = l.items.join(", ");
+                if l.more > 0 {
+                    text.push_str(&format!(" and {} more", l.more));
+                }
+                text
+            };
             let (kind, text) = match class.as_str() {
                 "insert_failed" => {
-                    let via = if g.nat_destinations.is_empty() {
+                    let via = if g.nat_destinations.items.is_empty() {
                         String::new()
                     } else {
-                        format!(" through DNAT to {}", g.nat_destinations.join(", "))
+                        format!(" through DNAT to {}", list(&g.nat_destinations))
                     };
-                    let advice = if g.destinations.iter().any(|d| d.ends_with(":53")) {
+                    let advice = if g.destinations.items.iter().any(|d| d.ends_with(":53")) {
                         "; for DNS (a resolver sends its A and AAAA queries in parallel from one socket) consider single-request-reopen (glibc resolv.conf option), NodeLocal DNSCache, or DNS over TCP"
                     } else {
                         ""
@@ -386,7 +446,7 @@ fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
                         format!(
                             "{n} {} packets from {src} in {place} to {} were dropped by the conntrack insert race (parallel packets of one socket{via}){advice}",
                             g.proto,
-                            g.destinations.join(", ")
+                            list(&g.destinations)
                         ),
                     )
                 }
@@ -405,29 +465,27 @@ fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
             Finding {
                 kind,
                 text,
-                lines: g.lines,
+                lines: g.lines.items,
+                more_lines: g.lines.more,
                 holders: Vec::new(),
             }
         })
         .collect()
 }
 
+/// The findings of flagged namespaces of the snapshot, with the lines of their events.
 fn netns_findings(
-    snapshot: &[(usize, &SnapshotLine)],
-    events: &[(usize, &NetnsLine)],
+    flagged: &[(usize, SnapshotLine)],
+    events: &HashMap<u64, Capped<usize>>,
 ) -> Vec<Finding> {
     let mut findings = Vec::new();
-    for (line, ns) in snapshot {
-        if ns.flags.is_empty() {
-            continue;
-        }
+    for (line, ns) in flagged {
         let mut lines = vec![*line];
-        lines.extend(
-            events
-                .iter()
-                .filter(|(_, e)| e.inode == ns.inode)
-                .map(|(l, _)| *l),
-        );
+        let mut more_lines = 0;
+        if let Some(cited) = events.get(&ns.inode) {
+            lines.extend(&cited.items);
+            more_lines = cited.more;
+        }
         lines.sort_unstable();
         let pod = ns
             .pod
@@ -469,6 +527,7 @@ fn netns_findings(
             kind,
             text,
             lines,
+            more_lines,
             holders,
         });
     }
@@ -548,6 +607,9 @@ fn describe_drop(e: &DropLine) -> String {
     )
 }
 
+/// The moments of one subject: the first [`MAX_MOMENTS`], and how many more.
+pub type Timeline = Capped<Moment>;
+
 /// The findings and timelines of a recording.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -555,72 +617,153 @@ pub struct Report {
     pub kind: &'static str,
     pub events: usize,
     pub findings: Vec<Finding>,
-    pub timelines: BTreeMap<String, Vec<Moment>>,
+    pub timelines: BTreeMap<String, Timeline>,
+    /// Subjects beyond the [`MAX_TIMELINES`] first, whose events have no timeline.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timelines_left_out: usize,
     pub unreadable: Vec<Value>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more_unreadable: usize,
+    /// Lines of a type this version does not know (a newer tracer's).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unknown_lines: usize,
 }
 
-pub fn analyse(recording: &Recording) -> Report {
-    let mut signals = Vec::new();
-    let mut drops = Vec::new();
-    let mut netns = Vec::new();
-    let mut snapshot = Vec::new();
-    for (line, parsed) in &recording.lines {
-        match parsed {
-            Line::Signal(e) => signals.push((*line, e.as_ref())),
-            Line::ConntrackDrop(e) => drops.push((*line, e.as_ref())),
-            Line::Netns(e) => netns.push((*line, e)),
-            Line::NetnsSnapshot(e) => snapshot.push((*line, e)),
-            Line::Summary | Line::Unknown => {}
+/// A recording read so far: what the report needs of it, and no more.
+#[derive(Default)]
+pub struct Analysis {
+    events: usize,
+    /// Findings made as their line is read (kills).
+    findings: Vec<Finding>,
+    drops: DropGroups,
+    /// Lines of each namespace's lifecycle events, for a finding about it.
+    netns_events: HashMap<u64, Capped<usize>>,
+    /// Flagged namespaces of the closing snapshot.
+    flagged: Vec<(usize, SnapshotLine)>,
+    timelines: BTreeMap<String, Timeline>,
+    timelines_left_out: usize,
+    unreadable: Capped<(usize, String)>,
+    unknown: usize,
+}
+
+impl Analysis {
+    /// Line `number` of the recording, as read (`too_long`: cut, not read).
+    fn add_text(&mut self, number: usize, text: &[u8], too_long: bool) {
+        if too_long {
+            self.unreadable.push(
+                (number, format!("longer than {MAX_LINE} bytes")),
+                MAX_UNREADABLE,
+            );
+            return;
+        }
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match serde_json::from_slice::<Line>(text) {
+            Ok(line) => self.add(number, line),
+            Err(e) => self
+                .unreadable
+                .push((number, e.to_string()), MAX_UNREADABLE),
         }
     }
-    let mut findings = signal_findings(&signals);
-    findings.extend(conntrack_findings(&drops));
-    findings.extend(netns_findings(&snapshot, &netns));
 
-    let mut timelines: BTreeMap<String, Vec<Moment>> = BTreeMap::new();
-    for (line, parsed) in &recording.lines {
-        if let Some((subject, time, what)) = moment(parsed) {
-            timelines.entry(subject).or_default().push(Moment {
-                line: *line,
+    fn add(&mut self, number: usize, line: Line) {
+        if let Some((subject, time, what)) = moment(&line) {
+            let moment = Moment {
+                line: number,
                 time: time.to_string(),
                 what,
-            });
+            };
+            if let Some(timeline) = self.timelines.get_mut(&subject) {
+                timeline.push(moment, MAX_MOMENTS);
+            } else if self.timelines.len() < MAX_TIMELINES {
+                let mut timeline = Timeline::default();
+                timeline.push(moment, MAX_MOMENTS);
+                self.timelines.insert(subject, timeline);
+            } else {
+                self.timelines_left_out += 1;
+            }
+        }
+        match line {
+            Line::Signal(e) => {
+                self.events += 1;
+                self.findings.extend(signal_finding(number, &e));
+            }
+            Line::ConntrackDrop(e) => {
+                self.events += 1;
+                add_drop(&mut self.drops, number, &e);
+            }
+            Line::Netns(e) => {
+                self.events += 1;
+                self.netns_events
+                    .entry(e.inode)
+                    .or_default()
+                    .push(number, MAX_CITED);
+            }
+            Line::NetnsSnapshot(e) if !e.flags.is_empty() => self.flagged.push((number, e)),
+            Line::NetnsSnapshot(_) | Line::Summary => {}
+            Line::Unknown => self.unknown += 1,
         }
     }
-    for moments in timelines.values_mut() {
-        moments.sort_by(|a, b| a.time.cmp(&b.time));
-    }
-    Report {
-        kind: "report",
-        events: signals.len() + drops.len() + netns.len(),
-        findings,
-        timelines,
-        unreadable: recording
-            .unreadable
-            .iter()
-            .map(|(line, error)| json!({"line": line, "error": error}))
-            .collect(),
+
+    pub fn report(self) -> Report {
+        let mut findings = self.findings;
+        findings.extend(conntrack_findings(self.drops));
+        findings.extend(netns_findings(&self.flagged, &self.netns_events));
+        let mut timelines = self.timelines;
+        for timeline in timelines.values_mut() {
+            timeline.items.sort_by(|a, b| a.time.cmp(&b.time));
+        }
+        Report {
+            kind: "report",
+            events: self.events,
+            findings,
+            timelines,
+            timelines_left_out: self.timelines_left_out,
+            unreadable: self
+                .unreadable
+                .items
+                .iter()
+                .map(|(line, error)| json!({"line": line, "error": error}))
+                .collect(),
+            more_unreadable: self.unreadable.more,
+            unknown_lines: self.unknown,
+        }
     }
 }
 
-/// Prints the report of the recording at `path`.
+/// Prints the report of the recording at `path`. Every string from the recording is escaped:
+/// a recording can come from anywhere (`kubectl logs`), and its text must not drive the
+/// terminal.
 pub fn print(path: &Path, json: bool) -> Result<()> {
-    let report = analyse(&read(path)?);
+    let mut analysis = Analysis::default();
+    read(path, &mut analysis)?;
+    let report = analysis.report();
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    let clean = |text: &str| escape(text.as_bytes());
     let source = if path == Path::new("-") {
         "standard input".to_string()
     } else {
-        path.display().to_string()
+        clean(&path.display().to_string())
     };
     println!("report of {source}: {} events", report.events);
     for bad in &report.unreadable {
         println!(
             "  line {} could not be read ({}); skipped",
             bad["line"],
-            bad["error"].as_str().unwrap_or("?")
+            clean(bad["error"].as_str().unwrap_or("?"))
+        );
+    }
+    if report.more_unreadable > 0 {
+        println!("  {} more lines could not be read", report.more_unreadable);
+    }
+    if report.unknown_lines > 0 {
+        println!(
+            "  {} lines of types this version does not know (a newer tracer's); skipped",
+            report.unknown_lines
         );
     }
     println!("findings:");
@@ -628,23 +771,41 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
         println!("  none");
     }
     for (i, f) in report.findings.iter().enumerate() {
-        let lines: Vec<String> = f.lines.iter().map(usize::to_string).collect();
-        println!("  {}. {}\n     (lines {})", i + 1, f.text, lines.join(", "));
+        let mut lines: Vec<String> = f.lines.iter().map(usize::to_string).collect();
+        if f.more_lines > 0 {
+            lines.push(format!("and {} more", f.more_lines));
+        }
+        println!(
+            "  {}. {}\n     (lines {})",
+            i + 1,
+            clean(&f.text),
+            lines.join(", ")
+        );
     }
     println!("timeline:");
-    for (subject, moments) in &report.timelines {
-        println!("  {subject}:");
-        for m in moments {
+    for (subject, timeline) in &report.timelines {
+        println!("  {}:", clean(subject));
+        for m in &timeline.items {
             println!(
                 "    {}  {}  (line {})",
-                clock::time_of_day(&m.time),
-                m.what,
+                clean(clock::time_of_day(&m.time)),
+                clean(&m.what),
                 m.line
             );
         }
+        if timeline.more > 0 {
+            println!("    ... and {} more", timeline.more);
+        }
+    }
+    if report.timelines_left_out > 0 {
+        println!(
+            "  ... and {} events of further subjects",
+            report.timelines_left_out
+        );
     }
     Ok(())
 }
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -659,19 +820,20 @@ mod tests {
         tracers::{netns::snapshot, samples, TracerOptions, REGISTRY},
     };
 
-    /// A recording of `objects`, one per line from line 1, read as `tracer report` reads.
-    fn recording(objects: &[Value]) -> Recording {
-        let mut recording = Recording {
-            lines: Vec::new(),
-            unreadable: Vec::new(),
-        };
-        for (i, object) in objects.iter().enumerate() {
-            match serde_json::from_value::<Line>(object.clone()) {
-                Ok(line) => recording.lines.push((i + 1, line)),
-                Err(e) => recording.unreadable.push((i + 1, e.to_string())),
-            }
-        }
-        recording
+    /// The report of a recording of `objects`, one per line from line 1, read as `tracer
+    /// report` reads a file.
+    fn report_of(objects: &[Value]) -> Report {
+        let text: String = objects.iter().map(|o| format!("{o}\n")).collect();
+        let mut analysis = Analysis::default();
+        read_from(text.as_bytes(), &mut analysis).unwrap();
+        analysis.report()
+    }
+
+    fn lines_of(objects: &[Value]) -> Vec<Line> {
+        objects
+            .iter()
+            .map(|o| serde_json::from_value(o.clone()).unwrap_or_else(|e| panic!("{o}: {e}")))
+            .collect()
     }
 
     fn name(line: &Line) -> &'static str {
@@ -710,9 +872,8 @@ mod tests {
         }
         out.flush().unwrap();
         let objects = samples::objects(&written);
-        let read = recording(&objects);
-        assert!(read.unreadable.is_empty(), "{:?}", read.unreadable);
-        let seen: BTreeSet<&str> = read.lines.iter().map(|(_, l)| name(l)).collect();
+        let lines = lines_of(&objects);
+        let seen: BTreeSet<&str> = lines.iter().map(name).collect();
         let every = [
             "conntrack_drop",
             "netns",
@@ -722,7 +883,8 @@ mod tests {
         ];
         assert_eq!(seen, BTreeSet::from(every), "{objects:#?}");
         // Each is a finding or a moment where it should be.
-        let report = analyse(&read);
+        let report = report_of(&objects);
+        assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
         assert_eq!(report.events, 5, "{:#?}", report.timelines);
         assert!(report.timelines.contains_key("process server(7942)"));
         assert!(report.timelines.contains_key("netns 4026532999"));
@@ -752,7 +914,7 @@ mod tests {
                              "target": {"pid": 40, "comm": "app",
                                         "pod": {"namespace": "shop", "name": "web"}}});
         let forged = kill("sigqueue", "timer", "sender", Some(-2));
-        let report = analyse(&recording(&[oom, forged, ignored]));
+        let report = report_of(&[oom, forged, ignored]);
         let kinds: Vec<&str> = report.findings.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, ["oom_kill", "kill"]);
         assert!(report.findings[0].text.contains("/kubepods/pod1"));
@@ -765,7 +927,7 @@ mod tests {
         assert_eq!(report.findings[1].lines, [2]);
         // The pod's timeline has both of its events, in time order.
         let web = &report.timelines["pod shop/web"];
-        assert_eq!(web.iter().map(|m| m.line).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(web.items.iter().map(|m| m.line).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]
@@ -776,7 +938,7 @@ mod tests {
         let teardown = json!({"type": "netns", "time": "2026-12-01T00:00:00.000000Z",
                               "action": "create", "inode": 7, "pid": 9});
         let healthy = json!({"type": "netns_snapshot", "inode": 8, "flags": []});
-        let report = analyse(&recording(&[teardown, snapshot, healthy]));
+        let report = report_of(&[teardown, snapshot, healthy]);
         assert_eq!(report.findings.len(), 1, "{:#?}", report.findings);
         let finding = &report.findings[0];
         assert_eq!(finding.kind, "netns_stuck");
@@ -792,7 +954,7 @@ mod tests {
             "flags": [{"flag": "orphaned",
                        "explanation": "no process is inside; held by socket fd 4 of cni(12)",
                        "holders": [{"kind": "socket", "pid": 12, "comm": "cni", "what": "fd 4"}]}]});
-        let report = analyse(&recording(&[snapshot]));
+        let report = report_of(&[snapshot]);
         let finding = &report.findings[0];
         assert_eq!(finding.kind, "netns_flagged");
         assert!(
@@ -811,35 +973,65 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_lines_are_told_apart() {
-        let read = recording(&[
+        let report = report_of(&[
             json!({"type": "from_a_newer_tracer", "x": 1}),
             json!({"type": "signal", "time": "t"}),
             json!([1, 2]),
         ]);
-        assert!(matches!(read.lines[..], [(1, Line::Unknown)]));
-        let bad: Vec<usize> = read.unreadable.iter().map(|(l, _)| *l).collect();
+        assert_eq!(report.unknown_lines, 1);
+        let bad: Vec<&Value> = report.unreadable.iter().map(|u| &u["line"]).collect();
         assert_eq!(bad, [2, 3]);
         // A renamed field is named, not silently skipped.
         assert!(
-            read.unreadable[0].1.contains("missing field"),
+            report.unreadable[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("missing field"),
             "{:?}",
-            read.unreadable
+            report.unreadable
         );
     }
 
     #[test]
+    fn what_it_keeps_is_bounded_and_the_rest_counted() {
+        let drop = json!({"type": "conntrack_drop", "time": "t", "class": "insert_failed",
+                          "netns": 7, "proto": "udp", "src": "10.0.0.1:40000",
+                          "dst": "10.96.0.10:53"});
+        let n = MAX_CITED.max(MAX_MOMENTS) + 5;
+        let mut text = format!("{drop}\n").repeat(n);
+        text.push_str(&"x".repeat(MAX_LINE + 10));
+        text.push_str("\n{not json\n");
+        let mut analysis = Analysis::default();
+        read_from(text.as_bytes(), &mut analysis).unwrap();
+        let report = analysis.report();
+        assert_eq!(report.events, n);
+        let finding = &report.findings[0];
+        assert_eq!(finding.lines.len(), MAX_CITED);
+        assert_eq!(finding.more_lines, n - MAX_CITED);
+        assert!(finding.text.starts_with(&format!("{n} UDP packets")));
+        let timeline = &report.timelines["netns 7"];
+        assert_eq!(timeline.items.len(), MAX_MOMENTS);
+        assert_eq!(timeline.more, n - MAX_MOMENTS);
+        let unreadable: Vec<&Value> = report.unreadable.iter().map(|u| &u["line"]).collect();
+        assert_eq!(unreadable, [n + 1, n + 2]);
+        assert!(report.unreadable[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("longer than"));
+    }
+
+    #[test]
     fn drops_are_described_with_their_flags_or_icmp_message() {
-        let read = recording(&[
+        let lines = lines_of(&[
             json!({"type": "conntrack_drop", "time": "t", "class": "rule", "netns": 1,
                    "proto": "tcp", "src": "[::1]:40000", "dst": "[::1]:80", "tcp_flags": "SYN"}),
             json!({"type": "conntrack_drop", "time": "t", "class": "rule", "netns": 1,
                    "proto": "icmpv6", "src": "::1", "dst": "::1",
                    "icmp": {"type": 128, "code": 0, "id": 7, "name": "echo-request"}}),
         ]);
-        let described: Vec<String> = read
-            .lines
+        let described: Vec<String> = lines
             .iter()
-            .filter_map(|(_, l)| moment(l).map(|(_, _, what)| what))
+            .filter_map(|l| moment(l).map(|(_, _, what)| what))
             .collect();
         assert_eq!(
             described,
@@ -865,7 +1057,7 @@ mod tests {
                    "proto": "udp", "src": "[fd77::1]:40000", "dst": format!("[{vip}]:53"),
                    "nat_dst": "[fd77::2]:53"})
         };
-        let report = analyse(&recording(&[drop("fd96::a"), drop("fd96::b")]));
+        let report = report_of(&[drop("fd96::a"), drop("fd96::b")]);
         assert_eq!(report.findings.len(), 1);
         let text = &report.findings[0].text;
         assert!(

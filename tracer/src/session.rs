@@ -16,7 +16,7 @@ use crate::{
 
 /// How a run goes, whichever command asked for it (the command line's options turned into
 /// plain values once, so that nothing past `cli` sees the parser).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunConfig {
     pub format: Format,
     pub stop: StopWhen,
@@ -75,7 +75,7 @@ pub fn attach_empty_hook(hook: &str) -> Result<()> {
 /// Loads and attaches `tracer`'s programs, streams its events until a stop condition, and
 /// prints the summary. Everything is detached before this returns.
 pub fn trace(tracer: &mut dyn Tracer, session: Session, run: &RunConfig) -> Result<()> {
-    let out = Output::new(run.format, tracer.human_header());
+    let out = Output::new(run.format.clone(), tracer.human_header());
     trace_into(tracer, session, run, out)
 }
 

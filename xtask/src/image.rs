@@ -100,8 +100,11 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Where the image keeps the man pages (`cargo xtask man`'s), for whoever copies them out.
+const MAN_DIR: &str = "/usr/share/man/man8";
+
 /// The image's file tree: the binary and its libraries at the paths the loader looks them up
-/// by (copies, not symlinks, of what the host's paths point at), and /var/run -> /run so that
+/// by (copies, not symlinks, of what the host's paths point at), the man pages, and /var/run -> /run so that
 /// the runtimes' `/var/run/netns/...` paths resolve below the DaemonSet's /run mounts.
 fn stage_rootfs(rootfs: &Path, binary: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(rootfs);
@@ -116,6 +119,7 @@ fn stage_rootfs(rootfs: &Path, binary: &Path) -> Result<()> {
         fs::create_dir_all(dest.parent().context("a file has a parent")?)?;
         fs::copy(&from, &dest).with_context(|| format!("copying {}", from.display()))?;
     }
+    crate::man_pages(binary, &rootfs.join(Path::new(MAN_DIR).strip_prefix("/")?))?;
     fs::create_dir_all(rootfs.join("run"))?;
     fs::create_dir_all(rootfs.join("var"))?;
     std::os::unix::fs::symlink("../run", rootfs.join("var/run"))?;

@@ -6,6 +6,7 @@
 //! - `cargo xtask run -- <tracer args>`: setup, build, run `tracer` as root.
 //! - `cargo xtask test`: setup, format and lint checks, unit tests, kernel integration tests.
 //! - `cargo xtask image [--tag REF]`: setup, then the tracer's container image (deploy/).
+//! - `cargo xtask man`: build, then the man pages from the command line's definition.
 
 mod bench;
 mod image;
@@ -26,7 +27,8 @@ fn usage() -> ! {
          run -- ARGS        install only what building needs, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
          bench [--quick] [--netns]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only)\n  \
-         image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)"
+         image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)\n  \
+         man                install only what building needs, build, and write the man pages to target/man/"
     );
     std::process::exit(2)
 }
@@ -68,8 +70,27 @@ fn run() -> Result<()> {
             setup::for_testing()?;
             image::run(&rest)
         }
+        "man" => {
+            setup::for_running()?;
+            cargo(&["build", "--release", "--package", "tracer"])?;
+            let dir = workspace_root().join("target/man");
+            man_pages(&workspace_root().join("target/release/tracer"), &dir)?;
+            println!(
+                "xtask: man pages in {} (man -l {}/tracer.8)",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
         _ => usage(),
     }
+}
+
+/// Writes the man pages of the built tracer `binary` into `dir` (its hidden `man-pages`
+/// command: the pages come from the tracer's own command-line definition).
+pub fn man_pages(binary: &Path, dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    run_checked(Command::new(binary).arg("man-pages").arg(dir))
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -156,6 +177,8 @@ fn test(filter: &[String]) -> Result<()> {
         "tracer",
         "--package",
         "tracer-common",
+        "--package",
+        "xtask",
     ];
     let mut integration = vec!["test", "--release", "--package", "tracer-tests", "--"];
     integration.push("--test-threads=1");

@@ -51,20 +51,47 @@ const VALIDATOR_PACKAGES: &[&str] = &[
     "cloudcoil-models-prometheus-operator==0.80.1.0",
 ];
 
-/// What building and running the tracer need.
-pub fn for_running() -> Result<()> {
-    apt_packages(BUILD_PACKAGES)?;
-    nightly_rust_src()?;
-    bpf_linker()?;
-    tracefs();
+/// One thing a setup installs or prepares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    AptPackages(&'static [&'static str]),
+    NightlyRustSrc,
+    BpfLinker,
+    Tracefs,
+    Validator,
+}
+
+/// What building and running the tracer need (`cargo xtask run`, `cargo xtask man`).
+const FOR_RUNNING: &[Step] = &[
+    Step::AptPackages(BUILD_PACKAGES),
+    Step::NightlyRustSrc,
+    Step::BpfLinker,
+    Step::Tracefs,
+];
+
+/// What the tests, the benchmarks and the image need besides.
+const FOR_TESTING: &[Step] = &[Step::AptPackages(TEST_PACKAGES), Step::Validator];
+
+fn take(steps: &[Step]) -> Result<()> {
+    for step in steps {
+        match step {
+            Step::AptPackages(packages) => apt_packages(packages)?,
+            Step::NightlyRustSrc => nightly_rust_src()?,
+            Step::BpfLinker => bpf_linker()?,
+            Step::Tracefs => tracefs(),
+            Step::Validator => validator()?,
+        }
+    }
     Ok(())
 }
 
-/// What the tests, the benchmarks and the image need besides.
+pub fn for_running() -> Result<()> {
+    take(FOR_RUNNING)
+}
+
 pub fn for_testing() -> Result<()> {
-    for_running()?;
-    apt_packages(TEST_PACKAGES)?;
-    validator()
+    take(FOR_RUNNING)?;
+    take(FOR_TESTING)
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
@@ -224,5 +251,42 @@ fn tracefs() {
         && !succeeds(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
     {
         eprintln!("xtask: warning: could not mount tracefs at /sys/kernel/tracing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apt(steps: &[Step]) -> Vec<&'static str> {
+        steps
+            .iter()
+            .flat_map(|s| match s {
+                Step::AptPackages(packages) => packages.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn running_installs_only_what_building_needs() {
+        let running = apt(FOR_RUNNING);
+        assert_eq!(running, BUILD_PACKAGES);
+        // Nothing a node has its own of (a container runtime, a Prometheus), and no validator.
+        for package in [
+            "containerd",
+            "runc",
+            "containernetworking-plugins",
+            "buildah",
+            "prometheus",
+        ] {
+            assert!(!running.contains(&package), "{package}");
+            assert!(apt(FOR_TESTING).contains(&package), "{package}");
+        }
+        assert!(!FOR_RUNNING.contains(&Step::Validator));
+        // Every package that enables a service is a test package, and is disabled again.
+        for package in running {
+            assert_eq!(service_of(package), None, "{package}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     enrich::identity::Pod,
-    output::Event,
+    output::{Column, Event},
     tracers::conntrack::{ConntrackDrop, DropClass, Tuple},
 };
 
@@ -112,6 +112,17 @@ pub enum Status {
     Fail,
     /// It could not be probed (its namespace went away, a socket could not be opened).
     Error,
+}
+
+impl Status {
+    /// As the human and `-o line` views show it.
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+        }
+    }
 }
 
 /// One drop of the probe's flow, where it happened.
@@ -293,17 +304,60 @@ impl ProbeResult {
 }
 
 impl Event for ProbeResult {
+    const COLUMNS: &'static [Column<Self>] = &[
+        Column {
+            name: "subject",
+            default: true,
+            value: |r| Some(r.subject.label()),
+        },
+        Column {
+            name: "status",
+            default: true,
+            value: |r| Some(r.status.word().into()),
+        },
+        Column {
+            name: "proto",
+            default: true,
+            value: |r| Some(r.proto.into()),
+        },
+        Column {
+            name: "src",
+            default: true,
+            value: |r| r.src.clone(),
+        },
+        Column {
+            name: "dst",
+            default: true,
+            value: |r| Some(r.dst.clone()),
+        },
+        Column {
+            name: "connect_ms",
+            default: true,
+            value: |r| r.connect_ms.map(|ms| format!("{ms:.3}")),
+        },
+        Column {
+            name: "drops",
+            default: true,
+            value: |r| Some(r.drops.len().to_string()),
+        },
+        Column {
+            name: "explained",
+            default: false,
+            value: |r| Some(r.explained.to_string()),
+        },
+        Column {
+            name: "explanation",
+            default: true,
+            value: |r| Some(r.explanation.clone()),
+        },
+    ];
+
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
-        let status = match self.status {
-            Status::Ok => "OK",
-            Status::Fail => "FAIL",
-            Status::Error => "ERROR",
-        };
         writeln!(
             w,
             "{:<40}  {:<6}  {} -> {}  {}",
             self.subject.label(),
-            status,
+            self.status.word(),
             self.src.as_deref().unwrap_or("-"),
             self.dst,
             self.explanation

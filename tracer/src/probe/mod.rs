@@ -399,7 +399,7 @@ pub fn run(options: ProbeOptions) -> Result<ExitCode> {
         prober.jobs.len(),
         options.parallel
     );
-    let out = Output::new(options.format, prober.human_header());
+    let out = Output::new(options.format.clone(), prober.human_header());
     let rounds = prober.jobs.len().div_ceil(options.parallel);
     let run = RunConfig {
         format: options.format,

@@ -27,7 +27,7 @@ use tracer_common::EventKind;
 
 use super::programs;
 use crate::{
-    enrich::identity::Pod,
+    enrich::{identity::Pod, selector},
     output::{Count, Family, Observer},
     tracers::netns::snapshot::NamespaceReport,
 };
@@ -44,6 +44,15 @@ pub fn pod_key(pod: Option<&Pod>) -> PodKey {
         ],
         None => Default::default(),
     }
+}
+
+/// The `k8s_workload` label value of a pod name: the Deployment, StatefulSet, DaemonSet, Job
+/// or CronJob its name says it belongs to (the likeliest reading, see
+/// [`selector::workloads_of`]); empty outside pods and for names no workload generates.
+fn workload_label(pod: &str) -> String {
+    selector::workloads_of(pod)
+        .first()
+        .map_or_else(String::new, |w| (*w).to_string())
 }
 
 /// What a series belongs to: it goes when its owner has been gone for the grace period.
@@ -303,7 +312,9 @@ impl Book {
             (None, None) => Owner::Node,
         };
         let mut labels = count.labels;
+        let workload = workload_label(&pod[1]);
         labels.extend(pod);
+        labels.push(workload);
         let key = (count.family.name, labels);
         if let Some(pending) = self.pending.get_mut(&key) {
             *pending += 1;
@@ -340,7 +351,7 @@ impl Book {
     fn family(&mut self, family: &'static Family) -> Option<&IntCounterVec> {
         if !self.families.contains_key(family.name) {
             let mut labels = family.labels.to_vec();
-            labels.extend(["k8s_namespace", "k8s_pod"]);
+            labels.extend(["k8s_namespace", "k8s_pod", "k8s_workload"]);
             let registered = IntCounterVec::new(Opts::new(family.name, family.help), &labels)
                 .and_then(|vec| self.registry.register(Box::new(vec.clone())).map(|()| vec));
             match registered {
@@ -470,7 +481,20 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
-    const WEB_A: &str = r#"tracer_test_total{k8s_namespace="shop",k8s_pod="web",what="a"}"#;
+    const WEB_A: &str =
+        r#"tracer_test_total{k8s_namespace="shop",k8s_pod="web",k8s_workload="",what="a"}"#;
+
+    #[test]
+    fn the_workload_label_is_the_likeliest_owner() {
+        let m = metrics(10);
+        let web = pod("web-5d78c9f6b-x2x9q");
+        m.count(count("a", Some(&web), None));
+        let text = m.render().unwrap();
+        assert!(
+            text.contains(r#"k8s_pod="web-5d78c9f6b-x2x9q",k8s_workload="web","#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_new_series_is_scraped_at_zero_once_then_at_its_count() {

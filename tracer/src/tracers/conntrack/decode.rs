@@ -16,7 +16,7 @@ use crate::{
     clock::{self, Clock},
     enrich::identity::Pod,
     kernel::btf::KernelBtf,
-    output::{Count, Event, Family},
+    output::{pod_column, Column, Count, Event, Family},
 };
 
 const AF_INET: u16 = 2;
@@ -243,6 +243,96 @@ static DROPS_TOTAL: Family = Family {
 };
 
 impl Event for ConntrackDrop {
+    const COLUMNS: &'static [Column<Self>] = &[
+        Column {
+            name: "time",
+            default: true,
+            value: |e| Some(e.time.clone()),
+        },
+        Column {
+            name: "class",
+            default: true,
+            value: |e| Some(e.class.name().into()),
+        },
+        Column {
+            name: "netns",
+            default: true,
+            value: |e| Some(e.netns.to_string()),
+        },
+        Column {
+            name: "pod",
+            default: true,
+            value: |e| pod_column(e.pod.as_ref()),
+        },
+        Column {
+            name: "proto",
+            default: true,
+            value: |e| e.proto.clone(),
+        },
+        Column {
+            name: "src",
+            default: true,
+            value: |e| e.src.clone(),
+        },
+        Column {
+            name: "dst",
+            default: true,
+            value: |e| e.dst.clone(),
+        },
+        Column {
+            name: "nat_dst",
+            default: true,
+            value: |e| e.nat_dst.clone(),
+        },
+        Column {
+            name: "nat_src",
+            default: true,
+            value: |e| e.nat_src.clone(),
+        },
+        Column {
+            name: "tcp_flags",
+            default: true,
+            value: |e| e.tcp_flags.clone(),
+        },
+        // `TYPE/CODE`, and `/ID` for echoes.
+        Column {
+            name: "icmp",
+            default: true,
+            value: |e| {
+                e.icmp.as_ref().map(|i| match i.id {
+                    Some(id) => format!("{}/{}/{id}", i.kind, i.code),
+                    None => format!("{}/{}", i.kind, i.code),
+                })
+            },
+        },
+        // `COUNT/MAX` of the namespace's conntrack table, for table_full.
+        Column {
+            name: "table",
+            default: true,
+            value: |e| e.ct_count.zip(e.ct_max).map(|(c, m)| format!("{c}/{m}")),
+        },
+        Column {
+            name: "family",
+            default: false,
+            value: |e| Some(e.family().into()),
+        },
+        Column {
+            name: "netns_cookie",
+            default: false,
+            value: |e| Some(e.netns_cookie.to_string()),
+        },
+        Column {
+            name: "fragment",
+            default: false,
+            value: |e| Some(e.fragment.to_string()),
+        },
+        Column {
+            name: "cpu",
+            default: false,
+            value: |e| Some(e.cpu.to_string()),
+        },
+    ];
+
     fn count(&self) -> Option<Count<'_>> {
         Some(Count {
             family: &DROPS_TOTAL,

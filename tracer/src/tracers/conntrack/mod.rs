@@ -25,6 +25,7 @@ use tracer_common::{
     EventKind,
 };
 
+/// Its events, for the command line (their `-o line` columns) and `probe`.
 pub use self::decode::{ConntrackDrop, DropClass};
 pub use self::flow::{Prefix, Tuple};
 use self::{
@@ -72,10 +73,9 @@ pub struct ConntrackOptions {
     pub net: Option<Prefix>,
     /// Leave out packets a firewall rule dropped (they are still counted in the summary).
     pub conntrack_only: bool,
-    /// Only drops in the network namespace of this pod (by name).
-    pub pod: Option<String>,
-    /// Only drops in the network namespaces of pods in this namespace.
-    pub namespace: Option<String>,
+    /// Only drops in the network namespaces of these pods (`--pod`, `--workload`,
+    /// `--namespace`).
+    pub workload: Selector,
 }
 
 /// Parses `--proto`.
@@ -161,11 +161,8 @@ impl ConntrackTracer {
                 "this kernel's conntrack structs are larger than tracer expects; please report it"
             );
         }
-        let workload = Selector {
-            container: None,
-            pod: options.pod.clone(),
-            namespace: options.namespace.clone(),
-        };
+        let workload = options.workload.clone();
+        workload.warn_if_unmatched("conntrack-drops", &identities.lock());
         let cpus = stats::possible_cpus()?;
         let namespaces = netns::discover();
         let at_start = namespaces

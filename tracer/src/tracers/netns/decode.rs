@@ -8,7 +8,7 @@ use tracer_common::netns::{NetnsAction, NetnsEvent};
 use crate::{
     clock::{self, Clock},
     enrich::identity::{Container, Identity, Pod},
-    output::{Count, Event, Family},
+    output::{pod_column, Column, Count, Event, Family},
     text::kernel_str,
 };
 
@@ -98,6 +98,44 @@ static NETNS_EVENTS_TOTAL: Family = Family {
 };
 
 impl Event for NetnsRecord {
+    const COLUMNS: &'static [Column<Self>] = &[
+        Column {
+            name: "time",
+            default: true,
+            value: |e| Some(e.time.clone()),
+        },
+        Column {
+            name: "action",
+            default: true,
+            value: |e| Some(e.action.into()),
+        },
+        Column {
+            name: "inode",
+            default: true,
+            value: |e| Some(e.inode.to_string()),
+        },
+        Column {
+            name: "cookie",
+            default: true,
+            value: |e| Some(e.cookie.to_string()),
+        },
+        Column {
+            name: "process",
+            default: true,
+            value: |e| Some(format!("{}({})", e.comm.as_ref()?, e.pid?)),
+        },
+        Column {
+            name: "lifetime_ms",
+            default: true,
+            value: |e| e.lifetime_ms.map(|ms| ms.to_string()),
+        },
+        Column {
+            name: "pod",
+            default: true,
+            value: |e| pod_column(e.pod.as_ref()),
+        },
+    ];
+
     fn count(&self) -> Option<Count<'_>> {
         Some(Count {
             family: &NETNS_EVENTS_TOTAL,

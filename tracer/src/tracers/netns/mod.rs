@@ -7,6 +7,8 @@ mod flags;
 mod inside;
 pub mod snapshot;
 
+/// Its events, for the command line (their `-o line` columns).
+pub use self::decode::NetnsRecord;
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroUsize;
 
@@ -20,11 +22,11 @@ use tracer_common::{
     EventKind,
 };
 
-use self::decode::{NetnsRecord, Record};
+use self::decode::Record;
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::identity::Identities,
+    enrich::{identity::Identities, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
     kernel::{preflight, symbols},
     output::Output,
@@ -101,6 +103,8 @@ pub struct NetnsTracer {
     by_action: BTreeMap<&'static str, u64>,
     /// Namespaces to the pod sandbox owning them.
     identities: Identities,
+    /// Only the events of these pods' namespaces are written (all are counted).
+    workload: Selector,
 }
 
 /// What the programs need from this kernel beyond BTF. Missing pieces only lose detail (the
@@ -142,6 +146,14 @@ fn kernel_config() -> NetnsConfig {
 }
 
 impl NetnsTracer {
+    /// Writes only the events of the namespaces of pods `workload` selects (`--pod`,
+    /// `--workload`, `--namespace`); says so when none matches now.
+    pub fn only(mut self, workload: Selector) -> Self {
+        workload.warn_if_unmatched("netns", &self.identities.lock());
+        self.workload = workload;
+        self
+    }
+
     pub fn new(identities: &Identities) -> Self {
         Self {
             config: kernel_config(),
@@ -151,6 +163,7 @@ impl NetnsTracer {
             pending_exits: Vec::new(),
             by_action: BTreeMap::new(),
             identities: identities.clone(),
+            workload: Selector::default(),
         }
     }
 
@@ -165,6 +178,9 @@ impl NetnsTracer {
             .unwrap_or_default();
         let event = NetnsRecord::new(action, record, created, owner, &self.clock);
         *self.by_action.entry(action).or_default() += 1;
+        if !self.workload.matches_pod(event.pod.as_ref()) {
+            return Ok(0);
+        }
         out.event(&event)?;
         Ok(1)
     }

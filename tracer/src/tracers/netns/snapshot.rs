@@ -12,8 +12,11 @@ use super::{
     inside::{look_inside, Address, Inside, Interface},
 };
 use crate::{
-    enrich::identity::{Container, Identities, Pod},
-    output::{Event, Format, Output},
+    enrich::{
+        identity::{Container, Identities, Pod},
+        selector::Selector,
+    },
+    output::{pod_column, Column, Event, Format, Output},
 };
 
 /// Holders named on a human line before "+N more".
@@ -28,6 +31,8 @@ pub struct SnapshotOptions {
     pub inodes: Vec<u64>,
     /// A holder in D state for longer than this marks its namespace `stuck`.
     pub stuck_after: Duration,
+    /// Only the namespaces of these pods (flags still compare against every namespace).
+    pub workload: Selector,
 }
 
 /// One namespace of the snapshot.
@@ -105,7 +110,106 @@ impl NamespaceReport {
     }
 }
 
+/// `a,b` of a list, or none when it is empty.
+fn list_column(items: impl Iterator<Item = String>) -> Option<String> {
+    Some(items.collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty())
+}
+
 impl Event for NamespaceReport {
+    const COLUMNS: &'static [Column<Self>] = &[
+        Column {
+            name: "inode",
+            default: true,
+            value: |r| Some(r.inode.to_string()),
+        },
+        Column {
+            name: "cookie",
+            default: true,
+            value: |r| r.cookie.map(|c| c.to_string()),
+        },
+        Column {
+            name: "flags",
+            default: true,
+            value: |r| list_column(r.flags.iter().map(|f| f.flag.to_string())),
+        },
+        Column {
+            name: "pod",
+            default: true,
+            value: |r| pod_column(r.pod.as_ref()),
+        },
+        // `bind_mount` rather than `bind mount`: a value of one word.
+        Column {
+            name: "held_by",
+            default: true,
+            value: |r| list_column(r.held_by.iter().map(|k| k.replace(' ', "_"))),
+        },
+        Column {
+            name: "processes",
+            default: true,
+            value: |r| list_column(r.holders.iter().map(|h| format!("{}({})", h.comm, h.pid))),
+        },
+        Column {
+            name: "addresses",
+            default: true,
+            value: |r| {
+                list_column(
+                    r.addresses
+                        .iter()
+                        .filter(|a| a.scope != "host")
+                        .map(|a| format!("{}:{}/{}", a.interface, a.address, a.prefix_len)),
+                )
+            },
+        },
+        Column {
+            name: "files",
+            default: true,
+            value: |r| {
+                list_column(
+                    r.files
+                        .iter()
+                        .map(|f| format!("{}({}):fd{}", f.comm, f.pid, f.fd)),
+                )
+            },
+        },
+        Column {
+            name: "sockets",
+            default: true,
+            value: |r| {
+                list_column(
+                    r.sockets
+                        .iter()
+                        .map(|s| format!("{}({}):fd{}", s.comm, s.pid, s.fd)),
+                )
+            },
+        },
+        // The mount point, then the mount namespace it is in.
+        Column {
+            name: "mounts",
+            default: true,
+            value: |r| {
+                list_column(
+                    r.mounts
+                        .iter()
+                        .map(|m| format!("{}@mnt:{}", m.path, m.mount_ns)),
+                )
+            },
+        },
+        Column {
+            name: "stuck",
+            default: false,
+            value: |r| {
+                list_column(r.holders.iter().filter(|h| h.state == "D").map(|h| {
+                    format!(
+                        "{}({})@{}",
+                        h.comm,
+                        h.pid,
+                        h.wchan.as_deref().unwrap_or("?")
+                    )
+                }))
+            },
+        },
+    ];
+
     fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
         let mut holders =
             flags::holder_list(&self.holders[..self.holders.len().min(HUMAN_HOLDERS)]);
@@ -234,11 +338,12 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     if !options.inodes.is_empty() {
         reports.retain(|r| options.inodes.contains(&r.inode));
     }
+    reports.retain(|r| options.workload.matches_pod(r.pod.as_ref()));
     let header = format!(
         "{:<11} {:<8} {:<10} {:<40} ADDRESSES",
         "INODE", "COOKIE", "HELD BY", "PROCESSES"
     );
-    let mut out = Output::new(options.format, header);
+    let mut out = Output::new(options.format.clone(), header);
     for report in &reports {
         out.event(report)?;
     }

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     clock::{self, Clock},
     enrich::identity::{Container, Enricher, Pod},
-    output::{Count, Event, Family},
+    output::{pod_column, Column, Count, Event, Family},
     text::kernel_str,
 };
 
@@ -90,6 +90,24 @@ impl Process {
             (Some(pod), Some(container)) => Some(format!("{pod}, {container}")),
             (pod, container) => pod.or(container),
         }
+    }
+
+    /// `comm(pid)`: the `-o line` form.
+    pub fn short(&self) -> String {
+        format!(
+            "{}({})",
+            self.process_comm.as_deref().unwrap_or(&self.comm),
+            self.pid
+        )
+    }
+
+    /// The container's name, else its short id: the `-o line` form.
+    pub fn container_column(&self) -> Option<String> {
+        self.container.as_ref().map(|c| {
+            c.name
+                .clone()
+                .unwrap_or_else(|| c.id[..c.id.len().min(12)].into())
+        })
     }
 
     pub fn label(&self) -> String {
@@ -258,6 +276,23 @@ impl SignalRecord {
         )
     }
 
+    /// The sender's ancestry and the sender on one line, pid 1 first:
+    /// `systemd(1)>sshd(880)>bash(1200)>kill(1300)`; `...>` first when truncated.
+    fn ancestry_column(&self) -> Option<String> {
+        let sender = self.sender.as_ref()?;
+        let mut chain: Vec<String> = self
+            .ancestry
+            .iter()
+            .rev()
+            .map(|a| format!("{}({})", a.comm, a.pid))
+            .collect();
+        if self.ancestry_truncated {
+            chain.insert(0, "...".into());
+        }
+        chain.push(sender.short());
+        Some(chain.join(">"))
+    }
+
     /// Who sent it, for the human line.
     pub fn sender_label(&self) -> String {
         match (&self.sender, self.kernel_reason) {
@@ -277,6 +312,99 @@ static SIGNALS_TOTAL: Family = Family {
 };
 
 impl Event for SignalRecord {
+    const COLUMNS: &'static [Column<Self>] = &[
+        Column {
+            name: "time",
+            default: true,
+            value: |e| Some(e.time.clone()),
+        },
+        Column {
+            name: "signal",
+            default: true,
+            value: |e| Some(e.signal.clone()),
+        },
+        Column {
+            name: "result",
+            default: true,
+            value: |e| Some(e.result.into()),
+        },
+        Column {
+            name: "target",
+            default: true,
+            value: |e| Some(e.target.short()),
+        },
+        Column {
+            name: "target_pod",
+            default: true,
+            value: |e| pod_column(e.target.pod.as_ref()),
+        },
+        Column {
+            name: "target_container",
+            default: true,
+            value: |e| e.target.container_column(),
+        },
+        Column {
+            name: "sender",
+            default: true,
+            value: |e| e.sender.as_ref().map(Process::short),
+        },
+        Column {
+            name: "sender_pod",
+            default: true,
+            value: |e| pod_column(e.sender.as_ref().and_then(|s| s.pod.as_ref())),
+        },
+        Column {
+            name: "reason",
+            default: true,
+            value: |e| e.kernel_reason.map(|r| r.name().into()),
+        },
+        Column {
+            name: "how",
+            default: true,
+            value: |e| Some(e.how.name().into()),
+        },
+        Column {
+            name: "sender_exe",
+            default: true,
+            value: |e| e.sender.as_ref().and_then(|s| s.exe.clone()),
+        },
+        Column {
+            name: "ancestry",
+            default: true,
+            value: SignalRecord::ancestry_column,
+        },
+        Column {
+            name: "target_pid",
+            default: false,
+            value: |e| Some(e.target.pid.to_string()),
+        },
+        Column {
+            name: "sender_pid",
+            default: false,
+            value: |e| e.sender.as_ref().map(|s| s.pid.to_string()),
+        },
+        Column {
+            name: "sender_container",
+            default: false,
+            value: |e| e.sender.as_ref().and_then(Process::container_column),
+        },
+        Column {
+            name: "code",
+            default: false,
+            value: |e| Some(e.code.clone()),
+        },
+        Column {
+            name: "oom_memcg",
+            default: false,
+            value: |e| e.oom.as_ref().and_then(|o| o.memcg.clone()),
+        },
+        Column {
+            name: "cpu",
+            default: false,
+            value: |e| Some(e.cpu.to_string()),
+        },
+    ];
+
     fn count(&self) -> Option<Count<'_>> {
         let reason = self.kernel_reason.map_or("none", KernelReason::name);
         Some(Count {

@@ -4,6 +4,9 @@ mod decode;
 pub mod names;
 pub mod sender;
 
+/// Its events, for the command line (their `-o line` columns).
+pub use self::decode::SignalRecord;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroUsize;
 
@@ -18,7 +21,7 @@ use tracer_common::{
 };
 
 use self::{
-    decode::{OomDetail, OomVictim, SignalRecord},
+    decode::{OomDetail, OomVictim},
     names::{explain_exit_code, KernelReason, SIGKILL},
 };
 use super::{decode_record, Tracer};
@@ -125,10 +128,13 @@ impl SignalsTracer {
         filter.target_cgroups_only = options.workload.is_active() as u32;
         if options.workload.is_active() && !identities.lock().has_cgroup_ids() {
             bail!(
-                "--container, --pod and --namespace need a cgroup v2 (unified) hierarchy, \
-                 and none is mounted"
+                "--container, --pod, --workload and --namespace need a cgroup v2 (unified) \
+                 hierarchy, and none is mounted"
             );
         }
+        options
+            .workload
+            .warn_if_unmatched("signals", &identities.lock());
         Ok(Self {
             filter,
             clock: Clock::new(),
