@@ -213,27 +213,61 @@ pub fn read(path: &Path) -> Result<Recording> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(BufReader::new(file))
     };
+    read_from(input).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Reads a recording line by line, holding at most [`MAX_LINE`] bytes of any line: the rest
+/// of a longer one is skipped unread, and the line named as unreadable.
+pub fn read_from(mut input: impl BufRead) -> std::io::Result<Recording> {
     let mut recording = Recording {
         lines: Vec::new(),
         unreadable: Vec::new(),
     };
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        let mut bounded = std::io::Read::take(&mut input, MAX_LINE as u64 + 1);
+        if bounded.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > MAX_LINE {
+            skip_line(&mut input)?;
+            recording
+                .unreadable
+                .push((number, format!("longer than {MAX_LINE} bytes")));
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if line.len() > MAX_LINE {
-            recording
-                .unreadable
-                .push((i + 1, format!("longer than {MAX_LINE} bytes")));
-            continue;
-        }
         match serde_json::from_slice::<Line>(&line) {
-            Ok(parsed) => recording.lines.push((i + 1, parsed)),
-            Err(e) => recording.unreadable.push((i + 1, e.to_string())),
+            Ok(parsed) => recording.lines.push((number, parsed)),
+            Err(e) => recording.unreadable.push((number, e.to_string())),
         }
     }
     Ok(recording)
+}
+
+/// Consumes the input up to and with the next newline, without keeping it.
+fn skip_line(input: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buffer = input.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        match buffer.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                input.consume(end + 1);
+                return Ok(());
+            }
+            None => {
+                let all = buffer.len();
+                input.consume(all);
+            }
+        }
+    }
 }
 
 /// Something the recording shows, in plain words.
