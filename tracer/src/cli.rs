@@ -438,8 +438,9 @@ fn parse_net(text: &str) -> Result<Prefix, String> {
 }
 
 /// The longest duration a flag takes: far beyond any run, and still short enough to add to
-/// the clock (which a duration of 300000000000y is not).
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// the clock (which a duration of 300000000000y is not). A year is 365.25 days, as humantime
+/// counts it.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A duration flag (`30s`, `5m`, `1h`), at most [`MAX_DURATION`].
 fn parse_duration(text: &str) -> Result<Duration, String> {
