@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::Path,
 };
 
@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{clock, tracers::signals::sender};
+use crate::{clock, text, tracers::signals::sender};
 
 /// A pod as events name it.
 #[derive(Debug, Deserialize)]
@@ -614,8 +614,9 @@ pub fn analyse(recording: &Recording) -> Report {
 /// Prints the report of the recording at `path`.
 pub fn print(path: &Path, json: bool) -> Result<()> {
     let report = analyse(&read(path)?);
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
         return Ok(());
     }
     let source = if path == Path::new("-") {
@@ -623,32 +624,48 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
     } else {
         path.display().to_string()
     };
-    println!("report of {source}: {} events", report.events);
+    write_human(&report, &source, &mut out)?;
+    Ok(())
+}
+
+/// The report for a terminal. Its strings come from a file that may not be the tracer's own
+/// (`tracer report -`), so each is made safe to print.
+pub fn write_human(report: &Report, source: &str, out: &mut impl Write) -> std::io::Result<()> {
+    let safe = text::terminal_safe;
+    writeln!(out, "report of {}: {} events", safe(source), report.events)?;
     for bad in &report.unreadable {
-        println!(
+        writeln!(
+            out,
             "  line {} could not be read ({}); skipped",
             bad["line"],
-            bad["error"].as_str().unwrap_or("?")
-        );
+            safe(bad["error"].as_str().unwrap_or("?"))
+        )?;
     }
-    println!("findings:");
+    writeln!(out, "findings:")?;
     if report.findings.is_empty() {
-        println!("  none");
+        writeln!(out, "  none")?;
     }
     for (i, f) in report.findings.iter().enumerate() {
         let lines: Vec<String> = f.lines.iter().map(usize::to_string).collect();
-        println!("  {}. {}\n     (lines {})", i + 1, f.text, lines.join(", "));
+        writeln!(
+            out,
+            "  {}. {}\n     (lines {})",
+            i + 1,
+            safe(&f.text),
+            lines.join(", ")
+        )?;
     }
-    println!("timeline:");
+    writeln!(out, "timeline:")?;
     for (subject, moments) in &report.timelines {
-        println!("  {subject}:");
+        writeln!(out, "  {}:", safe(subject))?;
         for m in moments {
-            println!(
+            writeln!(
+                out,
                 "    {}  {}  (line {})",
-                clock::time_of_day(&m.time),
-                m.what,
+                safe(clock::time_of_day(&m.time)),
+                safe(&m.what),
                 m.line
-            );
+            )?;
         }
     }
     Ok(())

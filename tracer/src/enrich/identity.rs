@@ -26,7 +26,7 @@ use lru::LruCache;
 
 use serde::Serialize;
 
-use crate::{clock::Clock, kernel::netns};
+use crate::{clock::Clock, kernel::netns, text::escape};
 
 use super::{
     cgroup,
@@ -139,22 +139,26 @@ fn identity_of(
         );
         return (Identity::default(), None, Verdict::OtherCgroup);
     }
+    // Names are whatever the runtime was told (a container's labels, a pod's annotations):
+    // escaped like a kernel string before they reach a terminal.
+    let named = |name: &Option<String>| name.as_deref().map(|n| escape(n.as_bytes()));
     let pod = metadata
         .pod_uid
-        .clone()
+        .as_deref()
+        .map(|uid| escape(uid.as_bytes()))
         .or_else(|| path.pod.as_ref().map(|p| p.uid.clone()))
         .map(|uid| Pod {
-            namespace: metadata.pod_namespace.clone(),
-            name: metadata.pod_name.clone(),
+            namespace: named(&metadata.pod_namespace),
+            name: named(&metadata.pod_name),
             uid,
             qos: path.pod.as_ref().map(|p| p.qos),
         });
     let identity = Identity {
         container: Some(Container {
             id: container.id.clone(),
-            name: metadata.name.clone(),
+            name: named(&metadata.name),
             runtime: Some(runtime.name()),
-            image: metadata.image.clone(),
+            image: named(&metadata.image),
         }),
         pod,
     };
