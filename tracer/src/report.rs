@@ -417,6 +417,10 @@ fn conntrack_findings(events: &[(usize, &DropLine)]) -> Vec<Finding> {
                         g.table
                     ),
                 ),
+                "unknown" => (
+                    "netfilter_drop_unclassified",
+                    format!("{n} packets from {src} in {place} were dropped by netfilter: by conntrack or by a rule, the tracer could not tell (no earlier conntrack figures to compare with)"),
+                ),
                 _ => (
                     "conntrack_drop",
                     format!("{n} packets from {src} in {place} were dropped by conntrack ({class})"),
