@@ -518,6 +518,19 @@ impl Enricher {
     }
 
     /// Every cgroup known so far (those gone included) with its identity.
+    /// Whether cgroup `id` was there at the latest walk.
+    pub fn is_present(&self, id: u64) -> bool {
+        self.present.contains(&id)
+    }
+
+    /// Gives a present cgroup the identity a runtime's record would (tests that need
+    /// containers without a runtime).
+    #[cfg(test)]
+    pub fn learn_for_test(&mut self, id: u64, identity: Identity) {
+        self.present.insert(id);
+        self.by_cgroup.insert(id, identity);
+    }
+
     pub fn cgroups(&self) -> impl Iterator<Item = (u64, &Identity)> {
         self.by_cgroup.iter().map(|(id, identity)| (*id, identity))
     }
