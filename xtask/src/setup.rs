@@ -64,7 +64,17 @@ pub fn for_running() -> Result<()> {
 pub fn for_testing() -> Result<()> {
     for_running()?;
     apt_packages(TEST_PACKAGES)?;
+    cargo_fuzz()?;
     validator()
+}
+
+/// cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`).
+fn cargo_fuzz() -> Result<()> {
+    if succeeds(Command::new(env!("CARGO")).args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz (about a minute)");
+    run_checked(Command::new(env!("CARGO")).args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn succeeds(cmd: &mut Command) -> bool {

@@ -7,7 +7,7 @@
 //! freed, while a firewall rule's drop moves neither: comparing each record with the previous
 //! one of the same namespace and CPU classifies the packet.
 
-mod decode;
+pub mod decode;
 mod flow;
 mod stats;
 

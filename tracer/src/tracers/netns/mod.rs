@@ -1,7 +1,7 @@
 //! `tracer netns`: network namespaces, and the ones that outlive their pod. Without `--watch`
 //! a snapshot (`snapshot`); with it, the namespaces' lifecycle from kernel programs.
 
-mod decode;
+pub mod decode;
 mod discover;
 mod flags;
 mod inside;
