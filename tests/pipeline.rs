@@ -232,9 +232,26 @@ fn bad_input_gets_one_clear_line_and_exit_2() {
         ),
         (&["signals", "--signal", "FOO"], "unknown signal `FOO`"),
         (&["signals", "--buffer-mb", "3"], "power of two"),
+        // Too long to add to a clock: each duration flag says so instead of panicking.
+        (&["signals", "--duration", "300000000000y"], "at most"),
+        (&["record", "--duration", "300000000000y"], "at most"),
+        (&["netns", "--stuck-after", "300000000000y"], "at most"),
+        (&["serve", "--pod-grace", "300000000000y"], "at most"),
+        (&["serve", "--census-every", "300000000000y"], "at most"),
+        // 0 is no process and no namespace: the kernel filters would take it for "any".
+        (&["signals", "--pid", "0", "--wait"], "leave out --pid"),
+        (&["signals", "--sender-pid", "0"], "leave out --sender-pid"),
+        (&["conntrack-drops", "--netns", "0"], "leave out --netns"),
     ];
     for (args, expected) in cases {
-        let out = tracer(args);
+        // Bounded: input taken for "any" would trace until interrupted.
+        let out = Command::new("timeout")
+            .args(["--signal=INT", "30"])
+            .arg(tracer_bin())
+            .args(*args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("timeout (coreutils)");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");

@@ -2,7 +2,12 @@
 //! (a kill, the conntrack insert race through DNAT, a namespace held by a process in D state
 //! whose address another namespace also has), and a damaged recording.
 
-use std::{fs, os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    process::Command,
+    time::Duration,
+};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -414,4 +419,69 @@ fn report_escapes_every_string_it_prints() {
     );
     assert!(text.contains(r"\u{1b}]0;owned\u{7}"), "{text}");
     assert!(text.contains("was killed by SIGKILL"), "{text}");
+}
+
+#[test]
+fn an_over_long_line_is_skipped_without_being_held_in_memory() {
+    use std::io::{Read as _, Write as _};
+    // A line of 256 MiB (a corrupt file, or `tracer report -` fed something else), then a
+    // summary and a line that is not JSON.
+    const LONG: usize = 256 << 20;
+    // At most 128 MiB of address space: holding the line whole fails.
+    let mut command = tracer_command();
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 128 << 20,
+                rlim_max: 128 << 20,
+            };
+            match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let mut child = Owned(
+        command
+            .args(["report", "-", "--json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..LONG / chunk.len() {
+            stdin.write_all(&chunk)?;
+        }
+        stdin.write_all(b"\n{\"type\":\"summary\"}\nnot json\n")
+    });
+    let mut stdout = child.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let status = child
+        .wait_timeout(Duration::from_secs(60))
+        .expect("report did not finish");
+    let _ = writer.join().unwrap();
+    let stderr = child.0.stderr.take().map(std::io::read_to_string);
+    assert!(status.success(), "{status}: {stderr:?}");
+    let report: Value = serde_json::from_str(&reader.join().unwrap().unwrap()).unwrap();
+    let unreadable = report["unreadable"].as_array().unwrap();
+    let lines: Vec<u64> = unreadable
+        .iter()
+        .map(|u| u["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 3], "{report:#}");
+    assert!(
+        unreadable[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than"),
+        "{report:#}"
+    );
 }

@@ -203,14 +203,20 @@ struct MemoryCgroup {
 
 impl MemoryCgroup {
     fn new(limit_bytes: u64) -> Self {
-        let name = format!("tracer-test-oom-{}", std::process::id());
+        Self::named(
+            &format!("tracer-test-oom-{}", std::process::id()),
+            limit_bytes,
+        )
+    }
+
+    fn named(name: &str, limit_bytes: u64) -> Self {
         let (root, limit_file) =
             if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
                 ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
             } else {
                 ("/sys/fs/cgroup", "memory.max")
             };
-        let dir = std::path::Path::new(root).join(&name);
+        let dir = std::path::Path::new(root).join(name);
         fs::create_dir_all(&dir).expect("creating a memory cgroup");
         let cgroup = Self {
             dir,
@@ -264,6 +270,105 @@ fn oom_kill_is_reported_as_the_oom_killer_not_the_allocator() {
     assert_eq!(e["result"], "delivered");
     let exit_codes = out.summary()["exit_codes"].to_string();
     assert!(exit_codes.contains("OOM killer"), "{exit_codes}");
+}
+
+/// Characters that reorder or hide what a terminal shows (bidi controls, zero-width
+/// characters), besides control characters.
+fn reorders_or_hides(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200b}'..='\u{200f}')
+        || matches!(c, '\u{061c}' | '\u{feff}')
+}
+
+#[test]
+fn hostile_cgroup_and_process_names_reach_the_terminal_escaped() {
+    // Names the owner of a delegated subtree, or any process, may choose: a screen clear, a
+    // colour, a right-to-left override (`exe.jpg` shows as `gpj.exe` reversed) and an isolate.
+    let id = std::process::id();
+    let name = format!("tracer-test-\x1b[2J\x1b[31m\u{202e}gpj.exe\u{2066}-{id}");
+    let shown_name =
+        format!("tracer-test-\\u{{1b}}[2J\\u{{1b}}[31m\\u{{202e}}gpj.exe\\u{{2066}}-{id}");
+    let memory = MemoryCgroup::named(&name, 32 << 20);
+    // The process also joins a cgroup v2 group of that name (when memory is on cgroup v1),
+    // which the tracer walks to name workloads.
+    let unified =
+        (memory.dir.parent() != Some(cgroup2_root().as_path())).then(|| KillGroup::named(&name));
+    let dir = TempDir::new("hostile");
+    let comm = "t\u{202e}\x1b[7mail";
+    let shown_comm = "t\\u{202e}\\u{1b}[7mail";
+    let hog_exe = dir.0.join(comm);
+    let tail = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("tail"))
+        .find(|path| path.exists())
+        .expect("tail (coreutils) on PATH");
+    std::os::unix::fs::symlink(tail, &hog_exe).unwrap();
+
+    let human = TracerRun::start(&["signals", "--signal", "KILL"]);
+    let json = TracerRun::start(&["signals", "--signal", "KILL", "--json"]);
+    // The hog joins the groups, then grows until the OOM killer takes it.
+    let script = r#"echo $$ > "$1"; [ -z "$2" ] || echo $$ > "$2"; exec "$3" /dev/zero"#;
+    let mut hog = Owned(
+        Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(memory.dir.join("cgroup.procs"))
+            .arg(
+                unified
+                    .as_ref()
+                    .map_or(std::path::PathBuf::new(), |g| g.0.join("cgroup.procs")),
+            )
+            .arg(&hog_exe)
+            .spawn()
+            .unwrap(),
+    );
+    let status = hog
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the OOM killer took the hog");
+    assert_eq!(status.signal(), Some(9), "hog ended with {status:?}");
+    let (human, json) = (human.stop(), json.stop());
+    let pid = hog.pid();
+
+    // The terminal: no character that acts on it or reorders it, anywhere in the output,
+    // and the kill's lines exactly as expected.
+    for line in &human.stdout {
+        assert!(
+            !line.chars().any(reorders_or_hides),
+            "raw in output: {line:?}"
+        );
+    }
+    let head = human
+        .stdout
+        .iter()
+        .position(|l| l.contains(&format!("-> {shown_comm}({pid})")))
+        .unwrap_or_else(|| panic!("no kill of the hog: {:#?}", human.stdout));
+    assert!(
+        human.stdout[head].contains("SIGKILL"),
+        "{}",
+        human.stdout[head]
+    );
+    let oom_line = format!(
+        "    OOM kill: memory cgroup /{shown_name} hit its limit while {shown_comm}({pid}) was allocating"
+    );
+    assert!(
+        human.stdout[head..].iter().take(4).any(|l| *l == oom_line),
+        "expected {oom_line:?} in {:#?}",
+        &human.stdout[head..]
+    );
+
+    // JSON: every line valid, and the same escaped names.
+    for line in &json.stdout {
+        assert!(
+            !line.chars().any(reorders_or_hides),
+            "raw in JSON: {line:?}"
+        );
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    }
+    let kill = json
+        .of_type("signal")
+        .into_iter()
+        .find(|e| e["target"]["pid"] == pid)
+        .unwrap_or_else(|| panic!("{:#?}", json.objects));
+    assert_eq!(kill["target"]["comm"], shown_comm, "{kill:#}");
+    assert_eq!(kill["oom"]["memcg"], format!("/{shown_name}"), "{kill:#}");
 }
 
 #[test]
@@ -477,7 +582,11 @@ struct KillGroup(std::path::PathBuf);
 
 impl KillGroup {
     fn new() -> Self {
-        let dir = cgroup2_root().join(format!("tracer-test-kill-{}", std::process::id()));
+        Self::named(&format!("tracer-test-kill-{}", std::process::id()))
+    }
+
+    fn named(name: &str) -> Self {
+        let dir = cgroup2_root().join(name);
         fs::create_dir(&dir).expect("creating a cgroup v2 group");
         Self(dir)
     }

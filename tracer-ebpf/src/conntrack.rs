@@ -53,13 +53,12 @@ fn packet_net(skb: u64, ct: u64) -> u64 {
 
 /// Copies the first `len` bytes (at most N) at `src` into `dst`, which the caller zeroed:
 /// the struct's size comes from BTF, the buffer's from the record layout.
+/// Whether the read succeeded.
 #[inline(always)]
-fn read_prefix<const N: usize>(src: u64, len: u32, dst: &mut [u8; N]) {
+fn read_prefix<const N: usize>(src: u64, len: u32, dst: &mut [u8; N]) -> bool {
     let len = (len as usize).min(N);
-    if src != 0 {
-        // SAFETY: the helper checks the address; `len` is bounded by the buffer.
-        let _ = unsafe { bpf_probe_read_kernel_buf(src as *const u8, &mut dst[..len]) };
-    }
+    // SAFETY: the helper checks the address; `len` is bounded by the buffer.
+    src != 0 && unsafe { bpf_probe_read_kernel_buf(src as *const u8, &mut dst[..len]) }.is_ok()
 }
 
 /// IPv6 next-header values of the extension headers walked to reach the transport header.
@@ -212,12 +211,12 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     ev.stats_valid = 0;
     ev.stats = [0; STAT_BYTES];
     if let Some(cpu_offset) = this_cpu_offset().filter(|_| stats != 0) {
-        read_prefix(
+        // Only statistics actually read are valid: zeroes would compare as counters reset.
+        ev.stats_valid = read_prefix(
             stats.wrapping_add(cpu_offset),
             config!(stat_size),
             &mut ev.stats,
-        );
-        ev.stats_valid = 1;
+        ) as u8;
     }
 
     let (tuplehash, stride) = (off!(nf_conn_tuplehash), off!(nf_conntrack_tuple_hash_size));
@@ -227,8 +226,9 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     ev.reply = [0; TUPLE_BYTES];
     if ct != 0 {
         let orig = ct + tuplehash as u64 + tuple as u64;
-        read_prefix(orig, tuple_size, &mut ev.orig);
-        read_prefix(orig + stride as u64, tuple_size, &mut ev.reply);
+        // A tuple that cannot be read stays zero, which userspace shows as no flow.
+        let _ = read_prefix(orig, tuple_size, &mut ev.orig);
+        let _ = read_prefix(orig + stride as u64, tuple_size, &mut ev.reply);
     }
 
     read_packet(skb, &mut ev.packet);

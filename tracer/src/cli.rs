@@ -282,7 +282,7 @@ pub struct RunArgs {
     pub fields: Vec<String>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
     /// Stop after this many events.
@@ -356,13 +356,36 @@ fn parse_buffer_mb(text: &str) -> Result<u32, String> {
     Ok(mb)
 }
 
+/// A number that must not be 0 (the kernel filters take 0 for "any"), for `flag`.
+fn nonzero_u32(text: &str, flag: &str, what: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err(format!(
+            "0 is no {what}: leave out {flag} to trace every {what}"
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a {what} number")),
+    }
+}
+
+fn parse_pid(text: &str) -> Result<u32, String> {
+    nonzero_u32(text, "--pid", "process")
+}
+
+fn parse_sender_pid(text: &str) -> Result<u32, String> {
+    nonzero_u32(text, "--sender-pid", "process")
+}
+
+fn parse_netns(text: &str) -> Result<u32, String> {
+    nonzero_u32(text, "--netns", "namespace")
+}
+
 #[derive(Debug, Args)]
 pub struct SignalsArgs {
     #[command(flatten)]
     pub run: RunArgs,
 
     /// Only signals to this process (a thread id selects its whole process).
-    #[arg(long, short = 'p', value_name = "PID")]
+    #[arg(long, short = 'p', value_name = "PID", value_parser = parse_pid)]
     pub pid: Option<u32>,
 
     /// With --pid: trace even if no such process exists yet.
@@ -370,7 +393,7 @@ pub struct SignalsArgs {
     pub wait: bool,
 
     /// Only signals sent by this process.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = parse_sender_pid)]
     pub sender_pid: Option<u32>,
 
     /// Only these signals: names or numbers, comma-separated (KILL,TERM or 9,15).
@@ -418,7 +441,7 @@ pub struct NetnsArgs {
     pub inode: Vec<u64>,
 
     /// A process inside in D state for longer than this flags its namespace `stuck`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "watch")]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION", conflicts_with = "watch")]
     pub stuck_after: Duration,
 
     #[command(flatten)]
@@ -459,7 +482,7 @@ pub struct RecordArgs {
     pub output: Option<std::path::PathBuf>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h); default: until Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
     /// Size of the kernel-to-userspace ring buffer in MiB (a power of two).
@@ -484,7 +507,7 @@ pub struct RecordArgs {
 
     /// In the closing namespace snapshot, a process in D state this long marks its namespace
     /// `stuck`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub stuck_after: Duration,
 }
 
@@ -496,7 +519,7 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 
     /// Stop after this long; default: until SIGTERM or Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
 
     /// Size of the kernel-to-userspace ring buffer in MiB (a power of two).
@@ -509,12 +532,12 @@ pub struct ServeArgs {
     pub census_every: Duration,
 
     /// A process inside a namespace in D state this long flags the namespace `stuck`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub stuck_after: Duration,
 
     /// The series of a pod, or of a network namespace, that is gone are removed after this
     /// long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub pod_grace: Duration,
 
     /// At most this many event series; the events of further label sets are counted in
@@ -544,8 +567,22 @@ fn parse_net(text: &str) -> Result<Prefix, String> {
     Prefix::parse(text).map_err(|e| e.to_string())
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+/// The longest duration a flag takes: far beyond any run, and still short enough to add to
+/// the clock (which a duration of 300000000000y is not). A year is 365.25 days, as humantime
+/// counts it.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// A duration flag (`30s`, `5m`, `1h`), at most [`MAX_DURATION`].
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX_DURATION {
+        return Err(format!("`{text}` is too long: use at most 100 years"));
+    }
+    Ok(duration)
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
     }
@@ -558,7 +595,7 @@ pub struct ConntrackArgs {
     pub run: RunArgs,
 
     /// Only this network namespace (its inode, as in `ls -L -i /proc/PID/ns/net`).
-    #[arg(long, value_name = "INODE")]
+    #[arg(long, value_name = "INODE", value_parser = parse_netns)]
     pub netns: Option<u32>,
 
     /// Only this protocol: tcp, udp, icmp, icmpv6, sctp or a number.
@@ -646,6 +683,20 @@ mod tests {
         assert!(parse_buffer_mb("3").is_err());
         assert!(parse_buffer_mb("0").is_err());
         assert!(parse_buffer_mb("x").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_and_ids_are_not_zero() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("100y").is_ok());
+        assert!(parse_duration("300000000000y")
+            .unwrap_err()
+            .contains("at most"));
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_pid("42"), Ok(42));
+        assert!(parse_pid("0").unwrap_err().contains("leave out --pid"));
+        assert!(parse_netns("0").unwrap_err().contains("leave out --netns"));
+        assert!(parse_sender_pid("-1").is_err());
     }
 
     #[test]

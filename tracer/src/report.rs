@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::Path,
 };
 
@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{clock, text::escape, tracers::signals::sender};
+use crate::{clock, text, tracers::signals::sender};
 
 /// A pod as events name it.
 #[derive(Debug, Deserialize)]
@@ -257,7 +257,7 @@ pub fn read(path: &Path, analysis: &mut Analysis) -> Result<()> {
 
 /// [`read`] from any reader. A line is read into one buffer, reused; a line longer than
 /// [`MAX_LINE`] is skipped without being kept whole.
-fn read_from(mut input: impl BufRead, analysis: &mut Analysis) -> std::io::Result<()> {
+pub fn read_from(mut input: impl BufRead, analysis: &mut Analysis) -> std::io::Result<()> {
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
@@ -456,6 +456,10 @@ fn conntrack_findings(groups: DropGroups) -> Vec<Finding> {
                         "conntrack table full in {place}: {n} packets dropped{}; raise nf_conntrack_max or find what opens so many flows",
                         g.table
                     ),
+                ),
+                "unknown" => (
+                    "netfilter_drop_unclassified",
+                    format!("{n} packets from {src} in {place} were dropped by netfilter: by conntrack or by a rule, the tracer could not tell (no earlier conntrack figures to compare with)"),
                 ),
                 _ => (
                     "conntrack_drop",
@@ -739,69 +743,86 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
     let mut analysis = Analysis::default();
     read(path, &mut analysis)?;
     let report = analysis.report();
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
         return Ok(());
     }
-    let clean = |text: &str| escape(text.as_bytes());
     let source = if path == Path::new("-") {
         "standard input".to_string()
     } else {
-        clean(&path.display().to_string())
+        path.display().to_string()
     };
-    println!("report of {source}: {} events", report.events);
+    write_human(&report, &source, &mut out)?;
+    Ok(())
+}
+
+/// The report for a terminal. Its strings come from a file that may not be the tracer's own
+/// (`tracer report -`), so each is made safe to print.
+pub fn write_human(report: &Report, source: &str, out: &mut impl Write) -> std::io::Result<()> {
+    let safe = text::terminal_safe;
+    writeln!(out, "report of {}: {} events", safe(source), report.events)?;
     for bad in &report.unreadable {
-        println!(
+        writeln!(
+            out,
             "  line {} could not be read ({}); skipped",
             bad["line"],
-            clean(bad["error"].as_str().unwrap_or("?"))
-        );
+            safe(bad["error"].as_str().unwrap_or("?"))
+        )?;
     }
     if report.more_unreadable > 0 {
-        println!("  {} more lines could not be read", report.more_unreadable);
+        writeln!(
+            out,
+            "  {} more lines could not be read",
+            report.more_unreadable
+        )?;
     }
     if report.unknown_lines > 0 {
-        println!(
+        writeln!(
+            out,
             "  {} lines of types this version does not know (a newer tracer's); skipped",
             report.unknown_lines
-        );
+        )?;
     }
-    println!("findings:");
+    writeln!(out, "findings:")?;
     if report.findings.is_empty() {
-        println!("  none");
+        writeln!(out, "  none")?;
     }
     for (i, f) in report.findings.iter().enumerate() {
         let mut lines: Vec<String> = f.lines.iter().map(usize::to_string).collect();
         if f.more_lines > 0 {
             lines.push(format!("and {} more", f.more_lines));
         }
-        println!(
+        writeln!(
+            out,
             "  {}. {}\n     (lines {})",
             i + 1,
-            clean(&f.text),
+            safe(&f.text),
             lines.join(", ")
-        );
+        )?;
     }
-    println!("timeline:");
+    writeln!(out, "timeline:")?;
     for (subject, timeline) in &report.timelines {
-        println!("  {}:", clean(subject));
+        writeln!(out, "  {}:", safe(subject))?;
         for m in &timeline.items {
-            println!(
+            writeln!(
+                out,
                 "    {}  {}  (line {})",
-                clean(clock::time_of_day(&m.time)),
-                clean(&m.what),
+                safe(clock::time_of_day(&m.time)),
+                safe(&m.what),
                 m.line
-            );
+            )?;
         }
         if timeline.more > 0 {
-            println!("    ... and {} more", timeline.more);
+            writeln!(out, "    ... and {} more", timeline.more)?;
         }
     }
     if report.timelines_left_out > 0 {
-        println!(
+        writeln!(
+            out,
             "  ... and {} events of further subjects",
             report.timelines_left_out
-        );
+        )?;
     }
     Ok(())
 }

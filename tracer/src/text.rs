@@ -1,5 +1,7 @@
 //! Making kernel strings safe to print: a comm or a file name is whatever bytes a process chose,
-//! so control characters and invalid UTF-8 are escaped, never sent raw to a terminal.
+//! so control characters, invisible format characters (bidi overrides that reorder what a
+//! terminal shows, zero-width characters) and invalid UTF-8 are escaped, never sent raw to a
+//! terminal.
 
 use std::fmt::Write as _;
 
@@ -9,12 +11,50 @@ pub fn kernel_str(bytes: &[u8]) -> String {
     escape(&bytes[..end])
 }
 
-/// Escapes control characters (`\n`, `\x1b`, ...) and invalid UTF-8 bytes (`\xff`).
+/// Characters that are not control characters but change what a terminal shows without
+/// showing themselves: Unicode's format characters (Cf: bidi embeddings, overrides and
+/// isolates, zero-width spaces and joiners, the byte order mark, tags), the line and paragraph
+/// separators, and the fillers that render as blanks.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{00ad}', '\u{00ad}'),
+    ('\u{034f}', '\u{034f}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061c}', '\u{061c}'),
+    ('\u{06dd}', '\u{06dd}'),
+    ('\u{070f}', '\u{070f}'),
+    ('\u{115f}', '\u{1160}'),
+    ('\u{17b4}', '\u{17b5}'),
+    ('\u{180b}', '\u{180f}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{2028}', '\u{202e}'),
+    ('\u{2060}', '\u{206f}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{fe00}', '\u{fe0f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{ffa0}', '\u{ffa0}'),
+    ('\u{fff9}', '\u{fffb}'),
+    ('\u{110bd}', '\u{110bd}'),
+    ('\u{1bca0}', '\u{1bca3}'),
+    ('\u{1d173}', '\u{1d17a}'),
+    ('\u{e0000}', '\u{e0fff}'),
+];
+
+/// A character a terminal must not be sent raw.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || INVISIBLE
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&c))
+}
+
+/// Escapes control characters (`\n`, `\x1b`, ...), invisible format characters
+/// (`\u{202e}`) and invalid UTF-8 bytes (`\xff`); a backslash is doubled, so that the
+/// result reads back unambiguously.
 pub fn escape(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
+            if is_unsafe(c) || c == '\\' {
                 out.extend(c.escape_default());
             } else {
                 out.push(c);
@@ -25,6 +65,24 @@ pub fn escape(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Text from a file that may not be the tracer's own (`tracer report -`), made safe to print:
+/// unsafe characters are escaped as [`escape`] does, and backslashes are left alone, so that
+/// what the tracer escaped already is shown as it was written.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 #[cfg(test)]
@@ -44,5 +102,41 @@ mod tests {
         assert_eq!(escape(b"bad\xff\xfe"), "bad\\xff\\xfe");
         assert_eq!(escape("caf\u{e9}".as_bytes()), "caf\u{e9}");
         assert_eq!(escape(b"back\\slash"), "back\\\\slash");
+    }
+
+    #[test]
+    fn escapes_bidi_controls_and_invisible_characters() {
+        // An override that would show `exe.txt` for `txt.exe`, an isolate, a mark, a
+        // zero-width space, the Arabic letter mark and a byte order mark.
+        let evil = "a\u{202e}b\u{2066}c\u{200f}d\u{200b}e\u{61c}f\u{feff}g";
+        assert_eq!(
+            escape(evil.as_bytes()),
+            "a\\u{202e}b\\u{2066}c\\u{200f}d\\u{200b}e\\u{61c}f\\u{feff}g"
+        );
+        for c in [
+            '\u{202a}',
+            '\u{202d}',
+            '\u{2069}',
+            '\u{200e}',
+            '\u{2028}',
+            '\u{e0041}',
+        ] {
+            assert!(
+                escape(c.to_string().as_bytes()).starts_with("\\u{"),
+                "{c:?}"
+            );
+        }
+        // Visible non-ASCII text stays as it is.
+        assert_eq!(escape("Grüße 日本 שלום".as_bytes()), "Grüße 日本 שלום");
+    }
+
+    #[test]
+    fn terminal_safe_leaves_escaped_text_alone() {
+        let escaped = escape("x\u{1b}[2J\u{202e}\\".as_bytes());
+        assert_eq!(terminal_safe(&escaped), escaped);
+        assert_eq!(
+            terminal_safe("a\u{1b}]0;t\u{7}\u{2067}"),
+            "a\\u{1b}]0;t\\u{7}\\u{2067}"
+        );
     }
 }

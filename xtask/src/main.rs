@@ -5,10 +5,12 @@
 //! - `cargo xtask setup`: install prerequisites (idempotent, quick when present).
 //! - `cargo xtask run -- <tracer args>`: setup, build, run `tracer` as root.
 //! - `cargo xtask test`: setup, format and lint checks, unit tests, kernel integration tests.
+//! - `cargo xtask fuzz [--quick]`: setup, then every fuzz target for a bounded time.
 //! - `cargo xtask image [--tag REF]`: setup, then the tracer's container image (deploy/).
 //! - `cargo xtask man`: build, then the man pages from the command line's definition.
 
 mod bench;
+mod fuzz;
 mod image;
 mod setup;
 
@@ -26,6 +28,7 @@ fn usage() -> ! {
          setup              install what building and testing need (apt packages, nightly rust-src, bpf-linker)\n  \
          run -- ARGS        install only what building needs, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
+         fuzz [--quick]     setup, then run every fuzz target (fuzz/) for 25 s each (--quick) or 5 min\n  \
          bench [--quick] [--netns]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only)\n  \
          image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)\n  \
          man                install only what building needs, build, and write the man pages to target/man/"
@@ -81,6 +84,10 @@ fn run() -> Result<()> {
                 dir.display()
             );
             Ok(())
+        }
+        "fuzz" => {
+            setup::for_testing()?;
+            fuzz::run(rest.iter().any(|a| a == "--quick"))
         }
         _ => usage(),
     }
@@ -189,6 +196,15 @@ fn test(filter: &[String]) -> Result<()> {
         // The benchmark harness's own test: a short run proves it works (figures not asserted).
         eprintln!("xtask: bench --quick (the harness's test)");
         result = bench::run(true, false);
+        match &result {
+            Ok(()) => tally.passed += 1,
+            Err(_) => tally.failed += 1,
+        }
+    }
+    if result.is_ok() && filter.is_empty() {
+        // Every parser of outside input, fuzzed for a bounded time from its kept inputs.
+        eprintln!("xtask: fuzz --quick");
+        result = fuzz::run(true);
         match &result {
             Ok(()) => tally.passed += 1,
             Err(_) => tally.failed += 1,

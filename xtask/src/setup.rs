@@ -58,6 +58,7 @@ enum Step {
     NightlyRustSrc,
     BpfLinker,
     Tracefs,
+    CargoFuzz,
     Validator,
 }
 
@@ -70,7 +71,11 @@ const FOR_RUNNING: &[Step] = &[
 ];
 
 /// What the tests, the benchmarks and the image need besides.
-const FOR_TESTING: &[Step] = &[Step::AptPackages(TEST_PACKAGES), Step::Validator];
+const FOR_TESTING: &[Step] = &[
+    Step::AptPackages(TEST_PACKAGES),
+    Step::CargoFuzz,
+    Step::Validator,
+];
 
 fn take(steps: &[Step]) -> Result<()> {
     for step in steps {
@@ -79,6 +84,7 @@ fn take(steps: &[Step]) -> Result<()> {
             Step::NightlyRustSrc => nightly_rust_src()?,
             Step::BpfLinker => bpf_linker()?,
             Step::Tracefs => tracefs(),
+            Step::CargoFuzz => cargo_fuzz()?,
             Step::Validator => validator()?,
         }
     }
@@ -92,6 +98,15 @@ pub fn for_running() -> Result<()> {
 pub fn for_testing() -> Result<()> {
     take(FOR_RUNNING)?;
     take(FOR_TESTING)
+}
+
+/// cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`).
+fn cargo_fuzz() -> Result<()> {
+    if succeeds(Command::new(env!("CARGO")).args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz (about a minute)");
+    run_checked(Command::new(env!("CARGO")).args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn succeeds(cmd: &mut Command) -> bool {

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::kernel::mountinfo;
+use crate::{kernel::mountinfo, text::escape};
 
 /// Directories visited at most when searching a hierarchy, so that a huge cgroup tree cannot
 /// stall the tracer.
@@ -58,7 +58,8 @@ pub fn walk(root: &Path, mut visit: impl FnMut(u64, &str) -> ControlFlow<()>) {
 }
 
 /// The path (relative to the hierarchy root, starting with `/`) of the cgroup whose id is
-/// `id`, searching breadth-first below `root`.
+/// `id`, searching breadth-first below `root`; escaped for printing, since whoever may make
+/// cgroups (a delegated subtree, a container) names them.
 pub fn path_of(root: &Path, id: u64) -> Option<String> {
     if id == 0 {
         return None;
@@ -68,7 +69,7 @@ pub fn path_of(root: &Path, id: u64) -> Option<String> {
         if ino != id {
             return ControlFlow::Continue(());
         }
-        found = Some(path.to_string());
+        found = Some(escape(path.as_bytes()));
         ControlFlow::Break(())
     });
     found

@@ -26,7 +26,7 @@ use lru::LruCache;
 
 use serde::Serialize;
 
-use crate::{clock::Clock, kernel::netns};
+use crate::{clock::Clock, kernel::netns, text::escape};
 
 use super::{
     cgroup,
@@ -139,22 +139,26 @@ fn identity_of(
         );
         return (Identity::default(), None, Verdict::OtherCgroup);
     }
+    // Names are whatever the runtime was told (a container's labels, a pod's annotations):
+    // escaped like a kernel string before they reach a terminal.
+    let named = |name: &Option<String>| name.as_deref().map(|n| escape(n.as_bytes()));
     let pod = metadata
         .pod_uid
-        .clone()
+        .as_deref()
+        .map(|uid| escape(uid.as_bytes()))
         .or_else(|| path.pod.as_ref().map(|p| p.uid.clone()))
         .map(|uid| Pod {
-            namespace: metadata.pod_namespace.clone(),
-            name: metadata.pod_name.clone(),
+            namespace: named(&metadata.pod_namespace),
+            name: named(&metadata.pod_name),
             uid,
             qos: path.pod.as_ref().map(|p| p.qos),
         });
     let identity = Identity {
         container: Some(Container {
             id: container.id.clone(),
-            name: metadata.name.clone(),
+            name: named(&metadata.name),
             runtime: Some(runtime.name()),
-            image: metadata.image.clone(),
+            image: named(&metadata.image),
         }),
         pod,
     };
@@ -546,6 +550,19 @@ impl Enricher {
     }
 
     /// Every cgroup known so far (those gone included) with its identity.
+    /// Whether cgroup `id` was there at the latest walk.
+    pub fn is_present(&self, id: u64) -> bool {
+        self.present.contains(&id)
+    }
+
+    /// Gives a present cgroup the identity a runtime's record would (tests that need
+    /// containers without a runtime).
+    #[cfg(test)]
+    pub fn learn_for_test(&mut self, id: u64, identity: Identity) {
+        self.present.insert(id);
+        self.by_cgroup.insert(id, identity);
+    }
+
     pub fn cgroups(&self) -> impl Iterator<Item = (u64, &Identity)> {
         self.by_cgroup.iter().map(|(id, identity)| (*id, identity))
     }

@@ -175,6 +175,8 @@ impl SeenDrop {
                 format!("{packet} dropped: conntrack table full {place}{table}")
             }
             DropClass::ConntrackOther => format!("{packet} dropped by conntrack {place}"),
+            // Conntrack's counters could not be compared: a rule's drop or conntrack's.
+            DropClass::Unknown => format!("{packet} dropped by a rule or conntrack {place}"),
         }
     }
 }

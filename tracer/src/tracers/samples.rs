@@ -103,6 +103,8 @@ pub fn ipv6_rule_drop() -> NetfilterDropEvent {
     ev.header = header(EventKind::NetfilterDrop, Clock::monotonic_now_ns());
     ev.netns_inum = 4026532999;
     ev.net_cookie = 77;
+    // Conntrack's counters were read, and count nothing: a rule's drop.
+    ev.stats_valid = 1;
     let mut ip = [0u8; PACKET_IP_BYTES];
     ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 9, 17, 64]);
     ip[8..24].copy_from_slice(&Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets());

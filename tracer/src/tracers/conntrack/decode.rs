@@ -34,6 +34,9 @@ pub enum DropClass {
     ConntrackOther,
     /// A firewall rule dropped it; conntrack counted nothing.
     Rule,
+    /// Conntrack's counters before the drop are not known (its namespace's last figures were
+    /// evicted from the bounded cache, or the kernel's could not be read): either kind.
+    Unknown,
 }
 
 impl DropClass {
@@ -43,6 +46,7 @@ impl DropClass {
             DropClass::TableFull => "table_full",
             DropClass::ConntrackOther => "conntrack_other",
             DropClass::Rule => "rule",
+            DropClass::Unknown => "unknown",
         }
     }
 }

@@ -7,11 +7,11 @@
 //! freed, while a firewall rule's drop moves neither: comparing each record with the previous
 //! one of the same namespace and CPU classifies the packet.
 
-mod decode;
+pub mod decode;
 mod flow;
 mod stats;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -114,6 +114,12 @@ pub struct ConntrackTracer {
     claimed: HashSet<u64>,
     /// The statistics of the last record per (namespace cookie, CPU).
     last: LruCache<(u64, u32), CtStats>,
+    /// Namespaces (cookies) whose figures `last` evicted: their next drop on a CPU without
+    /// figures has no baseline. At most [`MAX_LAST_STATS`]; beyond, the smallest go, and every
+    /// cookie up to `evicted_up_to` counts as evicted (cookies only grow, so a namespace made
+    /// later is still told apart).
+    evicted: BTreeSet<u64>,
+    evicted_up_to: u64,
     tally: LruCache<u32, NetnsTally>,
     by_class: BTreeMap<&'static str, u64>,
     warned_no_stats: bool,
@@ -185,6 +191,8 @@ impl ConntrackTracer {
             at_start,
             claimed: HashSet::new(),
             last: LruCache::new(MAX_LAST_STATS),
+            evicted: BTreeSet::new(),
+            evicted_up_to: 0,
             tally: LruCache::new(MAX_TALLIED),
             by_class: BTreeMap::new(),
             warned_no_stats: false,
@@ -196,11 +204,15 @@ impl ConntrackTracer {
     }
 
     /// The statistics this namespace and CPU had before this record: from its previous record,
-    /// else from start-up, else zero (a namespace made after start-up starts at zero).
-    fn baseline(&mut self, ev: &NetfilterDropEvent) -> CtStats {
+    /// else from start-up, else zero (a namespace made after start-up starts at zero); `None`
+    /// when its previous figures were evicted.
+    fn baseline(&mut self, ev: &NetfilterDropEvent) -> Option<CtStats> {
         let key = (ev.net_cookie, ev.header.cpu);
         if let Some(last) = self.last.get(&key) {
-            return *last;
+            return Some(*last);
+        }
+        if ev.net_cookie <= self.evicted_up_to || self.evicted.contains(&ev.net_cookie) {
+            return None;
         }
         let inode = ev.netns_inum as u64;
         let first_of_namespace = !self
@@ -212,24 +224,46 @@ impl ConntrackTracer {
             // The inode was already claimed by another namespace: a reused inode number.
             self.at_start.remove(&inode);
         }
-        self.at_start
-            .get(&inode)
-            .and_then(|per_cpu| per_cpu.get(&ev.header.cpu))
-            .copied()
-            .unwrap_or_default()
+        Some(
+            self.at_start
+                .get(&inode)
+                .and_then(|per_cpu| per_cpu.get(&ev.header.cpu))
+                .copied()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Keeps `now` as the figures of this namespace and CPU, noting a namespace whose figures
+    /// the cache evicted to make room.
+    fn remember(&mut self, ev: &NetfilterDropEvent, now: CtStats) {
+        let key = (ev.net_cookie, ev.header.cpu);
+        match self.last.push(key, now) {
+            Some((evicted, _)) if evicted != key => {
+                self.evicted.insert(evicted.0);
+                if self.evicted.len() > MAX_LAST_STATS.get() {
+                    if let Some(smallest) = self.evicted.pop_first() {
+                        self.evicted_up_to = self.evicted_up_to.max(smallest);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     fn classify(&mut self, ev: &NetfilterDropEvent) -> DropClass {
         if ev.stats_valid == 0 {
             if !self.warned_no_stats {
-                log::warn!("conntrack statistics unreadable on this kernel: drops are reported as rule drops");
+                log::warn!("conntrack statistics unreadable: such drops are classed unknown");
                 self.warned_no_stats = true;
             }
-            return DropClass::Rule;
+            return DropClass::Unknown;
         }
         let before = self.baseline(ev);
         let now = self.stat_layout.decode(&ev.stats);
-        self.last.put((ev.net_cookie, ev.header.cpu), now);
+        self.remember(ev, now);
+        let Some(before) = before else {
+            return DropClass::Unknown;
+        };
         let grew = now.since(&before);
         match (grew.insert_failed > 0, grew.drop > 0, ev.has_ct != 0) {
             (true, _, _) => DropClass::InsertFailed,
@@ -422,5 +456,62 @@ mod tests {
         assert!(tracer
             .on_record(EventKind::NetfilterDrop, &raw[..64], &mut out)
             .is_err());
+    }
+
+    /// A drop record of namespace `cookie` on CPU 0 whose conntrack counters say
+    /// `insert_failed` and `drop` (as the kernel's per-CPU struct holds them).
+    fn drop_with_counters(btf: &KernelBtf, cookie: u64, insert_failed: u32) -> Vec<u8> {
+        let mut ev = ipv6_rule_drop();
+        ev.net_cookie = cookie;
+        ev.header.cpu = 0;
+        ev.stats_valid = 1;
+        for field in ["insert_failed", "drop"] {
+            let at = btf.field_offset("ip_conntrack_stat", field).unwrap() as usize;
+            ev.stats[at..at + 4].copy_from_slice(&insert_failed.to_ne_bytes());
+        }
+        bytes(&ev)
+    }
+
+    #[test]
+    fn a_namespace_whose_figures_were_evicted_has_unknown_drops_not_misclassified_ones() {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let mut tracer =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
+        tracer.last = LruCache::new(NonZeroUsize::new(2).unwrap());
+        let (mut out, written) = Output::in_memory(Format::Json);
+        // Namespaces made after start-up (cookies beyond any at start), whose counters stay
+        // at 5 insert failures: after each one's first drop, every drop is a rule's.
+        let first = u64::MAX - 10;
+        let classes = |tracer: &mut ConntrackTracer, out: &mut Output, cookies: &[u64]| {
+            for &cookie in cookies {
+                tracer
+                    .on_record(
+                        EventKind::NetfilterDrop,
+                        &drop_with_counters(&btf, cookie, 5),
+                        out,
+                    )
+                    .unwrap();
+            }
+        };
+        classes(&mut tracer, &mut out, &[first, first + 1, first, first + 1]);
+        // A third namespace evicts the first one's figures.
+        classes(&mut tracer, &mut out, &[first + 2, first]);
+        out.flush().unwrap();
+        let got: Vec<String> = objects(&written)
+            .iter()
+            .map(|e| e["class"].as_str().unwrap().to_string())
+            .collect();
+        // First drops count from zero (a namespace made during the run): 5 insert failures.
+        assert_eq!(
+            got,
+            [
+                "insert_failed",
+                "insert_failed",
+                "rule",
+                "rule",
+                "insert_failed",
+                "unknown"
+            ]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `tracer netns`: network namespaces, and the ones that outlive their pod. Without `--watch`
 //! a snapshot (`snapshot`); with it, the namespaces' lifecycle from kernel programs.
 
-mod decode;
+pub mod decode;
 mod discover;
 mod flags;
 mod inside;
@@ -9,7 +9,7 @@ pub mod snapshot;
 
 /// Its events, for the command line (their `-o line` columns).
 pub use self::decode::NetnsRecord;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -96,10 +96,13 @@ pub struct NetnsTracer {
     clock: Clock,
     /// Creation time of the namespaces created during the run, by cookie.
     created: LruCache<u64, u64>,
-    /// Cookies whose teardown started and has not ended.
-    tearing_down: HashSet<u64>,
-    /// Exits inside non-initial namespaces, waiting to be checked.
-    pending_exits: Vec<Record>,
+    /// Cookies whose teardown started and has not ended (the most recent ones: an end lost
+    /// with the ring buffer's lost events must not keep its start forever).
+    tearing_down: LruCache<u64, ()>,
+    /// The last exit inside each non-initial namespace, waiting to be checked: only a
+    /// namespace's last exit can be its last holder's, so a flood of exits holds one record per
+    /// namespace (and at most [`MAX_CREATED`]).
+    pending_exits: LruCache<u64, Record>,
     by_action: BTreeMap<&'static str, u64>,
     /// Namespaces to the pod sandbox owning them.
     identities: Identities,
@@ -159,8 +162,8 @@ impl NetnsTracer {
             config: kernel_config(),
             clock: Clock::new(),
             created: LruCache::new(MAX_CREATED),
-            tearing_down: HashSet::new(),
-            pending_exits: Vec::new(),
+            tearing_down: LruCache::new(MAX_CREATED),
+            pending_exits: LruCache::new(MAX_CREATED),
             by_action: BTreeMap::new(),
             identities: identities.clone(),
             workload: Selector::default(),
@@ -190,21 +193,23 @@ impl NetnsTracer {
     /// scan for all of them; fds are not looked at (too costly for every exit).
     fn last_holder_exits(&mut self, final_flush: bool) -> Vec<Record> {
         let now = Clock::monotonic_now_ns();
-        let (ready, waiting): (Vec<_>, Vec<_>) = self
+        let settled: Vec<u64> = self
             .pending_exits
-            .drain(..)
-            .partition(|r| final_flush || now.saturating_sub(r.ktime_ns) >= EXIT_SETTLE_NS);
-        self.pending_exits = waiting;
+            .iter()
+            .filter(|(_, r)| final_flush || now.saturating_sub(r.ktime_ns) >= EXIT_SETTLE_NS)
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        let mut ready: Vec<Record> = settled
+            .iter()
+            .filter_map(|cookie| self.pending_exits.pop(cookie))
+            .collect();
+        ready.sort_by_key(|r| r.ktime_ns);
         if ready.is_empty() {
             return Vec::new();
         }
         let (occupied, mounted) = discover::occupied_and_mounted();
-        // The last exit per namespace is the last holder's.
-        let mut last: BTreeMap<u64, Record> = BTreeMap::new();
-        for exit in ready {
-            last.insert(exit.cookie, exit);
-        }
-        last.into_values()
+        ready
+            .into_iter()
             .filter(|r| !occupied.contains(&r.inode))
             .filter(|r| {
                 mounted.get(&r.inode).is_some_and(|found| {
@@ -256,16 +261,19 @@ impl Tracer for NetnsTracer {
                 Ok(written)
             }
             // A batch may list a namespace twice if it was queued while the list was walked.
-            NetnsAction::TeardownStart if !self.tearing_down.insert(record.cookie) => Ok(0),
+            NetnsAction::TeardownStart if self.tearing_down.put(record.cookie, ()).is_some() => {
+                Ok(0)
+            }
             NetnsAction::TeardownStart => self.emit("teardown_start", &record, out),
             NetnsAction::TeardownEnd => {
                 let written = self.emit("teardown_end", &record, out)?;
-                self.tearing_down.remove(&record.cookie);
+                self.tearing_down.pop(&record.cookie);
                 self.created.pop(&record.cookie);
                 Ok(written)
             }
             NetnsAction::ProcessExit => {
-                self.pending_exits.push(record);
+                // The latest exit replaces an earlier one of the same namespace.
+                self.pending_exits.put(record.cookie, record);
                 Ok(0)
             }
         }
@@ -283,7 +291,7 @@ impl Tracer for NetnsTracer {
         summary.insert("by_action".into(), json!(self.by_action));
         summary.insert(
             "teardown_unfinished".into(),
-            json!(self.tearing_down.iter().collect::<Vec<_>>()),
+            json!(self.tearing_down.iter().map(|(c, _)| c).collect::<Vec<_>>()),
         );
     }
 }
@@ -327,5 +335,34 @@ mod tests {
         assert!(tracer
             .on_record(EventKind::Netns, &create[..8], &mut out)
             .is_err());
+    }
+
+    #[test]
+    fn pending_state_stays_bounded_when_ends_are_lost_and_exits_flood() {
+        let mut tracer = NetnsTracer::new(&Identities::new());
+        let (mut out, _) = Output::in_memory(Format::Json);
+        let t0 = Clock::monotonic_now_ns();
+        // 200,000 exits in 3 namespaces between two flushes: one waits per namespace.
+        for i in 0..200_000u64 {
+            let exit = netns(NetnsAction::ProcessExit, 1 + i % 3, t0 + i);
+            tracer
+                .on_record(EventKind::Netns, &bytes(&exit), &mut out)
+                .unwrap();
+        }
+        assert_eq!(tracer.pending_exits.len(), 3);
+        assert_eq!(
+            tracer.pending_exits.peek(&1).map(|r| r.ktime_ns),
+            Some(t0 + 199_998)
+        );
+        // Teardowns whose end was lost: the most recent are kept, no more.
+        let starts = MAX_CREATED.get() as u64 + 1_000;
+        for cookie in 0..starts {
+            let start = netns(NetnsAction::TeardownStart, cookie, t0);
+            tracer
+                .on_record(EventKind::Netns, &bytes(&start), &mut out)
+                .unwrap();
+        }
+        assert_eq!(tracer.tearing_down.len(), MAX_CREATED.get());
+        assert!(tracer.tearing_down.contains(&(starts - 1)));
     }
 }

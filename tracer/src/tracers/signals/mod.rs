@@ -1,6 +1,6 @@
 //! `tracer signals`: who sent which signal to which process, and why it died.
 
-mod decode;
+pub mod decode;
 pub mod names;
 pub mod sender;
 
@@ -317,6 +317,9 @@ impl Tracer for SignalsTracer {
         summary.insert("by_signal".into(), json!(self.by_signal));
         summary.insert("by_result".into(), json!(self.by_result));
         summary.insert("by_sender".into(), json!(self.by_sender));
+        if let Some(filter) = self.workload.summary() {
+            summary.insert("workload_filter".into(), filter);
+        }
         // Processes in them were named after no container: say so, it may be an attempt.
         summary.insert(
             "cgroups_unlike_their_runtime_record".into(),
