@@ -579,9 +579,14 @@ pub fn analyse(recording: &Recording) -> Report {
 
 /// Prints the report of the recording at `path`.
 pub fn print(path: &Path, json: bool) -> Result<()> {
+    write(path, json, &mut std::io::stdout().lock())
+}
+
+/// [`print`] into `w`.
+pub fn write(path: &Path, json: bool, w: &mut dyn std::io::Write) -> Result<()> {
     let report = analyse(&read(path)?);
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(w, "{}", serde_json::to_string(&report)?)?;
         return Ok(());
     }
     let source = if path == Path::new("-") {
@@ -589,32 +594,40 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
     } else {
         path.display().to_string()
     };
-    println!("report of {source}: {} events", report.events);
+    writeln!(w, "report of {source}: {} events", report.events)?;
     for bad in &report.unreadable {
-        println!(
+        writeln!(
+            w,
             "  line {} could not be read ({}); skipped",
             bad["line"],
             bad["error"].as_str().unwrap_or("?")
-        );
+        )?;
     }
-    println!("findings:");
+    writeln!(w, "findings:")?;
     if report.findings.is_empty() {
-        println!("  none");
+        writeln!(w, "  none")?;
     }
     for (i, f) in report.findings.iter().enumerate() {
         let lines: Vec<String> = f.lines.iter().map(usize::to_string).collect();
-        println!("  {}. {}\n     (lines {})", i + 1, f.text, lines.join(", "));
+        writeln!(
+            w,
+            "  {}. {}\n     (lines {})",
+            i + 1,
+            f.text,
+            lines.join(", ")
+        )?;
     }
-    println!("timeline:");
+    writeln!(w, "timeline:")?;
     for (subject, moments) in &report.timelines {
-        println!("  {subject}:");
+        writeln!(w, "  {subject}:")?;
         for m in moments {
-            println!(
+            writeln!(
+                w,
                 "    {}  {}  (line {})",
                 clock::time_of_day(&m.time),
                 m.what,
                 m.line
-            );
+            )?;
         }
     }
     Ok(())
