@@ -164,7 +164,9 @@ impl Write for WholeLines {
             Err(e) => {
                 // Part of the line may be in; cut it off (freeing space never fails for want
                 // of it). The file is not written again.
-                self.file.set_len(self.complete)?;
+                if let Err(cut) = self.file.set_len(self.complete) {
+                    log::warn!("cutting the recording back to its last whole line: {cut}");
+                }
                 Err(e)
             }
         }

@@ -135,7 +135,7 @@ fn serve(
         let open = Arc::new(Mutex::new(Open::default()));
         let (shutdown, shutting_down) = watch::channel(());
         let mut connections = JoinSet::new();
-        let mut stopped = std::pin::pin!(stopped);
+        let mut stopped = stopped;
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -283,4 +283,45 @@ async fn ready(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
             .unwrap_or_else(|| Err("no census yet".into()))
             .map(|named| format!("ok: {named}"))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::metrics::Bounds;
+
+    #[test]
+    fn connections_beyond_the_caps_are_refused_and_counted_and_places_come_back() {
+        let bounds = Bounds {
+            max_series: 10,
+            pod_grace: Duration::from_secs(1),
+        };
+        let metrics = Arc::new(Metrics::new(bounds, &[]).unwrap());
+        let open = Arc::new(Mutex::new(Open::default()));
+        let peer = |i: usize| IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]);
+        let one: IpAddr = [192, 0, 2, 1].into();
+        let mut held: Vec<Slot> = (0..MAX_PER_PEER)
+            .map(|_| Slot::take(&open, one, &metrics).unwrap())
+            .collect();
+        assert!(Slot::take(&open, one, &metrics).is_none());
+        held.extend(
+            (0..MAX_CONNECTIONS - MAX_PER_PEER)
+                .map(|i| Slot::take(&open, peer(i), &metrics).unwrap()),
+        );
+        assert!(Slot::take(&open, peer(MAX_CONNECTIONS), &metrics).is_none());
+        let text = metrics.render().unwrap();
+        for line in [
+            "tracer_http_connections_refused_total{reason=\"per_peer\"} 1",
+            "tracer_http_connections_refused_total{reason=\"total\"} 1",
+            &format!("tracer_http_connections_open {MAX_CONNECTIONS}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // A closed connection gives its place back, to its address and to the total.
+        held.remove(0);
+        assert!(Slot::take(&open, one, &metrics).is_some());
+        drop(held);
+        let now = open.lock().unwrap();
+        assert_eq!((now.total, now.by_peer.len()), (0, 0));
+    }
 }
