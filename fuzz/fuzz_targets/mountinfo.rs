@@ -4,6 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 use tracer::kernel::mountinfo;
 
-fuzz_target!(|text: &str| {
-    let _ = mountinfo::parse(text);
+fuzz_target!(|bytes: &[u8]| {
+    let _ = mountinfo::parse(bytes);
 });

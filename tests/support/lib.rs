@@ -96,8 +96,14 @@ pub fn forward_lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Recei
 impl TracerRun {
     /// Starts `tracer ARGS` and waits (at most 60 s) until it says it is ready.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = tracer_command()
-            .args(args)
+        let mut command = tracer_command();
+        command.args(args);
+        Self::start_command(command)
+    }
+
+    /// [`TracerRun::start`] with a command of the caller's (an environment of its own).
+    pub fn start_command(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -19,5 +19,6 @@ pub mod record;
 pub mod report;
 pub mod serve;
 pub mod session;
+pub mod stop;
 pub mod text;
 pub mod tracers;

@@ -13,6 +13,7 @@ use tracer::{
     enrich::selector::Selector,
     output, probe, record, report, serve, session,
     session::{prepare, trace},
+    stop,
     tracers::{
         self,
         conntrack::{self, ConntrackOptions, ConntrackTracer},
@@ -40,10 +41,16 @@ fn main() -> ExitCode {
         // The reader went away (`tracer signals | head -1`): the programs are detached by
         // then, and there is no one left to tell; end quietly, as coreutils do.
         Err(e) if output::ReaderGone::caused(&e) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tracer: error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => match stop::Interrupted::exit_code(&e) {
+            Some(code) => {
+                eprintln!("tracer: {e:#}");
+                ExitCode::from(code)
+            }
+            None => {
+                eprintln!("tracer: error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -110,10 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             inodes: args.inode,
             stuck_after: args.stuck_after,
         }),
-        Command::Record(args) => {
-            record::run(args)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Record(args) => record::run(args),
         Command::Serve(args) => {
             serve::run(args)?;
             Ok(ExitCode::SUCCESS)

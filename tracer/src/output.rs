@@ -148,6 +148,10 @@ pub struct Output {
     node_prefix: Vec<u8>,
     /// Where a JSON line is built before it is written.
     line: Vec<u8>,
+    /// Record mode: the file's first write failure (a full disk). Nothing more is written to
+    /// the file, which ends on its last complete line; the run ends at the event loop's next
+    /// turn, and the summary goes to stderr.
+    failed: Option<io::Error>,
 }
 
 /// What a write to the output fails with once its reader went away (`tracer signals | head
@@ -175,6 +179,22 @@ impl ReaderGone {
     }
 }
 
+/// A recording cut short: its file could not be written (see [`Output::failed`]).
+#[derive(Debug)]
+pub struct RecordingCut(pub String);
+
+impl std::fmt::Display for RecordingCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "writing the recording failed ({}); it ends with the last complete event",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RecordingCut {}
+
 /// The output's writer, its broken pipe marked as [`ReaderGone`].
 struct MarksReaderGone(Box<dyn Write>);
 
@@ -193,6 +213,37 @@ impl Write for MarksReaderGone {
 
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush().map_err(mark_reader_gone)
+    }
+}
+
+/// The recording file: a write that fails (a full disk) is undone, so that the file always
+/// ends on a complete line (each line is one write, see [`Output::event`]).
+struct WholeLines {
+    file: File,
+    /// Length of the file up to its last complete line.
+    complete: u64,
+}
+
+impl Write for WholeLines {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.write_all(buf) {
+            Ok(()) => {
+                self.complete += buf.len() as u64;
+                Ok(buf.len())
+            }
+            Err(e) => {
+                // Part of the line may be in; cut it off (freeing space never fails for want
+                // of it). The file is not written again.
+                if let Err(cut) = self.file.set_len(self.complete) {
+                    log::warn!("cutting the recording back to its last whole line: {cut}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -251,6 +302,7 @@ impl Output {
             events_to_observer_only: false,
             node_prefix: format!("{{\"node\":{node},").into_bytes(),
             line: Vec::with_capacity(4096),
+            failed: None,
         }
     }
 
@@ -306,7 +358,25 @@ impl Output {
     /// Record mode: events to `file`, a live view on stderr.
     pub fn record(file: File, header: String) -> Self {
         eprintln!("{header}");
-        Self::into_writer(Format::Record, header, Box::new(file))
+        Self::into_writer(
+            Format::Record,
+            header,
+            Box::new(WholeLines { file, complete: 0 }),
+        )
+    }
+
+    /// Record mode: why the file could not be written, once it could not.
+    pub fn failed(&self) -> Option<&io::Error> {
+        self.failed.as_ref()
+    }
+
+    /// Record mode: `self.line` to the file, unless it failed already.
+    fn record_line(&mut self) {
+        if self.failed.is_none() {
+            if let Err(e) = self.out.write_all(&self.line) {
+                self.failed = Some(e);
+            }
+        }
     }
 
     /// A line for people only (a closing count), left out of JSON output.
@@ -332,7 +402,7 @@ impl Output {
             Format::Record => {
                 // One write per event, so that a crash leaves whole lines behind.
                 self.json_line(event)?;
-                self.out.write_all(&self.line)?;
+                self.record_line();
                 let mut human = Vec::new();
                 event.write_human(&mut human)?;
                 let first = human.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -371,9 +441,18 @@ impl Output {
     /// lines under a rule.
     pub fn summary(&mut self, summary: &serde_json::Value) -> io::Result<()> {
         match &self.format {
-            Format::Json | Format::Record => {
+            Format::Json => {
                 self.json_line(summary)?;
                 self.out.write_all(&self.line)?;
+            }
+            Format::Record => {
+                self.json_line(summary)?;
+                self.record_line();
+                if self.failed.is_some() {
+                    // The summary is still wanted: where the operator sees it.
+                    io::stderr().write_all(&self.line)?;
+                    return Ok(());
+                }
             }
             Format::Line(_) => {
                 let mut pairs = vec!["type=summary".to_string()];

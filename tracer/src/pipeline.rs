@@ -5,18 +5,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
-};
+use tokio::io::unix::AsyncFd;
 use tracer_common::{EventHeader, EventKind, EVENT_KINDS};
 
 use crate::{
     enrich::identity::Identities,
     hooks::{Loaded, EVENTS_MAP, LOST_MAP},
     output::Output,
+    stop,
     tracers::{decode_record, Tracer},
 };
+
+/// The longest one turn of the event loop reads the ring buffer: a flood that fills it as
+/// fast as it is read must not keep the tick (the liveness heartbeat, the refresh step, the
+/// lost counters, the stop signals) from coming; what the reader cannot keep up with is lost
+/// in the kernel, and counted.
+const TURN_BUDGET: Duration = Duration::from_millis(20);
+
+/// Records read between looks at the clock.
+const RECORDS_PER_CLOCK_READ: u64 = 64;
 
 /// When a run ends, besides Ctrl-C and SIGTERM.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,17 +60,35 @@ fn read_lost(lost: &PerCpuArray<MapData, u64>) -> [u64; EVENT_KINDS as usize] {
     totals
 }
 
-/// Feeds the records in the ring buffer to the tracer until it is empty or `limit` events
-/// were written. Returns the number of events written.
+/// What a [`drain`] did.
+struct Drained {
+    events: u64,
+    /// The ring buffer was read empty (or `limit` reached): nothing is waiting.
+    done: bool,
+}
+
+/// Feeds the records in the ring buffer to the tracer until it is empty, `limit` events were
+/// written, or `until` (if any) passed.
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracer: &mut dyn Tracer,
     out: &mut Output,
     limit: u64,
-) -> Result<u64> {
+    until: Option<Instant>,
+) -> Result<Drained> {
     let mut events = 0;
-    while events < limit {
-        let Some(item) = ring.next() else { break };
+    let mut records = 0u64;
+    let done = loop {
+        if events >= limit {
+            break true;
+        }
+        records += 1;
+        if records.is_multiple_of(RECORDS_PER_CLOCK_READ)
+            && until.is_some_and(|t| Instant::now() >= t)
+        {
+            break false;
+        }
+        let Some(item) = ring.next() else { break true };
         let header: EventHeader = decode_record(&item)?;
         match EventKind::try_from(header.kind) {
             Ok(kind) if tracer.kinds().contains(&kind) => {
@@ -74,13 +99,13 @@ fn drain(
             ),
             Err(kind) => log::warn!("ring-buffer record of unknown kind {kind}"),
         }
-    }
+    };
     out.flush().context("writing events")?;
-    Ok(events)
+    Ok(Drained { events, done })
 }
 
 /// Runs until a stop condition, then prints the summary. Consumes `loaded`, so every program
-/// is detached when this returns, whatever the outcome.
+/// is detached when this returns, whatever the outcome (before the final drain on success).
 pub async fn run(
     mut loaded: Loaded,
     tracer: &mut dyn Tracer,
@@ -94,8 +119,6 @@ pub async fn run(
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     // The kernel programs wake this reader only when records pile up (a wakeup per record is
     // expensive), so it also drains on every tick, releases held-back events and checks the
     // lost counters.
@@ -106,23 +129,37 @@ pub async fn run(
     let mut lost_reported = 0;
 
     stats.stopped_by = loop {
+        // Ctrl-C and SIGTERM are caught since before loading (see `stop`); a turn is at most
+        // TURN_BUDGET long, so they are seen promptly, also under a flood.
+        if let Some(signal) = stop::received() {
+            break stop::reason(signal);
+        }
         if stop.count.is_some_and(|n| stats.events >= n) {
             break "count";
         }
+        if out.failed().is_some() {
+            break "write-error";
+        }
+        // `select!` polls its branches in random order: a ring buffer that is always
+        // readable does not keep the tick from its turn.
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let room = stop.count.map_or(u64::MAX, |n| n - stats.events);
-                stats.events += drain(guard.get_inner_mut(), tracer, out, room)?;
-                guard.clear_ready();
+                let until = Instant::now() + TURN_BUDGET;
+                let drained = drain(guard.get_inner_mut(), tracer, out, room, Some(until))?;
+                stats.events += drained.events;
+                // Records left: stay readable for the next turn.
+                if drained.done {
+                    guard.clear_ready();
+                }
             }
-            _ = sigint.recv() => break "interrupt",
-            _ = sigterm.recv() => break "terminate",
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
                 if deadline.is_some() => break "duration",
             _ = tick.tick() => {
                 let room = stop.count.map_or(u64::MAX, |n| n - stats.events);
-                stats.events += drain(ring.get_mut(), tracer, out, room)?;
+                let until = Instant::now() + TURN_BUDGET;
+                stats.events += drain(ring.get_mut(), tracer, out, room, Some(until))?.events;
                 // The explicit refresh step: new cgroups for the tracers that follow them.
                 if identities.refresh_if_due() {
                     tracer.identities_refreshed();
@@ -143,17 +180,19 @@ pub async fn run(
             }
         }
     };
+    // Detached first, so that the ring buffer (whose map this process still holds) only
+    // empties from here: the final drain ends even under a flood.
+    drop(loaded);
     // Events already in the ring buffer belong to the run.
     let room = stop
         .count
         .map_or(u64::MAX, |n| n.saturating_sub(stats.events));
-    stats.events += drain(ring.get_mut(), tracer, out, room)?;
+    stats.events += drain(ring.get_mut(), tracer, out, room, None)?.events;
     if stats.stopped_by != "count" {
         stats.events += tracer.flush(out, true)?;
     }
     out.flush().context("writing events")?;
     stats.lost = read_lost(&lost);
     stats.elapsed = started.elapsed();
-    drop(loaded);
     Ok(stats)
 }

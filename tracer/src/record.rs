@@ -3,16 +3,19 @@
 
 use std::{
     collections::BTreeMap,
+    fs::OpenOptions,
+    io,
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::{
     cli::RecordArgs,
     clock,
     enrich::{identity::Identities, selector::Selector},
-    output::{Format, Output},
+    output::{Format, Output, RecordingCut},
     pipeline::StopWhen,
     report,
     session::{prepare, trace_into, RunConfig},
@@ -66,8 +69,13 @@ impl Companion for Recording {
     }
 }
 
-/// `tracer record`: every tracer into one file, then the report.
-pub fn run(args: RecordArgs) -> Result<()> {
+/// The exit code of a recording cut short because its file could not be written.
+pub const EXIT_CUT_SHORT: u8 = 3;
+
+/// `tracer record`: every tracer into one file, then the report. A recording whose file
+/// could not be written (a full disk) still ends with its summary and the report of what
+/// the file holds, on stderr, and exit code [`EXIT_CUT_SHORT`].
+pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let path = args.output.unwrap_or_else(|| {
         let now = clock::rfc3339(std::time::SystemTime::now());
         let stamp: String = now[..19]
@@ -110,8 +118,20 @@ pub fn run(args: RecordArgs) -> Result<()> {
             recording,
         ))
     })?;
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("creating the recording {}", path.display()))?;
+    // A new file only (O_CREAT|O_EXCL, which also refuses a symlink, dangling or not): root
+    // must not truncate what a planted link points to, nor an earlier recording.
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} exists (or is a symlink): record writes a new file only; remove it or \
+                 choose another -o",
+                path.display()
+            ),
+            _ => anyhow::anyhow!(e).context(format!("creating the recording {}", path.display())),
+        })?;
     eprintln!("tracer: recording into {}", path.display());
     let out = Output::record(file, recorder.human_header());
     let run = RunConfig {
@@ -122,6 +142,16 @@ pub fn run(args: RecordArgs) -> Result<()> {
         },
         buffer_mb: args.buffer_mb,
     };
-    trace_into(&mut recorder, session, &run, out)?;
-    report::print(&path, false)
+    match trace_into(&mut recorder, session, &run, out) {
+        Ok(()) => {
+            report::print(&path, false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is::<RecordingCut>() => {
+            eprintln!("tracer: error: {e:#}; the report of what it holds:");
+            report::write(&path, false, &mut io::stderr().lock())?;
+            Ok(ExitCode::from(EXIT_CUT_SHORT))
+        }
+        Err(e) => Err(e),
+    }
 }

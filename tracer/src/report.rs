@@ -740,12 +740,16 @@ impl Analysis {
 /// a recording can come from anywhere (`kubectl logs`), and its text must not drive the
 /// terminal.
 pub fn print(path: &Path, json: bool) -> Result<()> {
+    write(path, json, &mut std::io::stdout().lock())
+}
+
+/// [`print`] into `w`.
+pub fn write(path: &Path, json: bool, mut w: &mut dyn std::io::Write) -> Result<()> {
     let mut analysis = Analysis::default();
     read(path, &mut analysis)?;
     let report = analysis.report();
-    let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        writeln!(w, "{}", serde_json::to_string(&report)?)?;
         return Ok(());
     }
     let source = if path == Path::new("-") {
@@ -753,7 +757,7 @@ pub fn print(path: &Path, json: bool) -> Result<()> {
     } else {
         path.display().to_string()
     };
-    write_human(&report, &source, &mut out)?;
+    write_human(&report, &source, &mut w)?;
     Ok(())
 }
 

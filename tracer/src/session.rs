@@ -9,8 +9,9 @@ use crate::{
     enrich::identity::Identities,
     hooks::{self, KernelContext, LoadOptions},
     kernel::{btf::KernelBtf, preflight},
-    output::{Format, Output},
+    output::{Format, Output, RecordingCut},
     pipeline::{self, StopWhen},
+    stop::{self, Interrupted},
     tracers::Tracer,
 };
 
@@ -33,15 +34,20 @@ pub struct Session {
 
 /// Reads the kernel's BTF for what `make` needs (a tracer's layouts) and for what loading
 /// needs, then drops it before anything is loaded; `make` gets the run's identity cache.
+/// Ctrl-C and SIGTERM are caught from here on (see [`stop`]).
 pub fn prepare<T: Tracer>(
     make: impl FnOnce(&KernelBtf, &Identities) -> Result<T>,
 ) -> Result<(T, Session)> {
-    preflight::require_privileges()?;
-    let btf = KernelBtf::from_sys_fs()?;
-    let identities = Identities::new();
-    let tracer = make(&btf, &identities)?;
-    let kernel = KernelContext::new(&btf, &tracer.hooks())?;
-    Ok((tracer, Session { kernel, identities }))
+    stop::catch()?;
+    let prepared = (|| {
+        preflight::require_privileges()?;
+        let btf = KernelBtf::from_sys_fs()?;
+        let identities = Identities::new();
+        let tracer = make(&btf, &identities)?;
+        let kernel = KernelContext::new(&btf, &tracer.hooks())?;
+        Ok((tracer, Session { kernel, identities }))
+    })();
+    prepared.map_err(Interrupted::or)
 }
 
 /// `tracer bench-empty-hook`: an empty program on `hook` until Ctrl-C or SIGTERM.
@@ -86,15 +92,22 @@ pub fn trace_into(
     run: &RunConfig,
     mut out: Output,
 ) -> Result<()> {
-    let ebpf = hooks::open(
-        &session.kernel,
-        LoadOptions {
-            ring_buffer_bytes: run.buffer_mb << 20,
-            globals: tracer.globals(),
-        },
-    )?;
-    let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &session.kernel).require_usable()?;
-    tracer.use_maps(&mut loaded.ebpf)?;
+    // A signal before loading ends the run here; one during loading, once loaded (the event
+    // loop stops at its first turn, with a summary), or as the cause of a failure to load.
+    Interrupted::check()?;
+    let loaded = (|| {
+        let ebpf = hooks::open(
+            &session.kernel,
+            LoadOptions {
+                ring_buffer_bytes: run.buffer_mb << 20,
+                globals: tracer.globals(),
+            },
+        )?;
+        let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &session.kernel).require_usable()?;
+        tracer.use_maps(&mut loaded.ebpf)?;
+        anyhow::Ok(loaded)
+    })()
+    .map_err(Interrupted::or)?;
     let used: Vec<String> = loaded
         .outcomes
         .iter()
@@ -133,5 +146,8 @@ pub fn trace_into(
             stats.lost_total()
         );
     }
-    Ok(())
+    match out.failed() {
+        Some(e) => Err(RecordingCut(e.to_string()).into()),
+        None => Ok(()),
+    }
 }

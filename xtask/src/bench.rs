@@ -528,6 +528,8 @@ fn measure(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
         let mut times = Vec::new();
         let mut rss = Vec::new();
         for _ in 0..scale.startup_runs {
+            // `record` writes a new file only.
+            let _ = fs::remove_file(&recording);
             let a = Attacher::start(cmd(), on_stdout, false)?;
             times.push(a.startup.as_secs_f64() * 1000.0);
             rss.push(a.rss_kib as f64 / 1024.0);

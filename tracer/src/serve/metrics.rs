@@ -13,7 +13,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard,
     },
     time::{Duration, Instant},
@@ -21,7 +21,8 @@ use std::{
 
 use anyhow::Result;
 use prometheus::{
-    CounterVec, Encoder as _, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tracer_common::EventKind;
 
@@ -98,6 +99,11 @@ pub struct Metrics {
     last_tick_ms: AtomicU64,
     /// The latest census's verdict on naming containers; `None` before the first.
     identity: Mutex<Option<Result<String, String>>>,
+    /// The census thread ended (it panicked): flags and series expiry froze.
+    census_ended: AtomicBool,
+    /// HTTP connections open, and refused (see `http`'s bounds), by reason.
+    http_open: IntGauge,
+    http_refused: IntCounterVec,
 }
 
 type SeriesKey = (&'static str, Vec<String>);
@@ -194,6 +200,21 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let http_open = IntGauge::new(
+            "tracer_http_connections_open",
+            "Connections to this HTTP server open now.",
+        )?;
+        registry.register(Box::new(http_open.clone()))?;
+        let http_refused = counter(
+            "tracer_http_connections_refused_total",
+            "Connections closed as soon as accepted: too many open (reason total) or too many \
+             from one address (reason per_peer).",
+            &["reason"],
+        )?;
+        for reason in ["total", "per_peer"] {
+            http_refused.with_label_values(&[reason]);
+        }
+
         let mut lost_seen = vec![("", 0); tracer_common::EVENT_KINDS as usize];
         for (tracer, kinds) in kinds_by_tracer {
             lost.with_label_values(&[*tracer]);
@@ -225,6 +246,9 @@ impl Metrics {
             started: Instant::now(),
             last_tick_ms: AtomicU64::new(0),
             identity: Mutex::new(None),
+            census_ended: AtomicBool::new(false),
+            http_open,
+            http_refused,
         })
     }
 
@@ -244,6 +268,26 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The HTTP connections open now.
+    pub fn set_http_open(&self, open: usize) {
+        self.http_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// One HTTP connection refused, for `reason`.
+    pub fn http_refused(&self, reason: &str) {
+        self.http_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// The census thread ended.
+    pub fn set_census_ended(&self) {
+        self.census_ended.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the census thread ended.
+    pub fn census_ended(&self) -> bool {
+        self.census_ended.load(Ordering::Relaxed)
     }
 
     /// How long ago the pipeline last ticked; `None` before it started.

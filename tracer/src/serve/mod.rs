@@ -32,6 +32,21 @@ use crate::{
     },
 };
 
+/// The test-only fault hook: `TRACER_FAULT=census-panic` makes the census thread panic at its
+/// second census (the first one made the tracer ready), so that a test can see /healthz turn 503. (The tests run the release binary,
+/// so the hook is in it; all it can do is make the tracer report itself unhealthy.)
+const FAULT_ENV: &str = "TRACER_FAULT";
+
+/// Marks the census ended in the metrics when its thread ends, by a panic included: /healthz
+/// then answers 503, so that a liveness probe restarts a tracer whose flags froze.
+struct CensusRunning(Arc<Metrics>);
+
+impl Drop for CensusRunning {
+    fn drop(&mut self) {
+        self.0.set_census_ended();
+    }
+}
+
 /// Every `every`, on a thread of its own: a census of the network namespaces (their flags,
 /// to the metrics) and of what is alive (the series of pods and namespaces gone are dropped
 /// after the grace period). Its own thread because a namespace's rtnetlink dump can wait on
@@ -45,10 +60,17 @@ fn start_census(
 ) -> Result<(SyncSender<()>, Receiver<Vec<NamespaceReport>>)> {
     let (stop, stopped) = mpsc::sync_channel::<()>(1);
     let (found, flagged) = mpsc::sync_channel(1);
+    let inject_panic = std::env::var(FAULT_ENV).is_ok_and(|v| v == "census-panic");
     thread::Builder::new()
         .name("census".into())
         .spawn(move || {
+            let _running = CensusRunning(metrics.clone());
+            let mut first = true;
             loop {
+                if inject_panic && !first {
+                    panic!("{FAULT_ENV}=census-panic");
+                }
+                first = false;
                 // The pipeline's refresh step keeps the cache current: a walk here would hold
                 // the event loop's lookups for its length.
                 let (verdict, pods) = {
