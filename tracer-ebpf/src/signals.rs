@@ -48,6 +48,10 @@ static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(TARGET_CGROU
 static SENDER_SLOTS_MAP: PerCpuArray<SenderDescription> =
     PerCpuArray::with_max_entries(SENDER_SLOTS, 0);
 
+/// Per CPU, the signal event being filled in.
+#[map]
+static SIGNAL_SCRATCH: PerCpuArray<SignalEvent> = PerCpuArray::with_max_entries(1, 0);
+
 macro_rules! filter {
     ($field:ident) => {
         // SAFETY: reading a static; volatile keeps the loader's value from being folded away.
@@ -114,30 +118,35 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
     // SAFETY: this CPU's copy; the program does not run twice at once on one CPU.
     let slot = unsafe { &mut *slot };
     let changed = describe(current, slot);
-    let fill = |ev: &mut SignalEvent| {
-        ev.header = header(EventKind::Signal);
-        ev.signo = sig;
-        ev.result = result;
-        ev.group = group;
-        // SEND_SIG_NOINFO and SEND_SIG_PRIV are the integers 0 and 1, not pointers.
-        ev.info_kind = match info {
-            0 => InfoKind::NoInfo,
-            1 => InfoKind::Priv,
-            _ => InfoKind::Siginfo,
-        } as u32;
-        ev.code = read::<i32>(info, off!(kernel_siginfo_si_code)).unwrap_or(0);
-        ev.si_pid = read::<i32>(info, off!(kernel_siginfo_si_pid)).unwrap_or(0) as u32;
-        ev.si_uid = read::<u32>(info, off!(kernel_siginfo_si_uid)).unwrap_or(0);
-        if info <= 1 {
-            ev.code = 0;
-            ev.si_pid = 0;
-            ev.si_uid = 0;
-        }
-        ev.sender_slot = slot_index;
-        fill_task_info(current, &mut ev.sender);
-        fill_task_info(target, &mut ev.target);
-        fill_send_context(current, info, read_regs, &mut ev.context);
+    // The event is written once, here, and copied into whichever record goes out: written in
+    // each branch, the verifier would walk its many branches twice.
+    let Some(ev) = SIGNAL_SCRATCH.get_ptr_mut(0) else {
+        return 0;
     };
+    // SAFETY: this CPU's copy, as the slot.
+    let ev = unsafe { &mut *ev };
+    ev.header = header(EventKind::Signal);
+    ev.signo = sig;
+    ev.result = result;
+    ev.group = group;
+    // SEND_SIG_NOINFO and SEND_SIG_PRIV are the integers 0 and 1, not pointers.
+    ev.info_kind = match info {
+        0 => InfoKind::NoInfo,
+        1 => InfoKind::Priv,
+        _ => InfoKind::Siginfo,
+    } as u32;
+    ev.code = read::<i32>(info, off!(kernel_siginfo_si_code)).unwrap_or(0);
+    ev.si_pid = read::<i32>(info, off!(kernel_siginfo_si_pid)).unwrap_or(0) as u32;
+    ev.si_uid = read::<u32>(info, off!(kernel_siginfo_si_uid)).unwrap_or(0);
+    if info <= 1 {
+        ev.code = 0;
+        ev.si_pid = 0;
+        ev.si_uid = 0;
+    }
+    ev.sender_slot = slot_index;
+    fill_task_info(current, &mut ev.sender);
+    fill_task_info(target, &mut ev.target);
+    fill_send_context(current, info, read_regs, &mut ev.context);
     if changed {
         // The description goes with the signal: the large record only when it changed.
         let Some(mut entry) = EVENTS.reserve::<DescribedSignalEvent>(0) else {
@@ -146,11 +155,14 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
             count_lost(EventKind::Signal);
             return 0;
         };
-        // SAFETY: the entry is reserved for us; every field userspace reads is written below.
-        let ev = unsafe { &mut *entry.as_mut_ptr() };
-        fill(&mut ev.event);
         slot.valid = 1;
-        ev.description = *slot;
+        let out = entry.as_mut_ptr();
+        // SAFETY: the entry is reserved for us and written whole; copied field by field, not
+        // built on the stack (it would not fit).
+        unsafe {
+            core::ptr::copy_nonoverlapping(ev, &raw mut (*out).event, 1);
+            core::ptr::copy_nonoverlapping(slot, &raw mut (*out).description, 1);
+        }
         submit(entry);
     } else {
         let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
@@ -158,7 +170,7 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
             return 0;
         };
         // SAFETY: as above.
-        fill(unsafe { &mut *entry.as_mut_ptr() });
+        unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
         submit(entry);
     }
     0
@@ -170,30 +182,30 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
 /// (an exec, a reused pid, a parent's death, a rename).
 #[inline(always)]
 fn describe(task: Typed, slot: &mut SenderDescription) -> bool {
-    let mut changed = slot.valid == 0;
-    changed |= fill_exe(task, slot);
-    changed |= fill_ancestry(task, slot);
-    changed
+    let diff = fill_exe(task, slot) | fill_ancestry(task, slot);
+    slot.valid == 0 || diff != 0
 }
 
-/// Sets `*old = new`, returning whether it differed.
+/// Sets `*old = new`, returning their bits that differ (non-zero if they differ). XOR rather
+/// than a comparison: a comparison is a branch in BPF, and every branch whose outcome is
+/// carried on doubles what the verifier walks (it took seconds to load).
 #[inline(always)]
-fn set<T: Copy + PartialEq>(old: &mut T, new: T) -> bool {
-    let changed = *old != new;
+fn set<T: Copy + Into<u64>>(old: &mut T, new: T) -> u64 {
+    let diff = (*old).into() ^ new.into();
     *old = new;
-    changed
+    diff
 }
 
 /// Sets the words at `old` to `new` (a byte array viewed as words: BPF has no memcmp),
-/// returning whether any differed.
+/// returning their bits that differ.
 #[inline(always)]
-fn set_words<const N: usize>(old: *mut [u64; N], new: &[u64; N]) -> bool {
-    let mut changed = false;
+fn set_words<const N: usize>(old: *mut [u64; N], new: &[u64; N]) -> u64 {
+    let mut diff = 0;
     for i in 0..N {
         // SAFETY: `old` points to N aligned words of a slot (see SenderDescription's layout).
-        changed |= set(unsafe { &mut (*old)[i] }, new[i]);
+        diff |= set(unsafe { &mut (*old)[i] }, new[i]);
     }
-    changed
+    diff
 }
 
 /// What `current` was doing: its syscall (from the user registers the kernel saved on entry)
@@ -228,8 +240,8 @@ fn fill_send_context(current: Typed, info: u64, read_regs: bool, cx: &mut SendCo
 
 /// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its root.
 #[inline(always)]
-fn fill_exe(task: Typed, slot: &mut SenderDescription) -> bool {
-    let mut changed = false;
+fn fill_exe(task: Typed, slot: &mut SenderDescription) -> u64 {
+    let mut diff = 0;
     let mut depth = 0u16;
     let mut dentry = task
         .ptr(off!(task_struct_mm))
@@ -252,7 +264,7 @@ fn fill_exe(task: Typed, slot: &mut SenderDescription) -> bool {
                 core::slice::from_raw_parts_mut(fresh.as_mut_ptr().cast::<u8>(), EXE_NAME_LEN),
             )
         };
-        changed |= set_words(row.as_mut_ptr().cast::<[u64; EXE_NAME_LEN / 8]>(), &fresh);
+        diff |= set_words(row.as_mut_ptr().cast::<[u64; EXE_NAME_LEN / 8]>(), &fresh);
         depth += 1;
         dentry = parent;
     }
@@ -262,15 +274,15 @@ fn fill_exe(task: Typed, slot: &mut SenderDescription) -> bool {
         let parent = dentry.ptr(off!(dentry_d_parent));
         truncated = (!parent.is_null() && parent.addr() != dentry.addr()) as u16;
     }
-    changed |= set(&mut slot.exe_depth, depth);
-    changed |= set(&mut slot.exe_truncated, truncated);
-    changed
+    diff |= set(&mut slot.exe_depth, depth);
+    diff |= set(&mut slot.exe_truncated, truncated);
+    diff
 }
 
 /// The sender's parents, as processes (tgid, start time and leader's comm), up to pid 1.
 #[inline(always)]
-fn fill_ancestry(task: Typed, slot: &mut SenderDescription) -> bool {
-    let mut changed = false;
+fn fill_ancestry(task: Typed, slot: &mut SenderDescription) -> u64 {
+    let mut diff = 0;
     let mut len = 0u16;
     let mut parent = leader(task).ptr(off!(task_struct_real_parent));
     let mut reached_init = parent.is_null();
@@ -281,8 +293,8 @@ fn fill_ancestry(task: Typed, slot: &mut SenderDescription) -> bool {
         }
         let pid = parent.get::<i32>(off!(task_struct_tgid)).unwrap_or(0);
         let process = leader(parent);
-        changed |= set(&mut row.pid, pid as u32);
-        changed |= set(
+        diff |= set(&mut row.pid, pid as u32);
+        diff |= set(
             &mut row.start_ns,
             process
                 .get::<u64>(off!(task_struct_start_time))
@@ -291,7 +303,7 @@ fn fill_ancestry(task: Typed, slot: &mut SenderDescription) -> bool {
         let comm = process
             .get::<[u64; 2]>(off!(task_struct_comm))
             .unwrap_or([0; 2]);
-        changed |= set_words(row.comm.as_mut_ptr().cast::<[u64; 2]>(), &comm);
+        diff |= set_words(row.comm.as_mut_ptr().cast::<[u64; 2]>(), &comm);
         len += 1;
         if pid <= 1 {
             reached_init = true;
@@ -300,9 +312,9 @@ fn fill_ancestry(task: Typed, slot: &mut SenderDescription) -> bool {
         parent = process.ptr(off!(task_struct_real_parent));
     }
     let truncated = (!reached_init && len as usize == ANCESTRY_MAX) as u16;
-    changed |= set(&mut slot.ancestry_len, len);
-    changed |= set(&mut slot.ancestry_truncated, truncated);
-    changed
+    diff |= set(&mut slot.ancestry_len, len);
+    diff |= set(&mut slot.ancestry_truncated, truncated);
+    diff
 }
 
 /// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`.
