@@ -89,6 +89,7 @@ mod user {
     unsafe impl aya::Pod for crate::EventHeader {}
     unsafe impl aya::Pod for crate::signal::SignalFilter {}
     unsafe impl aya::Pod for crate::signal::SignalEvent {}
+    unsafe impl aya::Pod for crate::signal::DescribedSignalEvent {}
     unsafe impl aya::Pod for crate::signal::OomVictimEvent {}
     unsafe impl aya::Pod for crate::conntrack::NetfilterDropEvent {}
     unsafe impl aya::Pod for crate::conntrack::ConntrackConfig {}

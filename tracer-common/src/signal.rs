@@ -60,7 +60,8 @@ pub struct SendContext {
     pub regs_known: u32,
 }
 
-/// One `signal_generate` event.
+/// One `signal_generate` event. The sender's description (executable and ancestry) is not in
+/// it: see [`SenderDescription`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SignalEvent {
@@ -77,18 +78,56 @@ pub struct SignalEvent {
     /// `si_pid` / `si_uid` from the siginfo (kill-like codes only).
     pub si_pid: u32,
     pub si_uid: u32,
-    pub ancestry_len: u16,
-    pub ancestry_truncated: u16,
+    /// The slot, among this CPU's [`SENDER_SLOTS`], holding the description of the task in
+    /// whose context the signal was generated.
+    pub sender_slot: u32,
     /// The task in whose context the signal was generated (the sender for kill(2)).
     pub sender: TaskInfo,
     pub target: TaskInfo,
-    /// The sender's executable, one path component a row, the file name first.
-    pub exe: [[u8; EXE_NAME_LEN]; EXE_DEPTH],
+    pub context: SendContext,
+}
+
+/// What is captured about the task in whose context a signal was generated, besides its
+/// [`crate::TaskInfo`]: its executable path and its process ancestry. The kernel program
+/// captures it for every signal, but sends it only when it differs from what the same slot of
+/// the same CPU last sent (a [`DescribedSignalEvent`]); a plain [`SignalEvent`] means "the
+/// slot's description, unchanged". Each CPU has its own slots and a program never runs twice
+/// at once on one CPU, so a slot's content and the records that carried it stay in step.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct SenderDescription {
+    /// Non-zero once the content was sent; zero if its last sending failed (ring buffer full).
+    pub valid: u32,
     pub exe_depth: u16,
     pub exe_truncated: u16,
+    pub ancestry_len: u16,
+    pub ancestry_truncated: u16,
     pub _pad: u32,
-    pub context: SendContext,
+    /// The sender's executable, one path component a row, the file name first.
+    pub exe: [[u8; EXE_NAME_LEN]; EXE_DEPTH],
+    /// The sender's parents, parent first.
     pub ancestry: [Ancestor; ANCESTRY_MAX],
+}
+
+/// A [`SignalEvent`] whose sender's description changed (or was never sent) on this CPU: the
+/// new content of its slot follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DescribedSignalEvent {
+    pub event: SignalEvent,
+    pub description: SenderDescription,
+}
+
+/// Sender-description slots per CPU (a power of two). A sender's slot is picked from its pid;
+/// two senders sharing a slot only cost re-sending, never a wrong description, because the
+/// slot is compared with a fresh capture at every signal.
+pub const SENDER_SLOTS: u32 = 128;
+
+/// The slot of process `pid` among [`SENDER_SLOTS`].
+#[inline(always)]
+pub fn sender_slot(pid: u32) -> u32 {
+    // Fibonacci hashing: consecutive pids spread over the slots.
+    pid.wrapping_mul(0x9E37_79B9) >> (32 - SENDER_SLOTS.trailing_zeros())
 }
 
 /// One `oom:mark_victim` event: the OOM killer chose `victim`; its SIGKILL follows.

@@ -17,7 +17,7 @@ use tracer_common::{
 
 use crate::{
     percpu::this_cpu_offset,
-    pipeline::{count_lost, header, submit_flags, EVENTS},
+    pipeline::{count_lost, header, submit, EVENTS},
     task::{off, read, read_bytes},
 };
 
@@ -232,6 +232,6 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     }
 
     read_packet(skb, &mut ev.packet);
-    entry.submit(submit_flags());
+    submit(entry);
     0
 }

@@ -21,7 +21,7 @@ use tracer_common::{
 };
 
 use crate::{
-    pipeline::{count_lost, header, submit_flags, EVENTS},
+    pipeline::{count_lost, header, submit, EVENTS},
     task::{fill_task_info, global, off, read, Typed},
 };
 
@@ -101,7 +101,7 @@ fn emit(action: NetnsAction, inum: u32, cookie: u64, task: Option<Typed>) {
     if let Some(task) = task {
         fill_task_info(task, &mut ev.task);
     }
-    entry.submit(submit_flags());
+    submit(entry);
 }
 
 /// `inum` and `net_cookie` of `net`.

@@ -10,20 +10,21 @@ use aya_ebpf::{
         bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use tracer_common::{
     offsets::MISSING,
     signal::{
-        InfoKind, OomVictimEvent, SendContext, SignalEvent, SignalFilter, ANCESTRY_MAX,
+        sender_slot, DescribedSignalEvent, InfoKind, OomVictimEvent, SendContext,
+        SenderDescription, SignalEvent, SignalFilter, ANCESTRY_MAX, EXE_NAME_LEN, SENDER_SLOTS,
         TARGET_CGROUPS_MAX,
     },
     EventKind,
 };
 
 use crate::{
-    pipeline::{count_lost, header, submit_flags, EVENTS},
+    pipeline::{count_lost, header, submit, EVENTS},
     task::{cgroup_id, fill_task_info, kernfs_id, leader, off, read, Typed},
 };
 
@@ -41,6 +42,15 @@ static SIGNAL_FILTER: SignalFilter = SignalFilter {
 /// ones as they appear, so the filter follows a workload across container restarts.
 #[map]
 static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(TARGET_CGROUPS_MAX, 0);
+
+/// Per CPU, what each slot last sent of a sender's description (see [`SenderDescription`]).
+#[map]
+static SENDER_SLOTS_MAP: PerCpuArray<SenderDescription> =
+    PerCpuArray::with_max_entries(SENDER_SLOTS, 0);
+
+/// Per CPU, the signal event being filled in.
+#[map]
+static SIGNAL_SCRATCH: PerCpuArray<SignalEvent> = PerCpuArray::with_max_entries(1, 0);
 
 macro_rules! filter {
     ($field:ident) => {
@@ -99,14 +109,22 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
         return 0;
     }
 
-    let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
-        count_lost(EventKind::Signal);
-        return 0;
-    };
     // SAFETY: no preconditions.
     let current = Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8);
-    // SAFETY: the entry is reserved for us; every field userspace reads is written below.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let slot_index = sender_slot(current.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32);
+    let Some(slot) = SENDER_SLOTS_MAP.get_ptr_mut(slot_index) else {
+        return 0;
+    };
+    // SAFETY: this CPU's copy; the program does not run twice at once on one CPU.
+    let slot = unsafe { &mut *slot };
+    let changed = describe(current, slot);
+    // The event is written once, here, and copied into whichever record goes out: written in
+    // each branch, the verifier would walk its many branches twice.
+    let Some(ev) = SIGNAL_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's copy, as the slot.
+    let ev = unsafe { &mut *ev };
     ev.header = header(EventKind::Signal);
     ev.signo = sig;
     ev.result = result;
@@ -125,13 +143,69 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
         ev.si_pid = 0;
         ev.si_uid = 0;
     }
+    ev.sender_slot = slot_index;
     fill_task_info(current, &mut ev.sender);
     fill_task_info(target, &mut ev.target);
-    fill_exe(current, ev);
-    fill_ancestry(current, ev);
     fill_send_context(current, info, read_regs, &mut ev.context);
-    entry.submit(submit_flags());
+    if changed {
+        // The description goes with the signal: the large record only when it changed.
+        let Some(mut entry) = EVENTS.reserve::<DescribedSignalEvent>(0) else {
+            // Userspace never got this content: the next signal sends it again.
+            slot.valid = 0;
+            count_lost(EventKind::Signal);
+            return 0;
+        };
+        slot.valid = 1;
+        let out = entry.as_mut_ptr();
+        // SAFETY: the entry is reserved for us and written whole; copied field by field, not
+        // built on the stack (it would not fit).
+        unsafe {
+            core::ptr::copy_nonoverlapping(ev, &raw mut (*out).event, 1);
+            core::ptr::copy_nonoverlapping(slot, &raw mut (*out).description, 1);
+        }
+        submit(entry);
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
+            count_lost(EventKind::Signal);
+            return 0;
+        };
+        // SAFETY: as above.
+        unsafe { core::ptr::copy_nonoverlapping(ev, entry.as_mut_ptr(), 1) };
+        submit(entry);
+    }
     0
+}
+
+/// Captures `task`'s executable path and ancestry into `slot`, returning whether anything
+/// differed from what the slot held (or the slot was never sent). Every field userspace reads
+/// is compared, so an unchanged slot is exactly a fresh capture, whatever happened in between
+/// (an exec, a reused pid, a parent's death, a rename).
+#[inline(always)]
+fn describe(task: Typed, slot: &mut SenderDescription) -> bool {
+    let diff = fill_exe(task, slot) | fill_ancestry(task, slot);
+    slot.valid == 0 || diff != 0
+}
+
+/// Sets `*old = new`, returning their bits that differ (non-zero if they differ). XOR rather
+/// than a comparison: a comparison is a branch in BPF, and every branch whose outcome is
+/// carried on doubles what the verifier walks (it took seconds to load).
+#[inline(always)]
+fn set<T: Copy + Into<u64>>(old: &mut T, new: T) -> u64 {
+    let diff = (*old).into() ^ new.into();
+    *old = new;
+    diff
+}
+
+/// Sets the words at `old` to `new` (a byte array viewed as words: BPF has no memcmp),
+/// returning their bits that differ.
+#[inline(always)]
+fn set_words<const N: usize>(old: *mut [u64; N], new: &[u64; N]) -> u64 {
+    let mut diff = 0;
+    for i in 0..N {
+        // SAFETY: `old` points to N aligned words of a slot (see SenderDescription's layout).
+        diff |= set(unsafe { &mut (*old)[i] }, new[i]);
+    }
+    diff
 }
 
 /// What `current` was doing: its syscall (from the user registers the kernel saved on entry)
@@ -166,15 +240,15 @@ fn fill_send_context(current: Typed, info: u64, read_regs: bool, cx: &mut SendCo
 
 /// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its root.
 #[inline(always)]
-fn fill_exe(task: Typed, ev: &mut SignalEvent) {
-    ev.exe_depth = 0;
-    ev.exe_truncated = 0;
+fn fill_exe(task: Typed, slot: &mut SenderDescription) -> u64 {
+    let mut diff = 0;
+    let mut depth = 0u16;
     let mut dentry = task
         .ptr(off!(task_struct_mm))
         .ptr(off!(mm_struct_exe_file))
         .ptr(off!(file_f_path_dentry));
     let mut reached_root = dentry.is_null();
-    for slot in ev.exe.iter_mut() {
+    for row in slot.exe.iter_mut() {
         let parent = dentry.ptr(off!(dentry_d_parent));
         // The root dentry is its own parent; its name ("/") is not a component.
         if parent.is_null() || parent.addr() == dentry.addr() {
@@ -182,46 +256,65 @@ fn fill_exe(task: Typed, ev: &mut SignalEvent) {
             break;
         }
         let name = dentry.get::<u64>(off!(dentry_d_name_name)).unwrap_or(0);
-        slot[0] = 0;
-        // SAFETY: the helper checks the address and bounds the copy by the slot.
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, slot) };
-        ev.exe_depth += 1;
+        let mut fresh = [0u64; EXE_NAME_LEN / 8];
+        // SAFETY: the helper checks the address and bounds the copy by the buffer.
+        let _ = unsafe {
+            bpf_probe_read_kernel_str_bytes(
+                name as *const u8,
+                core::slice::from_raw_parts_mut(fresh.as_mut_ptr().cast::<u8>(), EXE_NAME_LEN),
+            )
+        };
+        diff |= set_words(row.as_mut_ptr().cast::<[u64; EXE_NAME_LEN / 8]>(), &fresh);
+        depth += 1;
         dentry = parent;
     }
+    let mut truncated = 0;
     if !reached_root {
         // One more parent that is not the root: the path was deeper than we keep.
         let parent = dentry.ptr(off!(dentry_d_parent));
-        ev.exe_truncated = (!parent.is_null() && parent.addr() != dentry.addr()) as u16;
+        truncated = (!parent.is_null() && parent.addr() != dentry.addr()) as u16;
     }
+    diff |= set(&mut slot.exe_depth, depth);
+    diff |= set(&mut slot.exe_truncated, truncated);
+    diff
 }
 
-/// The sender's parents, as processes (tgid and leader's comm), up to pid 1.
+/// The sender's parents, as processes (tgid, start time and leader's comm), up to pid 1.
 #[inline(always)]
-fn fill_ancestry(task: Typed, ev: &mut SignalEvent) {
-    ev.ancestry_len = 0;
-    ev.ancestry_truncated = 0;
+fn fill_ancestry(task: Typed, slot: &mut SenderDescription) -> u64 {
+    let mut diff = 0;
+    let mut len = 0u16;
     let mut parent = leader(task).ptr(off!(task_struct_real_parent));
     let mut reached_init = parent.is_null();
-    for slot in ev.ancestry.iter_mut() {
+    for row in slot.ancestry.iter_mut() {
         if parent.is_null() {
             reached_init = true;
             break;
         }
         let pid = parent.get::<i32>(off!(task_struct_tgid)).unwrap_or(0);
         let process = leader(parent);
-        slot.pid = pid as u32;
-        slot.start_ns = process
-            .get::<u64>(off!(task_struct_start_time))
-            .unwrap_or(0);
-        slot.comm = process.get(off!(task_struct_comm)).unwrap_or([0; 16]);
-        ev.ancestry_len += 1;
+        diff |= set(&mut row.pid, pid as u32);
+        diff |= set(
+            &mut row.start_ns,
+            process
+                .get::<u64>(off!(task_struct_start_time))
+                .unwrap_or(0),
+        );
+        let comm = process
+            .get::<[u64; 2]>(off!(task_struct_comm))
+            .unwrap_or([0; 2]);
+        diff |= set_words(row.comm.as_mut_ptr().cast::<[u64; 2]>(), &comm);
+        len += 1;
         if pid <= 1 {
             reached_init = true;
             break;
         }
         parent = process.ptr(off!(task_struct_real_parent));
     }
-    ev.ancestry_truncated = (!reached_init && ev.ancestry_len as usize == ANCESTRY_MAX) as u16;
+    let truncated = (!reached_init && len as usize == ANCESTRY_MAX) as u16;
+    diff |= set(&mut slot.ancestry_len, len);
+    diff |= set(&mut slot.ancestry_truncated, truncated);
+    diff
 }
 
 /// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`.
@@ -256,6 +349,6 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
         css_set.ptr(subsys + memory_id * 8)
     };
     ev.memcg_id = kernfs_id(memcg_css.ptr(off!(cgroup_subsys_state_cgroup)));
-    entry.submit(submit_flags());
+    submit(entry);
     0
 }

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use tracer_common::{
     conntrack::{NetfilterDropEvent, PacketHeaders, PACKET_IP_BYTES, PACKET_L4_BYTES, PACKET_READ},
     netns::{NetnsAction, NetnsEvent},
-    signal::{InfoKind, OomVictimEvent, SendContext, SignalEvent},
+    signal::{DescribedSignalEvent, InfoKind, OomVictimEvent, SendContext},
     EventHeader, EventKind, COMM_LEN,
 };
 
@@ -40,9 +40,10 @@ pub fn header(kind: EventKind, ktime_ns: u64) -> EventHeader {
 }
 
 /// A SIGKILL from pkill(4242) to server(7942) sent with kill(2), or, with `privileged`, as
-/// the kernel sends it itself (SEND_SIG_PRIV).
-pub fn kill(privileged: bool) -> SignalEvent {
-    let mut ev: SignalEvent = zeroed();
+/// the kernel sends it itself (SEND_SIG_PRIV); with the sender's description (slot 5).
+pub fn kill(privileged: bool) -> DescribedSignalEvent {
+    let mut described: DescribedSignalEvent = zeroed();
+    let (ev, description) = (&mut described.event, &mut described.description);
     ev.header = header(EventKind::Signal, Clock::monotonic_now_ns());
     ev.signo = 9;
     ev.info_kind = if privileged {
@@ -56,13 +57,15 @@ pub fn kill(privileged: bool) -> SignalEvent {
     (ev.target.pid, ev.target.tid) = (7942, 7942);
     ev.target.comm = comm("server");
     ev.target.leader_comm = comm("server");
-    for (slot, name) in ev.exe.iter_mut().zip(["pkill", "bin", "usr"]) {
-        slot[..name.len()].copy_from_slice(name.as_bytes());
+    ev.sender_slot = 5;
+    for (row, name) in description.exe.iter_mut().zip(["pkill", "bin", "usr"]) {
+        row[..name.len()].copy_from_slice(name.as_bytes());
     }
-    ev.exe_depth = 3;
-    ev.ancestry[0].pid = 1;
-    ev.ancestry[0].comm = comm("systemd");
-    ev.ancestry_len = 1;
+    description.valid = 1;
+    description.exe_depth = 3;
+    description.ancestry[0].pid = 1;
+    description.ancestry[0].comm = comm("systemd");
+    description.ancestry_len = 1;
     ev.context = SendContext {
         nr: 62, // kill(2) on x86_64
         ret: (-(libc::ENOSYS as i64)) as u64,
@@ -73,7 +76,7 @@ pub fn kill(privileged: bool) -> SignalEvent {
         info_on_stack: 1,
         regs_known: 1,
     };
-    ev
+    described
 }
 
 /// The OOM killer's choice of `victim`, while hog(5000) was allocating.

@@ -11,6 +11,7 @@ use tracer_common::{
 use super::{
     names::{code_name, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE},
     sender::{self, CodeFrom, How},
+    senders::Description,
 };
 use crate::{
     clock::{self, Clock},
@@ -183,25 +184,10 @@ pub struct SignalRecord {
     pub ktime_ns: u64,
 }
 
-/// Joins the executable path components the kernel captured (file name first).
-fn exe_path(ev: &SignalEvent) -> Option<String> {
-    let depth = (ev.exe_depth as usize).min(ev.exe.len());
-    if depth == 0 {
-        return None;
-    }
-    let mut parts: Vec<String> = ev.exe[..depth]
-        .iter()
-        .rev()
-        .map(|c| kernel_str(c))
-        .collect();
-    if ev.exe_truncated != 0 {
-        parts.insert(0, "...".into());
-    }
-    Some(format!("/{}", parts.join("/")))
-}
-
 impl SignalRecord {
-    pub fn decode(ev: &SignalEvent, clock: &Clock) -> Self {
+    /// `description` is the sender's (see `senders`); `None` reads as no executable and no
+    /// ancestry.
+    pub fn decode(ev: &SignalEvent, description: Option<&Description>, clock: &Clock) -> Self {
         let info_kind = match ev.info_kind {
             0 => InfoKind::Siginfo,
             1 => InfoKind::NoInfo,
@@ -223,15 +209,19 @@ impl SignalRecord {
             InfoKind::Priv => ("kernel (privileged)".to_string(), None),
         };
         let mut current = Process::from_task(&ev.sender);
-        current.exe = exe_path(ev);
-        let ancestry = ev.ancestry[..(ev.ancestry_len as usize).min(ev.ancestry.len())]
-            .iter()
-            .map(|a| Ancestor {
-                pid: a.pid,
-                comm: kernel_str(&a.comm),
-                running_ms: ev.header.ktime_ns.saturating_sub(a.start_ns) / 1_000_000,
+        current.exe = description.and_then(|d| d.exe.clone());
+        let ancestry = description
+            .map(|d| {
+                d.ancestry
+                    .iter()
+                    .map(|a| Ancestor {
+                        pid: a.pid,
+                        comm: a.comm.clone(),
+                        running_ms: ev.header.ktime_ns.saturating_sub(a.start_ns) / 1_000_000,
+                    })
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
         let (sender, context, ancestry) = if kernel_reason.is_none() {
             (Some(current), None, ancestry)
         } else {
@@ -249,7 +239,8 @@ impl SignalRecord {
             result: result_name(ev.result),
             group: ev.group != 0,
             kernel_reason,
-            ancestry_truncated: sender.is_some() && ev.ancestry_truncated != 0,
+            ancestry_truncated: sender.is_some()
+                && description.is_some_and(|d| d.ancestry_truncated),
             sender,
             target: Process::from_task(&ev.target),
             context,
@@ -515,7 +506,7 @@ mod tests {
         ev.context.ret = -38i64 as u64;
         ev.context.info_on_stack = 1;
         ev.context.regs_known = 1;
-        let record = SignalRecord::decode(&ev, &Clock::new());
+        let record = SignalRecord::decode(&ev, None, &Clock::new());
         assert_eq!(record.kernel_reason, None);
         assert_eq!(record.sender.as_ref().map(|s| s.pid), Some(100));
         assert_eq!(record.how_label(), "sigqueue, claims SI_TIMER");

@@ -3,6 +3,7 @@
 pub mod decode;
 pub mod names;
 pub mod sender;
+mod senders;
 
 /// Its events, for the command line (their `-o line` columns).
 pub use self::decode::SignalRecord;
@@ -16,13 +17,14 @@ use anyhow::{bail, Context as _, Result};
 use aya::{Ebpf, GlobalData};
 use serde_json::{json, Map, Value};
 use tracer_common::{
-    signal::{OomVictimEvent, SignalEvent, SignalFilter, TARGET_CGROUPS_MAP},
+    signal::{DescribedSignalEvent, OomVictimEvent, SignalEvent, SignalFilter, TARGET_CGROUPS_MAP},
     EventKind,
 };
 
 use self::{
     decode::{OomDetail, OomVictim},
     names::{explain_exit_code, KernelReason, SIGKILL},
+    senders::Senders,
 };
 use super::{decode_record, Tracer};
 use crate::{
@@ -97,6 +99,8 @@ pub struct SignalsTracer {
     oom_victims: HashMap<u32, OomVictim>,
     memcg_root: Option<std::path::PathBuf>,
     identities: Identities,
+    /// The sender descriptions the kernel program sent, per CPU and slot.
+    senders: Senders,
     workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
@@ -142,6 +146,7 @@ impl SignalsTracer {
             oom_victims: HashMap::new(),
             memcg_root: cgroup::hierarchy_root(Some("memory")),
             identities: identities.clone(),
+            senders: Senders::default(),
             workload: WorkloadFilter::new(options.workload.clone()),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
@@ -187,7 +192,26 @@ impl SignalsTracer {
     }
 
     fn on_signal(&mut self, raw: &[u8], out: &mut Output) -> Result<u64> {
-        let mut record = SignalRecord::decode(&decode_record::<SignalEvent>(raw)?, &self.clock);
+        // A record long enough to carry a sender description carries one.
+        let (ev, description) = if raw.len() >= size_of::<DescribedSignalEvent>() {
+            let described = decode_record::<DescribedSignalEvent>(raw)?;
+            let (cpu, slot) = (described.event.header.cpu, described.event.sender_slot);
+            let description = self.senders.store(cpu, slot, &described.description)?;
+            (described.event, Some(description))
+        } else {
+            let ev = decode_record::<SignalEvent>(raw)?;
+            let description = self.senders.get(ev.header.cpu, ev.sender_slot);
+            if description.is_none() {
+                log::warn!(
+                    "signal record refers to sender slot {} of CPU {}, which sent nothing; \
+                     its sender is shown without executable and ancestry",
+                    ev.sender_slot,
+                    ev.header.cpu
+                );
+            }
+            (ev, description)
+        };
+        let mut record = SignalRecord::decode(&ev, description.as_deref(), &self.clock);
         // Now, not when the record is written: a killed process's cgroup goes away soon.
         let at_ns = record.ktime_ns;
         for process in [
@@ -385,7 +409,7 @@ mod tests {
         assert_eq!(n, 1);
         // Another privileged kill with no mark goes out as the kernel's at the final flush.
         let mut other = kill(true);
-        other.target.pid = 8000;
+        other.event.target.pid = 8000;
         tracer
             .on_record(EventKind::Signal, &bytes(&other), &mut out)
             .unwrap();
