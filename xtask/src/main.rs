@@ -47,6 +47,14 @@ fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_else(|| usage());
     let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
+    // `run` passes its arguments to the tracer; every other task would take `--help` for one of
+    // its own options and start (a whole bench run, a setup).
+    if task == "--help"
+        || task == "-h"
+        || (task != "run" && rest.iter().any(|a| a == "--help" || a == "-h"))
+    {
+        usage();
+    }
     match task.as_str() {
         "setup" => setup::for_testing(),
         "run" => {
