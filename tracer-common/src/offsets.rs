@@ -68,6 +68,8 @@ pub struct KernelOffsets {
     pub net_ns_ns_type: u32,
     /// `net.ns.__ns_ref` (`ns.count` before 6.18): 0 once teardown is queued.
     pub net_ns_refcount: u32,
+    /// `net.passive`: references that keep the memory (not the namespace) alive.
+    pub net_passive: u32,
     pub net_list: u32,
     pub net_gen: u32,
     pub work_struct_func: u32,
@@ -137,6 +139,7 @@ impl KernelOffsets {
             nsproxy_net_ns: MISSING,
             net_ns_ns_type: MISSING,
             net_ns_refcount: MISSING,
+            net_passive: MISSING,
             net_list: MISSING,
             net_gen: MISSING,
             work_struct_func: MISSING,

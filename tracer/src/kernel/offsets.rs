@@ -77,6 +77,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         net_ns_refcount: btf
             .field_offset("net", "ns.__ns_ref")
             .unwrap_or_else(|_| optional("net", "ns.count")),
+        net_passive: optional("net", "passive"),
         net_list: optional("net", "list"),
         net_gen: optional("net", "gen"),
         work_struct_func: optional("work_struct", "func"),
