@@ -301,6 +301,8 @@ static NETNS_CENSUS_LEN: Array<u32> = Array::with_max_entries(2, 0);
 #[repr(C)]
 struct Census {
     walk: Walk,
+    /// `ns.ops` of the walk's first namespace: every `struct net` has the same.
+    ops: u64,
     len: u32,
     complete: u32,
 }
@@ -316,7 +318,7 @@ extern "C" fn census_step(_index: u64, census: *mut c_void) -> i64 {
     }
     let net = walk.node - walk.list;
     // The list's head, `net_namespace_list`, is not inside a `struct net`: skipped.
-    if is_net(net) {
+    if is_net(net) && read::<u64>(net, off!(net_ns_ops)).unwrap_or(0) == census.ops {
         let (inum, cookie) = identify(net);
         if cookie != 0 {
             let Some(slot) = NETNS_CENSUS.get_ptr_mut(census.len) else {
@@ -370,6 +372,7 @@ pub fn netns_census(_ctx: BtfTracePointContext) -> i32 {
             node: first,
             list: list as u64,
         },
+        ops: read::<u64>(own, off!(net_ns_ops)).unwrap_or(0),
         len: 0,
         complete: 0,
     };

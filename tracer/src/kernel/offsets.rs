@@ -74,6 +74,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         task_struct_nsproxy: optional("task_struct", "nsproxy"),
         nsproxy_net_ns: optional("nsproxy", "net_ns"),
         net_ns_ns_type: optional("net", "ns.ns_type"),
+        net_ns_ops: optional("net", "ns.ops"),
         net_ns_refcount: btf
             .field_offset("net", "ns.__ns_ref")
             .unwrap_or_else(|_| optional("net", "ns.count")),

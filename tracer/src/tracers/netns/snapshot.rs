@@ -371,3 +371,51 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(inode: u64, cookie: u64, refs: u32) -> Listed {
+        Listed {
+            inode,
+            cookie,
+            refs: KernelRefs {
+                refs: Some(refs),
+                passive: Some(refs + 1),
+            },
+        }
+    }
+
+    #[test]
+    fn only_namespaces_on_both_kernel_lists_and_alive_are_held_by_the_kernel() {
+        let identities = Identities::new();
+        let mut found = discover::Found::default();
+        found.inode = 10;
+        let mut reports = vec![NamespaceReport::new(found, &identities)];
+        let (userspace, held, dying, new) = (
+            listed(10, 100, 3),
+            listed(11, 101, 2),
+            listed(12, 102, 0),
+            listed(13, 103, 1),
+        );
+        merge_kernel_list(
+            &mut reports,
+            &[userspace, held, dying],
+            &[userspace, held, dying, new],
+            &identities,
+        );
+        assert_eq!(reports[0].kernel_refs, Some(userspace.refs));
+        assert_eq!(reports[0].held_by, Vec::<&str>::new());
+        // 12 is being torn down, 13 appeared during the scan: neither is reported.
+        assert_eq!(reports.len(), 2, "{reports:#?}");
+        let kernel = &reports[1];
+        assert_eq!((kernel.inode, kernel.cookie), (11, Some(101)));
+        assert_eq!(kernel.held_by, ["kernel"]);
+        assert_eq!(kernel.flags.len(), 1);
+        let flag = &kernel.flags[0];
+        assert_eq!(flag.flag, "orphaned");
+        assert_eq!(flag.holders[0].kind, "kernel");
+        assert_eq!(flag.holders[0].what, "2 references, 3 passive");
+    }
+}
