@@ -676,7 +676,7 @@ fn fin_wait1_inside() -> bool {
 fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
     use std::{io::Write as _, net::TcpListener, net::TcpStream};
     let server = net::Netns::new("kserver");
-    let client = net::Netns::new("kclient");
+    let mut client = net::Netns::new("kclient");
     net::veth(&client, "10.214.0.1/24", &server, "10.214.0.2/24");
     // Per-namespace: bounds how long the orphan retransmits (about 25 s from a 200 ms RTO)
     // should the reset at the end never arrive; gone with the namespace.
@@ -713,7 +713,7 @@ fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
     wait_for("an orphan in FIN_WAIT1", Duration::from_secs(10), || {
         client.run_inside(fin_wait1_inside).then_some(())
     });
-    net::run("ip", &["netns", "del", &client.name]);
+    client.delete();
     assert!(
         Command::new("ip")
             .args(["netns", "pids", &client.name])
@@ -740,6 +740,20 @@ fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
         "{ns:#}"
     );
     assert_eq!(code, 1, "{ns:#}");
+    // The human view says the same.
+    let out = tracer(&["netns", "--inode", &inode.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&inode.to_string()) && l.contains(" kernel ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ORPHANED: no process, open file, socket or bind mount holds it; the kernel does ("
+        ),
+        "{text}"
+    );
 
     // The server's reset ends the orphan, and with it the namespace.
     drop(accepted);
