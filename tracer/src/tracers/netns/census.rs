@@ -110,7 +110,11 @@ impl KernelCensus {
             Array::try_from(self.loaded.ebpf.map("NETNS_CENSUS_LEN").context(NO_MAP)?)?;
         let len = lens.get(&CENSUS_LEN_SLOT, 0)?;
         if len == 0 {
-            bail!("the census program did not run when this thread was renamed");
+            // It knows this process by its pid in the initial pid namespace.
+            bail!(
+                "the census program did not run when this thread was renamed (run the tracer \
+                 in the host's pid namespace: hostPID in a pod)"
+            );
         }
         if lens.get(&CENSUS_COMPLETE_SLOT, 0)? != 1 {
             bail!(
