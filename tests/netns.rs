@@ -613,3 +613,153 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
         ],
     );
 }
+
+/// `SO_NETNS_COOKIE` (Linux 5.14): the cookie of a socket's namespace, from the kernel.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+fn socket_netns_cookie(socket: &impl std::os::fd::AsRawFd) -> u64 {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for the kernel to write.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "SO_NETNS_COOKIE: {}",
+        std::io::Error::last_os_error()
+    );
+    cookie
+}
+
+/// A TCP socket closed with a reset (SO_LINGER 0) when dropped, so that it leaves nothing
+/// behind: no FIN to retransmit, no TIME_WAIT.
+struct Abortive(std::net::TcpStream);
+
+impl Drop for Abortive {
+    fn drop(&mut self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid `linger` of the size given.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// Whether the socket table of the namespace the thread is in shows a connection in
+/// FIN_WAIT1 (`04`) or CLOSING (`0B`: the peer's FIN came, ours is still unacknowledged).
+fn fin_wait1_inside() -> bool {
+    fs::read_to_string("/proc/thread-self/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| matches!(l.split_whitespace().nth(3), Some("04" | "0B")))
+}
+
+#[test]
+fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
+    use std::{io::Write as _, net::TcpListener, net::TcpStream};
+    let server = net::Netns::new("kserver");
+    let mut client = net::Netns::new("kclient");
+    net::veth(&client, "10.214.0.1/24", &server, "10.214.0.2/24");
+    // Per-namespace: bounds how long the orphan retransmits (about 25 s from a 200 ms RTO)
+    // should the reset at the end never arrive; gone with the namespace.
+    net::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &client.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_orphan_retries=6",
+        ],
+    );
+    let inode = client.inode();
+    let listener = server.run_inside(|| TcpListener::bind("10.214.0.2:0").expect("bind"));
+    let to = listener.local_addr().unwrap();
+    let stream = client.run_inside(move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect")
+    });
+    let (accepted, _) = listener.accept().expect("accept");
+    // Kept open until the end: its reset frees the orphan then.
+    let accepted = Abortive(accepted);
+    drop(listener);
+    let cookie = socket_netns_cookie(&stream);
+    // From now on the server drops everything from the client: nothing it sends is acked.
+    server.nft(
+        "table inet trtest_orphan {\n chain in {\n type filter hook input priority 0;\n \
+         ip saddr 10.214.0.1 drop\n }\n}\n",
+    );
+    let mut stream = stream;
+    stream.write_all(&[b'x'; 4096]).expect("write");
+    drop(stream);
+    wait_for("an orphan in FIN_WAIT1", Duration::from_secs(10), || {
+        client.run_inside(fin_wait1_inside).then_some(())
+    });
+    client.delete();
+    assert!(
+        Command::new("ip")
+            .args(["netns", "pids", &client.name])
+            .output()
+            .map(|o| o.stdout.is_empty())
+            .unwrap_or(true),
+        "a process is still inside"
+    );
+
+    let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
+    let ns = report(&objects, inode);
+    assert_eq!(ns["cookie"], cookie, "{ns:#}");
+    assert_eq!(ns["held_by"], serde_json::json!(["kernel"]), "{ns:#}");
+    assert_eq!(flag_names(ns), ["orphaned"], "{ns:#}");
+    let refs = ns["kernel_refs"]["refs"].as_u64().unwrap_or(0);
+    assert!(refs >= 1, "{ns:#}");
+    let holder = &ns["flags"][0]["holders"][0];
+    assert_eq!(holder["kind"], "kernel", "{ns:#}");
+    assert!(
+        holder["what"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{refs} references")),
+        "{ns:#}"
+    );
+    assert_eq!(code, 1, "{ns:#}");
+    // The human view says the same.
+    let out = tracer(&["netns", "--inode", &inode.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&inode.to_string()) && l.contains(" kernel ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ORPHANED: no process, open file, socket or bind mount holds it; the kernel does ("
+        ),
+        "{text}"
+    );
+
+    // The server's reset ends the orphan, and with it the namespace.
+    drop(accepted);
+    wait_for("the namespace to go", Duration::from_secs(15), || {
+        let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
+        let now: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        now.is_none_or(|now| now["cookie"] != cookie).then_some(())
+    });
+}

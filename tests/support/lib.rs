@@ -380,6 +380,7 @@ pub const PROGRAMS_BY_TRACER: &[(&str, &[&str])] = &[
             "netns_cleanup_start",
             "netns_teardown_end",
             "netns_process_exit",
+            "netns_census",
         ],
     ),
 ];

@@ -17,6 +17,8 @@ use crate::{send, wait_for, Owned};
 /// A named network namespace (`ip netns add`), deleted on drop.
 pub struct Netns {
     pub name: String,
+    /// Deleted by the test (`ip netns del`): only its processes are left to end on drop.
+    deleted: bool,
 }
 
 impl Netns {
@@ -28,9 +30,18 @@ impl Netns {
             .stderr(Stdio::null())
             .status();
         run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
+        let ns = Self {
+            name,
+            deleted: false,
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// `ip netns del`: the namespace lives on while anything else holds it.
+    pub fn delete(&mut self) {
+        run("ip", &["netns", "del", &self.name]);
+        self.deleted = true;
     }
 
     /// Inode of the namespace, as the kernel reports it.
@@ -148,9 +159,11 @@ impl Drop for Netns {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if !self.deleted {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
     }
 }
 

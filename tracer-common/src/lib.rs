@@ -95,4 +95,6 @@ mod user {
     unsafe impl aya::Pod for crate::conntrack::ConntrackConfig {}
     unsafe impl aya::Pod for crate::netns::NetnsEvent {}
     unsafe impl aya::Pod for crate::netns::NetnsConfig {}
+    unsafe impl aya::Pod for crate::netns::CensusConfig {}
+    unsafe impl aya::Pod for crate::netns::CensusEntry {}
 }

@@ -54,3 +54,33 @@ pub struct NetnsConfig {
     pub unshare_flags_offset: u32,
     pub unshare_ret_offset: u32,
 }
+
+/// Namespaces the census (`netns_census`) records, at most.
+pub const CENSUS_MAX: u32 = 8192;
+
+/// Settings of the census program, set at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusConfig {
+    /// The process allowed to trigger the walk (by renaming one of its threads); 0: nobody.
+    pub tgid: u32,
+}
+
+/// One namespace of the kernel's own list, `net_namespace_list`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusEntry {
+    pub cookie: u64,
+    pub inum: u32,
+    /// `net->ns.__ns_ref` (`ns.count` before 6.18): what keeps the namespace alive; 0 once
+    /// its teardown is queued. `u32::MAX` when this kernel's layout is unknown.
+    pub refs: u32,
+    /// `net->passive`: what keeps its memory, not the namespace, alive.
+    pub passive: u32,
+    pub _pad: u32,
+}
+
+/// Slots of the census's `NETNS_CENSUS_LEN` array.
+pub const CENSUS_LEN_SLOT: u32 = 0;
+/// 1 when the last walk came back to its start (the list was read whole), else 0.
+pub const CENSUS_COMPLETE_SLOT: u32 = 1;

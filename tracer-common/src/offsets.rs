@@ -66,8 +66,12 @@ pub struct KernelOffsets {
     pub nsproxy_net_ns: u32,
     /// `net.ns.ns_type` (6.18+): tells a `struct net` from another object of the same size.
     pub net_ns_ns_type: u32,
+    /// `net.ns.ops`: the same in every `struct net` (tells one apart on kernels before 6.18).
+    pub net_ns_ops: u32,
     /// `net.ns.__ns_ref` (`ns.count` before 6.18): 0 once teardown is queued.
     pub net_ns_refcount: u32,
+    /// `net.passive`: references that keep the memory (not the namespace) alive.
+    pub net_passive: u32,
     pub net_list: u32,
     pub net_gen: u32,
     pub work_struct_func: u32,
@@ -136,7 +140,9 @@ impl KernelOffsets {
             task_struct_nsproxy: MISSING,
             nsproxy_net_ns: MISSING,
             net_ns_ns_type: MISSING,
+            net_ns_ops: MISSING,
             net_ns_refcount: MISSING,
+            net_passive: MISSING,
             net_list: MISSING,
             net_gen: MISSING,
             work_struct_func: MISSING,

@@ -11,11 +11,14 @@ use aya_ebpf::{
         generated::bpf_loop,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    netns::{NetnsAction, NetnsConfig, NetnsEvent, CLONE_NEWNET},
+    netns::{
+        CensusConfig, CensusEntry, NetnsAction, NetnsConfig, NetnsEvent, CENSUS_COMPLETE_SLOT,
+        CENSUS_LEN_SLOT, CENSUS_MAX, CLONE_NEWNET,
+    },
     offsets::MISSING,
     EventKind, TaskInfo, COMM_LEN,
 };
@@ -278,5 +281,115 @@ pub fn netns_process_exit(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     emit_net(NetnsAction::ProcessExit, net, task);
+    0
+}
+
+/// Set by the loader of the census.
+#[unsafe(no_mangle)]
+static NETNS_CENSUS_CONFIG: CensusConfig = CensusConfig { tgid: 0 };
+
+/// The namespaces of the last census, in list order; the first `NETNS_CENSUS_LEN[0]` are valid.
+#[map]
+static NETNS_CENSUS: Array<CensusEntry> = Array::with_max_entries(CENSUS_MAX, 0);
+
+/// `[CENSUS_LEN_SLOT]`: entries written by the last census; `[CENSUS_COMPLETE_SLOT]`: 1 if
+/// it read the whole list.
+#[map]
+static NETNS_CENSUS_LEN: Array<u32> = Array::with_max_entries(2, 0);
+
+/// State of the census's walk.
+#[repr(C)]
+struct Census {
+    walk: Walk,
+    /// `ns.ops` of the walk's first namespace: every `struct net` has the same.
+    ops: u64,
+    len: u32,
+    complete: u32,
+}
+
+/// One step of the census (a `bpf_loop` callback): records the namespace at `node`. Returns 1
+/// to stop.
+extern "C" fn census_step(_index: u64, census: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer to the `Census` on the caller's stack.
+    let census = unsafe { &mut *census.cast::<Census>() };
+    let walk = &mut census.walk;
+    if walk.node == 0 {
+        return 1;
+    }
+    let net = walk.node - walk.list;
+    // The list's head, `net_namespace_list`, is not inside a `struct net`: skipped.
+    if is_net(net) && read::<u64>(net, off!(net_ns_ops)).unwrap_or(0) == census.ops {
+        let (inum, cookie) = identify(net);
+        if cookie != 0 {
+            let Some(slot) = NETNS_CENSUS.get_ptr_mut(census.len) else {
+                return 1;
+            };
+            let entry = CensusEntry {
+                cookie,
+                inum,
+                refs: read::<u32>(net, off!(net_ns_refcount)).unwrap_or(u32::MAX),
+                passive: read::<u32>(net, off!(net_passive)).unwrap_or(u32::MAX),
+                _pad: 0,
+            };
+            // SAFETY: the slot is a valid array element.
+            unsafe { *slot = entry };
+            census.len += 1;
+        }
+    }
+    walk.node = read::<u64>(walk.node, 0).unwrap_or(0);
+    if walk.node == walk.first {
+        census.complete = 1;
+        return 1;
+    }
+    0
+}
+
+/// `task_rename(struct task_struct *task, const char *comm)`: fires when a thread is renamed
+/// (prctl(PR_SET_NAME), exec, writing /proc/PID/comm). Only a thread of the process that loaded
+/// the census (`tgid`, set at load time; taken from the kernel's `current`, not from anything
+/// the renamer passes) triggers it: it then copies `net_namespace_list`, the kernel's own list
+/// of every network namespace, with each one's reference counts. Walked from the renaming
+/// thread's namespace round the circular list back to it.
+#[btf_tracepoint(function = "task_rename")]
+pub fn netns_census(_ctx: BtfTracePointContext) -> i32 {
+    let tgid = global!(NETNS_CENSUS_CONFIG.tgid);
+    if tgid == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 != tgid {
+        return 0;
+    }
+    let list = off!(net_list);
+    if list == MISSING || off!(net_net_cookie) == MISSING {
+        return 0;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let own = net_of(unsafe { bpf_get_current_task() });
+    if own == 0 {
+        return 0;
+    }
+    let first = own + list as u64;
+    let mut census = Census {
+        walk: Walk {
+            first,
+            node: first,
+            list: list as u64,
+        },
+        ops: read::<u64>(own, off!(net_ns_ops)).unwrap_or(0),
+        len: 0,
+        complete: 0,
+    };
+    // SAFETY: the callback gets `census` back and nothing else; bpf_loop bounds the iterations.
+    unsafe {
+        bpf_loop(
+            CENSUS_MAX + 1,
+            census_step as *mut c_void,
+            (&raw mut census).cast(),
+            0,
+        );
+    }
+    for (slot, value) in [
+        (CENSUS_LEN_SLOT, census.len),
+        (CENSUS_COMPLETE_SLOT, census.complete),
+    ] {
+        let _ = NETNS_CENSUS_LEN.set(slot, value, 0);
+    }
     0
 }

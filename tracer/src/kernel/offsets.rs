@@ -74,9 +74,11 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         task_struct_nsproxy: optional("task_struct", "nsproxy"),
         nsproxy_net_ns: optional("nsproxy", "net_ns"),
         net_ns_ns_type: optional("net", "ns.ns_type"),
+        net_ns_ops: optional("net", "ns.ops"),
         net_ns_refcount: btf
             .field_offset("net", "ns.__ns_ref")
             .unwrap_or_else(|_| optional("net", "ns.count")),
+        net_passive: optional("net", "passive"),
         net_list: optional("net", "list"),
         net_gen: optional("net", "gen"),
         work_struct_func: optional("work_struct", "func"),

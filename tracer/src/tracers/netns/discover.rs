@@ -102,7 +102,7 @@ impl BindMount {
 /// A holder as a flag names it: its kind, the process behind it, and what it is.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HolderRef {
-    /// `process`, `file`, `socket` or `bind mount`.
+    /// `process`, `file`, `socket`, `bind mount` or `kernel`.
     pub kind: &'static str,
     /// The process holding it (for a bind mount: a process of its mount namespace).
     pub pid: Option<u32>,

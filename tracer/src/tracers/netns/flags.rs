@@ -9,6 +9,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
+    census::KernelRefs,
     discover::{Holder, HolderRef},
     inside::Address,
 };
@@ -56,6 +57,32 @@ pub fn orphaned(holders: &[Holder], held: Vec<HolderRef>) -> Option<Flag> {
         namespaces: Vec::new(),
         holders: held,
     })
+}
+
+/// Nothing in userspace holds the namespace, yet the kernel's list has it with references:
+/// only the kernel keeps it (typically an orphan TCP socket still retransmitting to a peer
+/// that no longer answers). The counts are the kernel's own (`refs` null: unknown layout).
+pub fn held_by_kernel(refs: &KernelRefs) -> Flag {
+    let count = |v: Option<u32>| v.map_or_else(|| "?".into(), |v| v.to_string());
+    let what = format!(
+        "{} references, {} passive",
+        count(refs.refs),
+        count(refs.passive)
+    );
+    Flag {
+        flag: "orphaned",
+        explanation: format!(
+            "no process, open file, socket or bind mount holds it; the kernel does ({what}): \
+             an orphan TCP socket towards a peer that no longer answers, for example"
+        ),
+        namespaces: Vec::new(),
+        holders: vec![HolderRef {
+            kind: "kernel",
+            pid: None,
+            comm: None,
+            what,
+        }],
+    }
 }
 
 /// A holder in uninterruptible sleep for longer than `after`: the namespace cannot go away

@@ -1,6 +1,7 @@
 //! `tracer netns`: network namespaces, and the ones that outlive their pod. Without `--watch`
 //! a snapshot (`snapshot`); with it, the namespaces' lifecycle from kernel programs.
 
+mod census;
 pub mod decode;
 mod discover;
 mod flags;
@@ -81,6 +82,7 @@ const HOOKS: &[HookSpec] = &[
         }],
         required: false,
     },
+    census::HOOK,
 ];
 
 /// How long an exit waits before /proc is asked whether anyone is still inside: the exiting

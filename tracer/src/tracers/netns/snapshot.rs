@@ -1,12 +1,21 @@
 //! `tracer netns`: every network namespace alive on the node right now, who holds it, what is
-//! configured in it, and what looks wrong. No kernel programs: /proc, mountinfo and rtnetlink.
+//! configured in it, and what looks wrong: /proc, mountinfo and rtnetlink, and the kernel's own
+//! list of namespaces (`census`) for those that only the kernel holds.
 
-use std::{io, io::Write, process::ExitCode, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    io::Write,
+    process::ExitCode,
+    sync::Once,
+    time::Duration,
+};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 
 use super::{
+    census::{KernelCensus, KernelRefs, Listed},
     discover::{self, BindMount, FileHolder, Holder, SocketHolder},
     flags::{self, Configured, Flag},
     inside::{look_inside, Address, Inside, Interface},
@@ -42,7 +51,7 @@ pub struct NamespaceReport {
     pub kind: &'static str,
     pub inode: u64,
     pub cookie: Option<u64>,
-    /// The kinds of holder: `process`, `file`, `socket`, `bind mount`.
+    /// The kinds of holder: `process`, `file`, `socket`, `bind mount`, or `kernel` alone.
     pub held_by: Vec<&'static str>,
     pub interfaces: Vec<Interface>,
     pub addresses: Vec<Address>,
@@ -58,6 +67,8 @@ pub struct NamespaceReport {
     pub container: Option<Container>,
     pub pod: Option<Pod>,
     pub flags: Vec<Flag>,
+    /// The kernel's reference counts, from its own list; null where it could not be read.
+    pub kernel_refs: Option<KernelRefs>,
     /// Why interfaces and addresses could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -105,7 +116,35 @@ impl NamespaceReport {
             container: owner.container,
             pod: owner.pod,
             flags: orphaned.into_iter().collect(),
+            kernel_refs: None,
             error: error.filter(|_| cookie.is_none()),
+        }
+    }
+
+    /// A namespace on the kernel's list that nothing in userspace holds. There is no way in
+    /// (no process, file or mount), so nothing is known of what is configured inside.
+    fn held_by_kernel(listed: &Listed, identities: &Identities) -> Self {
+        let owner = identities
+            .lock()
+            .known_netns_owner(listed.inode, listed.cookie)
+            .cloned()
+            .unwrap_or_default();
+        Self {
+            kind: "netns_snapshot",
+            inode: listed.inode,
+            cookie: Some(listed.cookie),
+            held_by: vec!["kernel"],
+            interfaces: Vec::new(),
+            addresses: Vec::new(),
+            holders: Vec::new(),
+            files: Vec::new(),
+            sockets: Vec::new(),
+            mounts: Vec::new(),
+            container: owner.container,
+            pod: owner.pod,
+            flags: vec![flags::held_by_kernel(&listed.refs)],
+            kernel_refs: Some(listed.refs),
+            error: None,
         }
     }
 }
@@ -291,18 +330,62 @@ impl Event for NamespaceReport {
     }
 }
 
-/// Every namespace, flagged.
+/// Every namespace, flagged (tests; the commands share one identity cache).
+#[cfg(test)]
 pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
     take_with(&Identities::new(), stuck_after)
 }
 
 /// [`take`], naming pods with what `identities` knows (locked for each lookup only: looking
-/// inside a namespace can wait long on the kernel's rtnl lock).
+/// inside a namespace can wait long on the kernel's rtnl lock). Says once, as a warning, when
+/// the kernel's list cannot be read.
 pub fn take_with(identities: &Identities, stuck_after: Duration) -> Vec<NamespaceReport> {
-    let mut reports: Vec<NamespaceReport> = discover::all()
+    static WARNED: Once = Once::new();
+    let (reports, kernel_error) = take_all(identities, stuck_after);
+    if let Some(e) = kernel_error {
+        WARNED.call_once(|| warn_no_kernel_list(&e));
+    }
+    reports
+}
+
+fn warn_no_kernel_list(e: &str) {
+    log::warn!(
+        "the kernel's list of network namespaces could not be read ({e}); namespaces held only \
+         by the kernel are not shown (`tracer doctor` shows the census hook's status)"
+    );
+}
+
+/// Every namespace, and why the kernel's list could not be read if it could not.
+///
+/// The kernel's list is read before and after /proc is scanned: a namespace counts as held by
+/// the kernel alone only if it is on both lists and nowhere in userspace, so that one whose
+/// last process exits during the scan (and is being torn down) is not taken for one.
+fn take_all(
+    identities: &Identities,
+    stuck_after: Duration,
+) -> (Vec<NamespaceReport>, Option<String>) {
+    let mut census = KernelCensus::load();
+    let mut walk = || -> Result<Vec<Listed>> {
+        census
+            .as_mut()
+            .map_err(|e| anyhow!("the census program cannot be loaded here: {e:#}"))?
+            .walk()
+    };
+    let before = walk();
+    let found = discover::all();
+    let after = walk();
+    drop(census);
+    let mut reports: Vec<NamespaceReport> = found
         .into_values()
         .map(|found| NamespaceReport::new(found, identities))
         .collect();
+    let kernel_error = match (before, after) {
+        (Ok(before), Ok(after)) => {
+            merge_kernel_list(&mut reports, &before, &after, identities);
+            None
+        }
+        (Err(e), _) | (_, Err(e)) => Some(format!("{e:#}")),
+    };
     let configured: Vec<Configured> = reports
         .iter()
         .map(|r| Configured {
@@ -320,7 +403,31 @@ pub fn take_with(identities: &Identities, stuck_after: Duration) -> Vec<Namespac
             .flags
             .extend(conflicts.remove(&report.inode).unwrap_or_default());
     }
-    reports
+    (reports, kernel_error)
+}
+
+/// Adds the kernel's counts to the namespaces found in userspace, and the namespaces that only
+/// the kernel holds: on both walks (the same cookie), not in userspace, and not queued for
+/// teardown (no reference left).
+fn merge_kernel_list(
+    reports: &mut Vec<NamespaceReport>,
+    before: &[Listed],
+    after: &[Listed],
+    identities: &Identities,
+) {
+    let by_inode: HashMap<u64, &Listed> = after.iter().map(|l| (l.inode, l)).collect();
+    for report in reports.iter_mut() {
+        report.kernel_refs = by_inode.get(&report.inode).map(|l| l.refs);
+    }
+    let in_userspace: HashSet<u64> = reports.iter().map(|r| r.inode).collect();
+    let listed_before: HashSet<u64> = before.iter().map(|l| l.cookie).collect();
+    let kernel_only: Vec<NamespaceReport> = after
+        .iter()
+        .filter(|l| !in_userspace.contains(&l.inode) && listed_before.contains(&l.cookie))
+        .filter(|l| l.refs.refs != Some(0))
+        .map(|l| NamespaceReport::held_by_kernel(l, identities))
+        .collect();
+    reports.extend(kernel_only);
 }
 
 /// Prints the snapshot. Exit 1 when a shown namespace is flagged.
@@ -329,10 +436,20 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer netns reads every process's namespace and enters each one: run it as root");
     }
-    let mut reports = take(options.stuck_after);
+    let (mut reports, kernel_error) = take_all(&Identities::new(), options.stuck_after);
+    if let Some(e) = &kernel_error {
+        warn_no_kernel_list(e);
+    }
     for inode in &options.inodes {
         if !reports.iter().any(|r| r.inode == *inode) {
-            bail!("no network namespace with inode {inode} is held from userspace (process, open file, socket or bind mount)");
+            bail!(
+                "no network namespace with inode {inode} is alive{}",
+                if kernel_error.is_some() {
+                    " and held from userspace (process, open file, socket or bind mount)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     if !options.inodes.is_empty() {
@@ -358,4 +475,52 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(inode: u64, cookie: u64, refs: u32) -> Listed {
+        Listed {
+            inode,
+            cookie,
+            refs: KernelRefs {
+                refs: Some(refs),
+                passive: Some(refs + 1),
+            },
+        }
+    }
+
+    #[test]
+    fn only_namespaces_on_both_kernel_lists_and_alive_are_held_by_the_kernel() {
+        let identities = Identities::new();
+        let mut found = discover::Found::default();
+        found.inode = 10;
+        let mut reports = vec![NamespaceReport::new(found, &identities)];
+        let (userspace, held, dying, new) = (
+            listed(10, 100, 3),
+            listed(11, 101, 2),
+            listed(12, 102, 0),
+            listed(13, 103, 1),
+        );
+        merge_kernel_list(
+            &mut reports,
+            &[userspace, held, dying],
+            &[userspace, held, dying, new],
+            &identities,
+        );
+        assert_eq!(reports[0].kernel_refs, Some(userspace.refs));
+        assert_eq!(reports[0].held_by, Vec::<&str>::new());
+        // 12 is being torn down, 13 appeared during the scan: neither is reported.
+        assert_eq!(reports.len(), 2, "{reports:#?}");
+        let kernel = &reports[1];
+        assert_eq!((kernel.inode, kernel.cookie), (11, Some(101)));
+        assert_eq!(kernel.held_by, ["kernel"]);
+        assert_eq!(kernel.flags.len(), 1);
+        let flag = &kernel.flags[0];
+        assert_eq!(flag.flag, "orphaned");
+        assert_eq!(flag.holders[0].kind, "kernel");
+        assert_eq!(flag.holders[0].what, "2 references, 3 passive");
+    }
 }
