@@ -3,7 +3,7 @@
 pub mod decode;
 pub mod names;
 pub mod sender;
-mod senders;
+pub mod senders;
 
 /// Its events, for the command line (their `-o line` columns).
 pub use self::decode::SignalRecord;
