@@ -741,7 +741,7 @@ fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
     );
     assert_eq!(code, 1, "{ns:#}");
     // The human view says the same.
-    let out = tracer(&["netns", "--inode", &inode.to_string()]);
+    let out = tracer(&["netns", "-o", "text", "--inode", &inode.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines()

@@ -30,6 +30,12 @@ fn report(file: &std::path::Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("report JSON")
 }
 
+/// How many lines of the recording a finding cites: those it names and those it counts
+/// beyond its cap.
+fn cited_lines(finding: &Value) -> u64 {
+    finding["lines"].as_array().unwrap().len() as u64 + finding["more_lines"].as_u64().unwrap_or(0)
+}
+
 fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
     report["findings"]
         .as_array()
@@ -173,10 +179,7 @@ fn one_recording_shows_the_kill_the_insert_race_and_the_stuck_namespace() {
         "{text}"
     );
     assert!(text.contains(VIP_A) || text.contains(VIP_B), "{text}");
-    assert_eq!(
-        race_finding["lines"].as_array().unwrap().len() as u64,
-        kernel.insert_failed
-    );
+    assert_eq!(cited_lines(race_finding), kernel.insert_failed);
     assert!(lines_of(&file, race_finding)
         .iter()
         .all(|e| e["class"] == "insert_failed" && e["netns"] == node_inode));
@@ -297,10 +300,7 @@ fn an_ipv6_insert_race_is_a_finding_that_names_its_ipv6_flows() {
         "{text}"
     );
     assert!(text.contains("A and AAAA"), "{text}");
-    assert_eq!(
-        finding["lines"].as_array().unwrap().len() as u64,
-        kernel.insert_failed
-    );
+    assert_eq!(cited_lines(finding), kernel.insert_failed);
 }
 
 /// Runs `tracer ARGS` with stdout into `out`; its exit status and peak RSS in KiB (from the
@@ -374,10 +374,7 @@ fn report_reads_a_recording_of_a_gibibyte_in_bounded_memory() {
     assert_eq!(report["events"], signals + drops);
     let races = findings(&report, "conntrack_insert_race");
     assert_eq!(races.len(), 10, "one per source");
-    let cited: u64 = races
-        .iter()
-        .map(|f| f["lines"].as_array().unwrap().len() as u64 + f["more_lines"].as_u64().unwrap())
-        .sum();
+    let cited: u64 = races.into_iter().map(cited_lines).sum();
     assert_eq!(cited, drops);
     // 50 processes and the namespace: a timeline each, their lengths counted.
     let timelines = report["timelines"].as_object().unwrap();

@@ -303,7 +303,7 @@ fn hostile_cgroup_and_process_names_reach_the_terminal_escaped() {
         .expect("tail (coreutils) on PATH");
     std::os::unix::fs::symlink(tail, &hog_exe).unwrap();
 
-    let human = TracerRun::start(&["signals", "--signal", "KILL"]);
+    let human = TracerRun::start(&["signals", "--signal", "KILL", "-o", "text"]);
     let json = TracerRun::start(&["signals", "--signal", "KILL", "--json"]);
     // The hog joins the groups, then grows until the OOM killer takes it.
     let script = r#"echo $$ > "$1"; [ -z "$2" ] || echo $$ > "$2"; exec "$3" /dev/zero"#;
