@@ -181,8 +181,10 @@ pub enum Command {
             insert race, a full table; else the error (no route, refused), or no reply and no \
             drop on this node (the problem is elsewhere). A pod with hostNetwork has no namespace \
             of its own: the node's is probed once for all of them.\n\n\
-            One line per namespace, then a summary (ok, failed, unexplained). Exit code 1 when \
-            any probe failed.",
+            One line per namespace, then a summary (ok, failed, unexplained).\n\n\
+            Exit codes: 0 every selected namespace reached TARGET; 1 a probe failed, could not \
+            be made (error), or did not finish (interrupted, duration limit); 2 bad usage or \
+            the scan could not start.",
         after_help = "Examples:\n  \
             tracer probe 100.100.100.200:80                  every pod to the metadata service\n  \
             tracer probe udp://10.96.0.10:53 --namespace shop  pods of namespace shop to a UDP port\n  \

@@ -260,8 +260,16 @@ impl Prober {
         }
     }
 
+    /// Probes that did not end in a result line (interrupted, or the run's duration limit).
+    fn not_finished(&self) -> u64 {
+        (self.jobs.len() as u64).saturating_sub(self.by_status.values().sum::<u64>())
+    }
+
+    /// Whether the run cannot say that every namespace reaches the target: a probe failed,
+    /// could not be made, or never ended.
     fn failed(&self) -> bool {
-        self.by_status.get("fail").is_some_and(|n| *n > 0)
+        let count = |s: &str| self.by_status.get(s).copied().unwrap_or(0);
+        count("fail") > 0 || count("error") > 0 || self.not_finished() > 0
     }
 
     /// The line of probe `i`, with the drops of its flow.
@@ -370,7 +378,6 @@ impl Tracer for Prober {
 
     fn summarize(&self, summary: &mut Map<String, Value>) {
         let count = |s: &str| self.by_status.get(s).copied().unwrap_or(0);
-        let probed = self.by_status.values().sum::<u64>();
         summary.insert("target".into(), json!(self.target.endpoint()));
         summary.insert("proto".into(), json!(self.target.kind.name()));
         summary.insert("namespaces".into(), json!(self.jobs.len()));
@@ -378,14 +385,12 @@ impl Tracer for Prober {
         summary.insert("failed".into(), json!(count("fail")));
         summary.insert("unexplained".into(), json!(self.unexplained));
         summary.insert("errors".into(), json!(count("error")));
-        summary.insert(
-            "not_finished".into(),
-            json!(self.jobs.len() as u64 - probed),
-        );
+        summary.insert("not_finished".into(), json!(self.not_finished()));
     }
 }
 
-/// `tracer probe`: exit 1 when a selected namespace failed to reach the target.
+/// `tracer probe`: exit 1 unless every selected namespace reached the target (a failure, an
+/// error or a probe that never ended: an interrupted scan is not a clean one).
 pub fn run(options: ProbeOptions) -> Result<ExitCode> {
     let (mut prober, session) = prepare(|btf, identities| {
         let jobs = select(&options, identities)?;
@@ -420,4 +425,53 @@ pub fn run(options: ProbeOptions) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::btf::KernelBtf;
+
+    fn prober(jobs: usize) -> Prober {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let identities = Identities::new();
+        let conntrack =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &identities).unwrap();
+        let job = |netns| Job {
+            subject: Subject {
+                netns,
+                pod: None,
+                host_network_pods: Vec::new(),
+            },
+            path: PathBuf::from("/proc/self/ns/net"),
+            cookie: None,
+        };
+        let options = ProbeOptions {
+            target: Target::parse("127.0.0.1:1", None, None).unwrap(),
+            timeout: Duration::from_secs(1),
+            parallel: 1,
+            all_netns: false,
+            netns: Vec::new(),
+            workload: Selector::default(),
+            format: Format::Json,
+            buffer_mb: 8,
+        };
+        Prober::new(conntrack, (0..jobs as u64).map(job).collect(), &options)
+    }
+
+    #[test]
+    fn only_a_finished_scan_of_ok_probes_succeeds() {
+        let mut prober = prober(2);
+        prober.by_status.insert("ok", 1);
+        assert!(prober.failed(), "a probe that never ended is not a success");
+        assert_eq!(prober.not_finished(), 1);
+        prober.by_status.insert("ok", 2);
+        assert!(!prober.failed());
+        prober.by_status.insert("ok", 1);
+        prober.by_status.insert("error", 1);
+        assert!(prober.failed(), "a namespace not probed is not a success");
+        prober.by_status.insert("error", 0);
+        prober.by_status.insert("fail", 1);
+        assert!(prober.failed());
+    }
 }
