@@ -13,6 +13,7 @@ use std::{
 use serde::Serialize;
 
 use super::target::{Kind, Target};
+use crate::clock::Clock;
 
 /// How a probe ended, as the socket saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,15 +43,21 @@ pub struct Attempt {
     pub outcome: Outcome,
     /// From the first packet to the outcome.
     pub elapsed: Duration,
+    /// CLOCK_MONOTONIC (the kernel's event clock) before the first packet and after the
+    /// outcome.
+    pub window: (u64, u64),
 }
 
 /// Runs `target`'s probe in the calling thread's namespace, for at most `timeout`.
 pub fn probe(target: &Target, timeout: Duration) -> io::Result<Attempt> {
-    match &target.kind {
+    let start = Clock::monotonic_now_ns();
+    let mut attempt = match &target.kind {
         Kind::Tcp => tcp(target.addr, timeout),
         Kind::Udp { payload, expect } => udp(target.addr, payload, expect.as_deref(), timeout),
         Kind::Icmp => icmp(target.addr.ip(), timeout),
-    }
+    }?;
+    attempt.window = (start, Clock::monotonic_now_ns());
+    Ok(attempt)
 }
 
 fn errno_outcome(e: &io::Error) -> Outcome {
@@ -188,6 +195,7 @@ fn tcp(to: SocketAddr, timeout: Duration) -> io::Result<Attempt> {
         echo_id: None,
         outcome: Outcome::Timeout,
         elapsed: Duration::ZERO,
+        window: (0, 0),
     };
     match connect(fd.as_raw_fd(), &to) {
         Ok(()) => attempt.outcome = Outcome::Ok,
@@ -241,6 +249,7 @@ fn udp(
         echo_id: None,
         outcome,
         elapsed: started.elapsed(),
+        window: (0, 0),
     };
     if let Err(e) = socket.connect(to) {
         return Ok(done(&socket, errno_outcome(&e)));
@@ -357,6 +366,7 @@ fn icmp(to: IpAddr, timeout: Duration) -> io::Result<Attempt> {
         echo_id: Some(id),
         outcome,
         elapsed: started.elapsed(),
+        window: (0, 0),
     };
     if let Err(e) = connect(fd.as_raw_fd(), &to) {
         return Ok(done(errno_outcome(&e)));

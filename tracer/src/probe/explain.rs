@@ -24,6 +24,10 @@ const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 
+/// Drops this long after a probe ended are still its own: a packet already on its way (a
+/// queued retransmission, a reply in flight) is dropped after the socket gave up.
+const LATE_DROP_NS: u64 = 200_000_000;
+
 /// A probe's flow, as the kernel saw its packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -32,6 +36,12 @@ pub struct Flow {
     pub dst: SocketAddr,
     /// ICMP: the echo id (conntrack's key where other protocols have ports).
     pub echo_id: Option<u16>,
+    /// When the probe ran (CLOCK_MONOTONIC, the drop records' clock): another probe's
+    /// packets of the same addresses are outside it.
+    pub window: (u64, u64),
+    /// The namespace every drop must be in, when the flow's addresses are not unique on the
+    /// node (loopback, or another namespace probed with the same source address).
+    pub netns: Option<u64>,
 }
 
 impl Flow {
@@ -47,6 +57,8 @@ impl Flow {
             src: attempt.src?,
             dst: target.addr,
             echo_id: attempt.echo_id,
+            window: attempt.window,
+            netns: None,
         })
     }
 
@@ -56,6 +68,16 @@ impl Flow {
         let Some(Tuple { proto, src, dst }) = drop.flow else {
             return false;
         };
+        let (start, end) = self.window;
+        if drop.ktime_ns < start || drop.ktime_ns > end.saturating_add(LATE_DROP_NS) {
+            return false;
+        }
+        if self
+            .netns
+            .is_some_and(|netns| netns != u64::from(drop.netns))
+        {
+            return false;
+        }
         if proto != self.proto {
             return false;
         }
@@ -330,11 +352,14 @@ mod tests {
             ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
         // udp [fd00::1]:40000 -> [::1]:53.
         let drop = tracer.drop_of(&bytes(&ipv6_rule_drop())).unwrap();
+        let at = drop.ktime_ns;
         let flow = |src: &str, dst: &str| Flow {
             proto: UDP,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             echo_id: None,
+            window: (at - 1_000, at + 1_000),
+            netns: None,
         };
         assert!(flow("[fd00::1]:40000", "[::1]:53").matches(&drop));
         assert!(flow("[::1]:53", "[fd00::1]:40000").matches(&drop));
@@ -345,6 +370,37 @@ mod tests {
             ..flow("[fd00::1]:40000", "[::1]:53")
         };
         assert!(!tcp.matches(&drop));
+        // Another probe's packets of the same addresses: before, or well after, this one.
+        let probe = flow("[fd00::1]:40000", "[::1]:53");
+        let later = Flow {
+            window: (at + 1, at + 2),
+            ..probe
+        };
+        assert!(!later.matches(&drop), "a drop before the probe started");
+        let earlier = Flow {
+            window: (at - 2 * LATE_DROP_NS, at - LATE_DROP_NS - 1),
+            ..probe
+        };
+        assert!(!earlier.matches(&drop), "a drop long after the probe ended");
+        let just_ended = Flow {
+            window: (at - 2_000, at - 1_000),
+            ..probe
+        };
+        assert!(
+            just_ended.matches(&drop),
+            "a packet in flight when it ended"
+        );
+        // Loopback: the same addresses in every namespace; only the probed one's drops.
+        let here = Flow {
+            netns: Some(u64::from(drop.netns)),
+            ..probe
+        };
+        assert!(here.matches(&drop));
+        let elsewhere = Flow {
+            netns: Some(u64::from(drop.netns) + 1),
+            ..probe
+        };
+        assert!(!elsewhere.matches(&drop));
         let seen = SeenDrop::of(&drop);
         assert_eq!(
             seen.text(),
@@ -378,6 +434,7 @@ mod tests {
             echo_id: None,
             outcome: Outcome::Timeout,
             elapsed: Duration::from_secs(4),
+            window: (1, 2),
         };
         let subject = Subject {
             netns: 4026532402,

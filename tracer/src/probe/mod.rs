@@ -9,7 +9,8 @@ mod explain;
 pub mod target;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{
@@ -242,6 +243,9 @@ pub struct Prober {
     drops: VecDeque<ConntrackDrop>,
     by_status: BTreeMap<&'static str, u64>,
     unexplained: u64,
+    /// The namespaces each source address was probed from: an address seen in more than one
+    /// names a flow only together with its namespace.
+    sources: BTreeMap<IpAddr, BTreeSet<u64>>,
 }
 
 impl Prober {
@@ -257,6 +261,7 @@ impl Prober {
             drops: VecDeque::new(),
             by_status: BTreeMap::new(),
             unexplained: 0,
+            sources: BTreeMap::new(),
         }
     }
 
@@ -275,10 +280,21 @@ impl Prober {
     /// The line of probe `i`, with the drops of its flow.
     fn result(&self, i: usize, attempt: Result<attempt::Attempt, String>) -> ProbeResult {
         let job = &self.jobs[i];
+        let netns = job.subject.netns;
         let flow = attempt
             .as_ref()
             .ok()
-            .and_then(|a| Flow::of(&self.target, a));
+            .and_then(|a| Flow::of(&self.target, a))
+            .map(|mut flow| {
+                let shared = flow.src.ip().is_loopback()
+                    || flow.dst.ip().is_loopback()
+                    || self
+                        .sources
+                        .get(&flow.src.ip())
+                        .is_some_and(|from| from.iter().any(|n| *n != netns));
+                flow.netns = shared.then_some(netns);
+                flow
+            });
         let drops = flow
             .map(|flow| {
                 self.drops
@@ -351,7 +367,13 @@ impl Tracer for Prober {
         // Probes that ended before this tick's drain have their drops read: write them.
         let ready = std::mem::take(&mut self.ended);
         if let Some(results) = &self.results {
-            self.ended.extend(results.try_iter());
+            for (i, attempt) in results.try_iter() {
+                if let Some(src) = attempt.as_ref().ok().and_then(|a| a.src) {
+                    let from = self.sources.entry(src.ip()).or_default();
+                    from.insert(self.jobs[i].subject.netns);
+                }
+                self.ended.push((i, attempt));
+            }
         }
         let mut ready = ready;
         if final_flush {

@@ -158,6 +158,9 @@ pub struct ConntrackDrop {
     /// Where NAT sent it, for filters.
     #[serde(skip)]
     pub nat: Vec<(IpAddr, Option<u16>)>,
+    /// When the kernel dropped it (CLOCK_MONOTONIC), to tell which probe's it can be.
+    #[serde(skip)]
+    pub ktime_ns: u64,
 }
 
 impl ConntrackDrop {
@@ -212,6 +215,7 @@ impl ConntrackDrop {
             ct_max: None,
             flow: orig,
             nat: nat_dst.into_iter().chain(nat_src).collect(),
+            ktime_ns: ev.header.ktime_ns,
         }
     }
 
