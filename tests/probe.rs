@@ -172,7 +172,7 @@ fn tcp_probe_tells_ok_a_rule_drop_in_the_clients_namespace_and_no_reply() {
         lost["explanation"]
             .as_str()
             .unwrap()
-            .starts_with("no reply, no drop on this node"),
+            .starts_with("no reply, and netfilter dropped none of its packets"),
         "{lost:#}"
     );
 

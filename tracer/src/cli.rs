@@ -179,7 +179,8 @@ pub enum Command {
             Meanwhile the conntrack-drops programs are attached, and each failure is explained by \
             the drops of its own flow: dropped by a rule in which namespace, a lost conntrack \
             insert race, a full table; else the error (no route, refused), or no reply and no \
-            drop on this node (the problem is elsewhere). A pod with hostNetwork has no namespace \
+            netfilter drop of its packets on this node (look beyond the node; or records \
+            were lost, which the line says). A pod with hostNetwork has no namespace \
             of its own: the node's is probed once for all of them.\n\n\
             One line per namespace, then a summary (ok, failed, unexplained).\n\n\
             Exit codes: 0 every selected namespace reached TARGET; 1 a probe failed, could not \

@@ -62,12 +62,9 @@ impl Flow {
         })
     }
 
-    /// Whether `drop` is a packet of this flow, either way: its conntrack entry's original
-    /// tuple (or, without an entry, the packet's own) is the probe's.
+    /// Whether `drop` is a packet of this flow, either way, during the probe: its conntrack
+    /// entry's original or reply tuple (or, without an entry, the packet's own) is the probe's.
     pub fn matches(&self, drop: &ConntrackDrop) -> bool {
-        let Some(Tuple { proto, src, dst }) = drop.flow else {
-            return false;
-        };
         let (start, end) = self.window;
         if drop.ktime_ns < start || drop.ktime_ns > end.saturating_add(LATE_DROP_NS) {
             return false;
@@ -78,14 +75,16 @@ impl Flow {
         {
             return false;
         }
-        if proto != self.proto {
-            return false;
-        }
         let end = |(ip, port): (IpAddr, Option<u16>), of: SocketAddr| {
             ip == of.ip() && (self.echo_id.is_some() || port == Some(of.port()))
         };
-        let same_flow = (end(src, self.src) && end(dst, self.dst))
-            || (end(src, self.dst) && end(dst, self.src));
+        // The entry's reply tuple too: where NAT rewrote the probe's flow, a namespace
+        // that saw it after the rewrite has it there.
+        let same_flow = drop.flow.into_iter().chain(drop.reply).any(|t: Tuple| {
+            t.proto == self.proto
+                && ((end(t.src, self.src) && end(t.dst, self.dst))
+                    || (end(t.src, self.dst) && end(t.dst, self.src)))
+        });
         same_flow
             && self
                 .echo_id
@@ -225,6 +224,7 @@ impl ProbeResult {
         target: &Target,
         attempt: Result<Attempt, String>,
         drops: Vec<SeenDrop>,
+        unseen: u64,
     ) -> Self {
         let attempt = match attempt {
             Ok(attempt) => attempt,
@@ -289,10 +289,20 @@ impl ProbeResult {
                 format!("no route: {}", errno_text(*errno)),
             ),
             (Outcome::Errno { errno, .. }, None) => (Status::Fail, true, errno_text(*errno)),
+            (Outcome::Timeout, None) if unseen > 0 => (
+                Status::Fail,
+                false,
+                format!(
+                    "no reply, no drop seen ({unseen} records lost): raise --buffer-mb, or \
+                     probe fewer namespaces at a time"
+                ),
+            ),
             (Outcome::Timeout, None) => (
                 Status::Fail,
                 false,
-                "no reply, no drop on this node: the problem is elsewhere".to_string(),
+                "no reply, and netfilter dropped none of its packets on this node: look \
+                 beyond the node"
+                    .to_string(),
             ),
         };
         Self {
@@ -390,6 +400,16 @@ mod tests {
             just_ended.matches(&drop),
             "a packet in flight when it ended"
         );
+        // Seen after DNAT: the entry's reply tuple, backend -> probe, is the probe's flow.
+        let backend = flow("[fd00::1]:40000", "[fd00::9]:5353");
+        assert!(!backend.matches(&drop));
+        let mut natted = drop.clone();
+        natted.reply = Some(Tuple {
+            proto: UDP,
+            src: ("fd00::9".parse().unwrap(), Some(5353)),
+            dst: ("fd00::1".parse().unwrap(), Some(40000)),
+        });
+        assert!(backend.matches(&natted));
         // Loopback: the same addresses in every namespace; only the probed one's drops.
         let here = Flow {
             netns: Some(u64::from(drop.netns)),
@@ -441,11 +461,20 @@ mod tests {
             pod: None,
             host_network_pods: Vec::new(),
         };
-        let lost = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![]);
+        let lost = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![], 0);
         assert_eq!((lost.status, lost.explained), (Status::Fail, false));
         assert!(lost
             .explanation
-            .starts_with("no reply, no drop on this node"));
+            .starts_with("no reply, and netfilter dropped none of its packets"));
+        let unseen = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![], 3);
+        assert_eq!((unseen.status, unseen.explained), (Status::Fail, false));
+        assert!(
+            unseen
+                .explanation
+                .starts_with("no reply, no drop seen (3 records lost)"),
+            "{}",
+            unseen.explanation
+        );
         let drop = SeenDrop {
             class: DropClass::Rule,
             netns: 4026532402,
@@ -454,7 +483,7 @@ mod tests {
             ct_count: None,
             ct_max: None,
         };
-        let dropped = ProbeResult::new(subject, &target, Ok(attempt), vec![drop.clone(), drop]);
+        let dropped = ProbeResult::new(subject, &target, Ok(attempt), vec![drop.clone(), drop], 0);
         assert!(dropped.explained);
         assert_eq!(
             dropped.explanation,

@@ -246,6 +246,10 @@ pub struct Prober {
     /// The namespaces each source address was probed from: an address seen in more than one
     /// names a flow only together with its namespace.
     sources: BTreeMap<IpAddr, BTreeSet<u64>>,
+    /// Records lost in the ring buffer, and drops pushed out of `drops`, during the run: a
+    /// probe's drop may be among them.
+    lost: u64,
+    evicted: u64,
 }
 
 impl Prober {
@@ -262,6 +266,8 @@ impl Prober {
             by_status: BTreeMap::new(),
             unexplained: 0,
             sources: BTreeMap::new(),
+            lost: 0,
+            evicted: 0,
         }
     }
 
@@ -304,7 +310,8 @@ impl Prober {
                     .collect()
             })
             .unwrap_or_default();
-        ProbeResult::new(job.subject.clone(), &self.target, attempt, drops)
+        let unseen = self.lost + self.evicted;
+        ProbeResult::new(job.subject.clone(), &self.target, attempt, drops, unseen)
     }
 }
 
@@ -353,6 +360,7 @@ impl Tracer for Prober {
         if drop.endpoints().any(|(addr, _)| addr == target) {
             if self.drops.len() == MAX_KEPT_DROPS {
                 self.drops.pop_front();
+                self.evicted += 1;
             }
             self.drops.push_back(drop);
         }
@@ -361,6 +369,10 @@ impl Tracer for Prober {
 
     fn identities_refreshed(&mut self) {
         self.conntrack.identities_refreshed();
+    }
+
+    fn records_lost(&mut self, lost: u64) {
+        self.lost = lost;
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {

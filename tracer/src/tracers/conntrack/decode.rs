@@ -158,6 +158,9 @@ pub struct ConntrackDrop {
     /// Where NAT sent it, for filters.
     #[serde(skip)]
     pub nat: Vec<(IpAddr, Option<u16>)>,
+    /// The entry's reply tuple (after NAT), for filters.
+    #[serde(skip)]
+    pub reply: Option<Tuple>,
     /// When the kernel dropped it (CLOCK_MONOTONIC), to tell which probe's it can be.
     #[serde(skip)]
     pub ktime_ns: u64,
@@ -216,6 +219,7 @@ impl ConntrackDrop {
             flow: orig,
             nat: nat_dst.into_iter().chain(nat_src).collect(),
             ktime_ns: ev.header.ktime_ns,
+            reply,
         }
     }
 
