@@ -447,6 +447,17 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// The longest `tracer probe --timeout`: a probe waits for one connection or reply.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn parse_probe_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_positive_duration(text)?;
+    if duration > MAX_PROBE_TIMEOUT {
+        return Err("must be at most 1h (a probe waits for one connection or reply)".into());
+    }
+    Ok(duration)
+}
+
 #[derive(Debug, Args)]
 pub struct ConntrackArgs {
     #[command(flatten)]
@@ -494,8 +505,8 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// How long each probe waits for its connection or reply.
-    #[arg(long, default_value = "4s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    /// How long each probe waits for its connection or reply (at most 1h).
+    #[arg(long, default_value = "4s", value_parser = parse_probe_timeout, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Probes at a time.
@@ -543,6 +554,15 @@ mod tests {
         assert!(parse_buffer_mb("3").is_err());
         assert!(parse_buffer_mb("0").is_err());
         assert!(parse_buffer_mb("x").is_err());
+    }
+
+    #[test]
+    fn probe_timeout_is_positive_and_at_most_an_hour() {
+        assert_eq!(parse_probe_timeout("4s"), Ok(Duration::from_secs(4)));
+        assert_eq!(parse_probe_timeout("1h"), Ok(MAX_PROBE_TIMEOUT));
+        assert!(parse_probe_timeout("1h 1s").is_err());
+        assert!(parse_probe_timeout("100000000000000s").is_err());
+        assert!(parse_probe_timeout("0s").is_err());
     }
 
     #[test]

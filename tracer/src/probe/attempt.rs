@@ -240,6 +240,9 @@ fn udp(
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(any)?;
+    // Readable is not a promise of a datagram (one with a bad checksum is dropped at recv):
+    // a blocking recv would wait past the timeout.
+    socket.set_nonblocking(true)?;
     let started = Instant::now();
     let done = |socket: &UdpSocket, outcome| Attempt {
         src: socket
@@ -274,7 +277,14 @@ fn udp(
                 };
                 return Ok(done(&socket, outcome));
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Ok(done(&socket, errno_outcome(&e))),
         }
     }
@@ -385,10 +395,21 @@ fn icmp(to: IpAddr, timeout: Duration) -> io::Result<Attempt> {
             return Ok(done(Outcome::Timeout));
         }
         // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
+            // As for UDP: never block past the deadline.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) {
                 continue;
             }
             return Ok(done(errno_outcome(&e)));

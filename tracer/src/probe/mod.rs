@@ -447,7 +447,10 @@ pub fn run(options: ProbeOptions) -> Result<ExitCode> {
         // returned): the summary counts them as not finished.
         stop: StopWhen {
             duration: Some(
-                options.timeout * rounds.try_into().unwrap_or(u32::MAX) + Duration::from_secs(10),
+                options
+                    .timeout
+                    .saturating_mul(rounds.try_into().unwrap_or(u32::MAX))
+                    .saturating_add(Duration::from_secs(10)),
             ),
             count: Some(prober.jobs.len() as u64),
         },
