@@ -362,6 +362,34 @@ fn a_namespace_gone_before_its_turn_is_reported_and_the_scan_goes_on() {
     assert_eq!(out.summary()["errors"], 1);
 }
 
+#[test]
+fn a_netns_inode_nobody_holds_is_an_error_line_and_fails_the_run() {
+    let s = site();
+    let target = format!("{SERVER}:{PORT}");
+    // Inode 1 is never a network namespace's.
+    let list = format!("{},1", s.ok.inode());
+    let out = probe(&[&target, "--timeout", "2s", "--netns", &list]);
+    assert_eq!(line_of(&out, &s.ok)["status"], "ok", "{}", out.stderr);
+    let missing: Vec<&Value> = out
+        .of_type("probe")
+        .into_iter()
+        .filter(|p| p["netns"] == 1)
+        .collect();
+    assert_eq!(missing.len(), 1, "{:#?}", out.objects);
+    assert_eq!(missing[0]["status"], "error", "{:#}", missing[0]);
+    assert!(
+        missing[0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("no network namespace with inode 1"),
+        "{:#}",
+        missing[0]
+    );
+    assert_eq!(out.summary()["errors"], 1);
+    // An error is not a pass: the namespace was not probed.
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+}
+
 /// Runs `args` inside the network namespace of `pid` (a pod's).
 fn in_netns_of(pid: u32, args: &[&str], stdin: Option<&str>) {
     let net = format!("--net=/proc/{pid}/ns/net");

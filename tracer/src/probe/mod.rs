@@ -14,13 +14,13 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
     },
     time::Duration,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::GlobalData;
 use serde_json::{json, Map, Value};
 use tracer_common::EventKind;
@@ -66,9 +66,10 @@ pub struct ProbeOptions {
 /// One namespace to probe from.
 struct Job {
     subject: Subject,
-    path: PathBuf,
-    /// The cookie a pod's namespace had when its sandbox was found: a namespace that took its
-    /// inode since is not that pod's.
+    /// Where the namespace was found; none for a `--netns` inode no process or mount holds.
+    path: Option<PathBuf>,
+    /// The cookie the namespace had when it was selected: a namespace that took its inode
+    /// since is not the one selected.
     cookie: Option<u64>,
 }
 
@@ -92,23 +93,43 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
                 pod: owner.as_ref().map(|(pod, _)| pod.clone()),
                 host_network_pods: Vec::new(),
             },
-            path: ns.path.clone(),
-            cookie: owner.map(|(_, cookie)| cookie),
+            path: Some(ns.path.clone()),
+            cookie: owner
+                .map(|(_, cookie)| cookie)
+                .or_else(|| netns::cookie_of(&ns.path, ns.inode).ok()),
         }
     };
     let mut jobs: Vec<Job> = if !options.netns.is_empty() {
-        options
+        // A missing one is that namespace's error line, not the end of the scan.
+        let jobs: Vec<Job> = options
             .netns
             .iter()
-            .map(|inode| {
-                found.get(inode).map(job).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no network namespace with inode {inode} is held by a process or a \
-                         bind mount (see `tracer netns`)"
-                    )
-                })
+            .map(|inode| match found.get(inode) {
+                Some(ns) => job(ns),
+                None => Job {
+                    subject: Subject {
+                        netns: *inode,
+                        pod: None,
+                        host_network_pods: Vec::new(),
+                    },
+                    path: None,
+                    cookie: None,
+                },
             })
-            .collect::<Result<_>>()?
+            .collect();
+        if jobs.iter().all(|j| j.path.is_none()) {
+            bail!(
+                "no network namespace with inode {} is held by a process or a bind mount \
+                 (see `tracer netns`)",
+                options
+                    .netns
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+        }
+        jobs
     } else if options.all_netns {
         found.values().map(job).collect()
     } else {
@@ -179,52 +200,99 @@ fn sandbox_netns(dir: &Path) -> Option<u64> {
         .find_map(netns::net_ns_of)
 }
 
+fn not_held(inode: u64) -> String {
+    format!(
+        "no network namespace with inode {inode} is held by a process or a bind mount (see \
+         `tracer netns`)"
+    )
+}
+
 /// One probe inside `job`'s namespace (on a thread of its own, which alone enters it).
 fn probe_from(job: &Job, target: &Target, timeout: Duration) -> Result<attempt::Attempt, String> {
     let inode = job.subject.netns;
-    netns::in_namespace(&job.path, inode, || {
-        if job
-            .cookie
-            .is_some_and(|want| netns::own_cookie().ok() != Some(want))
-        {
-            bail!(
-                "namespace {inode} is no longer the pod's (it was torn down and its inode reused)"
-            );
+    let Some(path) = &job.path else {
+        return Err(not_held(inode));
+    };
+    let probe_in = |path: &Path| {
+        netns::in_namespace(path, inode, || {
+            if let Some(want) = job.cookie {
+                let cookie = netns::own_cookie().context("reading the namespace's cookie")?;
+                if cookie != want {
+                    bail!(
+                        "namespace {inode} is no longer the one selected (it was torn down and \
+                         its inode reused)"
+                    );
+                }
+            }
+            Ok(attempt::probe(target, timeout)?)
+        })
+    };
+    match probe_in(path) {
+        Ok(attempt) => Ok(attempt),
+        // The process whose link was chosen exited, or the mount went: the namespace may live
+        // on, held elsewhere (the cookie tells it from a namespace that took its inode).
+        Err(e) if netns::netns_file_inode(path) != Some(inode) => {
+            match netns::discover().remove(&inode) {
+                Some(ns) => probe_in(&ns.path).map_err(|e| format!("{e:#}")),
+                None => Err(format!(
+                    "namespace {inode} went away before it was probed ({e:#})"
+                )),
+            }
         }
-        Ok(attempt::probe(target, timeout)?)
-    })
-    .map_err(|e| {
-        if job.path.exists() {
-            format!("{e:#}")
-        } else {
-            format!("namespace {inode} went away before it was probed ({e:#})")
-        }
-    })
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// Starts `parallel` workers probing `jobs`; each result goes to `results` as it comes.
+/// A worker takes no new job once `stop` is set.
 fn start_workers(
     jobs: Arc<Vec<Job>>,
     target: Arc<Target>,
     timeout: Duration,
     parallel: usize,
+    stop: Arc<AtomicBool>,
     results: mpsc::Sender<(usize, Result<attempt::Attempt, String>)>,
-) {
+) -> Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
+    let mut started = 0;
     for _ in 0..parallel.min(jobs.len()) {
-        let (jobs, target, next, results) =
-            (jobs.clone(), target.clone(), next.clone(), results.clone());
-        std::thread::spawn(move || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = jobs.get(i) else { break };
-            if results
-                .send((i, probe_from(job, &target, timeout)))
-                .is_err()
-            {
+        let (jobs, target, next, stop, results) = (
+            jobs.clone(),
+            target.clone(),
+            next.clone(),
+            stop.clone(),
+            results.clone(),
+        );
+        let worker = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                if results
+                    .send((i, probe_from(job, &target, timeout)))
+                    .is_err()
+                {
+                    break;
+                }
+            });
+        match worker {
+            Ok(_) => started += 1,
+            Err(e) if started > 0 => {
+                log::warn!(
+                    "starting probe worker {}: {e}; going on with {started}",
+                    started + 1
+                );
                 break;
             }
-        });
+            Err(e) => {
+                return Err(e).context("starting a probe worker thread (see ulimit -u)");
+            }
+        }
     }
+    Ok(())
 }
 
 /// The probe run, as the pipeline sees a tracer: the conntrack-drops tracer's programs, and
@@ -235,6 +303,8 @@ pub struct Prober {
     timeout: Duration,
     parallel: usize,
     jobs: Arc<Vec<Job>>,
+    /// Set at the end of the run: the workers take no new job.
+    stop: Arc<AtomicBool>,
     results: Option<mpsc::Receiver<(usize, Result<attempt::Attempt, String>)>>,
     /// Probes that ended, held until the ring buffer was drained once more after them: their
     /// drops are read by then.
@@ -260,6 +330,7 @@ impl Prober {
             timeout: options.timeout,
             parallel: options.parallel,
             jobs: Arc::new(jobs),
+            stop: Arc::new(AtomicBool::new(false)),
             results: None,
             ended: Vec::new(),
             drops: VecDeque::new(),
@@ -345,8 +416,9 @@ impl Tracer for Prober {
             self.target.clone(),
             self.timeout,
             self.parallel,
+            self.stop.clone(),
             sender,
-        );
+        )?;
         self.results = Some(receiver);
         Ok(())
     }
@@ -389,6 +461,8 @@ impl Tracer for Prober {
         }
         let mut ready = ready;
         if final_flush {
+            // Interrupted or out of time: no probe starts that would not be written.
+            self.stop.store(true, Ordering::Relaxed);
             ready.append(&mut self.ended);
         }
         let written = ready.len() as u64;
@@ -480,7 +554,7 @@ mod tests {
                 pod: None,
                 host_network_pods: Vec::new(),
             },
-            path: PathBuf::from("/proc/self/ns/net"),
+            path: Some(PathBuf::from("/proc/self/ns/net")),
             cookie: None,
         };
         let options = ProbeOptions {
