@@ -423,13 +423,14 @@ impl Tracer for Prober {
         Ok(())
     }
 
-    fn on_record(&mut self, kind: EventKind, raw: &[u8], _out: &mut Output) -> Result<u64> {
-        if !self.conntrack.kinds().contains(&kind) {
-            bail!("the probe got a {kind:?} record");
-        }
-        let drop = self.conntrack.drop_of(raw)?;
+    /// Only drops with the target at one end (before or after NAT) are named and kept: which
+    /// probe's they are is known once the probe ends.
+    fn on_record(&mut self, _kind: EventKind, raw: &[u8], _out: &mut Output) -> Result<u64> {
         let target = self.target.addr.ip();
-        if drop.endpoints().any(|(addr, _)| addr == target) {
+        let kept = self
+            .conntrack
+            .drop_where(raw, |drop| drop.endpoints().any(|(addr, _)| addr == target))?;
+        if let Some(drop) = kept {
             if self.drops.len() == MAX_KEPT_DROPS {
                 self.drops.pop_front();
                 self.evicted += 1;
