@@ -347,13 +347,19 @@ fn answer_to(message: &[u8], ipv6: bool, id: u16) -> Option<Outcome> {
     if !is_error {
         return None;
     }
-    // The error quotes the request's headers after its own 8 bytes.
+    // The error quotes the offending packet's headers after its own 8 bytes: ours only if it
+    // is an echo request (bytes 4..6 of a quoted UDP or TCP header are something else).
     let quoted = icmp.get(8..)?;
-    let quoted_icmp = if ipv6 {
-        quoted.get(40..)?
+    let (quoted_proto, quoted_icmp, request) = if ipv6 {
+        (*quoted.get(6)?, quoted.get(40..)?, 128)
     } else {
-        quoted.get(usize::from(quoted.first()? & 0x0f) * 4..)?
+        let header = usize::from(quoted.first()? & 0x0f) * 4;
+        (*quoted.get(9)?, quoted.get(header..)?, 8)
     };
+    let icmp_proto = if ipv6 { 58 } else { 1 };
+    if quoted_proto != icmp_proto || *quoted_icmp.first()? != request {
+        return None;
+    }
     (echo_id(quoted_icmp)? == id).then_some(Outcome::Unreachable {
         icmp_type: kind,
         code,
@@ -434,12 +440,25 @@ mod tests {
         reply.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 1]);
         assert_eq!(answer_to(&reply, false, 0x1234), Some(Outcome::Ok));
         assert_eq!(answer_to(&reply, false, 0x1235), None);
-        // Destination unreachable (3/1) quoting the request.
+        // Destination unreachable (3/1) quoting a packet (its IP protocol at byte 9).
         let mut error = vec![0x45];
         error.resize(20, 0);
         error.extend_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0, 0x45]);
         error.resize(48, 0);
-        error.extend_from_slice(&request);
+        let quoting = |quoted: &[u8], proto: u8| {
+            let mut e = error.clone();
+            e[28 + 9] = proto;
+            e.extend_from_slice(quoted);
+            e
+        };
+        // A UDP datagram whose length field (bytes 4..6) happens to be the id is not ours,
+        // nor is a quoted echo reply.
+        let udp = quoting(&[0x9c, 0x40, 0, 53, 0x12, 0x34, 0, 0], 17);
+        assert_eq!(answer_to(&udp, false, 0x1234), None);
+        let mut reply_quoted = request.clone();
+        reply_quoted[0] = 0;
+        assert_eq!(answer_to(&quoting(&reply_quoted, 1), false, 0x1234), None);
+        let error = quoting(&request, 1);
         assert_eq!(
             answer_to(&error, false, 0x1234),
             Some(Outcome::Unreachable {
