@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
     sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
@@ -13,7 +13,7 @@ use std::{
 use serde::Serialize;
 
 use super::target::{Kind, Target};
-use crate::clock::Clock;
+use crate::{clock::Clock, kernel::sockets};
 
 /// How a probe ended, as the socket saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -134,28 +134,12 @@ fn raw_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// The socket's own address (`getsockname`), once the kernel chose one.
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: valid fd; the buffer and its length match.
-    cvt(unsafe { libc::getsockname(fd, (&raw mut storage).cast(), &mut len) }).ok()?;
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in.
-            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
-                .filter(|a| !a.ip().is_unspecified())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const storage).cast()) };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
-                .filter(|a| !a.ip().is_unspecified())
-        }
-        _ => None,
-    }
+    // SAFETY: `fd` is open for the duration of this call (its OwnedFd is the caller's).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    sockets::address(fd, libc::getsockname)?
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified())
 }
 
 fn connect(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {

@@ -108,20 +108,17 @@ pub struct Subject {
 impl Subject {
     fn label(&self) -> String {
         if let Some(pod) = &self.pod {
-            return pod_name(pod);
+            return pod.qualified_name();
         }
         if !self.host_network_pods.is_empty() {
-            let pods: Vec<String> = self.host_network_pods.iter().map(pod_name).collect();
+            let pods: Vec<String> = self
+                .host_network_pods
+                .iter()
+                .map(Pod::qualified_name)
+                .collect();
             return format!("host (hostNetwork: {})", pods.join(", "));
         }
         format!("netns {}", self.netns)
-    }
-}
-
-fn pod_name(pod: &Pod) -> String {
-    match (&pod.namespace, &pod.name) {
-        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
-        _ => format!("uid {}", pod.uid),
     }
 }
 
