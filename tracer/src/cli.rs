@@ -536,6 +536,11 @@ pub struct ProbeArgs {
     /// UDP: the reply that means success (default: any reply).
     #[arg(long, value_name = "TEXT")]
     pub expect: Option<String>,
+
+    /// Ring buffer size for the drop records, in MiB (a power of two): raise it when a line
+    /// says records were lost.
+    #[arg(long, default_value_t = 8, value_name = "MIB", value_parser = parse_buffer_mb)]
+    pub buffer_mb: u32,
 }
 
 #[cfg(test)]
