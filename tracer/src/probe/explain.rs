@@ -151,7 +151,13 @@ impl SeenDrop {
         let packet = drop
             .tcp_flags
             .clone()
-            .or_else(|| drop.icmp.and_then(|i| i.name).map(str::to_string))
+            // The packet's own ICMP type: the entry's is its original direction's.
+            .or_else(|| {
+                drop.packet_icmp
+                    .or(drop.icmp)
+                    .and_then(|i| i.name)
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| format!("{} packet", drop.proto.as_deref().unwrap_or("?")));
         Self {
             class: drop.class,
@@ -347,7 +353,7 @@ mod tests {
         enrich::identity::Identities,
         kernel::btf::KernelBtf,
         tracers::{
-            conntrack::{ConntrackOptions, ConntrackTracer},
+            conntrack::{flow::Icmp, ConntrackOptions, ConntrackTracer},
             samples::{bytes, ipv6_rule_drop},
         },
     };
@@ -418,6 +424,13 @@ mod tests {
             ..probe
         };
         assert!(!elsewhere.matches(&drop));
+        // An echo reply dropped: its entry's original tuple is the echo request's.
+        let mut reply = drop.clone();
+        reply.icmp = Some(Icmp::new(ICMPV6, 128, 0, Some(7)));
+        reply.packet_icmp = Some(Icmp::new(ICMPV6, 129, 0, Some(7)));
+        assert_eq!(SeenDrop::of(&reply).packet, "echo-reply");
+        reply.packet_icmp = None;
+        assert_eq!(SeenDrop::of(&reply).packet, "echo-request");
         let seen = SeenDrop::of(&drop);
         assert_eq!(
             seen.text(),

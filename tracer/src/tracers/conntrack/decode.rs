@@ -164,6 +164,10 @@ pub struct ConntrackDrop {
     /// When the kernel dropped it (CLOCK_MONOTONIC), to tell which probe's it can be.
     #[serde(skip)]
     pub ktime_ns: u64,
+    /// ICMP type and code of the dropped packet itself (`icmp` is the entry's original
+    /// direction: an echo reply's entry says echo request).
+    #[serde(skip)]
+    pub packet_icmp: Option<Icmp>,
 }
 
 impl ConntrackDrop {
@@ -219,6 +223,7 @@ impl ConntrackDrop {
             flow: orig,
             nat: nat_dst.into_iter().chain(nat_src).collect(),
             ktime_ns: ev.header.ktime_ns,
+            packet_icmp: packet.icmp,
             reply,
         }
     }

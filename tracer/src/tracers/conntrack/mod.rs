@@ -8,7 +8,7 @@
 //! one of the same namespace and CPU classifies the packet.
 
 mod decode;
-mod flow;
+pub mod flow;
 mod stats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
