@@ -3,11 +3,7 @@
 //! the kernel counted (nft rule counters), each failure's explanation against where the drop
 //! was made.
 
-use std::{
-    net::TcpListener,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::TcpListener, process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_tests::{net::*, tracer, tracer_bin, TracerOutput, TracerRun};
@@ -85,24 +81,11 @@ fn inodes(namespaces: &[&Netns]) -> String {
     inodes.join(",")
 }
 
-/// `tracer probe ARGS --json` to its end.
+/// `tracer probe ARGS --json` to its end (killed, and the test failed, after 120 s).
 fn probe(args: &[&str]) -> TracerOutput {
     let mut all = vec!["probe", "--json"];
     all.extend_from_slice(args);
-    let out = tracer(&all);
-    let stdout: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    TracerOutput {
-        status: out.status,
-        objects: stdout
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    TracerRun::start(&all).wait()
 }
 
 fn line_of<'a>(out: &'a TracerOutput, ns: &Netns) -> &'a Value {
@@ -172,7 +155,7 @@ fn tcp_probe_tells_ok_a_rule_drop_in_the_clients_namespace_and_no_reply() {
         lost["explanation"]
             .as_str()
             .unwrap()
-            .starts_with("no reply, no drop on this node"),
+            .starts_with("no reply, and netfilter dropped none of its packets"),
         "{lost:#}"
     );
 
@@ -182,7 +165,6 @@ fn tcp_probe_tells_ok_a_rule_drop_in_the_clients_namespace_and_no_reply() {
         (&1.into(), &2.into(), &1.into()),
         "{summary:#}"
     );
-    drop(s.server);
 }
 
 #[test]
@@ -262,7 +244,6 @@ fn two_hundred_namespaces_at_sixteen_at_a_time_end_within_twice_the_timeout() {
     }
     let all: Vec<&Netns> = namespaces.iter().collect();
     let timeout = Duration::from_secs(3);
-    let started = Instant::now();
     let out = probe(&[
         "icmp://127.0.0.1",
         "--timeout",
@@ -272,9 +253,11 @@ fn two_hundred_namespaces_at_sixteen_at_a_time_end_within_twice_the_timeout() {
         "--netns",
         &inodes(&all),
     ]);
-    let took = started.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(out.of_type("probe").len(), COUNT);
+    // The run's own duration, from the programs' attachment: start-up (BTF, loading) is not
+    // the probes'.
+    let took = Duration::from_secs_f64(out.summary()["duration_s"].as_f64().unwrap());
     assert!(took < 2 * timeout, "took {took:?}");
     eprintln!("{COUNT} namespaces, {DROPPING} timing out, in {took:?}");
     for (i, ns) in namespaces.iter().enumerate() {
@@ -362,42 +345,32 @@ fn a_namespace_gone_before_its_turn_is_reported_and_the_scan_goes_on() {
     assert_eq!(out.summary()["errors"], 1);
 }
 
-/// Runs `args` inside the network namespace of `pid` (a pod's).
-fn in_netns_of(pid: u32, args: &[&str], stdin: Option<&str>) {
-    let net = format!("--net=/proc/{pid}/ns/net");
-    let mut child = Command::new("nsenter")
-        .arg(&net)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nsenter");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
-    }
-    drop(input);
-    assert!(child.wait().unwrap().success(), "{args:?} in {pid}'s netns");
-}
-
-/// The rule counter `name` in the namespace of `pid`.
-fn nft_counter_of(pid: u32, name: &str) -> u64 {
-    let out = Command::new("nsenter")
-        .args([
-            &format!("--net=/proc/{pid}/ns/net"),
-            "nft",
-            "list",
-            "ruleset",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("comment \"{name}\"")))
-        .unwrap_or_else(|| panic!("no rule {name}: {text}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = words.iter().position(|w| *w == "packets").unwrap();
-    words[at + 1].parse().unwrap()
+#[test]
+fn a_netns_inode_nobody_holds_is_an_error_line_and_fails_the_run() {
+    let s = site();
+    let target = format!("{SERVER}:{PORT}");
+    // Inode 1 is never a network namespace's.
+    let list = format!("{},1", s.ok.inode());
+    let out = probe(&[&target, "--timeout", "2s", "--netns", &list]);
+    assert_eq!(line_of(&out, &s.ok)["status"], "ok", "{}", out.stderr);
+    let missing: Vec<&Value> = out
+        .of_type("probe")
+        .into_iter()
+        .filter(|p| p["netns"] == 1)
+        .collect();
+    assert_eq!(missing.len(), 1, "{:#?}", out.objects);
+    assert_eq!(missing[0]["status"], "error", "{:#}", missing[0]);
+    assert!(
+        missing[0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("no network namespace with inode 1"),
+        "{:#}",
+        missing[0]
+    );
+    assert_eq!(out.summary()["errors"], 1);
+    // An error is not a pass: the namespace was not probed.
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
 }
 
 #[test]
@@ -405,7 +378,6 @@ fn every_pod_of_a_cri_node_is_probed_and_named_hostnetwork_pods_once_as_the_node
     use std::os::unix::fs::MetadataExt as _;
     use tracer_tests::cri::CriNode;
 
-    const GATEWAY: &str = "10.213.0.1";
     let mut node = CriNode::up();
     let pods = [
         node.run_pod("probe-test", "web", false),
@@ -418,45 +390,47 @@ fn every_pod_of_a_cri_node_is_probed_and_named_hostnetwork_pods_once_as_the_node
     for pod in pods.iter().chain([&agent, &elsewhere]) {
         pids.push(node.start_container(pod, "app", &["sleep", "3600"]).pid);
     }
+    let gateway = node.gateway().to_string();
     let netns_of = |pid: u32| {
         std::fs::metadata(format!("/proc/{pid}/ns/net"))
             .unwrap()
             .ino()
     };
-    in_netns_of(
-        pids[1],
-        &["nft", "-f", "-"],
-        Some(&format!(
+    let netns_path = |pid: u32| format!("/proc/{pid}/ns/net");
+    nft_in(
+        &netns_path(pids[1]),
+        &format!(
             "table inet probe_test {{\n chain out {{\n type filter hook output priority 0;\n \
              tcp dport {PORT} counter drop comment \"probe-block\"\n }}\n}}\n"
-        )),
+        ),
     );
     // The lost pod's packets to the gateway leave from an address the node has no route to.
-    in_netns_of(
-        pids[2],
-        &["ip", "addr", "add", "10.214.0.7/32", "dev", "eth0"],
-        None,
+    let lost_netns = netns_path(pids[2]);
+    run_in(
+        &lost_netns,
+        "ip",
+        &["addr", "add", "10.214.0.7/32", "dev", "eth0"],
     );
-    in_netns_of(
-        pids[2],
+    run_in(
+        &lost_netns,
+        "ip",
         &[
-            "ip",
             "route",
             "replace",
-            GATEWAY,
+            &gateway,
             "dev",
             "eth0",
             "src",
             "10.214.0.7",
         ],
-        None,
     );
-    let _listener = tracer_tests::in_netns(&node.netns_path(), || {
-        TcpListener::bind((GATEWAY, PORT)).expect("listen on the node's bridge")
+    let listen = (node.gateway(), PORT);
+    let _listener = tracer_tests::in_netns(&node.netns_path(), move || {
+        TcpListener::bind(listen).expect("listen on the node's bridge")
     });
 
     let out = probe(&[
-        &format!("{GATEWAY}:{PORT}"),
+        &format!("{gateway}:{PORT}"),
         "--timeout",
         "2s",
         "--namespace",
@@ -477,7 +451,10 @@ fn every_pod_of_a_cri_node_is_probed_and_named_hostnetwork_pods_once_as_the_node
     assert_eq!(blocked["netns"], netns_of(pids[1]), "{blocked:#}");
     assert_eq!(blocked["status"], "fail", "{blocked:#}");
     let drops = blocked["drops"].as_array().unwrap();
-    assert_eq!(drops.len() as u64, nft_counter_of(pids[1], "probe-block"));
+    assert_eq!(
+        drops.len() as u64,
+        nft_counter_in(&netns_path(pids[1]), "probe-block")
+    );
     for drop in drops {
         assert_eq!(drop["class"], "rule", "{blocked:#}");
         assert_eq!(drop["netns"], netns_of(pids[1]), "{blocked:#}");

@@ -40,6 +40,9 @@ pub const IMAGE: &str = "localhost/tracer-test/busybox:1";
 /// The CNI network's subnet: private, and only inside the node's own network namespace.
 const SUBNET: &str = "10.213.0.0/24";
 
+/// The CNI bridge; it lives in the node's own netns, so one name serves every node.
+const BRIDGE: &str = "tracer-cri0";
+
 /// Directories containerd 1.6 and libcni create outside their configured roots (shim sockets,
 /// runc state on cleanup paths, the CNI result cache), children first. The node removes those
 /// that did not exist before it came up, once they are empty.
@@ -317,6 +320,30 @@ impl CriNode {
         format!("/run/netns/{}", self.footprint.name())
     }
 
+    /// The pods' gateway: the IPv4 address the CNI bridge plugin gave the bridge, read from
+    /// the node's namespace (there once a pod has been set up).
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                self.footprint.name(),
+                "-j",
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                BRIDGE,
+            ])
+            .output()
+            .expect("ip addr show");
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ip -j addr show dev {BRIDGE}: {e}"));
+        links[0]["addr_info"][0]["local"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no IPv4 address on {BRIDGE} (no pod set up yet?): {links}"))
+    }
+
     /// The cgroup every pod of this node goes below, as a kubelet's `--cgroup-root`.
     fn cgroup_root(&self) -> String {
         format!("/{}", self.footprint.name)
@@ -334,8 +361,7 @@ impl CriNode {
             .map_err(|e| e.to_string())?;
         run(Command::new("ip").args(["netns", "add", &name]))?;
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
-        // The bridge lives in the node's own netns, so one name serves every node.
-        let bridge = "tracer-cri0";
+        let bridge = BRIDGE;
         let cni = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": name,

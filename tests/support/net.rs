@@ -62,18 +62,7 @@ impl Netns {
 
     /// Loads an nft ruleset inside the namespace.
     pub fn nft(&self, ruleset: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ruleset.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
+        nft_in(&self.path(), ruleset);
     }
 
     /// Runs `f` on a thread inside the namespace: sockets it creates belong to the namespace.
@@ -118,22 +107,7 @@ impl Netns {
     /// Packets the nft rule with `comment "NAME"` counted (its `counter`), read from the
     /// kernel's ruleset inside the namespace.
     pub fn nft_counter(&self, name: &str) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "list", "ruleset"])
-            .output()
-            .expect("nft list ruleset");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let tag = format!("comment \"{name}\"");
-        let line = text
-            .lines()
-            .find(|l| l.contains(&tag))
-            .unwrap_or_else(|| panic!("no rule {tag} in:\n{text}"));
-        let mut words = line.split_whitespace();
-        words
-            .find(|w| *w == "packets")
-            .and_then(|_| words.next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no counter in `{line}`"))
+        nft_counter_in(&self.path(), name)
     }
 
     /// The namespace's conntrack counters summed over CPUs, read by the kernel's own
@@ -175,6 +149,52 @@ pub fn run(program: &str, args: &[&str]) {
         "{program} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `nsenter --net=PATH PROGRAM ARGS`: runs a command inside the network namespace at `path`
+/// (a bind mount or `/proc/PID/ns/net`).
+pub fn run_in(path: &str, program: &str, args: &[&str]) {
+    let net = format!("--net={path}");
+    let mut all = vec![net.as_str(), program];
+    all.extend_from_slice(args);
+    run("nsenter", &all);
+}
+
+/// Loads an nft ruleset inside the network namespace at `path`.
+pub fn nft_in(path: &str, ruleset: &str) {
+    let mut child = Command::new("nsenter")
+        .args([&format!("--net={path}"), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ruleset.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
+}
+
+/// Packets the nft rule with `comment "NAME"` counted (its `counter`), read from the
+/// kernel's ruleset inside the network namespace at `path`.
+pub fn nft_counter_in(path: &str, name: &str) -> u64 {
+    let out = Command::new("nsenter")
+        .args([&format!("--net={path}"), "nft", "list", "ruleset"])
+        .output()
+        .expect("nft list ruleset");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tag = format!("comment \"{name}\"");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&tag))
+        .unwrap_or_else(|| panic!("no rule {tag} in:\n{text}"));
+    let mut words = line.split_whitespace();
+    words
+        .find(|w| *w == "packets")
+        .and_then(|_| words.next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in `{line}`"))
 }
 
 /// A veth pair between two namespaces, with an address on each end.

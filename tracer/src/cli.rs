@@ -190,10 +190,13 @@ pub enum Command {
             Meanwhile the conntrack-drops programs are attached, and each failure is explained by \
             the drops of its own flow: dropped by a rule in which namespace, a lost conntrack \
             insert race, a full table; else the error (no route, refused), or no reply and no \
-            drop on this node (the problem is elsewhere). A pod with hostNetwork has no namespace \
+            netfilter drop of its packets on this node (look beyond the node; or records \
+            were lost, which the line says). A pod with hostNetwork has no namespace \
             of its own: the node's is probed once for all of them.\n\n\
-            One line per namespace, then a summary (ok, failed, unexplained). Exit code 1 when \
-            any probe failed.",
+            One line per namespace, then a summary (ok, failed, unexplained).\n\n\
+            Exit codes: 0 every selected namespace reached TARGET; 1 a probe failed, could not \
+            be made (error), or did not finish (interrupted, duration limit); 2 bad usage or \
+            the scan could not start.",
         after_help = "Examples:\n  \
             tracer probe 100.100.100.200:80                  every pod to the metadata service\n  \
             tracer probe udp://10.96.0.10:53 --namespace shop  pods of namespace shop to a UDP port\n  \
@@ -589,6 +592,17 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// The longest `tracer probe --timeout`: a probe waits for one connection or reply.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn parse_probe_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_positive_duration(text)?;
+    if duration > MAX_PROBE_TIMEOUT {
+        return Err("must be at most 1h (a probe waits for one connection or reply)".into());
+    }
+    Ok(duration)
+}
+
 #[derive(Debug, Args)]
 pub struct ConntrackArgs {
     #[command(flatten)]
@@ -639,8 +653,8 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// How long each probe waits for its connection or reply.
-    #[arg(long, default_value = "4s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    /// How long each probe waits for its connection or reply (at most 1h).
+    #[arg(long, default_value = "4s", value_parser = parse_probe_timeout, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Probes at a time.
@@ -665,6 +679,11 @@ pub struct ProbeArgs {
     /// UDP: the reply that means success (default: any reply).
     #[arg(long, value_name = "TEXT")]
     pub expect: Option<String>,
+
+    /// Ring buffer size for the drop records, in MiB (a power of two): raise it when a line
+    /// says records were lost.
+    #[arg(long, default_value_t = 8, value_name = "MIB", value_parser = parse_buffer_mb)]
+    pub buffer_mb: u32,
 }
 
 #[cfg(test)]
@@ -697,6 +716,15 @@ mod tests {
         assert!(parse_pid("0").unwrap_err().contains("leave out --pid"));
         assert!(parse_netns("0").unwrap_err().contains("leave out --netns"));
         assert!(parse_sender_pid("-1").is_err());
+    }
+
+    #[test]
+    fn probe_timeout_is_positive_and_at_most_an_hour() {
+        assert_eq!(parse_probe_timeout("4s"), Ok(Duration::from_secs(4)));
+        assert_eq!(parse_probe_timeout("1h"), Ok(MAX_PROBE_TIMEOUT));
+        assert!(parse_probe_timeout("1h 1s").is_err());
+        assert!(parse_probe_timeout("100000000000000s").is_err());
+        assert!(parse_probe_timeout("0s").is_err());
     }
 
     #[test]

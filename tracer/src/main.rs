@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 output::Format::Human
             },
-            buffer_mb: 8,
+            buffer_mb: args.buffer_mb,
         }),
         Command::Report { file, json } => {
             report::print(&file, json)?;

@@ -164,9 +164,10 @@ pub async fn run(
                 if identities.refresh_if_due() {
                     tracer.identities_refreshed();
                 }
+                let lost_now = read_lost(&lost);
+                tracer.records_lost(lost_now.iter().sum());
                 stats.events += tracer.flush(out, false)?;
                 out.flush().context("writing events")?;
-                let lost_now = read_lost(&lost);
                 out.tick(&lost_now);
                 let now = lost_now.iter().sum::<u64>();
                 if now > lost_reported {
@@ -189,6 +190,7 @@ pub async fn run(
         .map_or(u64::MAX, |n| n.saturating_sub(stats.events));
     stats.events += drain(ring.get_mut(), tracer, out, room, None)?.events;
     if stats.stopped_by != "count" {
+        tracer.records_lost(read_lost(&lost).iter().sum());
         stats.events += tracer.flush(out, true)?;
     }
     out.flush().context("writing events")?;

@@ -76,9 +76,14 @@ pub struct Pod {
 impl Pod {
     /// `pod shop/web`, or `pod uid U` when the runtime did not name it.
     pub fn label(&self) -> String {
+        format!("pod {}", self.qualified_name())
+    }
+
+    /// `namespace/name`, or `uid UID` before the pod's names are known.
+    pub fn qualified_name(&self) -> String {
         match (&self.namespace, &self.name) {
-            (Some(namespace), Some(name)) => format!("pod {namespace}/{name}"),
-            _ => format!("pod uid {}", self.uid),
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+            _ => format!("uid {}", self.uid),
         }
     }
 }

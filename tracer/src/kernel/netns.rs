@@ -141,13 +141,15 @@ pub fn in_namespace<T: Send>(
     }
     // Only this short-lived thread changes namespace; the tracer's own threads stay put.
     std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {}", path.display()))?;
-            read()
-        })
-        .join()
-        .map_err(|_| anyhow!("reading namespace {inode}: the reader thread panicked"))?
+        std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering {}", path.display()))?;
+                read()
+            })
+            .with_context(|| format!("starting a thread to enter namespace {inode}"))?
+            .join()
+            .map_err(|_| anyhow!("reading namespace {inode}: the reader thread panicked"))?
     })
 }
 

@@ -77,7 +77,7 @@ fn int_opt(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> Option<
 }
 
 /// getsockname/getpeername, printed.
-fn address(
+pub fn address(
     fd: BorrowedFd<'_>,
     get: unsafe extern "C" fn(
         libc::c_int,

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
     sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
@@ -13,6 +13,7 @@ use std::{
 use serde::Serialize;
 
 use super::target::{Kind, Target};
+use crate::{clock::Clock, kernel::sockets};
 
 /// How a probe ended, as the socket saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,15 +43,21 @@ pub struct Attempt {
     pub outcome: Outcome,
     /// From the first packet to the outcome.
     pub elapsed: Duration,
+    /// CLOCK_MONOTONIC (the kernel's event clock) before the first packet and after the
+    /// outcome.
+    pub window: (u64, u64),
 }
 
 /// Runs `target`'s probe in the calling thread's namespace, for at most `timeout`.
 pub fn probe(target: &Target, timeout: Duration) -> io::Result<Attempt> {
-    match &target.kind {
+    let start = Clock::monotonic_now_ns();
+    let mut attempt = match &target.kind {
         Kind::Tcp => tcp(target.addr, timeout),
         Kind::Udp { payload, expect } => udp(target.addr, payload, expect.as_deref(), timeout),
         Kind::Icmp => icmp(target.addr.ip(), timeout),
-    }
+    }?;
+    attempt.window = (start, Clock::monotonic_now_ns());
+    Ok(attempt)
 }
 
 fn errno_outcome(e: &io::Error) -> Outcome {
@@ -127,28 +134,12 @@ fn raw_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// The socket's own address (`getsockname`), once the kernel chose one.
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: valid fd; the buffer and its length match.
-    cvt(unsafe { libc::getsockname(fd, (&raw mut storage).cast(), &mut len) }).ok()?;
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in.
-            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&raw const storage).cast()) };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
-                .filter(|a| !a.ip().is_unspecified())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&raw const storage).cast()) };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::new(ip.into(), u16::from_be(sin6.sin6_port)))
-                .filter(|a| !a.ip().is_unspecified())
-        }
-        _ => None,
-    }
+    // SAFETY: `fd` is open for the duration of this call (its OwnedFd is the caller's).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    sockets::address(fd, libc::getsockname)?
+        .parse::<SocketAddr>()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified())
 }
 
 fn connect(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
@@ -188,6 +179,7 @@ fn tcp(to: SocketAddr, timeout: Duration) -> io::Result<Attempt> {
         echo_id: None,
         outcome: Outcome::Timeout,
         elapsed: Duration::ZERO,
+        window: (0, 0),
     };
     match connect(fd.as_raw_fd(), &to) {
         Ok(()) => attempt.outcome = Outcome::Ok,
@@ -232,6 +224,9 @@ fn udp(
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(any)?;
+    // Readable is not a promise of a datagram (one with a bad checksum is dropped at recv):
+    // a blocking recv would wait past the timeout.
+    socket.set_nonblocking(true)?;
     let started = Instant::now();
     let done = |socket: &UdpSocket, outcome| Attempt {
         src: socket
@@ -241,6 +236,7 @@ fn udp(
         echo_id: None,
         outcome,
         elapsed: started.elapsed(),
+        window: (0, 0),
     };
     if let Err(e) = socket.connect(to) {
         return Ok(done(&socket, errno_outcome(&e)));
@@ -265,7 +261,14 @@ fn udp(
                 };
                 return Ok(done(&socket, outcome));
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Ok(done(&socket, errno_outcome(&e))),
         }
     }
@@ -328,13 +331,19 @@ fn answer_to(message: &[u8], ipv6: bool, id: u16) -> Option<Outcome> {
     if !is_error {
         return None;
     }
-    // The error quotes the request's headers after its own 8 bytes.
+    // The error quotes the offending packet's headers after its own 8 bytes: ours only if it
+    // is an echo request (bytes 4..6 of a quoted UDP or TCP header are something else).
     let quoted = icmp.get(8..)?;
-    let quoted_icmp = if ipv6 {
-        quoted.get(40..)?
+    let (quoted_proto, quoted_icmp, request) = if ipv6 {
+        (*quoted.get(6)?, quoted.get(40..)?, 128)
     } else {
-        quoted.get(usize::from(quoted.first()? & 0x0f) * 4..)?
+        let header = usize::from(quoted.first()? & 0x0f) * 4;
+        (*quoted.get(9)?, quoted.get(header..)?, 8)
     };
+    let icmp_proto = if ipv6 { 58 } else { 1 };
+    if quoted_proto != icmp_proto || *quoted_icmp.first()? != request {
+        return None;
+    }
     (echo_id(quoted_icmp)? == id).then_some(Outcome::Unreachable {
         icmp_type: kind,
         code,
@@ -357,6 +366,7 @@ fn icmp(to: IpAddr, timeout: Duration) -> io::Result<Attempt> {
         echo_id: Some(id),
         outcome,
         elapsed: started.elapsed(),
+        window: (0, 0),
     };
     if let Err(e) = connect(fd.as_raw_fd(), &to) {
         return Ok(done(errno_outcome(&e)));
@@ -375,10 +385,21 @@ fn icmp(to: IpAddr, timeout: Duration) -> io::Result<Attempt> {
             return Ok(done(Outcome::Timeout));
         }
         // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
+            // As for UDP: never block past the deadline.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) {
                 continue;
             }
             return Ok(done(errno_outcome(&e)));
@@ -403,12 +424,25 @@ mod tests {
         reply.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 1]);
         assert_eq!(answer_to(&reply, false, 0x1234), Some(Outcome::Ok));
         assert_eq!(answer_to(&reply, false, 0x1235), None);
-        // Destination unreachable (3/1) quoting the request.
+        // Destination unreachable (3/1) quoting a packet (its IP protocol at byte 9).
         let mut error = vec![0x45];
         error.resize(20, 0);
         error.extend_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0, 0x45]);
         error.resize(48, 0);
-        error.extend_from_slice(&request);
+        let quoting = |quoted: &[u8], proto: u8| {
+            let mut e = error.clone();
+            e[28 + 9] = proto;
+            e.extend_from_slice(quoted);
+            e
+        };
+        // A UDP datagram whose length field (bytes 4..6) happens to be the id is not ours,
+        // nor is a quoted echo reply.
+        let udp = quoting(&[0x9c, 0x40, 0, 53, 0x12, 0x34, 0, 0], 17);
+        assert_eq!(answer_to(&udp, false, 0x1234), None);
+        let mut reply_quoted = request.clone();
+        reply_quoted[0] = 0;
+        assert_eq!(answer_to(&quoting(&reply_quoted, 1), false, 0x1234), None);
+        let error = quoting(&request, 1);
         assert_eq!(
             answer_to(&error, false, 0x1234),
             Some(Outcome::Unreachable {

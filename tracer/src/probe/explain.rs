@@ -24,6 +24,10 @@ const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMPV6: u8 = 58;
 
+/// Drops this long after a probe ended are still its own: a packet already on its way (a
+/// queued retransmission, a reply in flight) is dropped after the socket gave up.
+const LATE_DROP_NS: u64 = 200_000_000;
+
 /// A probe's flow, as the kernel saw its packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -32,6 +36,12 @@ pub struct Flow {
     pub dst: SocketAddr,
     /// ICMP: the echo id (conntrack's key where other protocols have ports).
     pub echo_id: Option<u16>,
+    /// When the probe ran (CLOCK_MONOTONIC, the drop records' clock): another probe's
+    /// packets of the same addresses are outside it.
+    pub window: (u64, u64),
+    /// The namespace every drop must be in, when the flow's addresses are not unique on the
+    /// node (loopback, or another namespace probed with the same source address).
+    pub netns: Option<u64>,
 }
 
 impl Flow {
@@ -47,23 +57,34 @@ impl Flow {
             src: attempt.src?,
             dst: target.addr,
             echo_id: attempt.echo_id,
+            window: attempt.window,
+            netns: None,
         })
     }
 
-    /// Whether `drop` is a packet of this flow, either way: its conntrack entry's original
-    /// tuple (or, without an entry, the packet's own) is the probe's.
+    /// Whether `drop` is a packet of this flow, either way, during the probe: its conntrack
+    /// entry's original or reply tuple (or, without an entry, the packet's own) is the probe's.
     pub fn matches(&self, drop: &ConntrackDrop) -> bool {
-        let Some(Tuple { proto, src, dst }) = drop.flow else {
+        let (start, end) = self.window;
+        if drop.ktime_ns < start || drop.ktime_ns > end.saturating_add(LATE_DROP_NS) {
             return false;
-        };
-        if proto != self.proto {
+        }
+        if self
+            .netns
+            .is_some_and(|netns| netns != u64::from(drop.netns))
+        {
             return false;
         }
         let end = |(ip, port): (IpAddr, Option<u16>), of: SocketAddr| {
             ip == of.ip() && (self.echo_id.is_some() || port == Some(of.port()))
         };
-        let same_flow = (end(src, self.src) && end(dst, self.dst))
-            || (end(src, self.dst) && end(dst, self.src));
+        // The entry's reply tuple too: where NAT rewrote the probe's flow, a namespace
+        // that saw it after the rewrite has it there.
+        let same_flow = drop.flow.into_iter().chain(drop.reply).any(|t: Tuple| {
+            t.proto == self.proto
+                && ((end(t.src, self.src) && end(t.dst, self.dst))
+                    || (end(t.src, self.dst) && end(t.dst, self.src)))
+        });
         same_flow
             && self
                 .echo_id
@@ -87,20 +108,17 @@ pub struct Subject {
 impl Subject {
     fn label(&self) -> String {
         if let Some(pod) = &self.pod {
-            return pod_name(pod);
+            return pod.qualified_name();
         }
         if !self.host_network_pods.is_empty() {
-            let pods: Vec<String> = self.host_network_pods.iter().map(pod_name).collect();
+            let pods: Vec<String> = self
+                .host_network_pods
+                .iter()
+                .map(Pod::qualified_name)
+                .collect();
             return format!("host (hostNetwork: {})", pods.join(", "));
         }
         format!("netns {}", self.netns)
-    }
-}
-
-fn pod_name(pod: &Pod) -> String {
-    match (&pod.namespace, &pod.name) {
-        (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
-        _ => format!("uid {}", pod.uid),
     }
 }
 
@@ -144,7 +162,13 @@ impl SeenDrop {
         let packet = drop
             .tcp_flags
             .clone()
-            .or_else(|| drop.icmp.and_then(|i| i.name).map(str::to_string))
+            // The packet's own ICMP type: the entry's is its original direction's.
+            .or_else(|| {
+                drop.packet_icmp
+                    .or(drop.icmp)
+                    .and_then(|i| i.name)
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| format!("{} packet", drop.proto.as_deref().unwrap_or("?")));
         Self {
             class: drop.class,
@@ -216,6 +240,7 @@ impl ProbeResult {
         target: &Target,
         attempt: Result<Attempt, String>,
         drops: Vec<SeenDrop>,
+        unseen: u64,
     ) -> Self {
         let attempt = match attempt {
             Ok(attempt) => attempt,
@@ -280,10 +305,20 @@ impl ProbeResult {
                 format!("no route: {}", errno_text(*errno)),
             ),
             (Outcome::Errno { errno, .. }, None) => (Status::Fail, true, errno_text(*errno)),
+            (Outcome::Timeout, None) if unseen > 0 => (
+                Status::Fail,
+                false,
+                format!(
+                    "no reply, no drop seen ({unseen} records lost): raise --buffer-mb, or \
+                     probe fewer namespaces at a time"
+                ),
+            ),
             (Outcome::Timeout, None) => (
                 Status::Fail,
                 false,
-                "no reply, no drop on this node: the problem is elsewhere".to_string(),
+                "no reply, and netfilter dropped none of its packets on this node: look \
+                 beyond the node"
+                    .to_string(),
             ),
         };
         Self {
@@ -374,7 +409,7 @@ mod tests {
         enrich::identity::Identities,
         kernel::btf::KernelBtf,
         tracers::{
-            conntrack::{ConntrackOptions, ConntrackTracer},
+            conntrack::{flow::Icmp, ConntrackOptions, ConntrackTracer},
             samples::{bytes, ipv6_rule_drop},
         },
     };
@@ -386,11 +421,14 @@ mod tests {
             ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
         // udp [fd00::1]:40000 -> [::1]:53.
         let drop = tracer.drop_of(&bytes(&ipv6_rule_drop())).unwrap();
+        let at = drop.ktime_ns;
         let flow = |src: &str, dst: &str| Flow {
             proto: UDP,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
             echo_id: None,
+            window: (at - 1_000, at + 1_000),
+            netns: None,
         };
         assert!(flow("[fd00::1]:40000", "[::1]:53").matches(&drop));
         assert!(flow("[::1]:53", "[fd00::1]:40000").matches(&drop));
@@ -401,6 +439,54 @@ mod tests {
             ..flow("[fd00::1]:40000", "[::1]:53")
         };
         assert!(!tcp.matches(&drop));
+        // Another probe's packets of the same addresses: before, or well after, this one.
+        let probe = flow("[fd00::1]:40000", "[::1]:53");
+        let later = Flow {
+            window: (at + 1, at + 2),
+            ..probe
+        };
+        assert!(!later.matches(&drop), "a drop before the probe started");
+        let earlier = Flow {
+            window: (at - 2 * LATE_DROP_NS, at - LATE_DROP_NS - 1),
+            ..probe
+        };
+        assert!(!earlier.matches(&drop), "a drop long after the probe ended");
+        let just_ended = Flow {
+            window: (at - 2_000, at - 1_000),
+            ..probe
+        };
+        assert!(
+            just_ended.matches(&drop),
+            "a packet in flight when it ended"
+        );
+        // Seen after DNAT: the entry's reply tuple, backend -> probe, is the probe's flow.
+        let backend = flow("[fd00::1]:40000", "[fd00::9]:5353");
+        assert!(!backend.matches(&drop));
+        let mut natted = drop.clone();
+        natted.reply = Some(Tuple {
+            proto: UDP,
+            src: ("fd00::9".parse().unwrap(), Some(5353)),
+            dst: ("fd00::1".parse().unwrap(), Some(40000)),
+        });
+        assert!(backend.matches(&natted));
+        // Loopback: the same addresses in every namespace; only the probed one's drops.
+        let here = Flow {
+            netns: Some(u64::from(drop.netns)),
+            ..probe
+        };
+        assert!(here.matches(&drop));
+        let elsewhere = Flow {
+            netns: Some(u64::from(drop.netns) + 1),
+            ..probe
+        };
+        assert!(!elsewhere.matches(&drop));
+        // An echo reply dropped: its entry's original tuple is the echo request's.
+        let mut reply = drop.clone();
+        reply.icmp = Some(Icmp::new(ICMPV6, 128, 0, Some(7)));
+        reply.packet_icmp = Some(Icmp::new(ICMPV6, 129, 0, Some(7)));
+        assert_eq!(SeenDrop::of(&reply).packet, "echo-reply");
+        reply.packet_icmp = None;
+        assert_eq!(SeenDrop::of(&reply).packet, "echo-request");
         let seen = SeenDrop::of(&drop);
         assert_eq!(
             seen.text(),
@@ -434,17 +520,27 @@ mod tests {
             echo_id: None,
             outcome: Outcome::Timeout,
             elapsed: Duration::from_secs(4),
+            window: (1, 2),
         };
         let subject = Subject {
             netns: 4026532402,
             pod: None,
             host_network_pods: Vec::new(),
         };
-        let lost = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![]);
+        let lost = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![], 0);
         assert_eq!((lost.status, lost.explained), (Status::Fail, false));
         assert!(lost
             .explanation
-            .starts_with("no reply, no drop on this node"));
+            .starts_with("no reply, and netfilter dropped none of its packets"));
+        let unseen = ProbeResult::new(subject.clone(), &target, Ok(attempt.clone()), vec![], 3);
+        assert_eq!((unseen.status, unseen.explained), (Status::Fail, false));
+        assert!(
+            unseen
+                .explanation
+                .starts_with("no reply, no drop seen (3 records lost)"),
+            "{}",
+            unseen.explanation
+        );
         let drop = SeenDrop {
             class: DropClass::Rule,
             netns: 4026532402,
@@ -453,7 +549,7 @@ mod tests {
             ct_count: None,
             ct_max: None,
         };
-        let dropped = ProbeResult::new(subject, &target, Ok(attempt), vec![drop.clone(), drop]);
+        let dropped = ProbeResult::new(subject, &target, Ok(attempt), vec![drop.clone(), drop], 0);
         assert!(dropped.explained);
         assert_eq!(
             dropped.explanation,

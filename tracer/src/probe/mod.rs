@@ -9,17 +9,18 @@ mod explain;
 pub mod target;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
     },
     time::Duration,
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::GlobalData;
 use serde_json::{json, Map, Value};
 use tracer_common::EventKind;
@@ -65,9 +66,10 @@ pub struct ProbeOptions {
 /// One namespace to probe from.
 struct Job {
     subject: Subject,
-    path: PathBuf,
-    /// The cookie a pod's namespace had when its sandbox was found: a namespace that took its
-    /// inode since is not that pod's.
+    /// Where the namespace was found; none for a `--netns` inode no process or mount holds.
+    path: Option<PathBuf>,
+    /// The cookie the namespace had when it was selected: a namespace that took its inode
+    /// since is not the one selected.
     cookie: Option<u64>,
 }
 
@@ -91,23 +93,43 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
                 pod: owner.as_ref().map(|(pod, _)| pod.clone()),
                 host_network_pods: Vec::new(),
             },
-            path: ns.path.clone(),
-            cookie: owner.map(|(_, cookie)| cookie),
+            path: Some(ns.path.clone()),
+            cookie: owner
+                .map(|(_, cookie)| cookie)
+                .or_else(|| netns::cookie_of(&ns.path, ns.inode).ok()),
         }
     };
     let mut jobs: Vec<Job> = if !options.netns.is_empty() {
-        options
+        // A missing one is that namespace's error line, not the end of the scan.
+        let jobs: Vec<Job> = options
             .netns
             .iter()
-            .map(|inode| {
-                found.get(inode).map(job).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "no network namespace with inode {inode} is held by a process or a \
-                         bind mount (see `tracer netns`)"
-                    )
-                })
+            .map(|inode| match found.get(inode) {
+                Some(ns) => job(ns),
+                None => Job {
+                    subject: Subject {
+                        netns: *inode,
+                        pod: None,
+                        host_network_pods: Vec::new(),
+                    },
+                    path: None,
+                    cookie: None,
+                },
             })
-            .collect::<Result<_>>()?
+            .collect();
+        if jobs.iter().all(|j| j.path.is_none()) {
+            bail!(
+                "no network namespace with inode {} is held by a process or a bind mount \
+                 (see `tracer netns`)",
+                options
+                    .netns
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+        }
+        jobs
     } else if options.all_netns {
         found.values().map(job).collect()
     } else {
@@ -178,52 +200,99 @@ fn sandbox_netns(dir: &Path) -> Option<u64> {
         .find_map(netns::net_ns_of)
 }
 
+fn not_held(inode: u64) -> String {
+    format!(
+        "no network namespace with inode {inode} is held by a process or a bind mount (see \
+         `tracer netns`)"
+    )
+}
+
 /// One probe inside `job`'s namespace (on a thread of its own, which alone enters it).
 fn probe_from(job: &Job, target: &Target, timeout: Duration) -> Result<attempt::Attempt, String> {
     let inode = job.subject.netns;
-    netns::in_namespace(&job.path, inode, || {
-        if job
-            .cookie
-            .is_some_and(|want| netns::own_cookie().ok() != Some(want))
-        {
-            bail!(
-                "namespace {inode} is no longer the pod's (it was torn down and its inode reused)"
-            );
+    let Some(path) = &job.path else {
+        return Err(not_held(inode));
+    };
+    let probe_in = |path: &Path| {
+        netns::in_namespace(path, inode, || {
+            if let Some(want) = job.cookie {
+                let cookie = netns::own_cookie().context("reading the namespace's cookie")?;
+                if cookie != want {
+                    bail!(
+                        "namespace {inode} is no longer the one selected (it was torn down and \
+                         its inode reused)"
+                    );
+                }
+            }
+            Ok(attempt::probe(target, timeout)?)
+        })
+    };
+    match probe_in(path) {
+        Ok(attempt) => Ok(attempt),
+        // The process whose link was chosen exited, or the mount went: the namespace may live
+        // on, held elsewhere (the cookie tells it from a namespace that took its inode).
+        Err(e) if netns::netns_file_inode(path) != Some(inode) => {
+            match netns::discover().remove(&inode) {
+                Some(ns) => probe_in(&ns.path).map_err(|e| format!("{e:#}")),
+                None => Err(format!(
+                    "namespace {inode} went away before it was probed ({e:#})"
+                )),
+            }
         }
-        Ok(attempt::probe(target, timeout)?)
-    })
-    .map_err(|e| {
-        if job.path.exists() {
-            format!("{e:#}")
-        } else {
-            format!("namespace {inode} went away before it was probed ({e:#})")
-        }
-    })
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// Starts `parallel` workers probing `jobs`; each result goes to `results` as it comes.
+/// A worker takes no new job once `stop` is set.
 fn start_workers(
     jobs: Arc<Vec<Job>>,
     target: Arc<Target>,
     timeout: Duration,
     parallel: usize,
+    stop: Arc<AtomicBool>,
     results: mpsc::Sender<(usize, Result<attempt::Attempt, String>)>,
-) {
+) -> Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
+    let mut started = 0;
     for _ in 0..parallel.min(jobs.len()) {
-        let (jobs, target, next, results) =
-            (jobs.clone(), target.clone(), next.clone(), results.clone());
-        std::thread::spawn(move || loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = jobs.get(i) else { break };
-            if results
-                .send((i, probe_from(job, &target, timeout)))
-                .is_err()
-            {
+        let (jobs, target, next, stop, results) = (
+            jobs.clone(),
+            target.clone(),
+            next.clone(),
+            stop.clone(),
+            results.clone(),
+        );
+        let worker = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                if results
+                    .send((i, probe_from(job, &target, timeout)))
+                    .is_err()
+                {
+                    break;
+                }
+            });
+        match worker {
+            Ok(_) => started += 1,
+            Err(e) if started > 0 => {
+                log::warn!(
+                    "starting probe worker {}: {e}; going on with {started}",
+                    started + 1
+                );
                 break;
             }
-        });
+            Err(e) => {
+                return Err(e).context("starting a probe worker thread (see ulimit -u)");
+            }
+        }
     }
+    Ok(())
 }
 
 /// The probe run, as the pipeline sees a tracer: the conntrack-drops tracer's programs, and
@@ -234,6 +303,8 @@ pub struct Prober {
     timeout: Duration,
     parallel: usize,
     jobs: Arc<Vec<Job>>,
+    /// Set at the end of the run: the workers take no new job.
+    stop: Arc<AtomicBool>,
     results: Option<mpsc::Receiver<(usize, Result<attempt::Attempt, String>)>>,
     /// Probes that ended, held until the ring buffer was drained once more after them: their
     /// drops are read by then.
@@ -242,6 +313,13 @@ pub struct Prober {
     drops: VecDeque<ConntrackDrop>,
     by_status: BTreeMap<&'static str, u64>,
     unexplained: u64,
+    /// The namespaces each source address was probed from: an address seen in more than one
+    /// names a flow only together with its namespace.
+    sources: BTreeMap<IpAddr, BTreeSet<u64>>,
+    /// Records lost in the ring buffer, and drops pushed out of `drops`, during the run: a
+    /// probe's drop may be among them.
+    lost: u64,
+    evicted: u64,
 }
 
 impl Prober {
@@ -252,25 +330,48 @@ impl Prober {
             timeout: options.timeout,
             parallel: options.parallel,
             jobs: Arc::new(jobs),
+            stop: Arc::new(AtomicBool::new(false)),
             results: None,
             ended: Vec::new(),
             drops: VecDeque::new(),
             by_status: BTreeMap::new(),
             unexplained: 0,
+            sources: BTreeMap::new(),
+            lost: 0,
+            evicted: 0,
         }
     }
 
+    /// Probes that did not end in a result line (interrupted, or the run's duration limit).
+    fn not_finished(&self) -> u64 {
+        (self.jobs.len() as u64).saturating_sub(self.by_status.values().sum::<u64>())
+    }
+
+    /// Whether the run cannot say that every namespace reaches the target: a probe failed,
+    /// could not be made, or never ended.
     fn failed(&self) -> bool {
-        self.by_status.get("fail").is_some_and(|n| *n > 0)
+        let count = |s: &str| self.by_status.get(s).copied().unwrap_or(0);
+        count("fail") > 0 || count("error") > 0 || self.not_finished() > 0
     }
 
     /// The line of probe `i`, with the drops of its flow.
     fn result(&self, i: usize, attempt: Result<attempt::Attempt, String>) -> ProbeResult {
         let job = &self.jobs[i];
+        let netns = job.subject.netns;
         let flow = attempt
             .as_ref()
             .ok()
-            .and_then(|a| Flow::of(&self.target, a));
+            .and_then(|a| Flow::of(&self.target, a))
+            .map(|mut flow| {
+                let shared = flow.src.ip().is_loopback()
+                    || flow.dst.ip().is_loopback()
+                    || self
+                        .sources
+                        .get(&flow.src.ip())
+                        .is_some_and(|from| from.iter().any(|n| *n != netns));
+                flow.netns = shared.then_some(netns);
+                flow
+            });
         let drops = flow
             .map(|flow| {
                 self.drops
@@ -280,7 +381,8 @@ impl Prober {
                     .collect()
             })
             .unwrap_or_default();
-        ProbeResult::new(job.subject.clone(), &self.target, attempt, drops)
+        let unseen = self.lost + self.evicted;
+        ProbeResult::new(job.subject.clone(), &self.target, attempt, drops, unseen)
     }
 }
 
@@ -314,21 +416,24 @@ impl Tracer for Prober {
             self.target.clone(),
             self.timeout,
             self.parallel,
+            self.stop.clone(),
             sender,
-        );
+        )?;
         self.results = Some(receiver);
         Ok(())
     }
 
-    fn on_record(&mut self, kind: EventKind, raw: &[u8], _out: &mut Output) -> Result<u64> {
-        if !self.conntrack.kinds().contains(&kind) {
-            bail!("the probe got a {kind:?} record");
-        }
-        let drop = self.conntrack.drop_of(raw)?;
+    /// Only drops with the target at one end (before or after NAT) are named and kept: which
+    /// probe's they are is known once the probe ends.
+    fn on_record(&mut self, _kind: EventKind, raw: &[u8], _out: &mut Output) -> Result<u64> {
         let target = self.target.addr.ip();
-        if drop.endpoints().any(|(addr, _)| addr == target) {
+        let kept = self
+            .conntrack
+            .drop_where(raw, |drop| drop.endpoints().any(|(addr, _)| addr == target))?;
+        if let Some(drop) = kept {
             if self.drops.len() == MAX_KEPT_DROPS {
                 self.drops.pop_front();
+                self.evicted += 1;
             }
             self.drops.push_back(drop);
         }
@@ -339,14 +444,26 @@ impl Tracer for Prober {
         self.conntrack.identities_refreshed();
     }
 
+    fn records_lost(&mut self, lost: u64) {
+        self.lost = lost;
+    }
+
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
         // Probes that ended before this tick's drain have their drops read: write them.
         let ready = std::mem::take(&mut self.ended);
         if let Some(results) = &self.results {
-            self.ended.extend(results.try_iter());
+            for (i, attempt) in results.try_iter() {
+                if let Some(src) = attempt.as_ref().ok().and_then(|a| a.src) {
+                    let from = self.sources.entry(src.ip()).or_default();
+                    from.insert(self.jobs[i].subject.netns);
+                }
+                self.ended.push((i, attempt));
+            }
         }
         let mut ready = ready;
         if final_flush {
+            // Interrupted or out of time: no probe starts that would not be written.
+            self.stop.store(true, Ordering::Relaxed);
             ready.append(&mut self.ended);
         }
         let written = ready.len() as u64;
@@ -370,7 +487,6 @@ impl Tracer for Prober {
 
     fn summarize(&self, summary: &mut Map<String, Value>) {
         let count = |s: &str| self.by_status.get(s).copied().unwrap_or(0);
-        let probed = self.by_status.values().sum::<u64>();
         summary.insert("target".into(), json!(self.target.endpoint()));
         summary.insert("proto".into(), json!(self.target.kind.name()));
         summary.insert("namespaces".into(), json!(self.jobs.len()));
@@ -378,14 +494,12 @@ impl Tracer for Prober {
         summary.insert("failed".into(), json!(count("fail")));
         summary.insert("unexplained".into(), json!(self.unexplained));
         summary.insert("errors".into(), json!(count("error")));
-        summary.insert(
-            "not_finished".into(),
-            json!(self.jobs.len() as u64 - probed),
-        );
+        summary.insert("not_finished".into(), json!(self.not_finished()));
     }
 }
 
-/// `tracer probe`: exit 1 when a selected namespace failed to reach the target.
+/// `tracer probe`: exit 1 unless every selected namespace reached the target (a failure, an
+/// error or a probe that never ended: an interrupted scan is not a clean one).
 pub fn run(options: ProbeOptions) -> Result<ExitCode> {
     let (mut prober, session) = prepare(|btf, identities| {
         let jobs = select(&options, identities)?;
@@ -408,7 +522,10 @@ pub fn run(options: ProbeOptions) -> Result<ExitCode> {
         // returned): the summary counts them as not finished.
         stop: StopWhen {
             duration: Some(
-                options.timeout * rounds.try_into().unwrap_or(u32::MAX) + Duration::from_secs(10),
+                options
+                    .timeout
+                    .saturating_mul(rounds.try_into().unwrap_or(u32::MAX))
+                    .saturating_add(Duration::from_secs(10)),
             ),
             count: Some(prober.jobs.len() as u64),
         },
@@ -420,4 +537,53 @@ pub fn run(options: ProbeOptions) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::btf::KernelBtf;
+
+    fn prober(jobs: usize) -> Prober {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let identities = Identities::new();
+        let conntrack =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &identities).unwrap();
+        let job = |netns| Job {
+            subject: Subject {
+                netns,
+                pod: None,
+                host_network_pods: Vec::new(),
+            },
+            path: Some(PathBuf::from("/proc/self/ns/net")),
+            cookie: None,
+        };
+        let options = ProbeOptions {
+            target: Target::parse("127.0.0.1:1", None, None).unwrap(),
+            timeout: Duration::from_secs(1),
+            parallel: 1,
+            all_netns: false,
+            netns: Vec::new(),
+            workload: Selector::default(),
+            format: Format::Json,
+            buffer_mb: 8,
+        };
+        Prober::new(conntrack, (0..jobs as u64).map(job).collect(), &options)
+    }
+
+    #[test]
+    fn only_a_finished_scan_of_ok_probes_succeeds() {
+        let mut prober = prober(2);
+        prober.by_status.insert("ok", 1);
+        assert!(prober.failed(), "a probe that never ended is not a success");
+        assert_eq!(prober.not_finished(), 1);
+        prober.by_status.insert("ok", 2);
+        assert!(!prober.failed());
+        prober.by_status.insert("ok", 1);
+        prober.by_status.insert("error", 1);
+        assert!(prober.failed(), "a namespace not probed is not a success");
+        prober.by_status.insert("error", 0);
+        prober.by_status.insert("fail", 1);
+        assert!(prober.failed());
+    }
 }

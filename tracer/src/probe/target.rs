@@ -145,7 +145,7 @@ mod tests {
             ("icmp", "127.0.0.1".into())
         );
         assert_eq!(
-            Target::parse("localhost:22", None, None)
+            Target::parse("127.0.0.1:22", None, None)
                 .unwrap()
                 .addr
                 .port(),

@@ -100,6 +100,10 @@ pub trait Tracer {
     /// follows it, such as a workload filter's kernel map, in step.
     fn identities_refreshed(&mut self) {}
 
+    /// The records lost so far (ring buffer full), told before each flush: a tracer that
+    /// concludes from a record's absence must know that some never arrived.
+    fn records_lost(&mut self, _lost: u64) {}
+
     /// Writes events the tracer held back (for instance to match them with a later record).
     /// `final_flush` is set once at the end of the run: then everything goes out.
     fn flush(&mut self, _out: &mut Output, _final_flush: bool) -> Result<u64> {

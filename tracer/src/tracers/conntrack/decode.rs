@@ -162,6 +162,16 @@ pub struct ConntrackDrop {
     /// Where NAT sent it, for filters.
     #[serde(skip)]
     pub nat: Vec<(IpAddr, Option<u16>)>,
+    /// The entry's reply tuple (after NAT), for filters.
+    #[serde(skip)]
+    pub reply: Option<Tuple>,
+    /// When the kernel dropped it (CLOCK_MONOTONIC), to tell which probe's it can be.
+    #[serde(skip)]
+    pub ktime_ns: u64,
+    /// ICMP type and code of the dropped packet itself (`icmp` is the entry's original
+    /// direction: an echo reply's entry says echo request).
+    #[serde(skip)]
+    pub packet_icmp: Option<Icmp>,
 }
 
 impl ConntrackDrop {
@@ -216,6 +226,9 @@ impl ConntrackDrop {
             ct_max: None,
             flow: orig,
             nat: nat_dst.into_iter().chain(nat_src).collect(),
+            ktime_ns: ev.header.ktime_ns,
+            packet_icmp: packet.icmp,
+            reply,
         }
     }
 

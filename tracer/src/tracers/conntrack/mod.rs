@@ -8,7 +8,7 @@
 //! one of the same namespace and CPU classifies the packet.
 
 pub mod decode;
-mod flow;
+pub mod flow;
 mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -313,11 +313,25 @@ impl ConntrackTracer {
     }
 
     /// One record as a classified, named drop, counted in the summary: what `on_record`
-    /// writes, and what `tracer probe` matches with its probes' flows.
+    /// writes.
     pub fn drop_of(&mut self, raw: &[u8]) -> Result<ConntrackDrop> {
+        self.drop_where(raw, |_| true)
+            .map(|drop| drop.expect("every drop is kept"))
+    }
+
+    /// As [`Self::drop_of`], for the drops `keep` wants (it sees the decoded flow only): the
+    /// others are neither named nor counted. What `tracer probe` matches with its probes.
+    pub fn drop_where(
+        &mut self,
+        raw: &[u8],
+        keep: impl FnOnce(&ConntrackDrop) -> bool,
+    ) -> Result<Option<ConntrackDrop>> {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
+        if !keep(&drop) {
+            return Ok(None);
+        }
         drop.pod = self.identities.lock().pod_of_netns(
             ev.netns_inum.into(),
             ev.net_cookie,
@@ -332,7 +346,7 @@ impl ConntrackTracer {
         tally.cookie = ev.net_cookie;
         *tally.drops.entry(class.name()).or_default() += 1;
         *self.by_class.entry(class.name()).or_default() += 1;
-        Ok(drop)
+        Ok(Some(drop))
     }
 
     /// Per namespace: the tracer's drops beside the kernel's own counter growth over the run.
@@ -432,6 +446,27 @@ mod tests {
         output::Format,
         tracers::samples::{bytes, ipv6_rule_drop, objects},
     };
+
+    #[test]
+    fn a_drop_not_kept_is_neither_named_nor_counted() {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let mut tracer =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
+        let raw = bytes(&ipv6_rule_drop());
+        let mut seen = None;
+        let kept = tracer
+            .drop_where(&raw, |drop| {
+                seen = drop.flow;
+                false
+            })
+            .unwrap();
+        assert!(kept.is_none());
+        assert!(seen.is_some(), "the filter sees the decoded flow");
+        assert!(tracer.by_class.is_empty() && tracer.tally.is_empty());
+        let kept = tracer.drop_where(&raw, |_| true).unwrap().unwrap();
+        assert_eq!(kept.flow, seen);
+        assert_eq!(tracer.by_class.get("rule"), Some(&1));
+    }
 
     #[test]
     fn a_recorded_ipv6_rule_drop_decodes_into_its_flow() {
