@@ -451,7 +451,7 @@ pub struct NetnsArgs {
     pub pods: PodNetnsArgs,
 }
 
-/// Which pods' network namespaces a command looks at (`netns`, `probe`).
+/// Which pods' network namespaces a command looks at (`conntrack-drops`, `netns`, `probe`).
 #[derive(Debug, Args)]
 pub struct PodNetnsArgs {
     /// Only the network namespace of this pod (its sandbox's): a name or a glob (`web-*`).
@@ -632,16 +632,9 @@ pub struct ConntrackArgs {
     #[arg(long)]
     pub conntrack_only: bool,
 
-    /// Only drops in the network namespace of this pod: a name or a glob (`web-*`).
-    #[arg(long, value_name = "NAME|GLOB", value_parser = NamePattern::parse)]
-    pub pod: Option<NamePattern>,
-
-    #[arg(long, value_name = "NAME", help = WORKLOAD_HELP)]
-    pub workload: Option<String>,
-
-    /// Only drops in the network namespaces of pods in this namespace.
-    #[arg(long, value_name = "NS")]
-    pub namespace: Option<String>,
+    /// Only drops in these pods' network namespaces.
+    #[command(flatten)]
+    pub pods: PodNetnsArgs,
 }
 
 #[derive(Debug, Args)]

@@ -91,12 +91,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 host: args.host,
                 net: args.net,
                 conntrack_only: args.conntrack_only,
-                workload: Selector {
-                    container: None,
-                    pod: args.pod,
-                    namespace: args.namespace,
-                    workload: args.workload,
-                },
+                workload: args.pods.selector(),
             };
             let (mut tracer, session) =
                 prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;
