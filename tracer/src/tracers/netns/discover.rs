@@ -9,22 +9,23 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    ffi::OsStr,
     fs::{self, File},
     os::{
         fd::{AsFd as _, AsRawFd as _, BorrowedFd},
-        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+        unix::fs::MetadataExt as _,
     },
-    path::{Path, PathBuf},
+    path::Path,
 };
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
     clock::Clock,
     kernel::{
         netns::{
-            net_ns_link, netns_file_inode, netns_mounts_of, process_namespaces, socket_netns_cookie,
+            net_ns_link, netns_file_inode, netns_mounts_of, open_netns, open_netns_in_root,
+            process_namespaces, socket_netns_cookie,
         },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
         sockets::{describe, socket_netns, SocketInfo},
@@ -86,15 +87,14 @@ pub struct BindMount {
 }
 
 impl BindMount {
-    /// A path to it from this process: its own path, or through the root of a process of its
-    /// mount namespace.
-    pub fn reach(&self) -> PathBuf {
+    /// The namespace file it mounts, opened if it is still namespace `inode`: by its own path,
+    /// or resolved inside the root of a process of its mount namespace.
+    pub fn open(&self, inode: u64) -> anyhow::Result<File> {
+        let point = path_of(&self.raw);
         if self.own {
-            path_of(&self.raw)
+            open_netns(&point, inode)
         } else {
-            let mut path = PathBuf::from(format!("/proc/{}/root", self.pid)).into_os_string();
-            path.push(OsStr::from_bytes(&self.raw));
-            path.into()
+            open_netns_in_root(self.pid, &point, inode)
         }
     }
 }
@@ -181,20 +181,29 @@ pub struct Found {
 }
 
 impl Found {
-    /// Paths through which the namespace can be entered, the most stable first.
-    pub fn entry_paths(&self) -> Vec<PathBuf> {
+    /// The namespace opened, each way it can be, the most stable first (lazily: the caller
+    /// stops at the first that works). Each is checked to still be this namespace.
+    pub fn ways_in(&self) -> impl Iterator<Item = anyhow::Result<File>> + '_ {
+        let inode = self.inode;
         let (own, other): (Vec<_>, Vec<_>) = self.mounts.iter().partition(|m| m.own);
-        own.iter()
-            .map(|m| m.reach())
-            .chain(self.holders.iter().map(|h| net_ns_link(h.pid)))
-            .chain(self.files.iter().map(|f| fd_path(f.pid, f.fd)))
-            .chain(other.iter().map(|m| m.reach()))
+        own.into_iter()
+            .map(move |m| m.open(inode))
+            .chain(
+                self.holders
+                    .iter()
+                    .map(move |h| open_netns(&net_ns_link(h.pid), inode)),
+            )
+            .chain(
+                self.files
+                    .iter()
+                    .map(move |f| open_netns(&fd_path(f.pid, f.fd), inode)),
+            )
+            .chain(other.into_iter().map(move |m| m.open(inode)))
             .chain(
                 self.via_socket
                     .iter()
-                    .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))),
+                    .map(|f| f.try_clone().context("duplicating a namespace fd")),
             )
-            .collect()
     }
 
     /// Its holders other than processes inside.

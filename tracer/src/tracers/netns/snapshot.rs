@@ -79,8 +79,8 @@ impl NamespaceReport {
     fn new(found: discover::Found, identities: &Identities) -> Self {
         let mut error = None;
         let mut inside = None;
-        for path in found.entry_paths() {
-            match look_inside(&path, found.inode) {
+        for netns in found.ways_in() {
+            match netns.and_then(|netns| look_inside(&netns)) {
                 Ok(i) => {
                     inside = Some(i);
                     break;
