@@ -75,7 +75,8 @@ pub struct SocketHolder {
 pub struct BindMount {
     /// The mount point, escaped for printing.
     pub path: String,
-    /// The mount namespace it is in, and a process living there.
+    /// The mount namespace it is in, and a process living there (another than the tracer,
+    /// where there is one).
     pub mount_ns: u64,
     pub pid: u32,
     /// The mount point's bytes, to open.
@@ -121,7 +122,7 @@ impl HolderRef {
         }
     }
 
-    /// `file fd 3 of cni(42)`, `bind mount /run/netns/x (mount ns 4026531841, pid 1)`.
+    /// `file fd 3 of cni(42)`, `bind mount /run/netns/x (mount ns 4026531841)`.
     pub fn describe(&self) -> String {
         let who = match (&self.comm, self.pid) {
             (Some(comm), Some(pid)) => format!(" of {comm}({pid})"),
@@ -157,12 +158,10 @@ impl BindMount {
     pub fn as_ref(&self) -> HolderRef {
         HolderRef {
             kind: "bind mount",
-            pid: Some(self.pid),
+            // The mount namespace holds it, not the process it was reached through.
+            pid: None,
             comm: None,
-            what: format!(
-                "{} (mount ns {}, pid {})",
-                self.path, self.mount_ns, self.pid
-            ),
+            what: format!("{} (mount ns {})", self.path, self.mount_ns),
         }
     }
 }
@@ -338,14 +337,16 @@ fn bind_mounts(processes: &[Process], found: &mut BTreeMap<u64, Found>) -> HashS
     }
     let mut points = HashSet::new();
     for (mnt, pids) in by_ns {
-        // Ours is named after this process; a mount namespace whose processes all left while
-        // it was read is skipped.
-        let first = (Some(mnt) == own).then_some(own_pid);
-        let Some((pid, mounts)) = first
-            .into_iter()
-            .chain(pids)
-            .find_map(|pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
-        else {
+        let Some((pid, mounts)) = (if Some(mnt) == own {
+            // Ours is read as this process sees it (its paths are opened from here), and named
+            // after another process living there when there is one.
+            let named = pids.into_iter().find(|&p| p != own_pid).unwrap_or(own_pid);
+            netns_mounts_of("self").ok().map(|m| (named, m))
+        } else {
+            // A mount namespace whose processes all left while it was read is skipped.
+            pids.into_iter()
+                .find_map(|pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
+        }) else {
             continue;
         };
         for (raw, inode) in mounts {
