@@ -75,7 +75,8 @@ pub struct NamespaceReport {
 }
 
 impl NamespaceReport {
-    /// Looks inside the namespace; `identities` names the sandbox owning it.
+    /// Looks inside the namespace; `identities` names the sandbox owning it. `found` is
+    /// consumed: a namespace file the scan opened is closed on return.
     fn new(found: discover::Found, identities: &Identities) -> Self {
         let mut error = None;
         let mut inside = None;
@@ -373,12 +374,14 @@ fn take_all(
     };
     let before = walk();
     let found = discover::all();
-    let after = walk();
-    drop(census);
+    // Each namespace the scan opened (from a socket) is closed once its report is built, and
+    // the kernel's list read after all are: the tracer holds none of them while it counts.
     let mut reports: Vec<NamespaceReport> = found
         .into_values()
         .map(|found| NamespaceReport::new(found, identities))
         .collect();
+    let after = walk();
+    drop(census);
     let kernel_error = match (before, after) {
         (Ok(before), Ok(after)) => {
             merge_kernel_list(&mut reports, &before, &after, identities);
