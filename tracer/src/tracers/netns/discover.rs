@@ -24,11 +24,11 @@ use crate::{
     clock::Clock,
     kernel::{
         netns::{
-            net_ns_link, netns_file_inode, netns_mounts_of, open_netns, open_netns_in_root,
-            process_namespaces, socket_netns_cookie,
+            net_ns_link, net_ns_of, netns_file_inode, netns_mounts_of, open_netns,
+            open_netns_in_root, process_namespaces, socket_netns_cookie,
         },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
-        sockets::{describe, socket_netns, SocketInfo},
+        sockets::{describe, namespace_socket_inodes, socket_netns, SocketInfo},
     },
     text::escape,
 };
@@ -370,6 +370,8 @@ struct Scan {
     /// Namespace inodes by cookie: `SO_NETNS_COOKIE` on a socket is one cheap getsockopt,
     /// `SIOCGSKNS` opens a file; it is asked once per namespace.
     inodes: HashMap<u64, u64>,
+    /// Sockets that could not be borrowed (EPERM, EACCES): what they hold is unknown.
+    uninspectable: usize,
 }
 
 impl Scan {
@@ -389,12 +391,26 @@ impl Scan {
     /// The fds of `process` that hold a network namespace other than its own: open namespace
     /// files and sockets. `mount_points` are the paths of nsfs bind mounts: an fd opened
     /// through one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
-    fn fd_holders(&mut self, process: &Process, mount_points: &HashSet<Vec<u8>>) {
+    /// `tables` are the socket inodes each namespace lists: a socket its own namespace lists is
+    /// not borrowed (pidfd_getfd sets the socket's net_cls/net_prio cgroup v1 tags to the
+    /// tracer's).
+    fn fd_holders(
+        &mut self,
+        process: &Process,
+        mount_points: &HashSet<Vec<u8>>,
+        tables: &HashMap<u64, HashSet<u64>>,
+    ) {
         let pid = process.pid;
+        // The pidfd comes first: if the process is still alive after its fds were listed, the
+        // list was its own and not that of a process reusing its pid.
+        let pidfd = Pidfd::open(pid);
         // Unreadable (EACCES, gone): skipped; the namespaces it holds may be found another way.
         let Ok(fds) = fds(pid) else { return };
+        let Some(pidfd) = pidfd.ok().filter(Pidfd::alive) else {
+            return;
+        };
+        let own_sockets = tables.get(&process.net);
         let mut comm = None;
-        let mut pidfd = None;
         for (fd, link) in fds {
             let inode = match link {
                 Link::Netns(inode) => Some(inode),
@@ -402,12 +418,20 @@ impl Scan {
                     netns_file_inode(&fd_path(pid, fd))
                 }
                 Link::Other(_) => None,
-                Link::Socket => {
-                    let pidfd = pidfd.get_or_insert_with(|| Pidfd::open(pid));
-                    let Ok(pidfd) = pidfd else { continue };
-                    // Closed since it was listed, or not ours to borrow: skipped.
-                    let Ok(socket) = pidfd.get_fd(fd) else {
+                Link::Socket(socket) => {
+                    if own_sockets.is_some_and(|t| t.contains(&socket)) {
                         continue;
+                    }
+                    let socket = match pidfd.get_fd(fd) {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            // Not ours to borrow (a process of another user namespace, an LSM)
+                            // is counted; closed since it was listed is not.
+                            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                                self.uninspectable += 1;
+                            }
+                            continue;
+                        }
                     };
                     let Some((inode, netns)) = self.socket_ns(socket.as_fd()) else {
                         continue;
@@ -440,7 +464,12 @@ impl Scan {
     }
 
     /// Processes inside their namespaces, and what their fds hold.
-    fn processes(&mut self, processes: &[Process], mount_points: &HashSet<Vec<u8>>) {
+    fn processes(
+        &mut self,
+        processes: &[Process],
+        mount_points: &HashSet<Vec<u8>>,
+        tables: &HashMap<u64, HashSet<u64>>,
+    ) {
         let own = std::process::id();
         for process in processes {
             if let Some(h) = holder(process.pid) {
@@ -448,7 +477,7 @@ impl Scan {
             }
             // Our own fds are the scan's: the namespaces it opened.
             if process.pid != own {
-                self.fd_holders(process, mount_points);
+                self.fd_holders(process, mount_points, tables);
             }
         }
     }
@@ -477,13 +506,37 @@ pub fn occupied_and_mounted() -> (HashSet<u64>, BTreeMap<u64, Found>) {
     (processes.iter().map(|p| p.net).collect(), mounted)
 }
 
+/// The socket inodes each namespace lists, read through the first of its processes that stays
+/// in it while its tables are read.
+fn socket_tables(processes: &[Process]) -> HashMap<u64, HashSet<u64>> {
+    let mut tables = HashMap::new();
+    for p in processes {
+        if tables.contains_key(&p.net) {
+            continue;
+        }
+        let inodes = namespace_socket_inodes(p.pid);
+        if net_ns_of(p.pid) == Some(p.net) {
+            tables.insert(p.net, inodes);
+        }
+    }
+    tables
+}
+
+/// What the scan found, and how many sockets it could not look at.
+pub struct Scanned {
+    pub found: BTreeMap<u64, Found>,
+    /// Sockets not borrowed (EPERM, EACCES): the namespaces they hold may be missing.
+    pub uninspectable: usize,
+}
+
 /// Every network namespace held from userspace, by inode: by a process inside, an open file,
 /// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
 /// vanish while they are read are skipped.
-pub fn all() -> BTreeMap<u64, Found> {
+pub fn all() -> Scanned {
     let mut found: BTreeMap<u64, Found> = BTreeMap::new();
     let processes = processes();
     let mount_points = bind_mounts(&processes, &mut found);
+    let tables = socket_tables(&processes);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
@@ -492,10 +545,10 @@ pub fn all() -> BTreeMap<u64, Found> {
         let workers: Vec<_> = processes
             .chunks(chunk)
             .map(|part| {
-                let mount_points = &mount_points;
+                let (mount_points, tables) = (&mount_points, &tables);
                 s.spawn(move || {
                     let mut scan = Scan::default();
-                    scan.processes(part, mount_points);
+                    scan.processes(part, mount_points, tables);
                     scan
                 })
             })
@@ -503,6 +556,7 @@ pub fn all() -> BTreeMap<u64, Found> {
         // A worker that panicked loses its part of the scan, not the snapshot.
         workers.into_iter().filter_map(|w| w.join().ok()).collect()
     });
+    let uninspectable = scans.iter().map(|s| s.uninspectable).sum();
     // In pid order: the chunks are consecutive.
     for scan in scans {
         for (inode, part) in scan.found {
@@ -516,7 +570,10 @@ pub fn all() -> BTreeMap<u64, Found> {
             }
         }
     }
-    found
+    Scanned {
+        found,
+        uninspectable,
+    }
 }
 
 #[cfg(test)]
@@ -545,7 +602,7 @@ mod tests {
     #[test]
     fn own_namespace_is_found_with_this_process() {
         let own = crate::kernel::netns::net_ns_of(std::process::id()).expect("own namespace");
-        let all = all();
+        let all = all().found;
         let ns = all.get(&own).expect("own namespace listed");
         assert!(ns.holders.iter().any(|h| h.pid == std::process::id()));
     }
