@@ -476,25 +476,26 @@ fn outside_holder(mode: &str, netns: &Path) -> (Owned, u32) {
 }
 
 /// The holders a flag names, as (kind, pid).
-fn flag_holders(flag: &Value) -> Vec<(&str, u64)> {
+fn flag_holders(flag: &Value) -> Vec<(&str, Option<u64>)> {
     flag["holders"]
         .as_array()
         .unwrap_or_else(|| panic!("no holders: {flag:#}"))
         .iter()
-        .map(|h| (h["kind"].as_str().unwrap(), h["pid"].as_u64().unwrap()))
+        .map(|h| (h["kind"].as_str().unwrap(), h["pid"].as_u64()))
         .collect()
 }
 
-/// Checks that a deleted namespace `inode` with `cookie` held only by `kind` of `pid` is listed
-/// and orphaned, then kills `holder` and checks that the namespace is gone.
-fn held_after_delete(inode: u64, kind: &str, pid: u32, mut holder: Owned) -> Value {
+/// Checks that a deleted namespace `inode` with `cookie` held only by `kind` of `pid` (none for
+/// a bind mount: its mount namespace holds it) is listed and orphaned, then kills `holder` and
+/// checks that the namespace is gone.
+fn held_after_delete(inode: u64, kind: &str, pid: Option<u32>, mut holder: Owned) -> Value {
     let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
     let ns = report(&objects, inode).clone();
     assert_eq!(ns["held_by"], serde_json::json!([kind]), "{ns:#}");
     assert_eq!(holder_pids(&ns), Vec::<u64>::new(), "{ns:#}");
     assert_eq!(flag_names(&ns), ["orphaned"], "{ns:#}");
     assert!(
-        flag_holders(&ns["flags"][0]).contains(&(kind, pid as u64)),
+        flag_holders(&ns["flags"][0]).contains(&(kind, pid.map(u64::from))),
         "{ns:#}"
     );
     assert_eq!(code, 1, "{ns:#}");
@@ -521,7 +522,7 @@ fn open_namespace_file_holds_a_deleted_namespace() {
     let (holder, fd) = outside_holder("fd", &named.path());
     let pid = holder.pid();
     named.delete();
-    let ns = held_after_delete(inode, "file", pid, holder);
+    let ns = held_after_delete(inode, "file", Some(pid), holder);
     let file = &ns["files"][0];
     assert_eq!(file["pid"], pid, "{ns:#}");
     assert_eq!(file["fd"], fd, "{ns:#}");
@@ -537,7 +538,7 @@ fn socket_from_inside_holds_a_deleted_namespace() {
     let pid = holder.pid();
     assert_ne!(netns_of(pid), Some(inode));
     named.delete();
-    let ns = held_after_delete(inode, "socket", pid, holder);
+    let ns = held_after_delete(inode, "socket", Some(pid), holder);
     let socket = &ns["sockets"][0];
     assert_eq!(
         (&socket["pid"], &socket["fd"]),
@@ -587,7 +588,7 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
     let last = event(&mut run, "last_holder_exit", "cookie", cookie);
     assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
 
-    let ns = held_after_delete(inode, "bind mount", pid, holder);
+    let ns = held_after_delete(inode, "bind mount", None, holder);
     let shown = format!("{}/a b\\xff\\nc", dir.0.display());
     let mounts = ns["mounts"].as_array().unwrap();
     let mount = mounts

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     os::{
-        fd::{AsRawFd as _, RawFd},
+        fd::{AsRawFd as _, OwnedFd, RawFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -13,7 +13,14 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
-use nix::sched::{setns, CloneFlags};
+use nix::{
+    fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag},
+    sched::{setns, CloneFlags},
+    sys::{
+        stat::{fstat, Mode},
+        statfs::{fstatfs, NSFS_MAGIC},
+    },
+};
 
 use super::mountinfo;
 
@@ -98,15 +105,73 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 /// If `path` opens a network namespace file (through a bind mount or a /proc fd link), its
 /// inode.
 pub fn netns_file_inode(path: &Path) -> Option<u64> {
-    // Only a file on nsfs is opened: opening a FIFO or a device could block or act on it.
-    let nsfs = fs::metadata("/proc/self/ns/net").ok()?.dev();
-    if fs::metadata(path).ok()?.dev() != nsfs {
-        return None;
-    }
-    let file = File::open(path).ok()?;
+    let file = reopen(&open_nsfs(path).ok()?).ok()?;
     // SAFETY: plain ioctl on a valid fd; nsfs answers it, any other file fails it.
     let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
     (kind == libc::CLONE_NEWNET).then(|| file.metadata().ok().map(|m| m.ino()))?
+}
+
+/// `path` opened with O_PATH, if it is a file on nsfs. O_PATH never opens the file itself: a
+/// /proc/PID/fd link whose fd was closed and reused for a FIFO or a device since it was listed
+/// neither blocks nor acts on the device. /proc's magic links (ns/net, fd/N) are followed: they
+/// are how the namespace file is reached.
+fn open_nsfs(path: &Path) -> Result<OwnedFd> {
+    let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("opening {}", path.display()))?;
+    require_nsfs(fd, path)
+}
+
+fn require_nsfs(fd: OwnedFd, path: &Path) -> Result<OwnedFd> {
+    if fstatfs(&fd)?.filesystem_type() != NSFS_MAGIC {
+        bail!("{} is no longer a namespace file", path.display());
+    }
+    Ok(fd)
+}
+
+/// An O_PATH fd of a namespace file opened for reading, through /proc/self/fd: setns and ioctls
+/// need a real open file. The fd is checked to be on nsfs first, so this open has no side
+/// effect.
+fn reopen(fd: &OwnedFd) -> Result<File> {
+    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd())).context("reopening a namespace file")
+}
+
+/// `fd`, reopened for setns, if it is the namespace with `inode`.
+fn checked(fd: OwnedFd, path: &Path, inode: u64) -> Result<File> {
+    let actual = fstat(&fd)?.st_ino;
+    if actual != inode {
+        bail!("{} is now namespace {actual}, not {inode}", path.display());
+    }
+    reopen(&fd)
+}
+
+/// The namespace file at `path` (a bind mount, /proc/PID/ns/net, /proc/PID/fd/N), opened, if it
+/// is still the namespace with `inode`.
+pub fn open_netns(path: &Path, inode: u64) -> Result<File> {
+    checked(open_nsfs(path)?, path, inode)
+}
+
+/// The namespace file bind-mounted at `mount_point` in the mount namespace of `pid`, opened, if
+/// it is still the namespace with `inode`. The path is resolved inside that process's root and
+/// no symlink is followed: a symlink planted at an old mount point cannot lead elsewhere.
+pub fn open_netns_in_root(pid: u32, mount_point: &Path, inode: u64) -> Result<File> {
+    let shown = Path::new(&format!("/proc/{pid}/root"))
+        .join(mount_point.strip_prefix("/").unwrap_or(mount_point));
+    let root = open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening the root of process {pid}"))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = openat2(&root, mount_point, how)
+        .with_context(|| format!("opening {} (openat2, Linux 5.6+)", shown.display()))?;
+    checked(require_nsfs(fd, &shown)?, &shown, inode)
 }
 
 /// Every network namespace reachable through a bind mount or a process, by inode.
@@ -134,22 +199,21 @@ pub fn in_namespace<T: Send>(
     inode: u64,
     read: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let actual = file.metadata()?.ino();
-    if actual != inode {
-        bail!("{} is now namespace {actual}, not {inode}", path.display());
-    }
+    in_netns(&open_netns(path, inode)?, read)
+}
+
+/// Runs `read` in a thread inside the namespace `netns` (an open namespace file).
+pub fn in_netns<T: Send>(netns: &File, read: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     // Only this short-lived thread changes namespace; the tracer's own threads stay put.
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .spawn_scoped(s, || {
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("entering {}", path.display()))?;
+                setns(netns, CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
                 read()
             })
-            .with_context(|| format!("starting a thread to enter namespace {inode}"))?
+            .context("starting a thread to enter a namespace")?
             .join()
-            .map_err(|_| anyhow!("reading namespace {inode}: the reader thread panicked"))?
+            .map_err(|_| anyhow!("reading a namespace: the reader thread panicked"))?
     })
 }
 
@@ -211,6 +275,52 @@ mod tests {
                 (b"/var/run/with space".to_vec(), 4026532300)
             ]
         );
+    }
+
+    /// A /proc fd link that names a FIFO (an fd closed and reused since the scan listed it)
+    /// is never opened for real: an open would block until a writer comes.
+    #[test]
+    fn fifo_behind_an_fd_link_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("tracer-fifo-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
+        // O_RDWR|O_NONBLOCK: held open here without a peer; reopening it O_RDONLY would block.
+        let held = open(&fifo, OFlag::O_RDWR | OFlag::O_NONBLOCK, Mode::empty()).unwrap();
+        let link = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+        let own = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let checker = std::thread::spawn(move || {
+            let by_fd = netns_file_inode(&link);
+            let by_path = open_netns(&link, own).is_err();
+            tx.send((by_fd, by_path)).unwrap();
+        });
+        let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            outcome.expect("the check returned within 5 s"),
+            (None, true)
+        );
+        checker.join().unwrap();
+    }
+
+    /// A symlink planted at a mount point in another root is not followed, even to a real
+    /// namespace file.
+    #[test]
+    fn symlink_in_a_root_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("tracer-link-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("netns");
+        std::os::unix::fs::symlink("/proc/self/ns/net", &link).unwrap();
+        let own = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let through_link = open_netns_in_root(std::process::id(), &link, own);
+        let direct = open_netns_in_root(std::process::id(), Path::new("/proc/self/ns/net"), own);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(through_link.is_err(), "followed a symlink");
+        // /proc/self/ns/net is a magic link: refused too. A plain path to nsfs works.
+        assert!(direct.is_err(), "followed a magic link");
+        assert!(open_netns(Path::new("/proc/self/ns/net"), own).is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub enum Link {
     /// `net:[INODE]`: a network namespace file opened through /proc/PID/ns/net.
     Netns(u64),
     /// `socket:[INODE]`.
-    Socket,
+    Socket(u64),
     /// Anything else: a path (possibly of an nsfs bind mount), a pipe, an anon inode...
     Other(Vec<u8>),
 }
@@ -38,8 +38,8 @@ fn classify(link: &[u8]) -> Link {
     };
     if let Some(inode) = inode(b"net:[") {
         Link::Netns(inode)
-    } else if link.starts_with(b"socket:[") {
-        Link::Socket
+    } else if let Some(inode) = inode(b"socket:[") {
+        Link::Socket(inode)
     } else {
         Link::Other(link.to_vec())
     }
@@ -111,6 +111,21 @@ impl Pidfd {
         // SAFETY: a fresh fd owned by no one else.
         Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
     }
+
+    /// Whether the process is still running: while it is, its pid names no other process.
+    pub fn alive(&self) -> bool {
+        // SAFETY: plain syscall; signal 0 only checks that the process exists.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
 }
 
 /// `path` as raw bytes, for the bytes of a mount point or a link.
@@ -125,7 +140,7 @@ mod tests {
     #[test]
     fn classifies_links() {
         assert_eq!(classify(b"net:[4026531840]"), Link::Netns(4026531840));
-        assert_eq!(classify(b"socket:[123]"), Link::Socket);
+        assert_eq!(classify(b"socket:[123]"), Link::Socket(123));
         assert_eq!(classify(b"net:[x]"), Link::Other(b"net:[x]".to_vec()));
         assert_eq!(classify(b"/run/a b"), Link::Other(b"/run/a b".to_vec()));
     }

@@ -9,25 +9,26 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    ffi::OsStr,
     fs::{self, File},
     os::{
         fd::{AsFd as _, AsRawFd as _, BorrowedFd},
-        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+        unix::fs::MetadataExt as _,
     },
-    path::{Path, PathBuf},
+    path::Path,
 };
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
     clock::Clock,
     kernel::{
         netns::{
-            net_ns_link, netns_file_inode, netns_mounts_of, process_namespaces, socket_netns_cookie,
+            net_ns_link, net_ns_of, netns_file_inode, netns_mounts_of, open_netns,
+            open_netns_in_root, process_namespaces, socket_netns_cookie,
         },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
-        sockets::{describe, socket_netns, SocketInfo},
+        sockets::{describe, namespace_socket_inodes, socket_netns, SocketInfo},
     },
     text::escape,
 };
@@ -74,7 +75,8 @@ pub struct SocketHolder {
 pub struct BindMount {
     /// The mount point, escaped for printing.
     pub path: String,
-    /// The mount namespace it is in, and a process living there.
+    /// The mount namespace it is in, and a process living there (another than the tracer,
+    /// where there is one).
     pub mount_ns: u64,
     pub pid: u32,
     /// The mount point's bytes, to open.
@@ -86,15 +88,14 @@ pub struct BindMount {
 }
 
 impl BindMount {
-    /// A path to it from this process: its own path, or through the root of a process of its
-    /// mount namespace.
-    pub fn reach(&self) -> PathBuf {
+    /// The namespace file it mounts, opened if it is still namespace `inode`: by its own path,
+    /// or resolved inside the root of a process of its mount namespace.
+    pub fn open(&self, inode: u64) -> anyhow::Result<File> {
+        let point = path_of(&self.raw);
         if self.own {
-            path_of(&self.raw)
+            open_netns(&point, inode)
         } else {
-            let mut path = PathBuf::from(format!("/proc/{}/root", self.pid)).into_os_string();
-            path.push(OsStr::from_bytes(&self.raw));
-            path.into()
+            open_netns_in_root(self.pid, &point, inode)
         }
     }
 }
@@ -121,7 +122,7 @@ impl HolderRef {
         }
     }
 
-    /// `file fd 3 of cni(42)`, `bind mount /run/netns/x (mount ns 4026531841, pid 1)`.
+    /// `file fd 3 of cni(42)`, `bind mount /run/netns/x (mount ns 4026531841)`.
     pub fn describe(&self) -> String {
         let who = match (&self.comm, self.pid) {
             (Some(comm), Some(pid)) => format!(" of {comm}({pid})"),
@@ -157,12 +158,10 @@ impl BindMount {
     pub fn as_ref(&self) -> HolderRef {
         HolderRef {
             kind: "bind mount",
-            pid: Some(self.pid),
+            // The mount namespace holds it, not the process it was reached through.
+            pid: None,
             comm: None,
-            what: format!(
-                "{} (mount ns {}, pid {})",
-                self.path, self.mount_ns, self.pid
-            ),
+            what: format!("{} (mount ns {})", self.path, self.mount_ns),
         }
     }
 }
@@ -181,20 +180,29 @@ pub struct Found {
 }
 
 impl Found {
-    /// Paths through which the namespace can be entered, the most stable first.
-    pub fn entry_paths(&self) -> Vec<PathBuf> {
+    /// The namespace opened, each way it can be, the most stable first (lazily: the caller
+    /// stops at the first that works). Each is checked to still be this namespace.
+    pub fn ways_in(&self) -> impl Iterator<Item = anyhow::Result<File>> + '_ {
+        let inode = self.inode;
         let (own, other): (Vec<_>, Vec<_>) = self.mounts.iter().partition(|m| m.own);
-        own.iter()
-            .map(|m| m.reach())
-            .chain(self.holders.iter().map(|h| net_ns_link(h.pid)))
-            .chain(self.files.iter().map(|f| fd_path(f.pid, f.fd)))
-            .chain(other.iter().map(|m| m.reach()))
+        own.into_iter()
+            .map(move |m| m.open(inode))
+            .chain(
+                self.holders
+                    .iter()
+                    .map(move |h| open_netns(&net_ns_link(h.pid), inode)),
+            )
+            .chain(
+                self.files
+                    .iter()
+                    .map(move |f| open_netns(&fd_path(f.pid, f.fd), inode)),
+            )
+            .chain(other.into_iter().map(move |m| m.open(inode)))
             .chain(
                 self.via_socket
                     .iter()
-                    .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))),
+                    .map(|f| f.try_clone().context("duplicating a namespace fd")),
             )
-            .collect()
     }
 
     /// Its holders other than processes inside.
@@ -329,14 +337,16 @@ fn bind_mounts(processes: &[Process], found: &mut BTreeMap<u64, Found>) -> HashS
     }
     let mut points = HashSet::new();
     for (mnt, pids) in by_ns {
-        // Ours is named after this process; a mount namespace whose processes all left while
-        // it was read is skipped.
-        let first = (Some(mnt) == own).then_some(own_pid);
-        let Some((pid, mounts)) = first
-            .into_iter()
-            .chain(pids)
-            .find_map(|pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
-        else {
+        let Some((pid, mounts)) = (if Some(mnt) == own {
+            // Ours is read as this process sees it (its paths are opened from here), and named
+            // after another process living there when there is one.
+            let named = pids.into_iter().find(|&p| p != own_pid).unwrap_or(own_pid);
+            netns_mounts_of("self").ok().map(|m| (named, m))
+        } else {
+            // A mount namespace whose processes all left while it was read is skipped.
+            pids.into_iter()
+                .find_map(|pid| Some((pid, netns_mounts_of(&pid.to_string()).ok()?)))
+        }) else {
             continue;
         };
         for (raw, inode) in mounts {
@@ -360,6 +370,8 @@ struct Scan {
     /// Namespace inodes by cookie: `SO_NETNS_COOKIE` on a socket is one cheap getsockopt,
     /// `SIOCGSKNS` opens a file; it is asked once per namespace.
     inodes: HashMap<u64, u64>,
+    /// Sockets that could not be borrowed (EPERM, EACCES): what they hold is unknown.
+    uninspectable: usize,
 }
 
 impl Scan {
@@ -379,12 +391,26 @@ impl Scan {
     /// The fds of `process` that hold a network namespace other than its own: open namespace
     /// files and sockets. `mount_points` are the paths of nsfs bind mounts: an fd opened
     /// through one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
-    fn fd_holders(&mut self, process: &Process, mount_points: &HashSet<Vec<u8>>) {
+    /// `tables` are the socket inodes each namespace lists: a socket its own namespace lists is
+    /// not borrowed (pidfd_getfd sets the socket's net_cls/net_prio cgroup v1 tags to the
+    /// tracer's).
+    fn fd_holders(
+        &mut self,
+        process: &Process,
+        mount_points: &HashSet<Vec<u8>>,
+        tables: &HashMap<u64, HashSet<u64>>,
+    ) {
         let pid = process.pid;
+        // The pidfd comes first: if the process is still alive after its fds were listed, the
+        // list was its own and not that of a process reusing its pid.
+        let pidfd = Pidfd::open(pid);
         // Unreadable (EACCES, gone): skipped; the namespaces it holds may be found another way.
         let Ok(fds) = fds(pid) else { return };
+        let Some(pidfd) = pidfd.ok().filter(Pidfd::alive) else {
+            return;
+        };
+        let own_sockets = tables.get(&process.net);
         let mut comm = None;
-        let mut pidfd = None;
         for (fd, link) in fds {
             let inode = match link {
                 Link::Netns(inode) => Some(inode),
@@ -392,12 +418,20 @@ impl Scan {
                     netns_file_inode(&fd_path(pid, fd))
                 }
                 Link::Other(_) => None,
-                Link::Socket => {
-                    let pidfd = pidfd.get_or_insert_with(|| Pidfd::open(pid));
-                    let Ok(pidfd) = pidfd else { continue };
-                    // Closed since it was listed, or not ours to borrow: skipped.
-                    let Ok(socket) = pidfd.get_fd(fd) else {
+                Link::Socket(socket) => {
+                    if own_sockets.is_some_and(|t| t.contains(&socket)) {
                         continue;
+                    }
+                    let socket = match pidfd.get_fd(fd) {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            // Not ours to borrow (a process of another user namespace, an LSM)
+                            // is counted; closed since it was listed is not.
+                            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                                self.uninspectable += 1;
+                            }
+                            continue;
+                        }
                     };
                     let Some((inode, netns)) = self.socket_ns(socket.as_fd()) else {
                         continue;
@@ -430,7 +464,12 @@ impl Scan {
     }
 
     /// Processes inside their namespaces, and what their fds hold.
-    fn processes(&mut self, processes: &[Process], mount_points: &HashSet<Vec<u8>>) {
+    fn processes(
+        &mut self,
+        processes: &[Process],
+        mount_points: &HashSet<Vec<u8>>,
+        tables: &HashMap<u64, HashSet<u64>>,
+    ) {
         let own = std::process::id();
         for process in processes {
             if let Some(h) = holder(process.pid) {
@@ -438,7 +477,7 @@ impl Scan {
             }
             // Our own fds are the scan's: the namespaces it opened.
             if process.pid != own {
-                self.fd_holders(process, mount_points);
+                self.fd_holders(process, mount_points, tables);
             }
         }
     }
@@ -467,13 +506,37 @@ pub fn occupied_and_mounted() -> (HashSet<u64>, BTreeMap<u64, Found>) {
     (processes.iter().map(|p| p.net).collect(), mounted)
 }
 
+/// The socket inodes each namespace lists, read through the first of its processes that stays
+/// in it while its tables are read.
+fn socket_tables(processes: &[Process]) -> HashMap<u64, HashSet<u64>> {
+    let mut tables = HashMap::new();
+    for p in processes {
+        if tables.contains_key(&p.net) {
+            continue;
+        }
+        let inodes = namespace_socket_inodes(p.pid);
+        if net_ns_of(p.pid) == Some(p.net) {
+            tables.insert(p.net, inodes);
+        }
+    }
+    tables
+}
+
+/// What the scan found, and how many sockets it could not look at.
+pub struct Scanned {
+    pub found: BTreeMap<u64, Found>,
+    /// Sockets not borrowed (EPERM, EACCES): the namespaces they hold may be missing.
+    pub uninspectable: usize,
+}
+
 /// Every network namespace held from userspace, by inode: by a process inside, an open file,
 /// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
 /// vanish while they are read are skipped.
-pub fn all() -> BTreeMap<u64, Found> {
+pub fn all() -> Scanned {
     let mut found: BTreeMap<u64, Found> = BTreeMap::new();
     let processes = processes();
     let mount_points = bind_mounts(&processes, &mut found);
+    let tables = socket_tables(&processes);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
@@ -482,10 +545,10 @@ pub fn all() -> BTreeMap<u64, Found> {
         let workers: Vec<_> = processes
             .chunks(chunk)
             .map(|part| {
-                let mount_points = &mount_points;
+                let (mount_points, tables) = (&mount_points, &tables);
                 s.spawn(move || {
                     let mut scan = Scan::default();
-                    scan.processes(part, mount_points);
+                    scan.processes(part, mount_points, tables);
                     scan
                 })
             })
@@ -493,6 +556,7 @@ pub fn all() -> BTreeMap<u64, Found> {
         // A worker that panicked loses its part of the scan, not the snapshot.
         workers.into_iter().filter_map(|w| w.join().ok()).collect()
     });
+    let uninspectable = scans.iter().map(|s| s.uninspectable).sum();
     // In pid order: the chunks are consecutive.
     for scan in scans {
         for (inode, part) in scan.found {
@@ -506,7 +570,10 @@ pub fn all() -> BTreeMap<u64, Found> {
             }
         }
     }
-    found
+    Scanned {
+        found,
+        uninspectable,
+    }
 }
 
 #[cfg(test)]
@@ -535,7 +602,7 @@ mod tests {
     #[test]
     fn own_namespace_is_found_with_this_process() {
         let own = crate::kernel::netns::net_ns_of(std::process::id()).expect("own namespace");
-        let all = all();
+        let all = all().found;
         let ns = all.get(&own).expect("own namespace listed");
         assert!(ns.holders.iter().any(|h| h.pid == std::process::id()));
     }

@@ -2,7 +2,7 @@
 //! over rtnetlink from a thread that joins the namespace: a netlink socket talks to the
 //! namespace of the thread that created it.
 
-use std::{net::IpAddr, os::fd::AsRawFd as _, path::Path};
+use std::{fs::File, net::IpAddr, os::fd::AsRawFd as _};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use netlink_packet_core::{
@@ -16,7 +16,7 @@ use netlink_packet_route::{
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::Serialize;
 
-use crate::kernel::netns::{in_namespace, socket_netns_cookie};
+use crate::kernel::netns::{in_netns, socket_netns_cookie};
 
 /// Messages read per dump, at most: a bound on a namespace with a pathological number of
 /// interfaces or addresses.
@@ -162,7 +162,7 @@ fn read_current() -> Result<Inside> {
     Ok(inside)
 }
 
-/// Interfaces, addresses and cookie of the namespace at `path`.
-pub fn look_inside(path: &Path, inode: u64) -> Result<Inside> {
-    in_namespace(path, inode, read_current)
+/// Interfaces, addresses and cookie of the namespace `netns` (an open namespace file).
+pub fn look_inside(netns: &File) -> Result<Inside> {
+    in_netns(netns, read_current)
 }

@@ -216,7 +216,15 @@ impl NetnsTracer {
             .filter(|r| {
                 mounted.get(&r.inode).is_some_and(|found| {
                     found.mounts.iter().any(|m| {
-                        crate::kernel::netns::cookie_of(&m.reach(), r.inode).ok() == Some(r.cookie)
+                        m.open(r.inode)
+                            .and_then(|netns| {
+                                crate::kernel::netns::in_netns(
+                                    &netns,
+                                    crate::kernel::netns::own_cookie,
+                                )
+                            })
+                            .ok()
+                            == Some(r.cookie)
                     })
                 })
             })

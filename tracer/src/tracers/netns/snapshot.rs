@@ -75,12 +75,13 @@ pub struct NamespaceReport {
 }
 
 impl NamespaceReport {
-    /// Looks inside the namespace; `identities` names the sandbox owning it.
+    /// Looks inside the namespace; `identities` names the sandbox owning it. `found` is
+    /// consumed: a namespace file the scan opened is closed on return.
     fn new(found: discover::Found, identities: &Identities) -> Self {
         let mut error = None;
         let mut inside = None;
-        for path in found.entry_paths() {
-            match look_inside(&path, found.inode) {
+        for netns in found.ways_in() {
+            match netns.and_then(|netns| look_inside(&netns)) {
                 Ok(i) => {
                     inside = Some(i);
                     break;
@@ -341,7 +342,7 @@ pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
 /// the kernel's list cannot be read.
 pub fn take_with(identities: &Identities, stuck_after: Duration) -> Vec<NamespaceReport> {
     static WARNED: Once = Once::new();
-    let (reports, kernel_error) = take_all(identities, stuck_after);
+    let Taken(reports, kernel_error, _) = take_all(identities, stuck_after);
     if let Some(e) = kernel_error {
         WARNED.call_once(|| warn_no_kernel_list(&e));
     }
@@ -355,15 +356,16 @@ fn warn_no_kernel_list(e: &str) {
     );
 }
 
+/// Every namespace, why the kernel's list could not be read if it could not, and how many
+/// sockets could not be looked at.
+struct Taken(Vec<NamespaceReport>, Option<String>, usize);
+
 /// Every namespace, and why the kernel's list could not be read if it could not.
 ///
 /// The kernel's list is read before and after /proc is scanned: a namespace counts as held by
 /// the kernel alone only if it is on both lists and nowhere in userspace, so that one whose
 /// last process exits during the scan (and is being torn down) is not taken for one.
-fn take_all(
-    identities: &Identities,
-    stuck_after: Duration,
-) -> (Vec<NamespaceReport>, Option<String>) {
+fn take_all(identities: &Identities, stuck_after: Duration) -> Taken {
     let mut census = KernelCensus::load();
     let mut walk = || -> Result<Vec<Listed>> {
         census
@@ -372,13 +374,18 @@ fn take_all(
             .walk()
     };
     let before = walk();
-    let found = discover::all();
-    let after = walk();
-    drop(census);
+    let discover::Scanned {
+        found,
+        uninspectable,
+    } = discover::all();
+    // Each namespace the scan opened (from a socket) is closed once its report is built, and
+    // the kernel's list read after all are: the tracer holds none of them while it counts.
     let mut reports: Vec<NamespaceReport> = found
         .into_values()
         .map(|found| NamespaceReport::new(found, identities))
         .collect();
+    let after = walk();
+    drop(census);
     let kernel_error = match (before, after) {
         (Ok(before), Ok(after)) => {
             merge_kernel_list(&mut reports, &before, &after, identities);
@@ -403,7 +410,7 @@ fn take_all(
             .flags
             .extend(conflicts.remove(&report.inode).unwrap_or_default());
     }
-    (reports, kernel_error)
+    Taken(reports, kernel_error, uninspectable)
 }
 
 /// Adds the kernel's counts to the namespaces found in userspace, and the namespaces that only
@@ -436,7 +443,8 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer netns reads every process's namespace and enters each one: run it as root");
     }
-    let (mut reports, kernel_error) = take_all(&Identities::new(), options.stuck_after);
+    let Taken(mut reports, kernel_error, uninspectable) =
+        take_all(&Identities::new(), options.stuck_after);
     if let Some(e) = &kernel_error {
         warn_no_kernel_list(e);
     }
@@ -465,8 +473,16 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
         out.event(report)?;
     }
     let flagged = reports.iter().filter(|r| !r.flags.is_empty()).count();
+    let unseen = if uninspectable > 0 {
+        format!(
+            "; {uninspectable} sockets could not be looked at (pidfd_getfd refused: EPERM/EACCES), \
+             the namespaces they hold may be missing"
+        )
+    } else {
+        String::new()
+    };
     out.human_line(&format!(
-        "{} network namespaces, {flagged} flagged",
+        "{} network namespaces, {flagged} flagged{unseen}",
         reports.len()
     ))?;
     out.flush().context("writing the snapshot")?;
