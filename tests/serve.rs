@@ -71,15 +71,14 @@ fn signals_drops_and_namespace_flags_become_their_series() {
         ]
     };
     let drops = |class| drops_of(class, "ipv4");
-    // Held by its bind mount in the tracer's mount namespace, named after the tracer itself.
-    let tracer_pid = served.run.pid().to_string();
+    // Held by its bind mount: the mount namespace holds it, no process (holder_pid empty).
     let orphaned = [
         ("flag", "orphaned"),
         ("netns", orphan_inode.as_str()),
         ("k8s_namespace", ""),
         ("k8s_pod", ""),
         ("holder", "bind mount"),
-        ("holder_pid", tracer_pid.as_str()),
+        ("holder_pid", ""),
     ];
     let settled = wait_for("the metrics to catch up", Duration::from_secs(10), || {
         let scrape = Scrape::of(&address);
