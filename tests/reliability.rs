@@ -637,6 +637,23 @@ fn ctrl_c_at_any_moment_of_start_up_ends_the_run_cleanly() {
         );
         assert_eq!(ours_left_behind(), Vec::<String>::new());
     }
+    // A second signal ends the process at once, in the handler: SIGINT then SIGTERM while
+    // frozen (pending signals come lowest number first), exit 128 + 15.
+    {
+        let mut child = spawn();
+        wait_for("the signal handler", Duration::from_secs(10), || {
+            catches(child.pid(), Signal::SIGINT).then_some(())
+        });
+        send(child.pid(), Signal::SIGSTOP);
+        send(child.pid(), Signal::SIGINT);
+        send(child.pid(), Signal::SIGTERM);
+        send(child.pid(), Signal::SIGCONT);
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("still running 30 s after two signals");
+        assert_eq!(status.code(), Some(128 + Signal::SIGTERM as i32));
+        assert_eq!(ours_left_behind(), Vec::<String>::new());
+    }
     // SIGINT once ready: exit 0 with the summary.
     {
         let mut child = spawn();
