@@ -295,6 +295,7 @@ fn a_drop_flood_under_half_a_cpu_keeps_serve_answering_and_every_loss_counted() 
         ("netns", inode.as_str()),
         ("k8s_namespace", ""),
         ("k8s_pod", ""),
+        ("k8s_workload", ""),
     ];
     let lost_of = |s: &Scrape| {
         ["signals", "conntrack-drops", "netns"]
