@@ -482,3 +482,37 @@ fn an_over_long_line_is_skipped_without_being_held_in_memory() {
         "{report:#}"
     );
 }
+
+#[test]
+fn ctrl_c_before_ready_leaves_no_empty_recording_to_refuse_a_rerun() {
+    let dir = TempDir::new("record-interrupted");
+    let file = dir.0.join("interrupted.jsonl");
+    let mut child = tracer_command()
+        .args(["record", "-o", file.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map(Owned)
+        .expect("starting tracer");
+    let stderr = forward_lines(child.0.stderr.take().unwrap());
+    // The file exists from this line on; loading has just begun.
+    while !stderr
+        .recv_timeout(Duration::from_secs(60))
+        .expect("tracer creating the file within 60 s")
+        .starts_with("tracer: recording into")
+    {}
+    send(child.pid(), Signal::SIGINT);
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("still running 30 s after SIGINT");
+    let stderr: Vec<String> = stderr.iter().collect();
+    // Stopped during loading: either before ready (130, no file) or at the event loop's first
+    // turn (0, a file with its summary).
+    match status.code() {
+        Some(130) => assert!(!file.exists(), "an empty recording left behind"),
+        Some(0) => assert!(fs::metadata(&file).unwrap().len() > 0),
+        other => panic!("exit {other:?}: {}", stderr.join("\n")),
+    }
+    assert_eq!(ours_left_behind(), Vec::<String>::new());
+}

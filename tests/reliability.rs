@@ -50,6 +50,9 @@ fn timed_get(address: &str, path: &str, timeout: Duration) -> Result<(u16, Durat
 struct HalfCpu {
     dir: PathBuf,
     root: PathBuf,
+    /// Whether this guard handed the cpu controller down from the root (cgroup v2), so that
+    /// drop takes it back.
+    enabled_cpu: bool,
 }
 
 impl HalfCpu {
@@ -84,14 +87,21 @@ impl HalfCpu {
             ),
             (None, None) => panic!("no cgroup hierarchy with the cpu controller:\n{mounts}"),
         };
-        if root.join("cgroup.subtree_control").exists() {
-            // The child gets the controller only if the root hands it down.
-            let _ = fs::write(root.join("cgroup.subtree_control"), "+cpu");
-        }
+        let subtree = root.join("cgroup.subtree_control");
+        // The child gets the controller only if the root hands it down.
+        let enabled_cpu = fs::read_to_string(&subtree)
+            .is_ok_and(|c| !c.split_whitespace().any(|c| c == "cpu"))
+            && fs::write(&subtree, "+cpu").is_ok();
         let dir = root.join(name);
         let _ = fs::remove_dir(&dir);
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let limit = Self { dir, root };
+        // The guard exists before the directory, so that a failure below still restores.
+        let limit = Self {
+            dir,
+            root,
+            enabled_cpu,
+        };
+        fs::create_dir(&limit.dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", limit.dir.display()));
         for (file, value) in limits {
             fs::write(limit.dir.join(file), value)
                 .unwrap_or_else(|e| panic!("writing {value} to {file}: {e}"));
@@ -121,6 +131,9 @@ impl Drop for HalfCpu {
             let _ = fs::write(self.root.join("cgroup.procs"), pid);
         }
         let _ = fs::remove_dir(&self.dir);
+        if self.enabled_cpu {
+            let _ = fs::write(self.root.join("cgroup.subtree_control"), "-cpu");
+        }
     }
 }
 
@@ -231,29 +244,30 @@ fn a_drop_flood_under_half_a_cpu_keeps_serve_answering_and_every_loss_counted() 
     limit.add(served.run.pid());
     let address = served.address.clone();
 
-    // Probes, as a kubelet and Prometheus would, all through the flood.
+    // Probes, as a kubelet and Prometheus would, all through the flood (the tracer is ready:
+    // Served::start waited for it). One try each, failed on any answer but 200 or none within
+    // the probe's 1 s. The probing thread runs at a higher priority than the flood, so that
+    // the time measured is the tracer's, not the test's own wait for a CPU.
     let running = Arc::new(AtomicBool::new(true));
     let probes = {
         let (running, address) = (running.clone(), address.clone());
         thread::spawn(move || {
+            // SAFETY: setpriority on this thread's own id.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10);
+            }
             let mut failures = Vec::new();
-            let mut slowest = Duration::ZERO;
             let mut scrapes = 0;
             while running.load(Ordering::Relaxed) {
-                match timed_get(&address, "/healthz", Duration::from_secs(1)) {
-                    Ok((200, _)) => {}
-                    other => failures.push(format!("/healthz: {other:?}")),
-                }
-                match timed_get(&address, "/metrics", Duration::from_secs(1)) {
-                    Ok((200, took)) => {
-                        slowest = slowest.max(took);
-                        scrapes += 1;
+                for path in ["/healthz", "/metrics"] {
+                    match timed_get(&address, path, Duration::from_secs(1)) {
+                        Ok((200, _)) => scrapes += usize::from(path == "/metrics"),
+                        other => failures.push(format!("{path}: {other:?}")),
                     }
-                    other => failures.push(format!("/metrics: {other:?}")),
                 }
                 thread::sleep(Duration::from_millis(250));
             }
-            (failures, slowest, scrapes)
+            (failures, scrapes)
         })
     };
     let started = Instant::now();
@@ -262,16 +276,16 @@ fn a_drop_flood_under_half_a_cpu_keeps_serve_answering_and_every_loss_counted() 
     running.store(false, Ordering::Relaxed);
     let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
     let flood_took = started.elapsed();
-    let (failures, slowest, scrapes) = probes.join().unwrap();
+    let (failures, scrapes) = probes.join().unwrap();
     let dropped = ns.nft_counter("flood");
     let rate = dropped as f64 / flood_took.as_secs_f64();
     eprintln!(
         "flood: {sent} sent, {dropped} dropped by the rule in {flood_took:?} ({rate:.0}/s); \
-         {scrapes} scrapes, the slowest {slowest:?}; the tracer throttled in {} periods",
+         {scrapes} scrapes; the tracer throttled in {} periods",
         limit.throttled()
     );
     assert!(failures.is_empty(), "during the flood: {failures:#?}");
-    assert!(scrapes > 0 && slowest < Duration::from_secs(1));
+    assert!(scrapes > 0);
 
     // Once the reader caught up, the metric is the kernel's own lost counter, and every drop
     // of the namespace is counted or lost (losses may include other namespaces' drops).
@@ -281,6 +295,7 @@ fn a_drop_flood_under_half_a_cpu_keeps_serve_answering_and_every_loss_counted() 
         ("netns", inode.as_str()),
         ("k8s_namespace", ""),
         ("k8s_pod", ""),
+        ("k8s_workload", ""),
     ];
     let lost_of = |s: &Scrape| {
         ["signals", "conntrack-drops", "netns"]
@@ -303,15 +318,16 @@ fn a_drop_flood_under_half_a_cpu_keeps_serve_answering_and_every_loss_counted() 
         .value("tracer_conntrack_drops_total", &series)
         .unwrap_or(0.0);
     eprintln!("flood: {counted} drops counted, {kernel} records lost");
-    assert!(
-        kernel > 0,
-        "the flood ({rate:.0}/s) never filled the ring buffer"
-    );
-    assert!(counted > 0.0 && counted <= dropped as f64);
-    assert!(
-        counted + kernel as f64 >= dropped as f64,
-        "{counted} counted + {kernel} lost < {dropped} dropped: some went missing"
-    );
+    // A machine fast enough for the flood loses nothing; then every drop is counted.
+    if kernel == 0 {
+        assert_eq!(counted, dropped as f64, "nothing lost, yet not all counted");
+    } else {
+        assert!(counted > 0.0 && counted <= dropped as f64);
+        assert!(
+            counted + kernel as f64 >= dropped as f64,
+            "{counted} counted + {kernel} lost < {dropped} dropped: some went missing"
+        );
+    }
 
     // SIGTERM in the middle of another flood: serve ends within 3 s, nothing stays loaded.
     let running = Arc::new(AtomicBool::new(true));
@@ -597,6 +613,81 @@ fn ctrl_c_at_any_moment_of_start_up_ends_the_run_cleanly() {
         }
     };
     eprintln!("start-up takes {start_up:?}");
+
+    // Two deterministic cases first. SIGINT before anything is loaded (sent while the process
+    // is frozen, so it is handled before start-up goes on): exit 130, nothing traced.
+    {
+        let mut child = spawn();
+        let stderr = forward_lines(child.0.stderr.take().unwrap());
+        wait_for("the signal handler", Duration::from_secs(10), || {
+            catches(child.pid(), Signal::SIGINT).then_some(())
+        });
+        send(child.pid(), Signal::SIGSTOP);
+        assert_eq!(ours_loaded(), Vec::<String>::new());
+        send(child.pid(), Signal::SIGINT);
+        send(child.pid(), Signal::SIGCONT);
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("still running 30 s after SIGINT");
+        let stderr: Vec<String> = stderr.iter().collect();
+        assert_eq!(status.code(), Some(130), "{}", stderr.join("\n"));
+        assert!(
+            stderr.iter().any(|l| l.contains("nothing was traced")),
+            "{}",
+            stderr.join("\n")
+        );
+        assert_eq!(ours_left_behind(), Vec::<String>::new());
+    }
+    // A second signal ends the process at once, in the handler: SIGINT and SIGTERM while
+    // frozen, exit 128 + whichever the handler saw second, and none of the run's own ending
+    // (its "nothing was traced").
+    {
+        let mut child = spawn();
+        let stderr = forward_lines(child.0.stderr.take().unwrap());
+        wait_for("the signal handler", Duration::from_secs(10), || {
+            catches(child.pid(), Signal::SIGINT).then_some(())
+        });
+        send(child.pid(), Signal::SIGSTOP);
+        send(child.pid(), Signal::SIGINT);
+        send(child.pid(), Signal::SIGTERM);
+        send(child.pid(), Signal::SIGCONT);
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("still running 30 s after two signals");
+        let stderr: Vec<String> = stderr.iter().collect();
+        assert!(matches!(status.code(), Some(130 | 143)), "{status}");
+        assert!(
+            !stderr.iter().any(|l| l.contains("nothing was traced")),
+            "{}",
+            stderr.join("\n")
+        );
+        assert_eq!(ours_left_behind(), Vec::<String>::new());
+    }
+    // SIGINT once ready: exit 0 with the summary.
+    {
+        let mut child = spawn();
+        let stdout = forward_lines(child.0.stdout.take().unwrap());
+        let stderr = forward_lines(child.0.stderr.take().unwrap());
+        while !stderr
+            .recv_timeout(Duration::from_secs(60))
+            .expect("tracer ready within 60 s")
+            .starts_with("tracer: ready")
+        {}
+        send(child.pid(), Signal::SIGINT);
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("still running 30 s after SIGINT");
+        let stderr: Vec<String> = stderr.iter().collect();
+        assert_eq!(status.code(), Some(0), "{}", stderr.join("\n"));
+        let summary = stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .find(|v| v["type"] == "summary")
+            .expect("a summary line on stdout");
+        assert_eq!(summary["stopped_by"], "interrupt");
+        assert_eq!(ours_left_behind(), Vec::<String>::new());
+    }
+
     let mut random = Random::new();
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for run in 0..RUNS {
@@ -655,26 +746,36 @@ fn a_census_thread_that_dies_turns_healthz_503_within_one_census_period() {
     let mut run = tracer_command();
     run.args(["serve", "--listen", "127.0.0.1:0", "--census-every", "5s"])
         .env("TRACER_FAULT", "census-panic");
+    // The census thread starts before "ready" and panics at its second census, one period
+    // later: at most a period after "ready", and after it only if start-up took less.
+    let spawned = Instant::now();
     let run = TracerRun::start_command(run);
+    let ready_at = Instant::now();
+    let start_up = ready_at - spawned;
     let address = run
         .stderr_lines()
         .iter()
         .find_map(|l| l.strip_prefix("tracer: serving http://")?.split('/').next())
         .expect("the address")
         .to_string();
-    let healthy_at = wait_for("/healthz 200", Duration::from_secs(5), || {
-        (get(&address, "/healthz").0 == 200).then(Instant::now)
+    // /healthz says "starting" until the event loop's first turn, just after "ready".
+    let (first, body) = wait_for("the event loop", Duration::from_secs(2), || {
+        let answer = get(&address, "/healthz");
+        (!answer.1.contains("starting")).then_some(answer)
     });
+    if start_up + Duration::from_secs(2) < CENSUS_EVERY {
+        assert_eq!(first, 200, "/healthz {start_up:?} after start: {body}");
+    }
     let (status, body) = wait_for("/healthz 503", CENSUS_EVERY * 2, || {
         let answer = get(&address, "/healthz");
         (answer.0 != 200).then_some(answer)
     });
-    let took = healthy_at.elapsed();
+    let took = ready_at.elapsed();
     assert_eq!(status, 503);
     assert!(body.contains("census"), "{body}");
     assert!(
         took <= CENSUS_EVERY + Duration::from_secs(1),
-        "503 only {took:?} after 200 (census every {CENSUS_EVERY:?})"
+        "503 only {took:?} after ready (census every {CENSUS_EVERY:?})"
     );
     // The rest still works, and ends cleanly.
     assert_eq!(get(&address, "/metrics").0, 200);

@@ -102,6 +102,16 @@ fn a_sender_that_execs_between_two_signals_is_described_anew() {
         "{events:#?}"
     );
     assert_eq!(events[1]["sender"]["exe"], events[0]["sender"]["exe"]);
+    // The second signal came without a description and took the cached one (with the cache
+    // bypassed, every record would carry its own).
+    assert!(
+        out.summary()["sender_descriptions_reused"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{}",
+        out.summary()
+    );
     assert!(names(&events[2]["sender"]["exe"], &copy), "{events:#?}");
     assert_eq!(events[2]["sender"]["comm"], "sender-after-ex");
 }

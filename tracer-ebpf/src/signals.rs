@@ -109,22 +109,26 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
         return 0;
     }
 
+    // The event is written once, in this scratch, and copied into whichever record goes out:
+    // written in each branch, the verifier would walk its many branches twice. Looked up
+    // before the slot is rewritten by describe(), so that no return leaves a slot changed
+    // but unsent and still marked valid.
+    let Some(ev) = SIGNAL_SCRATCH.get_ptr_mut(0) else {
+        count_lost(EventKind::Signal);
+        return 0;
+    };
+    // SAFETY: this CPU's copy; the program does not run twice at once on one CPU.
+    let ev = unsafe { &mut *ev };
     // SAFETY: no preconditions.
     let current = Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8);
     let slot_index = sender_slot(current.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32);
     let Some(slot) = SENDER_SLOTS_MAP.get_ptr_mut(slot_index) else {
+        count_lost(EventKind::Signal);
         return 0;
     };
-    // SAFETY: this CPU's copy; the program does not run twice at once on one CPU.
+    // SAFETY: this CPU's copy, as the scratch.
     let slot = unsafe { &mut *slot };
     let changed = describe(current, slot);
-    // The event is written once, here, and copied into whichever record goes out: written in
-    // each branch, the verifier would walk its many branches twice.
-    let Some(ev) = SIGNAL_SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's copy, as the slot.
-    let ev = unsafe { &mut *ev };
     ev.header = header(EventKind::Signal);
     ev.signo = sig;
     ev.result = result;

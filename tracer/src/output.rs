@@ -503,7 +503,12 @@ fn line_pairs(value: &serde_json::Value, prefix: &str, pairs: &mut Vec<String>) 
             serde_json::Value::Null => String::new(),
             other => other.to_string(),
         };
-        pairs.push(format!("{key}={}", line_value(Some(&text))));
+        // Keys are written as values are: a key such as `by_sender.process (kill)` is quoted.
+        pairs.push(format!(
+            "{}={}",
+            line_value(Some(&key)),
+            line_value(Some(&text))
+        ));
     }
 }
 
@@ -635,12 +640,13 @@ mod tests {
         })
         .unwrap();
         out.summary(&serde_json::json!({
-            "type": "summary", "events": 1, "by": {"x": "a b"}, "list": [1, 2], "none": null
+            "type": "summary", "events": 1, "by": {"x": "a b", "p (kill)": 2}, "list": [1, 2],
+            "none": null
         }))
         .unwrap();
         assert_eq!(
             written.text(),
-            "n=7 none=-\ntype=summary by.x=\"a b\" events=1 list=1,2 none=-\n"
+            "n=7 none=-\ntype=summary \"by.p (kill)\"=2 by.x=\"a b\" events=1 list=1,2 none=-\n"
         );
     }
 }

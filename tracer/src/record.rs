@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    fs::OpenOptions,
+    fs::{self, OpenOptions},
     io,
     process::ExitCode,
     time::{Duration, Instant},
@@ -152,6 +152,13 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             report::write(&path, false, &mut io::stderr().lock())?;
             Ok(ExitCode::from(EXIT_CUT_SHORT))
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // Ended before anything was written (Ctrl-C before ready, attaching failed): the
+            // empty file is ours (O_EXCL), and left there it would refuse a rerun's -o.
+            if fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                let _ = fs::remove_file(&path);
+            }
+            Err(e)
+        }
     }
 }

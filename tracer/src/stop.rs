@@ -1,7 +1,7 @@
 //! Ctrl-C and SIGTERM, caught from the start of a tracing run (before anything is loaded)
 //! until its end: a signal only marks the run as stopping, and the run ends where it is
 //! safe to (before loading, or at the event loop's next turn), detaching everything and
-//! writing the summary when it got that far.
+//! writing the summary when it got that far. A second signal ends the process at once.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -12,8 +12,17 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn note(signal: libc::c_int) {
-    // Async-signal-safe: one atomic store.
-    let _ = RECEIVED.compare_exchange(0, signal, Ordering::Relaxed, Ordering::Relaxed);
+    // Async-signal-safe: one atomic store, or _exit. A second signal ends the process at once,
+    // for one blocked where the flag is not looked at (reading BTF, writing to a stalled
+    // stdout, the report): nothing is pinned, so the kernel detaches and frees our programs
+    // as their descriptors close.
+    if RECEIVED
+        .compare_exchange(0, signal, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signal) };
+    }
 }
 
 /// Catches SIGINT and SIGTERM from now on (SA_RESTART: loading's syscalls carry on).
@@ -24,7 +33,7 @@ pub fn catch() -> Result<()> {
         SigSet::empty(),
     );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
+        // SAFETY: the handler only stores to an atomic or calls _exit.
         unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
     }
     Ok(())

@@ -60,6 +60,9 @@ pub fn run(quick: bool) -> Result<()> {
                 .arg(format!("-max_total_time={seconds}"))
                 .arg(format!("-artifact_prefix={}/", artifacts.display()))
                 .arg("-rss_limit_mb=2048")
+                // One input may take 10 s at most (libFuzzer's default is 1200): a decoder
+                // that hangs is a finding, not a stalled run.
+                .arg("-timeout=10")
                 .arg("-print_final_stats=1"),
         )
         .with_context(|| {

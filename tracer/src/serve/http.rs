@@ -3,10 +3,14 @@
 //!
 //! Clients on the node may be hostile, so connections are bounded: a connection must send a
 //! complete request head within [`HEADER_TIMEOUT`] of opening and of its previous response
-//! (idle keep-alive connections close then too), and at most [`MAX_CONNECTIONS`] are open, at
-//! most [`MAX_PER_PEER`] from one address; connections beyond are closed as soon as accepted
-//! (counted in `tracer_http_connections_refused_total`), so that one hostile client cannot
-//! keep the scraper out.
+//! (idle keep-alive connections close then too), none stays open longer than
+//! [`MAX_CONNECTION_AGE`] (a client that sends a request and never reads the answer would
+//! otherwise hold its place), each buffers at most [`MAX_BUFFER`], and at most
+//! [`MAX_CONNECTIONS`] are open, at most [`MAX_PER_PEER`] from one address; connections beyond
+//! are closed as soon as accepted (counted in `tracer_http_connections_refused_total`), so
+//! that a client on one address cannot keep the scraper out. (One that holds connections from
+//! 16 addresses, e.g. a local process binding 127.x.y.z sources, still can, until they time
+//! out: the cap counts exact addresses.)
 
 use std::{
     collections::HashMap,
@@ -37,6 +41,14 @@ const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// its previous response, is closed (hyper's header-read timer runs from the moment it waits
 /// for a head, so it is the idle timeout too).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection is closed this long after it opened, whatever it is doing: a scrape takes
+/// well under a second, and a scraper that keeps its connection opens another.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
+/// Bytes a connection buffers at most, reading a request head or writing an answer (hyper's
+/// least is 8 KiB); a longer head is refused with 431.
+const MAX_BUFFER: usize = 16 << 10;
 
 /// Open connections at most (each is a file descriptor and some memory).
 pub const MAX_CONNECTIONS: usize = 256;
@@ -131,7 +143,8 @@ fn serve(
             .with_state(metrics.clone());
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_BUFFER);
         let open = Arc::new(Mutex::new(Open::default()));
         let (shutdown, shutting_down) = watch::channel(());
         let mut connections = JoinSet::new();
@@ -160,14 +173,18 @@ fn serve(
             let mut shutting_down = shutting_down.clone();
             connections.spawn(async move {
                 let mut connection = std::pin::pin!(connection);
-                // Errors are the client's (it went away, timed out, sent garbage).
-                tokio::select! {
-                    _ = connection.as_mut() => {}
-                    _ = shutting_down.changed() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
+                // Errors are the client's (it went away, timed out, sent garbage); past its age
+                // the connection drops, closed.
+                let _ = tokio::time::timeout(MAX_CONNECTION_AGE, async {
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = shutting_down.changed() => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
                     }
-                }
+                })
+                .await;
                 drop(slot);
             });
         }

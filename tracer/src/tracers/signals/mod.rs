@@ -101,6 +101,9 @@ pub struct SignalsTracer {
     identities: Identities,
     /// The sender descriptions the kernel program sent, per CPU and slot.
     senders: Senders,
+    /// Signal records that came without a description and took the cached one (the summary's
+    /// `sender_descriptions_reused`: a test can see that the cache is used).
+    descriptions_reused: u64,
     workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
@@ -147,6 +150,7 @@ impl SignalsTracer {
             memcg_root: cgroup::hierarchy_root(Some("memory")),
             identities: identities.clone(),
             senders: Senders::default(),
+            descriptions_reused: 0,
             workload: WorkloadFilter::new(options.workload.clone()),
             by_signal: BTreeMap::new(),
             by_result: BTreeMap::new(),
@@ -201,6 +205,7 @@ impl SignalsTracer {
         } else {
             let ev = decode_record::<SignalEvent>(raw)?;
             let description = self.senders.get(ev.header.cpu, ev.sender_slot);
+            self.descriptions_reused += u64::from(description.is_some());
             if description.is_none() {
                 log::warn!(
                     "signal record refers to sender slot {} of CPU {}, which sent nothing; \
@@ -341,6 +346,10 @@ impl Tracer for SignalsTracer {
         summary.insert("by_signal".into(), json!(self.by_signal));
         summary.insert("by_result".into(), json!(self.by_result));
         summary.insert("by_sender".into(), json!(self.by_sender));
+        summary.insert(
+            "sender_descriptions_reused".into(),
+            json!(self.descriptions_reused),
+        );
         if let Some(filter) = self.workload.summary() {
             summary.insert("workload_filter".into(), filter);
         }
