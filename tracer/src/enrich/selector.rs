@@ -56,7 +56,9 @@ fn ordinal(part: &str) -> bool {
 
 /// The workload names a pod's name can stem from, by the names Kubernetes generates, most
 /// likely first:
-/// - Deployment: `NAME-<pod-template-hash>-<5>` (the hash: 1 to 10 generated characters);
+/// - Deployment: `NAME-<pod-template-hash>-<5>` (the hash: a uint32's decimal digits, encoded
+///   one character each; fewer than 6 only for one hash in 40,000, so 6 to 10 are taken, and a
+///   DaemonSet `api-grpc` is not read as Deployment `api`'s pods);
 /// - CronJob: `NAME-<scheduled minute>-<5>` (its Job is `NAME-<minute>`);
 /// - DaemonSet, Job, a bare ReplicaSet: `NAME-<5>`;
 /// - StatefulSet: `NAME-<ordinal>`.
@@ -71,7 +73,7 @@ pub fn workloads_of(pod: &str) -> Vec<&str> {
     if generated(last, 5..=5) {
         if let Some((name, middle)) = base.rsplit_once('-') {
             let cron_minute = middle.len() >= 8 && middle.bytes().all(|b| b.is_ascii_digit());
-            if !name.is_empty() && (generated(middle, 1..=10) || cron_minute) {
+            if !name.is_empty() && (generated(middle, 6..=10) || cron_minute) {
                 names.push(name);
             }
         }
@@ -243,6 +245,8 @@ mod tests {
         );
         // Vowels are never generated; a leading zero is no ordinal; no suffix, no workload.
         assert_eq!(workloads_of("web-api-x2x9q"), ["web-api"]);
+        // Four consonants are a name's word, not a pod-template-hash.
+        assert_eq!(workloads_of("api-grpc-x2x9q"), ["api-grpc"]);
         assert!(workloads_of("web-01").is_empty());
         assert!(workloads_of("web").is_empty());
         assert!(workloads_of("web-abcde").is_empty());
