@@ -27,7 +27,8 @@ pub fn count_lost(kind: EventKind) {
 /// Wake the reader once each time the data waiting crosses a multiple of this. A wakeup per
 /// record costs ~600 ns in the traced path, and so did one per record while more than this
 /// was waiting (a reader behind during a storm). The reader drains until the buffer is empty
-/// and also polls on a short timer, so a wakeup it misses is made up at the next multiple.
+/// and also polls every tick (50 ms), which bounds the wait: two CPUs submitting at once can
+/// both miss a crossing (the waiting bytes include other CPUs' reservations).
 const WAKEUP_BYTES: u64 = 256 << 10;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
