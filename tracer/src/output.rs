@@ -2,6 +2,7 @@
 //! `key=value` line per event (`-o line`), or as one JSON object per line.
 
 use std::{
+    fmt::Write as _,
     fs::File,
     io::{self, BufWriter, Write},
     sync::Arc,
@@ -98,8 +99,9 @@ pub fn pod_column(pod: Option<&Pod>) -> Option<String> {
 }
 
 /// A `-o line` value as written: bare when it is one plain word, else a JSON string (quoted,
-/// with quotes, backslashes and control characters escaped), so that a line splits into its
-/// `key=value` pairs on spaces.
+/// with quotes, backslashes, control and invisible characters escaped), so that a line splits
+/// into its `key=value` pairs on spaces and a bidi override in a comm cannot reorder the line
+/// on a terminal.
 fn line_value(value: Option<&str>) -> String {
     match value {
         None | Some("") => "-".into(),
@@ -109,7 +111,22 @@ fn line_value(value: Option<&str>) -> String {
         {
             v.into()
         }
-        Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "-".into()),
+        Some(v) => {
+            let quoted = serde_json::to_string(v).unwrap_or_else(|_| "-".into());
+            // serde_json leaves format characters raw; JSON's `\uXXXX` (UTF-16 units) reads
+            // back as the same string.
+            let mut safe = String::with_capacity(quoted.len());
+            for c in quoted.chars() {
+                if crate::text::is_unsafe(c) {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        let _ = write!(safe, "\\u{unit:04x}");
+                    }
+                } else {
+                    safe.push(c);
+                }
+            }
+            safe
+        }
     }
 }
 
@@ -629,6 +646,12 @@ mod tests {
         assert_eq!(line_value(Some("k=v")), r#""k=v""#);
         assert_eq!(line_value(Some("say \"hi\"\n")), r#""say \"hi\"\n""#);
         assert_eq!(line_value(Some("\u{1b}[31m")), r#""\u001b[31m""#);
+        let evil = "exe\u{202e}txt\u{e0041}";
+        assert_eq!(line_value(Some(evil)), r#""exe\u202etxt\udb40\udc41""#);
+        assert_eq!(
+            serde_json::from_str::<String>(&line_value(Some(evil))).unwrap(),
+            evil
+        );
     }
 
     #[test]
