@@ -449,13 +449,26 @@ fn allow_open_files(n: u64) {
 const MAX_CONNECTIONS: usize = 256;
 const MAX_PER_PEER: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A handshake the kernel dropped because the accept queue was full is retried by the server
+/// 1 s, then 3 s after it began; until it is accepted (and closed) the client sees it open.
+const REFUSALS_SEEN_WITHIN: Duration = Duration::from_secs(5);
 
 #[test]
 fn idle_and_half_sent_connections_are_capped_and_closed_and_a_scrape_still_gets_through() {
     allow_open_files(4096);
-    let served = Served::start(&["--no-events"]);
+    // Inside a namespace of the test's, whose addresses stand for distinct clients: every
+    // loopback source counts as one client (a local process can bind any 127.x.y.z).
+    let ns = Netns::new("http");
+    ns.ip(&["addr", "add", "198.18.0.1/16", "dev", "lo"]);
+    let served = Served::start_in(&ns.path(), "0.0.0.0:0", &["--no-events"]);
+    let port: u16 = served.address.rsplit(':').next().unwrap().parse().unwrap();
+    let to = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 1), port));
+    let address = to.to_string();
+    ns.run_inside(move || hostile_clients_against(served, to, &address));
+}
+
+fn hostile_clients_against(served: Served, to: SocketAddr, address: &str) {
     let pid = served.run.pid();
-    let to: SocketAddr = served.address.parse().unwrap();
     let fds_before = fds_of(pid);
     let refused = |s: &Scrape, reason| {
         s.value(
@@ -464,13 +477,13 @@ fn idle_and_half_sent_connections_are_capped_and_closed_and_a_scrape_still_gets_
         )
         .unwrap()
     };
-    let before = Scrape::of(&served.address);
+    let before = Scrape::of(address);
 
     // 2,000 idle connections from one address, 100 that send half a request head from another.
     let opening = Instant::now();
-    let idle = connect_many(Ipv4Addr::new(127, 0, 1, 1), to, 2000, b"");
+    let idle = connect_many(Ipv4Addr::new(198, 18, 1, 1), to, 2000, b"");
     let half = connect_many(
-        Ipv4Addr::new(127, 0, 1, 2),
+        Ipv4Addr::new(198, 18, 1, 2),
         to,
         100,
         b"GET /metrics HTTP/1.1\r\nHost: tracer\r\n",
@@ -480,14 +493,14 @@ fn idle_and_half_sent_connections_are_capped_and_closed_and_a_scrape_still_gets_
     assert!(opened < HEADER_TIMEOUT / 2, "too slow to test the cap");
 
     // A normal scrape, from a third address, answers within a second.
-    let (status, took) = timed_get(&served.address, "/metrics", Duration::from_secs(1))
+    let (status, took) = timed_get(address, "/metrics", Duration::from_secs(1))
         .unwrap_or_else(|e| panic!("the scrape failed: {e}"));
     assert_eq!(status, 200);
     eprintln!("scrape among 2,100 hostile connections took {took:?}");
 
     // Beyond the per-address cap, each was closed as soon as accepted.
     let open_of = |streams: &Vec<TcpStream>| {
-        wait_for("the refusals", Duration::from_secs(3), || {
+        wait_for("the refusals", REFUSALS_SEEN_WITHIN, || {
             let open = streams.iter().filter(|s| !closed_by_server(s)).count();
             (open == MAX_PER_PEER).then_some(open)
         })
@@ -500,7 +513,7 @@ fn idle_and_half_sent_connections_are_capped_and_closed_and_a_scrape_still_gets_
         "{fds_held} fds open with {} connections held, {fds_before} before",
         2 * MAX_PER_PEER
     );
-    let scrape = Scrape::of(&served.address);
+    let scrape = Scrape::of(address);
     assert_eq!(
         refused(&scrape, "per_peer") - refused(&before, "per_peer"),
         (2000 + 100 - 2 * MAX_PER_PEER) as f64
@@ -508,16 +521,29 @@ fn idle_and_half_sent_connections_are_capped_and_closed_and_a_scrape_still_gets_
 
     // Beyond the cap on all connections, from many addresses: refused too.
     let many: Vec<TcpStream> = (0..MAX_CONNECTIONS)
-        .map(|i| connect_from(Ipv4Addr::new(127, 0, 2, 1 + (i / MAX_PER_PEER) as u8), to))
+        .map(|i| connect_from(Ipv4Addr::new(198, 18, 2, 1 + (i / MAX_PER_PEER) as u8), to))
         .collect();
     let over = 2 * MAX_PER_PEER;
-    let still_open = wait_for("the refusals", Duration::from_secs(3), || {
+    let still_open = wait_for("the refusals", REFUSALS_SEEN_WITHIN, || {
         let open = many.iter().filter(|s| !closed_by_server(s)).count();
         (open == MAX_CONNECTIONS - over).then_some(open)
     });
     assert_eq!(still_open, MAX_CONNECTIONS - over);
     assert!(fds_of(pid) <= fds_before + MAX_CONNECTIONS + 2);
     drop(many);
+
+    // Loopback sources are one client: of one connection from each of 2 × 16 of them, 16
+    // stay open.
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, to.port()));
+    let local: Vec<TcpStream> = (0..2 * MAX_PER_PEER)
+        .map(|i| connect_from(Ipv4Addr::new(127, 0, 3, 1 + i as u8), loopback))
+        .collect();
+    let still_open = wait_for("the refusals", REFUSALS_SEEN_WITHIN, || {
+        let open = local.iter().filter(|s| !closed_by_server(s)).count();
+        (open == MAX_PER_PEER).then_some(open)
+    });
+    assert_eq!(still_open, MAX_PER_PEER);
+    drop(local);
 
     // After the documented timeout, the idle and the half-sent ones are closed, and the
     // descriptors given back.

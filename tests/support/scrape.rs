@@ -2,6 +2,7 @@
 
 use std::{
     io::Write as _,
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -23,16 +24,44 @@ impl Served {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let run = TracerRun::start(&args);
-        let address = run
-            .stderr_lines()
+        let address = Self::address_of(&run);
+        Self::wait_healthy(&address);
+        Self { run, address }
+    }
+
+    /// `tracer serve --listen LISTEN EXTRA` run inside the network namespace at `netns` (its
+    /// clients can then come from many addresses the test gives that namespace), healthy.
+    pub fn start_in(netns: &str, listen: &str, extra: &[&str]) -> Self {
+        let target = std::fs::File::open(netns).unwrap_or_else(|e| panic!("{netns}: {e}"));
+        let mut command = crate::tracer_command();
+        command.args(["serve", "--listen", listen]).args(extra);
+        // SAFETY: setns(2) only, between fork and exec; the file is close-on-exec.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let run = TracerRun::start_command(command);
+        let address = Self::address_of(&run);
+        let probe = address.clone();
+        crate::in_netns(netns, move || Self::wait_healthy(&probe));
+        Self { run, address }
+    }
+
+    /// Where the tracer said it serves.
+    fn address_of(run: &TracerRun) -> String {
+        run.stderr_lines()
             .iter()
             .find_map(|l| l.strip_prefix("tracer: serving http://")?.split('/').next())
             .unwrap_or_else(|| panic!("no address on stderr: {:?}", run.stderr_lines()))
-            .to_string();
+            .to_string()
+    }
+
+    fn wait_healthy(address: &str) {
         wait_for("/healthz to answer 200", Duration::from_secs(10), || {
-            (get(&address, "/healthz") == (200, "ok\n".to_string())).then_some(())
+            (get(address, "/healthz") == (200, "ok\n".to_string())).then_some(())
         });
-        Self { run, address }
     }
 }
 

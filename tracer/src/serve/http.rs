@@ -6,11 +6,10 @@
 //! (idle keep-alive connections close then too), none stays open longer than
 //! [`MAX_CONNECTION_AGE`] (a client that sends a request and never reads the answer would
 //! otherwise hold its place), each buffers at most [`MAX_BUFFER`], and at most
-//! [`MAX_CONNECTIONS`] are open, at most [`MAX_PER_PEER`] from one address; connections beyond
+//! [`MAX_CONNECTIONS`] are open, at most [`MAX_PER_PEER`] from one peer; connections beyond
 //! are closed as soon as accepted (counted in `tracer_http_connections_refused_total`), so
-//! that a client on one address cannot keep the scraper out. (One that holds connections from
-//! 16 addresses, e.g. a local process binding 127.x.y.z sources, still can, until they time
-//! out: the cap counts exact addresses.)
+//! that a client on one address cannot keep the scraper out. A peer is what one client can
+//! cheaply hold many addresses of ([`Peer::of`]): the whole loopback range, an IPv6 /64.
 
 use std::{
     collections::HashMap,
@@ -200,19 +199,45 @@ fn serve(
 #[derive(Default)]
 struct Open {
     total: usize,
-    by_peer: HashMap<IpAddr, usize>,
+    by_peer: HashMap<Peer, usize>,
+}
+
+/// The addresses counted together against [`MAX_PER_PEER`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    /// 127.0.0.0/8 and ::1: any local process can bind any of them as its source.
+    Loopback,
+    V4([u8; 4]),
+    /// The /64 prefix: one host is routinely given a whole /64.
+    V6Prefix([u8; 8]),
+}
+
+impl Peer {
+    fn of(address: IpAddr) -> Self {
+        match address.to_canonical() {
+            IpAddr::V4(v4) if v4.is_loopback() => Self::Loopback,
+            IpAddr::V4(v4) => Self::V4(v4.octets()),
+            IpAddr::V6(v6) if v6.is_loopback() => Self::Loopback,
+            IpAddr::V6(v6) => {
+                let mut prefix = [0; 8];
+                prefix.copy_from_slice(&v6.octets()[..8]);
+                Self::V6Prefix(prefix)
+            }
+        }
+    }
 }
 
 /// One open connection's place in [`Open`], given back when dropped.
 struct Slot {
     open: Arc<Mutex<Open>>,
-    peer: IpAddr,
+    peer: Peer,
     metrics: Arc<Metrics>,
 }
 
 impl Slot {
     /// A place for a connection from `peer`, or `None` (counted) when there is none.
-    fn take(open: &Arc<Mutex<Open>>, peer: IpAddr, metrics: &Arc<Metrics>) -> Option<Self> {
+    fn take(open: &Arc<Mutex<Open>>, address: IpAddr, metrics: &Arc<Metrics>) -> Option<Self> {
+        let peer = Peer::of(address);
         let mut now = open.lock().unwrap_or_else(|e| e.into_inner());
         let from_peer = now.by_peer.get(&peer).copied().unwrap_or(0);
         let refused = if now.total >= MAX_CONNECTIONS {
@@ -340,5 +365,17 @@ mod tests {
         drop(held);
         let now = open.lock().unwrap();
         assert_eq!((now.total, now.by_peer.len()), (0, 0));
+    }
+
+    #[test]
+    fn loopback_sources_and_one_ipv6_64_count_as_one_peer() {
+        let peer = |s: &str| Peer::of(s.parse().unwrap());
+        assert_eq!(peer("127.0.0.1"), peer("127.9.8.7"));
+        assert_eq!(peer("127.0.0.1"), peer("::1"));
+        assert_eq!(peer("::ffff:127.3.2.1"), Peer::Loopback);
+        assert_eq!(peer("2001:db8:1:2::1"), peer("2001:db8:1:2:ffff::9"));
+        assert_ne!(peer("2001:db8:1:2::1"), peer("2001:db8:1:3::1"));
+        assert_ne!(peer("192.0.2.1"), peer("192.0.2.2"));
+        assert_eq!(peer("::ffff:192.0.2.1"), peer("192.0.2.1"));
     }
 }
