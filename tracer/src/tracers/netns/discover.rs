@@ -24,8 +24,8 @@ use crate::{
     clock::Clock,
     kernel::{
         netns::{
-            net_ns_link, net_ns_of, netns_file_inode, netns_mounts_of, open_netns,
-            open_netns_in_root, process_namespaces, socket_netns_cookie,
+            net_ns_link, net_ns_of, netns_file_inode, netns_mounts_of, process_namespaces,
+            socket_netns_cookie, NetnsRef, WayIn,
         },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
         sockets::{describe, namespace_socket_inodes, socket_netns, SocketInfo},
@@ -88,15 +88,23 @@ pub struct BindMount {
 }
 
 impl BindMount {
-    /// The namespace file it mounts, opened if it is still namespace `inode`: by its own path,
-    /// or resolved inside the root of a process of its mount namespace.
-    pub fn open(&self, inode: u64) -> anyhow::Result<File> {
+    /// How to open the namespace file it mounts: by its own path, or resolved inside the root
+    /// of a process of its mount namespace.
+    pub fn way(&self) -> WayIn {
         let point = path_of(&self.raw);
         if self.own {
-            open_netns(&point, inode)
+            WayIn::Path(point)
         } else {
-            open_netns_in_root(self.pid, &point, inode)
+            WayIn::InRoot {
+                pid: self.pid,
+                point,
+            }
         }
+    }
+
+    /// The namespace file it mounts, opened if it is still namespace `inode`.
+    pub fn open(&self, inode: u64) -> anyhow::Result<File> {
+        self.way().open(inode)
     }
 }
 
@@ -180,24 +188,34 @@ pub struct Found {
 }
 
 impl Found {
-    /// The namespace opened, each way it can be, the most stable first (lazily: the caller
-    /// stops at the first that works). Each is checked to still be this namespace.
-    pub fn ways_in(&self) -> impl Iterator<Item = anyhow::Result<File>> + '_ {
-        let inode = self.inode;
+    /// Every way into it that can be taken again later, the most stable first: a bind mount
+    /// here, a process inside, an open file, a bind mount elsewhere, a socket.
+    pub fn netns_ref(&self) -> NetnsRef {
         let (own, other): (Vec<_>, Vec<_>) = self.mounts.iter().partition(|m| m.own);
-        own.into_iter()
-            .map(move |m| m.open(inode))
-            .chain(
-                self.holders
-                    .iter()
-                    .map(move |h| open_netns(&net_ns_link(h.pid), inode)),
-            )
-            .chain(
-                self.files
-                    .iter()
-                    .map(move |f| open_netns(&fd_path(f.pid, f.fd), inode)),
-            )
-            .chain(other.into_iter().map(move |m| m.open(inode)))
+        let ways = own
+            .into_iter()
+            .map(BindMount::way)
+            .chain(self.holders.iter().map(|h| WayIn::Path(net_ns_link(h.pid))))
+            .chain(self.files.iter().map(|f| WayIn::Path(fd_path(f.pid, f.fd))))
+            .chain(other.into_iter().map(BindMount::way))
+            .chain(self.sockets.iter().map(|s| WayIn::Socket {
+                pid: s.pid,
+                fd: s.fd,
+            }))
+            .collect();
+        NetnsRef {
+            inode: self.inode,
+            ways,
+        }
+    }
+
+    /// The namespace opened, each way it can be, the most stable first (lazily: the caller
+    /// stops at the first that works), and last through the socket the scan opened it from.
+    /// Each is checked to still be this namespace.
+    pub fn ways_in(&self) -> impl Iterator<Item = anyhow::Result<File>> + '_ {
+        let netns = self.netns_ref();
+        (0..netns.ways.len())
+            .map(move |i| netns.ways[i].open(netns.inode))
             .chain(
                 self.via_socket
                     .iter()
@@ -574,6 +592,16 @@ pub fn all() -> Scanned {
         found,
         uninspectable,
     }
+}
+
+/// Every network namespace held from userspace, with every way into it (see [`all`]); the
+/// namespaces the scan opened are closed again. What `conntrack-drops` and `probe` enter.
+pub fn namespaces() -> BTreeMap<u64, NetnsRef> {
+    all()
+        .found
+        .into_iter()
+        .map(|(inode, found)| (inode, found.netns_ref()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 pub mod census;
 pub mod decode;
-mod discover;
+pub mod discover;
 mod flags;
 mod inside;
 pub mod snapshot;
