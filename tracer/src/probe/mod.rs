@@ -39,9 +39,9 @@ use crate::{
     output::{Format, Output},
     pipeline::StopWhen,
     session::{prepare, trace_into, RunConfig},
-    tracers::netns::discover,
     tracers::{
         conntrack::{ConntrackDrop, ConntrackOptions, ConntrackTracer},
+        netns::discover,
         Tracer,
     },
 };

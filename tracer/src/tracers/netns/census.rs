@@ -21,8 +21,8 @@ use crate::{
     kernel::btf::KernelBtf,
 };
 
-/// The census's program: optional for `--watch` (it only shows up in `doctor`), the snapshot
-/// loads it alone.
+/// The census's program, optional: the netns tracer attaches it with its own (`serve` and
+/// `record` walk that one), a snapshot alone (`tracer netns`) loads it alone.
 pub const HOOK: HookSpec = HookSpec {
     purpose: "netns census (kernel list)",
     candidates: &[Candidate {
