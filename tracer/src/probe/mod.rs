@@ -78,7 +78,7 @@ struct Job {
 fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
     // Every namespace held from userspace (processes, open files, sockets, bind mounts in any
     // mount namespace): `--all-netns` probes from each.
-    let found = discover::namespaces();
+    let found = discover::namespaces(true);
     let (pods, host_network) = {
         let cache = identities.lock();
         (cache.pod_netns(), cache.host_network_pods())

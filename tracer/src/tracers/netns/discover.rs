@@ -411,12 +411,12 @@ impl Scan {
     /// through one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
     /// `tables` are the socket inodes each namespace lists: a socket its own namespace lists is
     /// not borrowed (pidfd_getfd sets the socket's net_cls/net_prio cgroup v1 tags to the
-    /// tracer's).
+    /// tracer's); none: sockets are not looked at.
     fn fd_holders(
         &mut self,
         process: &Process,
         mount_points: &HashSet<Vec<u8>>,
-        tables: &HashMap<u64, HashSet<u64>>,
+        tables: Option<&HashMap<u64, HashSet<u64>>>,
     ) {
         let pid = process.pid;
         // The pidfd comes first: if the process is still alive after its fds were listed, the
@@ -427,7 +427,7 @@ impl Scan {
         let Some(pidfd) = pidfd.ok().filter(Pidfd::alive) else {
             return;
         };
-        let own_sockets = tables.get(&process.net);
+        let own_sockets = tables.map(|t| t.get(&process.net));
         let mut comm = None;
         for (fd, link) in fds {
             let inode = match link {
@@ -437,8 +437,10 @@ impl Scan {
                 }
                 Link::Other(_) => None,
                 Link::Socket(socket) => {
-                    if own_sockets.is_some_and(|t| t.contains(&socket)) {
-                        continue;
+                    match own_sockets {
+                        None => continue,
+                        Some(own) if own.is_some_and(|t| t.contains(&socket)) => continue,
+                        Some(_) => {}
                     }
                     let socket = match pidfd.get_fd(fd) {
                         Ok(socket) => socket,
@@ -486,7 +488,7 @@ impl Scan {
         &mut self,
         processes: &[Process],
         mount_points: &HashSet<Vec<u8>>,
-        tables: &HashMap<u64, HashSet<u64>>,
+        tables: Option<&HashMap<u64, HashSet<u64>>>,
     ) {
         let own = std::process::id();
         for process in processes {
@@ -551,10 +553,16 @@ pub struct Scanned {
 /// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
 /// vanish while they are read are skipped.
 pub fn all() -> Scanned {
+    scan(true)
+}
+
+/// [`all`], with sockets or without (they cost the scan most: every namespace's socket tables
+/// are read, and each socket of another namespace borrowed).
+fn scan(sockets: bool) -> Scanned {
     let mut found: BTreeMap<u64, Found> = BTreeMap::new();
     let processes = processes();
     let mount_points = bind_mounts(&processes, &mut found);
-    let tables = socket_tables(&processes);
+    let tables = sockets.then(|| socket_tables(&processes));
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
@@ -563,7 +571,7 @@ pub fn all() -> Scanned {
         let workers: Vec<_> = processes
             .chunks(chunk)
             .map(|part| {
-                let (mount_points, tables) = (&mount_points, &tables);
+                let (mount_points, tables) = (&mount_points, tables.as_ref());
                 s.spawn(move || {
                     let mut scan = Scan::default();
                     scan.processes(part, mount_points, tables);
@@ -596,8 +604,10 @@ pub fn all() -> Scanned {
 
 /// Every network namespace held from userspace, with every way into it (see [`all`]); the
 /// namespaces the scan opened are closed again. What `conntrack-drops` and `probe` enter.
-pub fn namespaces() -> BTreeMap<u64, NetnsRef> {
-    all()
+/// Without `sockets`, a namespace that only sockets hold is missed, for a scan that costs
+/// little more than listing every process's fds.
+pub fn namespaces(sockets: bool) -> BTreeMap<u64, NetnsRef> {
+    scan(sockets)
         .found
         .into_iter()
         .map(|(inode, found)| (inode, found.netns_ref()))
