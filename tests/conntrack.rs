@@ -581,3 +581,57 @@ fn malformed_and_fragmented_ipv6_packets_are_reported_with_what_could_be_read() 
     assert_eq!(good[0]["dst"], "[fd77::bad]:9");
     assert!(good[0].get("truncated").is_none());
 }
+
+/// A namespace that only an open file of a host process holds (`ip netns del`ed, as a CNI
+/// plugin or network agent leaves it) had conntrack drops before the run: its drops during the
+/// run are compared with its own figures at start-up, not with zero, so a rule's drop is not
+/// taken for the insert failures it had before.
+#[test]
+fn a_namespace_held_only_by_an_open_file_has_its_drops_classified_from_its_own_figures() {
+    let mut t = topology();
+    let inode = t.node.inode();
+    // Insert failures (and so `drop`) before the run, on this namespace's counters.
+    let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
+    let (holder, fd) = outside_holder(
+        env!("CARGO_BIN_EXE_netns-holder"),
+        "fd",
+        t.node.path().as_ref(),
+    );
+    t.node.delete();
+    let held = format!("/proc/{}/fd/{fd}", holder.pid());
+    let before = conntrack_counters_in(&held);
+    assert!(
+        before.insert_failed > 0,
+        "the race never happened: {before:?} {race:?}"
+    );
+    let run = TracerRun::start(&["conntrack-drops", "--json"]);
+
+    let blocked_to = endpoint(VIP_A, BLOCKED_PORT);
+    let blocked = send_refused_in(
+        &held,
+        &[blocked_to.parse().unwrap()],
+        20,
+        Duration::from_secs(30),
+    );
+
+    let out = run.stop();
+    let kernel = conntrack_counters_in(&held).since(&before);
+    drop(holder);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        blocked, 20,
+        "the firewall rule refused every blocked packet"
+    );
+    assert_eq!(
+        kernel.drop, 0,
+        "conntrack dropped during the run: {kernel:?}"
+    );
+    let events = out.of_type("conntrack_drop");
+    let ours: Vec<_> = events.iter().filter(|e| e["netns"] == inode).collect();
+    assert_eq!(ours.len(), 20, "{ours:#?}");
+    assert!(ours.iter().all(|e| e["class"] == "rule"), "{ours:#?}");
+    let node = summary_netns(out.summary(), inode);
+    assert_eq!(node["kernel_counters"]["insert_failed"], 0, "{node:#}");
+    assert_eq!(node["kernel_counters"]["drop"], kernel.drop, "{node:#}");
+    assert_eq!(node["drops"]["rule"], 20, "{node:#}");
+}

@@ -460,19 +460,7 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
 
 /// `netns-holder MODE` holding `netns` from outside it, and the fd it holds it with.
 fn outside_holder(mode: &str, netns: &Path) -> (Owned, u32) {
-    let mut child = Owned(
-        Command::new(env!("CARGO_BIN_EXE_netns-holder"))
-            .args([mode, "120"])
-            .arg(netns)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("netns-holder"),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = forward_lines(stdout)
-        .recv_timeout(Duration::from_secs(10))
-        .expect("netns-holder prints its fd");
-    (child, line.trim().parse().expect("an fd number"))
+    net::outside_holder(env!("CARGO_BIN_EXE_netns-holder"), mode, netns)
 }
 
 /// The holders a flag names, as (kind, pid).

@@ -346,6 +346,29 @@ fn a_namespace_gone_before_its_turn_is_reported_and_the_scan_goes_on() {
 }
 
 #[test]
+fn all_netns_probes_from_a_namespace_that_only_an_open_file_holds() {
+    let mut s = site();
+    let inode = s.ok.inode();
+    let (holder, fd) = outside_holder(
+        env!("CARGO_BIN_EXE_netns-holder"),
+        "fd",
+        s.ok.path().as_ref(),
+    );
+    s.ok.delete();
+    let target = format!("{SERVER}:{PORT}");
+    let out = probe(&[&target, "--timeout", "2s", "--all-netns"]);
+    drop(holder);
+    let lines: Vec<&Value> = out
+        .of_type("probe")
+        .into_iter()
+        .filter(|p| p["netns"] == inode)
+        .collect();
+    assert_eq!(lines.len(), 1, "{:#?}\n{}", out.objects, out.stderr);
+    // Entered through fd {fd} of the holder: its route and veth to the server are there.
+    assert_eq!(lines[0]["status"], "ok", "fd {fd}: {:#}", lines[0]);
+}
+
+#[test]
 fn a_netns_inode_nobody_holds_is_an_error_line_and_fails_the_run() {
     let s = site();
     let target = format!("{SERVER}:{PORT}");

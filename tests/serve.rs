@@ -4,8 +4,10 @@
 //! the exposition passes `promtool check metrics`, and SIGTERM detaches everything.
 
 use std::{
+    collections::BTreeSet,
     io::Write as _,
     net::TcpStream,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -148,6 +150,71 @@ fn signals_drops_and_namespace_flags_become_their_series() {
         .collect();
     assert_eq!(reported.len(), 1, "{reported:#?}");
     assert_eq!(reported[0]["flags"][0]["flag"], "orphaned");
+}
+
+/// The ids of the loaded programs named `netns_census` (bpftool).
+fn census_program_ids() -> BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    let programs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    programs
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| bpf_name_is("netns_census", n))
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn one_census_program_serves_every_census_and_goes_with_the_tracer() {
+    assert!(
+        census_program_ids().is_empty(),
+        "a census program of an earlier run is still loaded"
+    );
+    let mut served = Served::start(&["--census-every", "1s"]);
+    let (mut seen, mut looks) = (BTreeSet::new(), 0);
+    // Each namespace is made once the one before was reported, so each report is a census of
+    // its own; its kernel counts come from the census program's walk of the kernel's list.
+    for tag in ["census-a", "census-b", "census-c"] {
+        let ns = Netns::new(tag);
+        let inode = ns.inode();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let report = loop {
+            seen.extend(census_program_ids());
+            looks += 1;
+            let report = served.run.wait_for_json(Duration::from_millis(20), |e| {
+                e["type"] == "netns_snapshot" && e["inode"] == inode
+            });
+            if let Some(report) = report {
+                break report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tag} ({inode}) was never reported"
+            );
+        };
+        assert!(
+            report["kernel_refs"]["refs"].as_u64() >= Some(1),
+            "{tag}: no kernel counts, the census program did not walk: {report:#}"
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "one census program for the whole run, in {looks} looks: {seen:?}"
+    );
+    let out = served.run.stop_with(Signal::SIGTERM);
+    assert!(out.status.success(), "{}", out.stderr);
+    wait_for(
+        "the census program to be unloaded",
+        Duration::from_secs(5),
+        || census_program_ids().is_empty().then_some(()),
+    );
 }
 
 #[test]

@@ -81,27 +81,7 @@ impl Netns {
     /// one socket per target), for at most `within`; returns how many the kernel refused
     /// (sendto fails with EPERM when netfilter drops the packet on its way out).
     pub fn send_refused(&self, targets: &[SocketAddr], count: u64, within: Duration) -> u64 {
-        let targets = targets.to_vec();
-        self.run_inside(move || {
-            let sockets: Vec<(UdpSocket, SocketAddr)> = targets
-                .into_iter()
-                .map(|to| {
-                    let any: SocketAddr = match to {
-                        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-                    };
-                    (UdpSocket::bind(any).unwrap(), to)
-                })
-                .collect();
-            let deadline = Instant::now() + within;
-            (0..count)
-                .take_while(|_| Instant::now() < deadline)
-                .filter(|i| {
-                    let (socket, to) = &sockets[*i as usize % sockets.len()];
-                    socket.send_to(b"x", to).is_err()
-                })
-                .count() as u64
-        })
+        send_refused_in(&self.path(), targets, count, within)
     }
 
     /// Packets the nft rule with `comment "NAME"` counted (its `counter`), read from the
@@ -114,11 +94,7 @@ impl Netns {
     /// `/proc/net/stat/nf_conntrack` inside it (through thread-self: `/proc/net` follows the
     /// process, not the thread that entered the namespace).
     pub fn conntrack_counters(&self) -> ConntrackCounters {
-        self.run_inside(|| {
-            let text = fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
-                .expect("conntrack stats");
-            ConntrackCounters::parse(&text)
-        })
+        conntrack_counters_in(&self.path())
     }
 }
 
@@ -139,6 +115,41 @@ impl Drop for Netns {
                 .status();
         }
     }
+}
+
+/// [`Netns::send_refused`] from inside the network namespace at `path` (a bind mount, or
+/// /proc/PID/fd/N of a process holding it).
+pub fn send_refused_in(path: &str, targets: &[SocketAddr], count: u64, within: Duration) -> u64 {
+    let targets = targets.to_vec();
+    crate::in_netns(path, move || {
+        let sockets: Vec<(UdpSocket, SocketAddr)> = targets
+            .into_iter()
+            .map(|to| {
+                let any: SocketAddr = match to {
+                    SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                    SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                (UdpSocket::bind(any).unwrap(), to)
+            })
+            .collect();
+        let deadline = Instant::now() + within;
+        (0..count)
+            .take_while(|_| Instant::now() < deadline)
+            .filter(|i| {
+                let (socket, to) = &sockets[*i as usize % sockets.len()];
+                socket.send_to(b"x", to).is_err()
+            })
+            .count() as u64
+    })
+}
+
+/// [`Netns::conntrack_counters`] of the network namespace at `path`.
+pub fn conntrack_counters_in(path: &str) -> ConntrackCounters {
+    crate::in_netns(path, || {
+        let text =
+            fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack").expect("conntrack stats");
+        ConntrackCounters::parse(&text)
+    })
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -570,6 +581,25 @@ impl Drop for NetnsHolder {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// `netns-holder MODE 120 NETNS` (`binary`, as for [`NetnsHolder::start`]): holds the namespace
+/// at `netns` from outside it (`fd`: an open file; `socket`: a socket made inside), and the fd
+/// it holds it with. Killed when dropped.
+pub fn outside_holder(binary: &str, mode: &str, netns: &std::path::Path) -> (Owned, u32) {
+    let mut child = Owned(
+        Command::new(binary)
+            .args([mode, "120"])
+            .arg(netns)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("netns-holder"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = crate::forward_lines(stdout)
+        .recv_timeout(Duration::from_secs(10))
+        .expect("netns-holder prints its fd");
+    (child, line.trim().parse().expect("an fd number"))
 }
 
 /// A raw socket (`socket(family, SOCK_RAW, protocol)`): for packets a UDP socket cannot send,

@@ -181,6 +181,7 @@ pub async fn run(
             }
         }
     };
+    tracer.stopping();
     // Detached first, so that the ring buffer (whose map this process still holds) only
     // empties from here: the final drain ends even under a flood.
     drop(loaded);

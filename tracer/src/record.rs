@@ -22,7 +22,10 @@ use crate::{
     tracers::{
         conntrack::ConntrackOptions,
         ensemble::{every_tracer, Companion, Ensemble},
-        netns::snapshot,
+        netns::{
+            census::KernelCensus,
+            snapshot::{self, NamespaceReport},
+        },
         signals::SignalsOptions,
         Tracer as _, TracerOptions,
     },
@@ -42,9 +45,22 @@ struct Recording {
     stuck_after: Duration,
     /// The run's cache, for the closing snapshot.
     identities: Identities,
+    /// The run's census program (the netns tracer's), once loaded, or why there is none.
+    census: Result<KernelCensus, String>,
+    /// The closing snapshot, taken while the programs are still attached (the census needs
+    /// its program) and written after the run's last events.
+    closing: Vec<NamespaceReport>,
 }
 
 impl Companion for Recording {
+    fn on_loaded(&mut self, ebpf: &mut aya::Ebpf) {
+        self.census = KernelCensus::adopt(ebpf).map_err(|e| format!("{e:#}"));
+    }
+
+    fn stopping(&mut self) {
+        self.closing = snapshot::take_with(&self.identities, self.stuck_after, &mut self.census);
+    }
+
     fn after_flush(
         &mut self,
         events: &BTreeMap<&'static str, u64>,
@@ -61,7 +77,7 @@ impl Companion for Recording {
             self.last_status = Instant::now();
         }
         if final_flush {
-            for namespace in snapshot::take_with(&self.identities, self.stuck_after) {
+            for namespace in std::mem::take(&mut self.closing) {
                 out.event(&namespace)?;
             }
         }
@@ -110,6 +126,8 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             last_status: Instant::now(),
             stuck_after: args.stuck_after,
             identities: identities.clone(),
+            census: Err("the run's programs were not loaded".into()),
+            closing: Vec::new(),
         };
         Ok(Ensemble::new(
             "record",

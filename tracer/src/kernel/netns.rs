@@ -1,11 +1,11 @@
-//! Finding the node's network namespaces (through every process's /proc/PID/ns/net and every
-//! nsfs bind mount: `ip netns`, container runtimes, kubelet), and doing something inside one.
+//! Network namespace files: finding them (/proc/PID/ns/net, nsfs bind mounts), opening one
+//! safely, and doing something inside it. Which namespaces the node has, and every way into
+//! each, is `tracers::netns::discover`'s.
 
 use std::{
-    collections::BTreeMap,
     fs::{self, File},
     os::{
-        fd::{AsRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -27,12 +27,71 @@ use super::mountinfo;
 /// Processes looked at, at most, so that a runaway fork bomb cannot stall a scan.
 const MAX_PROCESSES: usize = 1_000_000;
 
-/// A file that refers to a network namespace: `/proc/PID/ns/net` or an nsfs bind mount such as
-/// `/run/netns/NAME`.
+/// A network namespace and the ways to open it again later, the most stable first: none
+/// holds it meanwhile (no fd is kept), so keeping one does not keep the namespace alive.
 #[derive(Clone, Debug)]
 pub struct NetnsRef {
     pub inode: u64,
-    pub path: PathBuf,
+    pub ways: Vec<WayIn>,
+}
+
+/// One way to open a namespace.
+#[derive(Clone, Debug)]
+pub enum WayIn {
+    /// A path that opens it from here: a bind mount in this mount namespace,
+    /// /proc/PID/ns/net, or /proc/PID/fd/N of a process holding it open.
+    Path(PathBuf),
+    /// A bind mount in the mount namespace of `pid`, resolved inside that process's root.
+    InRoot { pid: u32, point: PathBuf },
+    /// Socket `fd` of process `pid`, made in the namespace: borrowed (pidfd_getfd) and asked
+    /// for its namespace (SIOCGSKNS).
+    Socket { pid: u32, fd: u32 },
+}
+
+impl WayIn {
+    /// The namespace opened this way, if it is still the one with `inode`.
+    pub fn open(&self, inode: u64) -> Result<File> {
+        match self {
+            WayIn::Path(path) => open_netns(path, inode),
+            WayIn::InRoot { pid, point } => open_netns_in_root(*pid, point, inode),
+            WayIn::Socket { pid, fd } => {
+                let socket = super::procfd::Pidfd::open(*pid)
+                    .and_then(|p| p.get_fd(*fd))
+                    .with_context(|| format!("borrowing socket fd {fd} of process {pid}"))?;
+                let (actual, netns) = super::sockets::socket_netns(socket.as_fd())
+                    .with_context(|| format!("SIOCGSKNS on fd {fd} of process {pid}"))?;
+                if actual != inode {
+                    bail!("fd {fd} of process {pid} is now of namespace {actual}, not {inode}");
+                }
+                Ok(netns)
+            }
+        }
+    }
+}
+
+impl NetnsRef {
+    /// The namespace opened the first way that still works (the error of the last one when
+    /// none does: it is gone, or only the kernel holds it).
+    pub fn open(&self) -> Result<File> {
+        let mut last = None;
+        for way in &self.ways {
+            match way.open(self.inode) {
+                Ok(file) => return Ok(file),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            anyhow!(
+                "network namespace {} has no way in (nothing in userspace holds it)",
+                self.inode
+            )
+        }))
+    }
+
+    /// Its cookie.
+    pub fn cookie(&self) -> Result<u64> {
+        in_netns(&self.open()?, own_cookie)
+    }
 }
 
 /// /proc/PID/ns/net.
@@ -84,11 +143,6 @@ pub fn parse_netns_mounts(mountinfo: &[u8]) -> Vec<(Vec<u8>, u64)> {
         }
     }
     mounts
-}
-
-/// Network-namespace bind mounts visible in this mount namespace.
-pub fn netns_mounts() -> Vec<(Vec<u8>, u64)> {
-    netns_mounts_of("self").unwrap_or_default()
 }
 
 /// Network-namespace bind mounts in the mount namespace of `pid` (`self` for ours); an error
@@ -174,24 +228,6 @@ pub fn open_netns_in_root(pid: u32, mount_point: &Path, inode: u64) -> Result<Fi
     checked(require_nsfs(fd, &shown)?, &shown, inode)
 }
 
-/// Every network namespace reachable through a bind mount or a process, by inode.
-pub fn discover() -> BTreeMap<u64, NetnsRef> {
-    let mut found = BTreeMap::new();
-    for (point, inode) in netns_mounts() {
-        found.entry(inode).or_insert(NetnsRef {
-            inode,
-            path: super::procfd::path_of(&point),
-        });
-    }
-    for (pid, inode) in process_namespaces() {
-        found.entry(inode).or_insert(NetnsRef {
-            inode,
-            path: net_ns_link(pid),
-        });
-    }
-    found
-}
-
 /// Runs `read` in a thread inside the namespace at `path` (a bind mount or /proc/PID/ns/net),
 /// which must be the one with `inode`: a pid may have been reused since it was found.
 pub fn in_namespace<T: Send>(
@@ -251,7 +287,7 @@ pub fn cookie_of(path: &Path, inode: u64) -> Result<u64> {
 /// Reads `path` as seen from inside `netns`: `/proc/thread-self/net/...` shows that
 /// namespace's network files, `/proc/sys/net/...` its sysctls.
 pub fn read_in(netns: &NetnsRef, path: &'static str) -> Result<String> {
-    in_namespace(&netns.path, netns.inode, || {
+    in_netns(&netns.open()?, || {
         fs::read_to_string(path).with_context(|| format!("reading {path}"))
     })
 }
@@ -324,10 +360,21 @@ mod tests {
     }
 
     #[test]
-    fn finds_own_namespace_and_reads_inside_it() {
+    fn reads_inside_a_namespace_the_first_way_that_works() {
         let own = fs::metadata("/proc/self/ns/net").unwrap().ino();
-        let all = discover();
-        let dev = read_in(&all[&own], "/proc/thread-self/net/dev").unwrap();
+        let netns = NetnsRef {
+            inode: own,
+            ways: vec![
+                WayIn::Path("/nonexistent/netns".into()),
+                WayIn::Path(net_ns_link(std::process::id())),
+            ],
+        };
+        let dev = read_in(&netns, "/proc/thread-self/net/dev").unwrap();
         assert!(dev.contains("lo:"), "{dev}");
+        let lost = NetnsRef {
+            ways: vec![WayIn::Path(net_ns_link(std::process::id()))],
+            inode: own + 1,
+        };
+        assert!(lost.open().is_err(), "another namespace taken for it");
     }
 }

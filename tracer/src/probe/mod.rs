@@ -11,7 +11,7 @@ pub mod target;
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::ExitCode,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -41,6 +41,7 @@ use crate::{
     session::{prepare, trace_into, RunConfig},
     tracers::{
         conntrack::{ConntrackDrop, ConntrackOptions, ConntrackTracer},
+        netns::discover,
         Tracer,
     },
 };
@@ -66,8 +67,8 @@ pub struct ProbeOptions {
 /// One namespace to probe from.
 struct Job {
     subject: Subject,
-    /// Where the namespace was found; none for a `--netns` inode no process or mount holds.
-    path: Option<PathBuf>,
+    /// The ways into the namespace; none for a `--netns` inode nothing in userspace holds.
+    netns: Option<NetnsRef>,
     /// The cookie the namespace had when it was selected: a namespace that took its inode
     /// since is not the one selected.
     cookie: Option<u64>,
@@ -75,7 +76,9 @@ struct Job {
 
 /// The namespaces to probe from.
 fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
-    let found = netns::discover();
+    // Every namespace held from userspace (processes, open files, sockets, bind mounts in any
+    // mount namespace): `--all-netns` probes from each.
+    let found = discover::namespaces(true);
     let (pods, host_network) = {
         let cache = identities.lock();
         (cache.pod_netns(), cache.host_network_pods())
@@ -93,10 +96,8 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
                 pod: owner.as_ref().map(|(pod, _)| pod.clone()),
                 host_network_pods: Vec::new(),
             },
-            path: Some(ns.path.clone()),
-            cookie: owner
-                .map(|(_, cookie)| cookie)
-                .or_else(|| netns::cookie_of(&ns.path, ns.inode).ok()),
+            netns: Some(ns.clone()),
+            cookie: owner.map(|(_, cookie)| cookie).or_else(|| ns.cookie().ok()),
         }
     };
     let mut jobs: Vec<Job> = if !options.netns.is_empty() {
@@ -112,15 +113,15 @@ fn select(options: &ProbeOptions, identities: &Identities) -> Result<Vec<Job>> {
                         pod: None,
                         host_network_pods: Vec::new(),
                     },
-                    path: None,
+                    netns: None,
                     cookie: None,
                 },
             })
             .collect();
-        if jobs.iter().all(|j| j.path.is_none()) {
+        if jobs.iter().all(|j| j.netns.is_none()) {
             bail!(
-                "no network namespace with inode {} is held by a process or a bind mount \
-                 (see `tracer netns`)",
+                "no network namespace with inode {} is held from userspace (process, open \
+                 file, socket or bind mount; see `tracer netns`)",
                 options
                     .netns
                     .iter()
@@ -202,45 +203,36 @@ fn sandbox_netns(dir: &Path) -> Option<u64> {
 
 fn not_held(inode: u64) -> String {
     format!(
-        "no network namespace with inode {inode} is held by a process or a bind mount (see \
-         `tracer netns`)"
+        "no network namespace with inode {inode} is held from userspace (process, open file, \
+         socket or bind mount; see `tracer netns`)"
     )
 }
 
-/// One probe inside `job`'s namespace (on a thread of its own, which alone enters it).
+/// One probe inside `job`'s namespace (on a thread of its own, which alone enters it). Each
+/// way into it found at selection is tried in turn: the process whose link was chosen may
+/// have exited while the namespace lives on, held another way (the cookie tells it from a
+/// namespace that took its inode).
 fn probe_from(job: &Job, target: &Target, timeout: Duration) -> Result<attempt::Attempt, String> {
     let inode = job.subject.netns;
-    let Some(path) = &job.path else {
+    let Some(ns) = &job.netns else {
         return Err(not_held(inode));
     };
-    let probe_in = |path: &Path| {
-        netns::in_namespace(path, inode, || {
-            if let Some(want) = job.cookie {
-                let cookie = netns::own_cookie().context("reading the namespace's cookie")?;
-                if cookie != want {
-                    bail!(
-                        "namespace {inode} is no longer the one selected (it was torn down and \
-                         its inode reused)"
-                    );
-                }
-            }
-            Ok(attempt::probe(target, timeout)?)
-        })
-    };
-    match probe_in(path) {
-        Ok(attempt) => Ok(attempt),
-        // The process whose link was chosen exited, or the mount went: the namespace may live
-        // on, held elsewhere (the cookie tells it from a namespace that took its inode).
-        Err(e) if netns::netns_file_inode(path) != Some(inode) => {
-            match netns::discover().remove(&inode) {
-                Some(ns) => probe_in(&ns.path).map_err(|e| format!("{e:#}")),
-                None => Err(format!(
-                    "namespace {inode} went away before it was probed ({e:#})"
-                )),
+    let netns = ns
+        .open()
+        .map_err(|e| format!("namespace {inode} went away before it was probed ({e:#})"))?;
+    netns::in_netns(&netns, || {
+        if let Some(want) = job.cookie {
+            let cookie = netns::own_cookie().context("reading the namespace's cookie")?;
+            if cookie != want {
+                bail!(
+                    "namespace {inode} is no longer the one selected (it was torn down and its \
+                     inode reused)"
+                );
             }
         }
-        Err(e) => Err(format!("{e:#}")),
-    }
+        Ok(attempt::probe(target, timeout)?)
+    })
+    .map_err(|e| format!("{e:#}"))
 }
 
 /// Starts `parallel` workers probing `jobs`; each result goes to `results` as it comes.
@@ -555,7 +547,10 @@ mod tests {
                 pod: None,
                 host_network_pods: Vec::new(),
             },
-            path: Some(PathBuf::from("/proc/self/ns/net")),
+            netns: Some(NetnsRef {
+                inode: netns,
+                ways: vec![netns::WayIn::Path("/proc/self/ns/net".into())],
+            }),
             cookie: None,
         };
         let options = ProbeOptions {

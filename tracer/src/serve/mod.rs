@@ -27,7 +27,10 @@ use crate::{
     session::{prepare, trace_into, RunConfig},
     tracers::{
         ensemble::{every_tracer, Companion, Ensemble},
-        netns::snapshot::{self, NamespaceReport},
+        netns::{
+            census::KernelCensus,
+            snapshot::{self, NamespaceReport},
+        },
         Tracer as _, TracerOptions,
     },
 };
@@ -52,11 +55,15 @@ impl Drop for CensusRunning {
 /// after the grace period). Its own thread because a namespace's rtnetlink dump can wait on
 /// the kernel's rtnl lock for long, in just the incidents it is there to see, and the event
 /// loop (and /healthz) must not wait with it. Sends the flagged namespaces to the pipeline.
+/// The first census waits for `census`: the kernel's list, read by the run's own census
+/// program once the programs are loaded (one program for the whole run, walked again each
+/// time), or why it cannot be.
 fn start_census(
     identities: Identities,
     metrics: Arc<Metrics>,
     every: Duration,
     stuck_after: Duration,
+    census: Receiver<Result<KernelCensus, String>>,
 ) -> Result<(SyncSender<()>, Receiver<Vec<NamespaceReport>>)> {
     let (stop, stopped) = mpsc::sync_channel::<()>(1);
     let (found, flagged) = mpsc::sync_channel(1);
@@ -65,6 +72,9 @@ fn start_census(
         .name("census".into())
         .spawn(move || {
             let _running = CensusRunning(metrics.clone());
+            let mut census = census
+                .recv()
+                .unwrap_or_else(|_| Err("the run's programs were not loaded".into()));
             let mut first = true;
             loop {
                 if inject_panic && !first {
@@ -81,7 +91,7 @@ fn start_census(
                     (cache.status().verdict(), pods)
                 };
                 metrics.set_identity(verdict);
-                let reports = snapshot::take_with(&identities, stuck_after);
+                let reports = snapshot::take_with(&identities, stuck_after, &mut census);
                 metrics.set_netns_flags(&reports);
                 let alive = Alive {
                     pods,
@@ -110,6 +120,8 @@ fn start_census(
 struct Census {
     metrics: Arc<Metrics>,
     flagged: Receiver<Vec<NamespaceReport>>,
+    /// Hands the census thread the census program once it is loaded.
+    census: Option<SyncSender<Result<KernelCensus, String>>>,
     /// Stops the census thread when dropped (the thread is not waited for: it may be stuck
     /// in the kernel, and the process is ending).
     _stop: SyncSender<()>,
@@ -118,8 +130,11 @@ struct Census {
 }
 
 impl Companion for Census {
-    fn on_loaded(&mut self, ebpf: &aya::Ebpf) {
+    fn on_loaded(&mut self, ebpf: &mut aya::Ebpf) {
         self.metrics.set_programs(programs::loaded(ebpf));
+        if let Some(census) = self.census.take() {
+            let _ = census.send(KernelCensus::adopt(ebpf).map_err(|e| format!("{e:#}")));
+        }
     }
 
     fn after_flush(
@@ -166,16 +181,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let tracers = every_tracer(btf, identities, &TracerOptions::default())?;
         let kinds: Vec<_> = tracers.iter().map(|t| (t.name(), t.kinds())).collect();
         let metrics = Arc::new(Metrics::new(bounds, &kinds)?);
+        let (loaded, census) = mpsc::sync_channel(1);
         let (stop, flagged) = start_census(
             identities.clone(),
             metrics.clone(),
             args.census_every,
             args.stuck_after,
+            census,
         )?;
         shared = Some(metrics.clone());
         let census = Census {
             metrics: metrics.clone(),
             flagged,
+            census: Some(loaded),
             _stop: stop,
             written: HashSet::new(),
         };

@@ -17,8 +17,12 @@ use crate::{
 /// What a command does besides the tracers: once the programs are loaded, and at each flush
 /// of the pipeline.
 pub trait Companion {
-    /// The programs are loaded and attached; no event was read yet.
-    fn on_loaded(&mut self, _ebpf: &Ebpf) {}
+    /// The programs are loaded and attached; no event was read yet. The companion may take
+    /// the maps it reads itself (the census's).
+    fn on_loaded(&mut self, _ebpf: &mut Ebpf) {}
+
+    /// The run stops; the programs are still attached (see [`Tracer::stopping`]).
+    fn stopping(&mut self) {}
 
     /// `events`: how many events each tracer wrote so far. `final_flush` is set once, at the
     /// end of the run.
@@ -108,6 +112,11 @@ impl<C: Companion> Tracer for Ensemble<C> {
         self.tracers
             .iter_mut()
             .for_each(|t| t.identities_refreshed());
+    }
+
+    fn stopping(&mut self) {
+        self.tracers.iter_mut().for_each(|t| t.stopping());
+        self.companion.stopping();
     }
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {

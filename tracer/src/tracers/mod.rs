@@ -104,6 +104,11 @@ pub trait Tracer {
     /// concludes from a record's absence must know that some never arrived.
     fn records_lost(&mut self, _lost: u64) {}
 
+    /// The run stops: the programs are still attached; the final drain and flush follow once
+    /// they are detached. For what needs the programs one last time (`record`'s closing
+    /// census).
+    fn stopping(&mut self) {}
+
     /// Writes events the tracer held back (for instance to match them with a later record).
     /// `final_flush` is set once at the end of the run: then everything goes out.
     fn flush(&mut self, _out: &mut Output, _final_flush: bool) -> Result<u64> {

@@ -11,7 +11,7 @@ pub mod decode;
 pub mod flow;
 mod stats;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -37,8 +37,9 @@ use crate::{
     clock::Clock,
     enrich::{identity::Identities, selector::Selector},
     hooks::{Attach, Candidate, HookSpec},
-    kernel::{btf::KernelBtf, netns},
+    kernel::{btf::KernelBtf, netns::NetnsRef},
     output::Output,
+    tracers::netns::discover,
 };
 
 const HOOKS: &[HookSpec] = &[HookSpec {
@@ -59,6 +60,10 @@ const MAX_LAST_STATS: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
 
 /// Namespaces whose drops the summary lists, and whose entry counts are cached.
 const MAX_TALLIED: NonZeroUsize = NonZeroUsize::new(4_096).unwrap();
+
+/// The least time between two discoveries of the node's namespaces for a drop in one not yet
+/// known: a discovery looks at every process's fds, and a full table drops many packets.
+const REDISCOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the user asked for on the command line.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +99,14 @@ pub fn parse_proto(text: &str) -> Result<u8> {
     }
 }
 
+/// A namespace's figures at start-up.
+#[derive(Debug)]
+struct Start {
+    /// Which namespace they are of: another may take its inode during the run.
+    cookie: u64,
+    per_cpu: BTreeMap<u32, CtStats>,
+}
+
 /// Drops seen in one namespace.
 #[derive(Debug, Default, Serialize)]
 struct NetnsTally {
@@ -108,10 +121,12 @@ pub struct ConntrackTracer {
     tuple_layout: TupleLayout,
     stat_layout: StatLayout,
     cpus: Vec<u32>,
-    /// Per-CPU statistics of every namespace found at start-up, by inode.
-    at_start: HashMap<u64, BTreeMap<u32, CtStats>>,
-    /// Inodes whose start-up statistics a namespace (cookie) has taken as its baseline.
-    claimed: HashSet<u64>,
+    /// The figures of every namespace found at start-up, by inode.
+    at_start: HashMap<u64, Start>,
+    /// The largest cookie among them. Cookies only grow: a namespace with a cookie up to it
+    /// existed at start-up, and without figures of its own (only the kernel held it, or it
+    /// could not be entered) its first drops have nothing to compare with.
+    newest_at_start: u64,
     /// The statistics of the last record per (namespace cookie, CPU).
     last: LruCache<(u64, u32), CtStats>,
     /// Namespaces (cookies) whose figures `last` evicted: their next drop on a CPU without
@@ -123,8 +138,10 @@ pub struct ConntrackTracer {
     tally: LruCache<u32, NetnsTally>,
     by_class: BTreeMap<&'static str, u64>,
     warned_no_stats: bool,
-    /// Namespaces by inode, rediscovered when a drop names an unknown one.
-    namespaces: BTreeMap<u64, netns::NetnsRef>,
+    /// Namespaces by inode, rediscovered when a drop names an unknown one (at most every
+    /// [`REDISCOVER_EVERY`]: since `discovered`).
+    namespaces: BTreeMap<u64, NetnsRef>,
+    discovered: std::time::Instant,
     /// Recently read entry counts by namespace inode.
     entries: LruCache<u64, (std::time::Instant, u64)>,
     /// Network namespaces to the pod whose sandbox owns them.
@@ -170,12 +187,20 @@ impl ConntrackTracer {
         let workload = options.workload.clone();
         workload.warn_if_unmatched("conntrack-drops", &identities.lock());
         let cpus = stats::possible_cpus()?;
-        let namespaces = netns::discover();
-        let at_start = namespaces
+        // Every namespace held from userspace by a process, an open file or a bind mount in any
+        // mount namespace (sockets are left out: looking at every one would cost start-up the
+        // most). One existing now but not found (held by sockets or the kernel alone) has its
+        // first drops classed unknown (see `newest_at_start`), never compared with zero.
+        let namespaces = discover::namespaces(false);
+        let at_start: HashMap<u64, Start> = namespaces
             .values()
             .filter(|n| options.netns.is_none_or(|want| n.inode == want as u64))
-            .filter_map(|n| Some((n.inode, stats::read_netns(n, &cpus).ok()?)))
+            .filter_map(|n| {
+                let (cookie, per_cpu) = stats::read_netns_with_cookie(n, &cpus).ok()?;
+                Some((n.inode, Start { cookie, per_cpu }))
+            })
             .collect();
+        let newest_at_start = at_start.values().map(|s| s.cookie).max().unwrap_or(0);
         Ok(Self {
             config: ConntrackConfig {
                 netfilter_drop_reason,
@@ -189,7 +214,7 @@ impl ConntrackTracer {
             stat_layout,
             cpus,
             at_start,
-            claimed: HashSet::new(),
+            newest_at_start,
             last: LruCache::new(MAX_LAST_STATS),
             evicted: BTreeSet::new(),
             evicted_up_to: 0,
@@ -197,6 +222,7 @@ impl ConntrackTracer {
             by_class: BTreeMap::new(),
             warned_no_stats: false,
             namespaces,
+            discovered: std::time::Instant::now(),
             entries: LruCache::new(MAX_TALLIED),
             identities: identities.clone(),
             workload,
@@ -205,7 +231,7 @@ impl ConntrackTracer {
 
     /// The statistics this namespace and CPU had before this record: from its previous record,
     /// else from start-up, else zero (a namespace made after start-up starts at zero); `None`
-    /// when its previous figures were evicted.
+    /// when its previous figures were evicted, or when it existed at start-up without figures.
     fn baseline(&mut self, ev: &NetfilterDropEvent) -> Option<CtStats> {
         let key = (ev.net_cookie, ev.header.cpu);
         if let Some(last) = self.last.get(&key) {
@@ -214,23 +240,17 @@ impl ConntrackTracer {
         if ev.net_cookie <= self.evicted_up_to || self.evicted.contains(&ev.net_cookie) {
             return None;
         }
-        let inode = ev.netns_inum as u64;
-        let first_of_namespace = !self
-            .last
-            .iter()
-            .any(|((cookie, _), _)| *cookie == ev.net_cookie);
-        // Only start-up baselines are claimed, so the set stays as small as their map.
-        if first_of_namespace && self.at_start.contains_key(&inode) && !self.claimed.insert(inode) {
-            // The inode was already claimed by another namespace: a reused inode number.
-            self.at_start.remove(&inode);
+        match self.at_start.get(&(ev.netns_inum as u64)) {
+            Some(start) if start.cookie == ev.net_cookie => Some(
+                start
+                    .per_cpu
+                    .get(&ev.header.cpu)
+                    .copied()
+                    .unwrap_or_default(),
+            ),
+            _ if ev.net_cookie <= self.newest_at_start => None,
+            _ => Some(CtStats::default()),
         }
-        Some(
-            self.at_start
-                .get(&inode)
-                .and_then(|per_cpu| per_cpu.get(&ev.header.cpu))
-                .copied()
-                .unwrap_or_default(),
-        )
     }
 
     /// Keeps `now` as the figures of this namespace and CPU, noting a namespace whose figures
@@ -286,8 +306,9 @@ impl ConntrackTracer {
                 return (Some(*count), max);
             }
         }
-        if !self.namespaces.contains_key(&inode) {
-            self.namespaces = netns::discover();
+        if !self.namespaces.contains_key(&inode) && self.discovered.elapsed() >= REDISCOVER_EVERY {
+            self.namespaces = discover::namespaces(false);
+            self.discovered = std::time::Instant::now();
         }
         let count = self
             .namespaces
@@ -351,7 +372,7 @@ impl ConntrackTracer {
 
     /// Per namespace: the tracer's drops beside the kernel's own counter growth over the run.
     fn per_netns(&self) -> Vec<Value> {
-        let now = netns::discover();
+        let now = discover::namespaces(false);
         let mut inodes: Vec<u64> = self.tally.iter().map(|(i, _)| *i as u64).collect();
         inodes.extend(self.at_start.keys().copied());
         inodes.sort_unstable();
@@ -366,7 +387,7 @@ impl ConntrackTracer {
                         let start = self
                             .at_start
                             .get(&inode)
-                            .map(stats::total)
+                            .map(|s| stats::total(&s.per_cpu))
                             .unwrap_or_default();
                         stats::total(&end).since(&start)
                     });
@@ -375,10 +396,9 @@ impl ConntrackTracer {
                     return None;
                 }
                 // A namespace without drops is only in the summary: its cookie is read now.
-                let cookie = tally.map(|t| t.cookie).or_else(|| {
-                    let path = &now.get(&inode)?.path;
-                    netns::cookie_of(path, inode).ok()
-                });
+                let cookie = tally
+                    .map(|t| t.cookie)
+                    .or_else(|| now.get(&inode)?.cookie().ok());
                 let pod = cookie.and_then(|cookie| {
                     self.identities
                         .lock()
@@ -505,6 +525,44 @@ mod tests {
             ev.stats[at..at + 4].copy_from_slice(&insert_failed.to_ne_bytes());
         }
         bytes(&ev)
+    }
+
+    #[test]
+    fn first_drops_compare_with_the_namespaces_own_start_up_figures_or_are_unknown() {
+        let btf = KernelBtf::from_sys_fs().expect("the kernel's BTF");
+        let mut tracer =
+            ConntrackTracer::new(&btf, ConntrackOptions::default(), &Identities::new()).unwrap();
+        // At start-up only namespace 100 was found, with 5 insert failures on CPU 0; every
+        // record below has 5 too, and the inode of namespace 100.
+        let five = CtStats {
+            insert_failed: 5,
+            drop: 5,
+            ..CtStats::default()
+        };
+        let inode = ipv6_rule_drop().netns_inum as u64;
+        tracer.at_start = HashMap::from([(
+            inode,
+            Start {
+                cookie: 100,
+                per_cpu: BTreeMap::from([(0, five)]),
+            },
+        )]);
+        tracer.newest_at_start = 100;
+        let (mut out, written) = Output::in_memory(Format::Json);
+        // 100: its own figures; 60: existed at start-up (an older cookie), none of its own,
+        // then compared with its first drop; 101: made since, from zero.
+        for cookie in [100, 60, 60, 101] {
+            let raw = drop_with_counters(&btf, cookie, 5);
+            tracer
+                .on_record(EventKind::NetfilterDrop, &raw, &mut out)
+                .unwrap();
+        }
+        out.flush().unwrap();
+        let got: Vec<String> = objects(&written)
+            .iter()
+            .map(|e| e["class"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, ["rule", "unknown", "rule", "insert_failed"]);
     }
 
     #[test]

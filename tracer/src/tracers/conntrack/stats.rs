@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context as _, Result};
 use serde::Serialize;
 
-use crate::kernel::{btf::KernelBtf, netns};
+use crate::kernel::{
+    btf::KernelBtf,
+    netns::{self, NetnsRef},
+};
 
 /// The counters that tell conntrack's drops apart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -140,16 +143,30 @@ pub fn parse_proc_stat(text: &str, cpus: &[u32]) -> Result<BTreeMap<u32, CtStats
     Ok(per_cpu)
 }
 
+/// The statistics of the namespace the reading thread is in.
+const PROC_STAT: &str = "/proc/thread-self/net/stat/nf_conntrack";
+
 /// The per-CPU statistics of the namespace `netns`, read from inside it.
-pub fn read_netns(netns: &netns::NetnsRef, cpus: &[u32]) -> Result<BTreeMap<u32, CtStats>> {
-    parse_proc_stat(
-        &netns::read_in(netns, "/proc/thread-self/net/stat/nf_conntrack")?,
-        cpus,
-    )
+pub fn read_netns(netns: &NetnsRef, cpus: &[u32]) -> Result<BTreeMap<u32, CtStats>> {
+    parse_proc_stat(&netns::read_in(netns, PROC_STAT)?, cpus)
+}
+
+/// The cookie of the namespace `netns` and its per-CPU statistics, read together from inside
+/// it: which namespace the figures are of.
+pub fn read_netns_with_cookie(
+    netns: &NetnsRef,
+    cpus: &[u32],
+) -> Result<(u64, BTreeMap<u32, CtStats>)> {
+    let (cookie, text) = netns::in_netns(&netns.open()?, || {
+        let text =
+            std::fs::read_to_string(PROC_STAT).with_context(|| format!("reading {PROC_STAT}"))?;
+        Ok((netns::own_cookie()?, text))
+    })?;
+    Ok((cookie, parse_proc_stat(&text, cpus)?))
 }
 
 /// Conntrack entries in the namespace `netns` (its `nf_conntrack_count` sysctl).
-pub fn entries(netns: &netns::NetnsRef) -> Result<u64> {
+pub fn entries(netns: &NetnsRef) -> Result<u64> {
     let text = netns::read_in(netns, "/proc/sys/net/netfilter/nf_conntrack_count")?;
     text.trim().parse().context("parsing nf_conntrack_count")
 }

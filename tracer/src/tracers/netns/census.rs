@@ -7,7 +7,10 @@
 use std::ffi::CStr;
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::Array;
+use aya::{
+    maps::{Array, MapData},
+    Ebpf,
+};
 use serde::Serialize;
 use tracer_common::netns::{
     CensusConfig, CensusEntry, CENSUS_COMPLETE_SLOT, CENSUS_LEN_SLOT, CENSUS_MAX,
@@ -18,8 +21,8 @@ use crate::{
     kernel::btf::KernelBtf,
 };
 
-/// The census's program: optional for `--watch` (it only shows up in `doctor`), the snapshot
-/// loads it alone.
+/// The census's program, optional: the netns tracer attaches it with its own (`serve` and
+/// `record` walk that one), a snapshot alone (`tracer netns`) loads it alone.
 pub const HOOK: HookSpec = HookSpec {
     purpose: "netns census (kernel list)",
     candidates: &[Candidate {
@@ -62,21 +65,33 @@ impl From<CensusEntry> for Listed {
     }
 }
 
-/// The census program, loaded and attached; detached when dropped.
+/// The settings the census program is loaded with: this process alone triggers it.
+pub fn config() -> CensusConfig {
+    CensusConfig {
+        tgid: std::process::id(),
+    }
+}
+
+const NO_MAP: &str = "the census's maps are not in the object";
+
+/// The census: its program's maps, read after each walk. The program is loaded once per run
+/// and walks again at each rename: by the session's object when the netns tracer is part of
+/// the run (`serve`, `record`), by an object of its own for a snapshot alone (`tracer netns`).
 pub struct KernelCensus {
-    loaded: Loaded,
+    lens: Array<MapData, u32>,
+    entries: Array<MapData, CensusEntry>,
+    /// The object loaded for the census alone, if it was; dropping it detaches the program.
+    _own: Option<Loaded>,
 }
 
 impl KernelCensus {
-    /// Loads the program, for this process only. Fails, saying why, where this kernel refuses
-    /// it.
+    /// Loads the program for the census alone, for this process only. Fails, saying why,
+    /// where this kernel refuses it.
     pub fn load() -> Result<Self> {
         let btf = KernelBtf::from_sys_fs()?;
         let kernel = KernelContext::new(&btf, &[HOOK])?;
         drop(btf);
-        let config = CensusConfig {
-            tgid: std::process::id(),
-        };
+        let config = config();
         let ebpf = hooks::open(
             &kernel,
             LoadOptions {
@@ -84,31 +99,39 @@ impl KernelCensus {
                 globals: vec![("NETNS_CENSUS_CONFIG", (&config).into())],
             },
         )?;
-        let loaded = hooks::attach(ebpf, &[HOOK], &kernel);
+        let mut loaded = hooks::attach(ebpf, &[HOOK], &kernel);
         if let Some(outcome) = loaded.outcomes.iter().find(|o| o.used.is_none()) {
             bail!("{}", outcome.reasons());
         }
-        Ok(Self { loaded })
+        let mut census = Self::adopt(&mut loaded.ebpf)?;
+        census._own = Some(loaded);
+        Ok(census)
+    }
+
+    /// The census of a run's object, whose netns tracer loaded and attached the program (with
+    /// [`config`]): its maps are taken, the program stays the object's (detached with it).
+    pub fn adopt(ebpf: &mut Ebpf) -> Result<Self> {
+        let program = HOOK.candidates[0].program;
+        ebpf.program(program)
+            .and_then(|p| p.fd().ok())
+            .with_context(|| {
+                format!("{program} is not loaded (`tracer doctor` shows the census hook's status)")
+            })?;
+        let mut take = |name| ebpf.take_map(name).context(NO_MAP);
+        Ok(Self {
+            lens: Array::try_from(take("NETNS_CENSUS_LEN")?)?,
+            entries: Array::try_from(take("NETNS_CENSUS")?)?,
+            _own: None,
+        })
     }
 
     /// Every namespace on the kernel's list now.
     pub fn walk(&mut self) -> Result<Vec<Listed>> {
-        const NO_MAP: &str = "the census's maps are not in the object";
-        {
-            // A stale result must not pass for a fresh one.
-            let mut lens: Array<_, u32> = Array::try_from(
-                self.loaded
-                    .ebpf
-                    .map_mut("NETNS_CENSUS_LEN")
-                    .context(NO_MAP)?,
-            )?;
-            lens.set(CENSUS_LEN_SLOT, 0, 0)?;
-            lens.set(CENSUS_COMPLETE_SLOT, 0, 0)?;
-        }
+        // A stale result must not pass for a fresh one.
+        self.lens.set(CENSUS_LEN_SLOT, 0, 0)?;
+        self.lens.set(CENSUS_COMPLETE_SLOT, 0, 0)?;
         rename_to_same_name()?;
-        let lens: Array<_, u32> =
-            Array::try_from(self.loaded.ebpf.map("NETNS_CENSUS_LEN").context(NO_MAP)?)?;
-        let len = lens.get(&CENSUS_LEN_SLOT, 0)?;
+        let len = self.lens.get(&CENSUS_LEN_SLOT, 0)?;
         if len == 0 {
             // It knows this process by its pid in the initial pid namespace.
             bail!(
@@ -116,16 +139,14 @@ impl KernelCensus {
                  in the host's pid namespace: hostPID in a pod)"
             );
         }
-        if lens.get(&CENSUS_COMPLETE_SLOT, 0)? != 1 {
+        if self.lens.get(&CENSUS_COMPLETE_SLOT, 0)? != 1 {
             bail!(
                 "the kernel's namespace list could not be read whole ({len} read, at most \
                  {CENSUS_MAX})"
             );
         }
-        let entries: Array<_, CensusEntry> =
-            Array::try_from(self.loaded.ebpf.map("NETNS_CENSUS").context(NO_MAP)?)?;
         (0..len)
-            .map(|i| Ok(Listed::from(entries.get(&i, 0)?)))
+            .map(|i| Ok(Listed::from(self.entries.get(&i, 0)?)))
             .collect()
     }
 }

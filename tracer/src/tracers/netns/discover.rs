@@ -24,8 +24,8 @@ use crate::{
     clock::Clock,
     kernel::{
         netns::{
-            net_ns_link, net_ns_of, netns_file_inode, netns_mounts_of, open_netns,
-            open_netns_in_root, process_namespaces, socket_netns_cookie,
+            net_ns_link, net_ns_of, netns_file_inode, netns_mounts_of, process_namespaces,
+            socket_netns_cookie, NetnsRef, WayIn,
         },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
         sockets::{describe, namespace_socket_inodes, socket_netns, SocketInfo},
@@ -88,15 +88,23 @@ pub struct BindMount {
 }
 
 impl BindMount {
-    /// The namespace file it mounts, opened if it is still namespace `inode`: by its own path,
-    /// or resolved inside the root of a process of its mount namespace.
-    pub fn open(&self, inode: u64) -> anyhow::Result<File> {
+    /// How to open the namespace file it mounts: by its own path, or resolved inside the root
+    /// of a process of its mount namespace.
+    pub fn way(&self) -> WayIn {
         let point = path_of(&self.raw);
         if self.own {
-            open_netns(&point, inode)
+            WayIn::Path(point)
         } else {
-            open_netns_in_root(self.pid, &point, inode)
+            WayIn::InRoot {
+                pid: self.pid,
+                point,
+            }
         }
+    }
+
+    /// The namespace file it mounts, opened if it is still namespace `inode`.
+    pub fn open(&self, inode: u64) -> anyhow::Result<File> {
+        self.way().open(inode)
     }
 }
 
@@ -180,24 +188,34 @@ pub struct Found {
 }
 
 impl Found {
-    /// The namespace opened, each way it can be, the most stable first (lazily: the caller
-    /// stops at the first that works). Each is checked to still be this namespace.
-    pub fn ways_in(&self) -> impl Iterator<Item = anyhow::Result<File>> + '_ {
-        let inode = self.inode;
+    /// Every way into it that can be taken again later, the most stable first: a bind mount
+    /// here, a process inside, an open file, a bind mount elsewhere, a socket.
+    pub fn netns_ref(&self) -> NetnsRef {
         let (own, other): (Vec<_>, Vec<_>) = self.mounts.iter().partition(|m| m.own);
-        own.into_iter()
-            .map(move |m| m.open(inode))
-            .chain(
-                self.holders
-                    .iter()
-                    .map(move |h| open_netns(&net_ns_link(h.pid), inode)),
-            )
-            .chain(
-                self.files
-                    .iter()
-                    .map(move |f| open_netns(&fd_path(f.pid, f.fd), inode)),
-            )
-            .chain(other.into_iter().map(move |m| m.open(inode)))
+        let ways = own
+            .into_iter()
+            .map(BindMount::way)
+            .chain(self.holders.iter().map(|h| WayIn::Path(net_ns_link(h.pid))))
+            .chain(self.files.iter().map(|f| WayIn::Path(fd_path(f.pid, f.fd))))
+            .chain(other.into_iter().map(BindMount::way))
+            .chain(self.sockets.iter().map(|s| WayIn::Socket {
+                pid: s.pid,
+                fd: s.fd,
+            }))
+            .collect();
+        NetnsRef {
+            inode: self.inode,
+            ways,
+        }
+    }
+
+    /// The namespace opened, each way it can be, the most stable first (lazily: the caller
+    /// stops at the first that works), and last through the socket the scan opened it from.
+    /// Each is checked to still be this namespace.
+    pub fn ways_in(&self) -> impl Iterator<Item = anyhow::Result<File>> + '_ {
+        let netns = self.netns_ref();
+        (0..netns.ways.len())
+            .map(move |i| netns.ways[i].open(netns.inode))
             .chain(
                 self.via_socket
                     .iter()
@@ -393,12 +411,12 @@ impl Scan {
     /// through one shows that path (or `/` once it is unmounted) instead of `net:[INODE]`.
     /// `tables` are the socket inodes each namespace lists: a socket its own namespace lists is
     /// not borrowed (pidfd_getfd sets the socket's net_cls/net_prio cgroup v1 tags to the
-    /// tracer's).
+    /// tracer's); none: sockets are not looked at.
     fn fd_holders(
         &mut self,
         process: &Process,
         mount_points: &HashSet<Vec<u8>>,
-        tables: &HashMap<u64, HashSet<u64>>,
+        tables: Option<&HashMap<u64, HashSet<u64>>>,
     ) {
         let pid = process.pid;
         // The pidfd comes first: if the process is still alive after its fds were listed, the
@@ -409,7 +427,7 @@ impl Scan {
         let Some(pidfd) = pidfd.ok().filter(Pidfd::alive) else {
             return;
         };
-        let own_sockets = tables.get(&process.net);
+        let own_sockets = tables.map(|t| t.get(&process.net));
         let mut comm = None;
         for (fd, link) in fds {
             let inode = match link {
@@ -419,8 +437,10 @@ impl Scan {
                 }
                 Link::Other(_) => None,
                 Link::Socket(socket) => {
-                    if own_sockets.is_some_and(|t| t.contains(&socket)) {
-                        continue;
+                    match own_sockets {
+                        None => continue,
+                        Some(own) if own.is_some_and(|t| t.contains(&socket)) => continue,
+                        Some(_) => {}
                     }
                     let socket = match pidfd.get_fd(fd) {
                         Ok(socket) => socket,
@@ -468,7 +488,7 @@ impl Scan {
         &mut self,
         processes: &[Process],
         mount_points: &HashSet<Vec<u8>>,
-        tables: &HashMap<u64, HashSet<u64>>,
+        tables: Option<&HashMap<u64, HashSet<u64>>>,
     ) {
         let own = std::process::id();
         for process in processes {
@@ -533,10 +553,16 @@ pub struct Scanned {
 /// a socket or a bind mount in any mount namespace. Processes, fds and mount namespaces that
 /// vanish while they are read are skipped.
 pub fn all() -> Scanned {
+    scan(true)
+}
+
+/// [`all`], with sockets or without (they cost the scan most: every namespace's socket tables
+/// are read, and each socket of another namespace borrowed).
+fn scan(sockets: bool) -> Scanned {
     let mut found: BTreeMap<u64, Found> = BTreeMap::new();
     let processes = processes();
     let mount_points = bind_mounts(&processes, &mut found);
-    let tables = socket_tables(&processes);
+    let tables = sockets.then(|| socket_tables(&processes));
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
@@ -545,7 +571,7 @@ pub fn all() -> Scanned {
         let workers: Vec<_> = processes
             .chunks(chunk)
             .map(|part| {
-                let (mount_points, tables) = (&mount_points, &tables);
+                let (mount_points, tables) = (&mount_points, tables.as_ref());
                 s.spawn(move || {
                     let mut scan = Scan::default();
                     scan.processes(part, mount_points, tables);
@@ -574,6 +600,18 @@ pub fn all() -> Scanned {
         found,
         uninspectable,
     }
+}
+
+/// Every network namespace held from userspace, with every way into it (see [`all`]); the
+/// namespaces the scan opened are closed again. What `conntrack-drops` and `probe` enter.
+/// Without `sockets`, a namespace that only sockets hold is missed, for a scan that costs
+/// little more than listing every process's fds.
+pub fn namespaces(sockets: bool) -> BTreeMap<u64, NetnsRef> {
+    scan(sockets)
+        .found
+        .into_iter()
+        .map(|(inode, found)| (inode, found.netns_ref()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! `tracer netns`: network namespaces, and the ones that outlive their pod. Without `--watch`
 //! a snapshot (`snapshot`); with it, the namespaces' lifecycle from kernel programs.
 
-mod census;
+pub mod census;
 pub mod decode;
-mod discover;
+pub mod discover;
 mod flags;
 mod inside;
 pub mod snapshot;
@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use aya::GlobalData;
 use serde_json::{json, Map, Value};
 use tracer_common::{
-    netns::{NetnsAction, NetnsConfig, NetnsEvent},
+    netns::{CensusConfig, NetnsAction, NetnsConfig, NetnsEvent},
     EventKind,
 };
 
@@ -95,6 +95,9 @@ const MAX_CREATED: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
 
 pub struct NetnsTracer {
     config: NetnsConfig,
+    /// The census program walks when this process renames a thread: a run's snapshots
+    /// (`serve`, `record`) use it through [`census::KernelCensus::adopt`].
+    census: CensusConfig,
     clock: Clock,
     /// Creation time of the namespaces created during the run, by cookie.
     created: LruCache<u64, u64>,
@@ -162,6 +165,7 @@ impl NetnsTracer {
     pub fn new(identities: &Identities) -> Self {
         Self {
             config: kernel_config(),
+            census: census::config(),
             clock: Clock::new(),
             created: LruCache::new(MAX_CREATED),
             tearing_down: LruCache::new(MAX_CREATED),
@@ -253,7 +257,10 @@ impl Tracer for NetnsTracer {
     }
 
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)> {
-        vec![("NETNS_CONFIG", (&self.config).into())]
+        vec![
+            ("NETNS_CONFIG", (&self.config).into()),
+            ("NETNS_CENSUS_CONFIG", (&self.census).into()),
+        ]
     }
 
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {

@@ -334,15 +334,20 @@ impl Event for NamespaceReport {
 /// Every namespace, flagged (tests; the commands share one identity cache).
 #[cfg(test)]
 pub fn take(stuck_after: Duration) -> Vec<NamespaceReport> {
-    take_with(&Identities::new(), stuck_after)
+    let mut census = KernelCensus::load().map_err(|e| format!("{e:#}"));
+    take_with(&Identities::new(), stuck_after, &mut census)
 }
 
 /// [`take`], naming pods with what `identities` knows (locked for each lookup only: looking
-/// inside a namespace can wait long on the kernel's rtnl lock). Says once, as a warning, when
-/// the kernel's list cannot be read.
-pub fn take_with(identities: &Identities, stuck_after: Duration) -> Vec<NamespaceReport> {
+/// inside a namespace can wait long on the kernel's rtnl lock), with the run's census (or why
+/// it has none). Says once, as a warning, when the kernel's list cannot be read.
+pub fn take_with(
+    identities: &Identities,
+    stuck_after: Duration,
+    census: &mut Result<KernelCensus, String>,
+) -> Vec<NamespaceReport> {
     static WARNED: Once = Once::new();
-    let Taken(reports, kernel_error, _) = take_all(identities, stuck_after);
+    let Taken(reports, kernel_error, _) = take_all(identities, stuck_after, census);
     if let Some(e) = kernel_error {
         WARNED.call_once(|| warn_no_kernel_list(&e));
     }
@@ -365,12 +370,15 @@ struct Taken(Vec<NamespaceReport>, Option<String>, usize);
 /// The kernel's list is read before and after /proc is scanned: a namespace counts as held by
 /// the kernel alone only if it is on both lists and nowhere in userspace, so that one whose
 /// last process exits during the scan (and is being torn down) is not taken for one.
-fn take_all(identities: &Identities, stuck_after: Duration) -> Taken {
-    let mut census = KernelCensus::load();
+fn take_all(
+    identities: &Identities,
+    stuck_after: Duration,
+    census: &mut Result<KernelCensus, String>,
+) -> Taken {
     let mut walk = || -> Result<Vec<Listed>> {
         census
             .as_mut()
-            .map_err(|e| anyhow!("the census program cannot be loaded here: {e:#}"))?
+            .map_err(|e| anyhow!("the census program cannot be used here: {e}"))?
             .walk()
     };
     let before = walk();
@@ -385,7 +393,6 @@ fn take_all(identities: &Identities, stuck_after: Duration) -> Taken {
         .map(|found| NamespaceReport::new(found, identities))
         .collect();
     let after = walk();
-    drop(census);
     let kernel_error = match (before, after) {
         (Ok(before), Ok(after)) => {
             merge_kernel_list(&mut reports, &before, &after, identities);
@@ -443,8 +450,11 @@ pub fn run(options: &SnapshotOptions) -> Result<ExitCode> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("tracer netns reads every process's namespace and enters each one: run it as root");
     }
+    let mut census = KernelCensus::load().map_err(|e| format!("{e:#}"));
     let Taken(mut reports, kernel_error, uninspectable) =
-        take_all(&Identities::new(), options.stuck_after);
+        take_all(&Identities::new(), options.stuck_after, &mut census);
+    // Detached before the snapshot is printed: nothing stays loaded while output waits.
+    drop(census);
     if let Some(e) = &kernel_error {
         warn_no_kernel_list(e);
     }
