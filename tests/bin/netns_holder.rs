@@ -13,7 +13,8 @@
 //! - `socket`: a TCP socket listening on 127.0.0.1 that was made inside the namespace, after
 //!   returning to its own.
 //!
-//! and prints the fd's number once it holds it.
+//! and prints the fd's number once it holds it. A line on stdin (or its end) closes the fd:
+//! it prints `closed` and stays alive, holding nothing, until killed or SECONDS passed.
 //!
 //! Usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket SECONDS NETNS
 
@@ -77,16 +78,25 @@ fn socket_in(netns: &str) -> libc::c_int {
     }
 }
 
-/// Holds `fd` from outside the namespace until killed or `seconds` passed.
+/// Holds `fd` from outside the namespace until a line on stdin, then lives on without it,
+/// until killed or `seconds` passed.
 fn hold(fd: libc::c_int, seconds: u32) -> ! {
     // SAFETY: plain syscalls; the name is NUL-terminated.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"hold\xffer".as_ptr());
+        libc::alarm(seconds);
     }
     println!("{fd}");
-    // SAFETY: plain syscall.
-    unsafe { libc::sleep(seconds) };
-    std::process::exit(0)
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    // SAFETY: our own fd, closed once.
+    unsafe { libc::close(fd) };
+    println!("closed");
+    loop {
+        // SAFETY: plain syscall; SIGALRM (default action: end the process) ends it at the
+        // latest.
+        unsafe { libc::pause() };
+    }
 }
 
 fn main() {

@@ -497,15 +497,6 @@ fn processes() -> Vec<Process> {
         .collect()
 }
 
-/// The namespaces processes are inside, and those bind-mounted in any mount namespace (by
-/// inode, with their mounts): the cheap part of [`all`], no fd is looked at.
-pub fn occupied_and_mounted() -> (HashSet<u64>, BTreeMap<u64, Found>) {
-    let processes = processes();
-    let mut mounted = BTreeMap::new();
-    bind_mounts(&processes, &mut mounted);
-    (processes.iter().map(|p| p.net).collect(), mounted)
-}
-
 /// The socket inodes each namespace lists, read through the first of its processes that stays
 /// in it while its tables are read.
 fn socket_tables(processes: &[Process]) -> HashMap<u64, HashSet<u64>> {
