@@ -633,6 +633,32 @@ fn socket_from_inside_holds_a_deleted_namespace() {
 }
 
 #[test]
+fn thread_that_joined_holds_a_deleted_namespace() {
+    let mut named = NamedNetns::new("thread");
+    let inode = named.inode();
+    let mut holder = OutsideHolder::start("thread", &named.path());
+    let (pid, tid) = (holder.pid(), holder.fd);
+    // The process is outside; only its second thread is inside.
+    assert_ne!(netns_of(pid), Some(inode));
+    assert_eq!(
+        inode_of(Path::new(&format!("/proc/{pid}/task/{tid}/ns/net"))),
+        Some(inode)
+    );
+    named.delete();
+    let ns = held_after_delete(inode, "thread", Some(pid));
+    let thread = &ns["threads"][0];
+    assert_eq!(
+        (&thread["pid"], &thread["tid"]),
+        (&pid.into(), &tid.into()),
+        "{ns:#}"
+    );
+    let cookie = ns["cookie"].as_u64().unwrap();
+    // The thread ends, its process lives on.
+    watched_release(cookie, inode, "thread", Some(pid), || holder.close());
+    gone_from_snapshot(inode, cookie);
+}
+
+#[test]
 fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
     use std::os::unix::ffi::OsStrExt as _;
     let mut run = watch();

@@ -1,6 +1,7 @@
 //! `netns --watch`: when the last userspace holder of a namespace goes, whatever it was (the
 //! last process inside exits, an open namespace file or a socket is closed, a bind mount goes
-//! in any mount namespace), and whether the namespace then stays alive, held by the kernel.
+//! in any mount namespace, a thread that joined it leaves), and whether the namespace then
+//! stays alive, held by the kernel.
 //!
 //! Why this mechanism: only process exits have a tracepoint that names the namespace; closing
 //! an fd or a socket and unmounting do not (kprobes and fentry are refused here), and teardown
@@ -28,7 +29,7 @@ use tracer_common::netns::NetnsAction;
 use super::{
     census::{KernelCensus, KernelRefs, Listed},
     decode::Record,
-    discover::{self, HolderRef},
+    discover::{self, HolderRef, ThreadHolder},
 };
 use crate::{
     clock::Clock,
@@ -67,6 +68,8 @@ enum Check {
         mount_ns: u64,
         raw: Vec<u8>,
     },
+    /// A thread of another namespace's process: it is still inside.
+    Thread(ThreadHolder),
 }
 
 impl Check {
@@ -80,6 +83,7 @@ impl Check {
                     && netns_mounts_of(&pid.to_string())
                         .is_ok_and(|m| m.iter().any(|(r, i)| r == raw && *i == inode))
             }
+            Self::Thread(thread) => fs::metadata(thread.link()).is_ok_and(|m| m.ino() == inode),
         }
     }
 }
@@ -137,6 +141,10 @@ fn scan() -> HashMap<u64, Userspace> {
                     raw: m.raw.clone(),
                 },
                 shown: m.as_ref(),
+            }));
+            held.extend(f.threads.iter().map(|t| Held {
+                check: Check::Thread(t.clone()),
+                shown: t.as_ref(),
             }));
             let inside = !f.holders.is_empty();
             let cookie = (!inside && !held.is_empty())
