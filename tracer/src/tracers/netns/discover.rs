@@ -542,9 +542,9 @@ impl Scan {
             if let Some(h) = holder(process.pid) {
                 Found::at(&mut self.found, process.net).holders.push(h);
             }
-            self.threads(process);
-            // Our own fds are the scan's: the namespaces it opened.
+            // Our own fds and threads are the scans': the namespaces they opened and entered.
             if process.pid != own {
+                self.threads(process);
                 self.fd_holders(process, mount_points, tables);
             }
         }
