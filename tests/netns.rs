@@ -893,7 +893,8 @@ fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
     );
     assert!(
         text.contains(
-            "ORPHANED: no process, open file, socket or bind mount holds it; the kernel does ("
+            "ORPHANED: no process, thread, open file, socket or bind mount holds it; the kernel \
+             does ("
         ),
         "{text}"
     );
