@@ -592,11 +592,12 @@ fn a_namespace_held_only_by_an_open_file_has_its_drops_classified_from_its_own_f
     let inode = t.node.inode();
     // Insert failures (and so `drop`) before the run, on this namespace's counters.
     let race = race_rounds(&t.node, [VIP_A, VIP_B], 400);
-    let (holder, fd) = outside_holder(
+    let holder = OutsideHolder::start(
         env!("CARGO_BIN_EXE_netns-holder"),
         "fd",
         t.node.path().as_ref(),
     );
+    let fd = holder.fd;
     t.node.delete();
     let held = format!("/proc/{}/fd/{fd}", holder.pid());
     let before = conntrack_counters_in(&held);

@@ -13,11 +13,10 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    net::{self, add_address, NetnsHolder},
+    net::{self, add_address, NetnsHolder, OutsideHolder},
     *,
 };
 
-/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
 fn inode_of(path: &Path) -> Option<u64> {
     fs::metadata(path).ok().map(|m| m.ino())
 }
@@ -208,6 +207,12 @@ fn lifecycle_events_carry_the_kernels_inode_and_cookie() {
     let last = event(&mut run, "last_holder_exit", "cookie", named_cookie);
     assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
     assert_eq!(last["comm"], "sleep", "{last:#}");
+    assert_eq!(
+        last["held_by"],
+        serde_json::json!(["bind mount"]),
+        "{last:#}"
+    );
+    assert_eq!(released(&last), [("process", Some(sleeper.pid() as u64))]);
 
     let _ = own.0.kill();
     own.wait_timeout(Duration::from_secs(10))
@@ -220,15 +225,24 @@ fn lifecycle_events_carry_the_kernels_inode_and_cookie() {
     let out = run.stop();
     assert!(out.status.success(), "{}", out.stderr);
 
+    // The last process, then the bind mount `ip netns del` removes.
     assert_eq!(
         actions_of(&out, named_cookie, named_inode),
         [
             "create",
             "last_holder_exit",
+            "last_holder_exit",
             "teardown_start",
             "teardown_end"
         ]
     );
+    let unmounted = &out
+        .of_type("netns")
+        .into_iter()
+        .filter(|e| e["cookie"] == named_cookie && e["action"] == "last_holder_exit")
+        .collect::<Vec<_>>()[1];
+    assert_eq!(unmounted["held_by"], serde_json::json!([]), "{unmounted:#}");
+    assert_eq!(released(unmounted), [("bind mount", None)]);
     // No bind mount holds the unshare'd namespace: its last exit is not worth an event.
     assert_eq!(
         actions_of(&out, own_cookie, own_inode),
@@ -458,9 +472,9 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
     expect_plain_life(run, cookie, inode);
 }
 
-/// `netns-holder MODE` holding `netns` from outside it, and the fd it holds it with.
-fn outside_holder(mode: &str, netns: &Path) -> (Owned, u32) {
-    net::outside_holder(env!("CARGO_BIN_EXE_netns-holder"), mode, netns)
+/// `netns-holder MODE` holding `netns` from outside it.
+fn outside_holder(mode: &str, netns: &Path) -> OutsideHolder {
+    OutsideHolder::start(env!("CARGO_BIN_EXE_netns-holder"), mode, netns)
 }
 
 /// The holders a flag names, as (kind, pid).
@@ -473,10 +487,9 @@ fn flag_holders(flag: &Value) -> Vec<(&str, Option<u64>)> {
         .collect()
 }
 
-/// Checks that a deleted namespace `inode` with `cookie` held only by `kind` of `pid` (none for
-/// a bind mount: its mount namespace holds it) is listed and orphaned, then kills `holder` and
-/// checks that the namespace is gone.
-fn held_after_delete(inode: u64, kind: &str, pid: Option<u32>, mut holder: Owned) -> Value {
+/// Checks that a deleted namespace `inode` held only by `kind` of `pid` (none for a bind mount:
+/// its mount namespace holds it) is listed and orphaned.
+fn held_after_delete(inode: u64, kind: &str, pid: Option<u32>) -> Value {
     let (code, objects) = snapshot(&["--inode", &inode.to_string()]);
     let ns = report(&objects, inode).clone();
     assert_eq!(ns["held_by"], serde_json::json!([kind]), "{ns:#}");
@@ -488,55 +501,117 @@ fn held_after_delete(inode: u64, kind: &str, pid: Option<u32>, mut holder: Owned
     );
     assert_eq!(code, 1, "{ns:#}");
     // Entered through what holds it: its cookie could be read.
-    let cookie = ns["cookie"].as_u64().unwrap_or_else(|| panic!("{ns:#}"));
+    assert!(ns["cookie"].is_u64(), "{ns:#}");
+    ns
+}
 
-    let _ = holder.0.kill();
-    holder
-        .wait_timeout(Duration::from_secs(10))
-        .expect("holder exited");
-    // Gone from the next snapshot; its inode may already belong to a newer namespace.
-    wait_for("the namespace to go", Duration::from_secs(10), || {
+/// Waits for namespace `cookie` to be gone from the snapshot; its inode may already belong to a
+/// newer namespace.
+fn gone_from_snapshot(inode: u64, cookie: u64) {
+    wait_for("the namespace to go", Duration::from_secs(15), || {
         let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
         let now: Option<Value> = serde_json::from_slice(&out.stdout).ok();
         now.is_none_or(|now| now["cookie"] != cookie).then_some(())
     });
-    ns
+}
+
+/// The holders a `last_holder_exit` says went, as (kind, pid).
+fn released(event: &Value) -> Vec<(&str, Option<u64>)> {
+    event["released"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no released holders: {event:#}"))
+        .iter()
+        .map(|h| (h["kind"].as_str().unwrap(), h["pid"].as_u64()))
+        .collect()
+}
+
+/// A watch started while the namespace `cookie` was orphaned and held by `kind` of `pid` alone
+/// (`release` lets it go): `last_holder_exit` names that holder and nothing left, then its
+/// teardown follows.
+fn watched_release(cookie: u64, inode: u64, kind: &str, pid: Option<u32>, release: impl FnOnce()) {
+    let mut run = watch();
+    release();
+    let last = event(&mut run, "last_holder_exit", "cookie", cookie);
+    assert_eq!(last["inode"], inode, "{last:#}");
+    assert_eq!(released(&last), [(kind, pid.map(u64::from))], "{last:#}");
+    assert_eq!(last["pid"].as_u64(), pid.map(u64::from), "{last:#}");
+    assert_eq!(last["held_by"], serde_json::json!([]), "{last:#}");
+    expect_life(
+        run,
+        cookie,
+        inode,
+        &["last_holder_exit", "teardown_start", "teardown_end"],
+    );
 }
 
 #[test]
 fn open_namespace_file_holds_a_deleted_namespace() {
     let mut named = NamedNetns::new("fd");
     let inode = named.inode();
-    let (holder, fd) = outside_holder("fd", &named.path());
+    let mut holder = outside_holder("fd", &named.path());
     let pid = holder.pid();
     named.delete();
-    let ns = held_after_delete(inode, "file", Some(pid), holder);
+    let ns = held_after_delete(inode, "file", Some(pid));
     let file = &ns["files"][0];
     assert_eq!(file["pid"], pid, "{ns:#}");
-    assert_eq!(file["fd"], fd, "{ns:#}");
+    assert_eq!(file["fd"], holder.fd, "{ns:#}");
     // The comm is not UTF-8: still a holder, escaped.
     assert_eq!(file["comm"], "hold\\xffer", "{ns:#}");
+    let cookie = ns["cookie"].as_u64().unwrap();
+    // The fd is closed, its process lives on.
+    watched_release(cookie, inode, "file", Some(pid), || holder.close());
+    gone_from_snapshot(inode, cookie);
 }
 
 #[test]
 fn socket_from_inside_holds_a_deleted_namespace() {
     let mut named = NamedNetns::new("sock");
     let inode = named.inode();
-    let (holder, fd) = outside_holder("socket", &named.path());
+    let mut holder = outside_holder("socket", &named.path());
     let pid = holder.pid();
     assert_ne!(netns_of(pid), Some(inode));
     named.delete();
-    let ns = held_after_delete(inode, "socket", Some(pid), holder);
+    let ns = held_after_delete(inode, "socket", Some(pid));
     let socket = &ns["sockets"][0];
     assert_eq!(
         (&socket["pid"], &socket["fd"]),
-        (&pid.into(), &fd.into()),
+        (&pid.into(), &holder.fd.into()),
         "{ns:#}"
     );
     assert_eq!(socket["protocol"], "tcp", "{socket:#}");
     assert_eq!(socket["state"], "LISTEN", "{socket:#}");
     let local = socket["local"].as_str().unwrap();
     assert!(local.starts_with("127.0.0.1:"), "{socket:#}");
+    let cookie = ns["cookie"].as_u64().unwrap();
+    // The socket is closed, its process lives on.
+    watched_release(cookie, inode, "socket", Some(pid), || holder.close());
+    gone_from_snapshot(inode, cookie);
+}
+
+#[test]
+fn thread_that_joined_holds_a_deleted_namespace() {
+    let mut named = NamedNetns::new("thread");
+    let inode = named.inode();
+    let mut holder = outside_holder("thread", &named.path());
+    let (pid, tid) = (holder.pid(), holder.fd);
+    // The process is outside; only its second thread is inside.
+    assert_ne!(netns_of(pid), Some(inode));
+    assert_eq!(
+        inode_of(Path::new(&format!("/proc/{pid}/task/{tid}/ns/net"))),
+        Some(inode)
+    );
+    named.delete();
+    let ns = held_after_delete(inode, "thread", Some(pid));
+    let thread = &ns["threads"][0];
+    assert_eq!(
+        (&thread["pid"], &thread["tid"]),
+        (&pid.into(), &tid.into()),
+        "{ns:#}"
+    );
+    let cookie = ns["cookie"].as_u64().unwrap();
+    // The thread ends, its process lives on.
+    watched_release(cookie, inode, "thread", Some(pid), || holder.close());
+    gone_from_snapshot(inode, cookie);
 }
 
 #[test]
@@ -575,8 +650,13 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
         .expect("sleeper exited");
     let last = event(&mut run, "last_holder_exit", "cookie", cookie);
     assert_eq!(last["pid"], sleeper.pid(), "{last:#}");
+    assert_eq!(
+        last["held_by"],
+        serde_json::json!(["bind mount"]),
+        "{last:#}"
+    );
 
-    let ns = held_after_delete(inode, "bind mount", None, holder);
+    let ns = held_after_delete(inode, "bind mount", None);
     let shown = format!("{}/a b\\xff\\nc", dir.0.display());
     let mounts = ns["mounts"].as_array().unwrap();
     let mount = mounts
@@ -589,7 +669,26 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
     // through the raw path under the holder's root.
     assert!(mounts.iter().all(|m| m["mount_ns"] == mount_ns), "{ns:#}");
     assert_eq!(ns["cookie"], cookie, "{ns:#}");
-    // Its mount namespace gone with the holder, the namespace is torn down.
+    // Its mount namespace goes with the holder: the last userspace holder, then teardown.
+    let mut holder = holder;
+    let _ = holder.0.kill();
+    holder
+        .wait_timeout(Duration::from_secs(10))
+        .expect("holder exited");
+    let unmounted = run
+        .wait_for_json(Duration::from_secs(10), |v| {
+            v["action"] == "last_holder_exit"
+                && v["cookie"] == cookie
+                && v["held_by"] == serde_json::json!([])
+        })
+        .expect("a last_holder_exit for the bind mount");
+    assert_eq!(
+        released(&unmounted),
+        [("bind mount", None)],
+        "{unmounted:#}"
+    );
+    let what = unmounted["released"][0]["what"].as_str().unwrap();
+    assert!(what.contains(&format!("(mount ns {mount_ns})")), "{what}");
     expect_life(
         run,
         cookie,
@@ -597,10 +696,12 @@ fn bind_mount_in_another_mount_namespace_holds_a_deleted_namespace() {
         &[
             "create",
             "last_holder_exit",
+            "last_holder_exit",
             "teardown_start",
             "teardown_end",
         ],
     );
+    gone_from_snapshot(inode, cookie);
 }
 
 /// `SO_NETNS_COOKIE` (Linux 5.14): the cookie of a socket's namespace, from the kernel.
@@ -664,6 +765,7 @@ fn fin_wait1_inside() -> bool {
 #[test]
 fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
     use std::{io::Write as _, net::TcpListener, net::TcpStream};
+    let mut run = watch();
     let server = net::Netns::new("kserver");
     let mut client = net::Netns::new("kclient");
     net::veth(&client, "10.214.0.1/24", &server, "10.214.0.2/24");
@@ -681,6 +783,14 @@ fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
         ],
     );
     let inode = client.inode();
+    // sysctl was the last process inside; the watch follows the bind mount from here on.
+    let sysctl = event(&mut run, "last_holder_exit", "inode", inode);
+    assert_eq!(sysctl["comm"], "sysctl", "{sysctl:#}");
+    assert_eq!(
+        sysctl["held_by"],
+        serde_json::json!(["bind mount"]),
+        "{sysctl:#}"
+    );
     let listener = server.run_inside(|| TcpListener::bind("10.214.0.2:0").expect("bind"));
     let to = listener.local_addr().unwrap();
     let stream = client.run_inside(move || {
@@ -739,16 +849,47 @@ fn orphan_tcp_socket_alone_holds_a_deleted_namespace() {
     );
     assert!(
         text.contains(
-            "ORPHANED: no process, open file, socket or bind mount holds it; the kernel does ("
+            "ORPHANED: no process, thread, open file, socket or bind mount holds it; the kernel \
+             does ("
         ),
         "{text}"
     );
 
+    // The watch saw the last userspace holder it knew of go (the bind mount `ip netns del`
+    // removed) and the namespace stay, held by the kernel.
+    let kernel = serde_json::json!(["kernel"]);
+    let last = run
+        .wait_for_json(Duration::from_secs(10), |v| {
+            v["action"] == "last_holder_exit" && v["cookie"] == cookie && v["held_by"] == kernel
+        })
+        .expect("a last_holder_exit held by the kernel");
+    assert_eq!(last["inode"], inode, "{last:#}");
+    let gone = released(&last);
+    assert!(gone.contains(&("bind mount", None)), "{last:#}");
+    assert!(
+        gone.iter()
+            .all(|(kind, _)| ["bind mount", "socket"].contains(kind)),
+        "{last:#}"
+    );
+    assert!(
+        last["kernel_refs"]["refs"].as_u64().unwrap_or(0) >= 1,
+        "{last:#}"
+    );
+
     // The server's reset ends the orphan, and with it the namespace.
     drop(accepted);
-    wait_for("the namespace to go", Duration::from_secs(15), || {
-        let out = tracer(&["netns", "--json", "--inode", &inode.to_string()]);
-        let now: Option<Value> = serde_json::from_slice(&out.stdout).ok();
-        now.is_none_or(|now| now["cookie"] != cookie).then_some(())
-    });
+    gone_from_snapshot(inode, cookie);
+    event(&mut run, "teardown_end", "cookie", cookie);
+    let out = run.stop();
+    let events: Vec<&Value> = out
+        .of_type("netns")
+        .into_iter()
+        .filter(|e| e["cookie"] == cookie)
+        .collect();
+    let held = events.iter().position(|e| e["held_by"] == kernel).unwrap();
+    let after: Vec<&str> = events[held + 1..]
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(after, ["teardown_start", "teardown_end"], "{events:#?}");
 }

@@ -349,11 +349,12 @@ fn a_namespace_gone_before_its_turn_is_reported_and_the_scan_goes_on() {
 fn all_netns_probes_from_a_namespace_that_only_an_open_file_holds() {
     let mut s = site();
     let inode = s.ok.inode();
-    let (holder, fd) = outside_holder(
+    let holder = OutsideHolder::start(
         env!("CARGO_BIN_EXE_netns-holder"),
         "fd",
         s.ok.path().as_ref(),
     );
+    let fd = holder.fd;
     s.ok.delete();
     let target = format!("{SERVER}:{PORT}");
     let out = probe(&[&target, "--timeout", "2s", "--all-netns"]);

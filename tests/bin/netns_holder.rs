@@ -11,11 +11,14 @@
 //! a comm that is not UTF-8 (`hold\xffer`), for at most SECONDS:
 //! - `fd`: an open file of the namespace;
 //! - `socket`: a TCP socket listening on 127.0.0.1 that was made inside the namespace, after
-//!   returning to its own.
+//!   returning to its own;
+//! - `thread`: a second thread that joined the namespace (setns) and waits there;
 //!
-//! and prints the fd's number once it holds it.
+//! and prints the fd's number (the thread's id) once it holds it. A line on stdin (or its end)
+//! lets go (closes the fd, ends the thread): it prints `closed` and stays alive, holding
+//! nothing, until killed or SECONDS passed.
 //!
-//! Usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket SECONDS NETNS
+//! Usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket|thread SECONDS NETNS
 
 use std::ffi::c_void;
 
@@ -77,16 +80,54 @@ fn socket_in(netns: &str) -> libc::c_int {
     }
 }
 
-/// Holds `fd` from outside the namespace until killed or `seconds` passed.
-fn hold(fd: libc::c_int, seconds: u32) -> ! {
+/// Holds a namespace from outside it (`shown` names the fd or thread holding it) until a line
+/// on stdin, then lets go (`release`) and lives on until killed or `seconds` passed.
+fn hold(shown: libc::c_int, release: impl FnOnce(), seconds: u32) -> ! {
     // SAFETY: plain syscalls; the name is NUL-terminated.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"hold\xffer".as_ptr());
+        libc::alarm(seconds);
     }
-    println!("{fd}");
-    // SAFETY: plain syscall.
-    unsafe { libc::sleep(seconds) };
-    std::process::exit(0)
+    println!("{shown}");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    release();
+    println!("closed");
+    loop {
+        // SAFETY: plain syscall; SIGALRM (default action: end the process) ends it at the
+        // latest.
+        unsafe { libc::pause() };
+    }
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: an fd this process owns, closed once.
+    unsafe { libc::close(fd) };
+}
+
+/// A thread that joined `netns` and stays there until the returned closure ends it; its id.
+fn thread_in(netns: &str) -> (libc::c_int, impl FnOnce()) {
+    let target = open(netns);
+    let (joined, tid) = std::sync::mpsc::channel();
+    let (end, ended) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: plain syscalls on an fd this process owns, closed once.
+        unsafe {
+            if libc::setns(target, libc::CLONE_NEWNET) != 0 {
+                fail("setns into the namespace");
+            }
+            libc::close(target);
+            let _ = joined.send(libc::gettid());
+        }
+        let _ = ended.recv();
+    });
+    let tid = tid
+        .recv()
+        .unwrap_or_else(|_| fail("the thread joining the namespace"));
+    (tid, move || {
+        let _ = end.send(());
+        let _ = thread.join();
+    })
 }
 
 fn main() {
@@ -94,8 +135,18 @@ fn main() {
     let seconds: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(120);
     let netns = args.get(3).map(String::as_str).unwrap_or("");
     let flags = match args.get(1).map(String::as_str) {
-        Some("fd") => hold(open(netns), seconds),
-        Some("socket") => hold(socket_in(netns), seconds),
+        Some("fd") => {
+            let fd = open(netns);
+            hold(fd, move || close(fd), seconds)
+        }
+        Some("socket") => {
+            let fd = socket_in(netns);
+            hold(fd, move || close(fd), seconds)
+        }
+        Some("thread") => {
+            let (tid, leave) = thread_in(netns);
+            hold(tid, leave, seconds)
+        }
         Some("vfork") => {
             // SAFETY: plain syscall.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -106,7 +157,7 @@ fn main() {
         Some("clone") => libc::CLONE_NEWNET,
         _ => {
             eprintln!(
-                "usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket SECONDS NETNS"
+                "usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket|thread SECONDS NETNS"
             );
             std::process::exit(2);
         }

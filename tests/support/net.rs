@@ -583,23 +583,55 @@ impl Drop for NetnsHolder {
     }
 }
 
-/// `netns-holder MODE 120 NETNS` (`binary`, as for [`NetnsHolder::start`]): holds the namespace
-/// at `netns` from outside it (`fd`: an open file; `socket`: a socket made inside), and the fd
-/// it holds it with. Killed when dropped.
-pub fn outside_holder(binary: &str, mode: &str, netns: &std::path::Path) -> (Owned, u32) {
-    let mut child = Owned(
-        Command::new(binary)
-            .args([mode, "120"])
-            .arg(netns)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("netns-holder"),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = crate::forward_lines(stdout)
-        .recv_timeout(Duration::from_secs(10))
-        .expect("netns-holder prints its fd");
-    (child, line.trim().parse().expect("an fd number"))
+/// `netns-holder MODE 120 NETNS` (`binary`, as for [`NetnsHolder::start`]) holding the
+/// namespace at `netns` from outside it (`fd`: an open file; `socket`: a socket made inside;
+/// `thread`: a second thread that joined it), and the fd (or the thread's id) it holds it with.
+/// Killed when dropped.
+pub struct OutsideHolder {
+    pub process: Owned,
+    pub fd: u32,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl OutsideHolder {
+    pub fn start(binary: &str, mode: &str, netns: &std::path::Path) -> Self {
+        // Its stdin stays open: a line on it, or its end, lets go.
+        let mut process = Owned(
+            Command::new(binary)
+                .args([mode, "120"])
+                .arg(netns)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("netns-holder"),
+        );
+        let lines = crate::forward_lines(process.0.stdout.take().unwrap());
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("netns-holder prints its fd");
+        let fd = line.trim().parse().expect("an fd number");
+        Self { process, fd, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Lets go of the namespace (closes the fd, ends the thread); the process lives on.
+    pub fn close(&mut self) {
+        let mut stdin = self.process.0.stdin.take().expect("the holder's stdin");
+        stdin.write_all(b"close\n").expect("telling the holder");
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("netns-holder says it let go");
+        assert_eq!(line, "closed");
+        assert_eq!(
+            self.process.0.try_wait().unwrap(),
+            None,
+            "the holder exited"
+        );
+    }
 }
 
 /// A raw socket (`socket(family, SOCK_RAW, protocol)`): for packets a UDP socket cannot send,

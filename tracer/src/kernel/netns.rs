@@ -39,7 +39,8 @@ pub struct NetnsRef {
 #[derive(Clone, Debug)]
 pub enum WayIn {
     /// A path that opens it from here: a bind mount in this mount namespace,
-    /// /proc/PID/ns/net, or /proc/PID/fd/N of a process holding it open.
+    /// /proc/PID/ns/net (or /proc/PID/task/TID/ns/net of a thread inside), or /proc/PID/fd/N
+    /// of a process holding it open.
     Path(PathBuf),
     /// A bind mount in the mount namespace of `pid`, resolved inside that process's root.
     InRoot { pid: u32, point: PathBuf },

@@ -5,6 +5,7 @@ use std::{io, io::Write, time::Duration};
 use serde::Serialize;
 use tracer_common::netns::{NetnsAction, NetnsEvent};
 
+use super::{census::KernelRefs, discover::HolderRef, orphans::Release};
 use crate::{
     clock::{self, Clock},
     enrich::identity::{Container, Identity, Pod},
@@ -61,6 +62,16 @@ pub struct NetnsRecord {
     pub pod: Option<Pod>,
     /// Since creation, when the creation was seen in this run.
     pub lifetime_ms: Option<u64>,
+    /// `last_holder_exit`: the userspace holders that went, the last of their kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<HolderRef>,
+    /// `last_holder_exit`: what holds the namespace now: the other kinds of userspace holder,
+    /// `["kernel"]` when only the kernel does, `[]` when nothing does (its teardown follows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<Vec<&'static str>>,
+    /// `last_holder_exit`: the kernel's reference counts, where its list could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_refs: Option<KernelRefs>,
 }
 
 impl NetnsRecord {
@@ -72,19 +83,92 @@ impl NetnsRecord {
         owner: Identity,
         clock: &Clock,
     ) -> Self {
-        let (pid, comm) = record.process.clone().unzip();
+        let mut event = Self::about(
+            action,
+            (record.inode, record.cookie),
+            record.ktime_ns,
+            created_ns,
+            owner,
+            clock,
+        );
+        (event.pid, event.comm) = record.process.clone().unzip();
+        event
+    }
+
+    /// A `last_holder_exit`: the last userspace holder of a namespace went.
+    pub fn released(
+        release: &Release,
+        created_ns: Option<u64>,
+        owner: Identity,
+        clock: &Clock,
+    ) -> Self {
+        let mut event = Self::about(
+            "last_holder_exit",
+            (release.inode, release.cookie),
+            release.ktime_ns,
+            created_ns,
+            owner,
+            clock,
+        );
+        (event.pid, event.comm) = release.process.clone().unzip();
+        event.released = release.released.clone();
+        event.held_by = Some(release.held_by.clone());
+        event.kernel_refs = release.kernel_refs;
+        event
+    }
+
+    /// An event about namespace `(inode, cookie)` at `ktime_ns`, no process named.
+    fn about(
+        action: &'static str,
+        (inode, cookie): (u64, u64),
+        ktime_ns: u64,
+        created_ns: Option<u64>,
+        owner: Identity,
+        clock: &Clock,
+    ) -> Self {
         Self {
             kind: "netns",
-            time: clock::rfc3339(clock.wall(record.ktime_ns)),
+            time: clock::rfc3339(clock.wall(ktime_ns)),
             action,
-            inode: record.inode,
-            cookie: record.cookie,
-            pid,
-            comm,
+            inode,
+            cookie,
+            pid: None,
+            comm: None,
             container: owner.container,
             pod: owner.pod,
-            lifetime_ms: created_ns.map(|c| record.ktime_ns.saturating_sub(c) / 1_000_000),
+            lifetime_ms: created_ns.map(|c| ktime_ns.saturating_sub(c) / 1_000_000),
+            released: Vec::new(),
+            held_by: None,
+            kernel_refs: None,
         }
+    }
+
+    /// `; still held by the kernel (2 references, 1 passive)`, for a `last_holder_exit`.
+    fn holding_now(&self) -> Option<String> {
+        let held_by = self.held_by.as_ref()?;
+        let released = self
+            .released
+            .iter()
+            .map(HolderRef::describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let now = match held_by.as_slice() {
+            [] => "nothing holds it now: teardown follows".into(),
+            ["kernel"] => {
+                let count = |v: Option<u32>| v.map_or_else(|| "?".into(), |v| v.to_string());
+                let refs = self.kernel_refs.unwrap_or(KernelRefs {
+                    refs: None,
+                    passive: None,
+                });
+                format!(
+                    "still held by the kernel ({} references, {} passive)",
+                    count(refs.refs),
+                    count(refs.passive)
+                )
+            }
+            kinds => format!("still held by {}", kinds.join(", ")),
+        };
+        Some(format!("{released}; {now}"))
     }
 }
 
@@ -134,6 +218,19 @@ impl Event for NetnsRecord {
             default: true,
             value: |e| pod_column(e.pod.as_ref()),
         },
+        // `bind_mount` rather than `bind mount`: a value of one word; `none` once nothing does.
+        Column {
+            name: "held_by",
+            default: true,
+            value: |e| {
+                let kinds = e.held_by.as_ref()?;
+                Some(if kinds.is_empty() {
+                    "none".into()
+                } else {
+                    kinds.join(",").replace(' ', "_")
+                })
+            },
+        },
     ];
 
     fn count(&self) -> Option<Count<'_>> {
@@ -163,9 +260,12 @@ impl Event for NetnsRecord {
             self.cookie,
             process
         )?;
-        match &self.pod {
-            Some(pod) => writeln!(w, "  {}", pod.label()),
-            None => writeln!(w),
+        if let Some(pod) = &self.pod {
+            write!(w, "  {}", pod.label())?;
         }
+        if let Some(now) = self.holding_now() {
+            write!(w, "  {now}")?;
+        }
+        writeln!(w)
     }
 }

@@ -1,7 +1,8 @@
 //! Finding the network namespaces alive on the node from userspace, and what holds each one:
 //! processes inside (/proc/PID/ns/net), open namespace files and sockets in processes of other
-//! namespaces (/proc/PID/fd), and nsfs bind mounts in every mount namespace (`ip netns`,
-//! container runtimes, kubelet, systemd units with private mounts).
+//! namespaces (/proc/PID/fd), nsfs bind mounts in every mount namespace (`ip netns`,
+//! container runtimes, kubelet, systemd units with private mounts), and threads that joined a
+//! namespace their process is not in (/proc/PID/task/TID/ns/net).
 //!
 //! A socket's namespace is asked of the kernel with `SIOCGSKNS` on a copy of the fd borrowed
 //! with pidfd_getfd: exact for every socket family, and no kernel program is needed for a
@@ -70,6 +71,32 @@ pub struct SocketHolder {
     pub socket: SocketInfo,
 }
 
+/// A thread that joined the namespace (setns) while its process stays in another one: a CNI
+/// plugin mid-setup, or a runtime thread left behind in a namespace it never left.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadHolder {
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's own name (/proc/PID/task/TID/comm), escaped.
+    pub comm: String,
+}
+
+impl ThreadHolder {
+    pub fn as_ref(&self) -> HolderRef {
+        HolderRef {
+            kind: "thread",
+            pid: Some(self.pid),
+            comm: Some(self.comm.clone()),
+            what: format!("tid {}", self.tid),
+        }
+    }
+
+    /// /proc/PID/task/TID/ns/net.
+    pub fn link(&self) -> std::path::PathBuf {
+        format!("/proc/{}/task/{}/ns/net", self.pid, self.tid).into()
+    }
+}
+
 /// A bind mount of the namespace file, in any mount namespace.
 #[derive(Clone, Debug, Serialize)]
 pub struct BindMount {
@@ -111,7 +138,7 @@ impl BindMount {
 /// A holder as a flag names it: its kind, the process behind it, and what it is.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HolderRef {
-    /// `process`, `file`, `socket`, `bind mount` or `kernel`.
+    /// `process`, `file`, `socket`, `bind mount`, `thread` or `kernel`.
     pub kind: &'static str,
     /// The process holding it (for a bind mount: a process of its mount namespace).
     pub pid: Option<u32>,
@@ -183,13 +210,15 @@ pub struct Found {
     pub files: Vec<FileHolder>,
     pub sockets: Vec<SocketHolder>,
     pub mounts: Vec<BindMount>,
+    /// Threads inside whose process is not.
+    pub threads: Vec<ThreadHolder>,
     /// The namespace opened from one of its sockets: a way in when nothing else is left.
     via_socket: Option<File>,
 }
 
 impl Found {
     /// Every way into it that can be taken again later, the most stable first: a bind mount
-    /// here, a process inside, an open file, a bind mount elsewhere, a socket.
+    /// here, a process inside, an open file, a thread inside, a bind mount elsewhere, a socket.
     pub fn netns_ref(&self) -> NetnsRef {
         let (own, other): (Vec<_>, Vec<_>) = self.mounts.iter().partition(|m| m.own);
         let ways = own
@@ -197,6 +226,7 @@ impl Found {
             .map(BindMount::way)
             .chain(self.holders.iter().map(|h| WayIn::Path(net_ns_link(h.pid))))
             .chain(self.files.iter().map(|f| WayIn::Path(fd_path(f.pid, f.fd))))
+            .chain(self.threads.iter().map(|t| WayIn::Path(t.link())))
             .chain(other.into_iter().map(BindMount::way))
             .chain(self.sockets.iter().map(|s| WayIn::Socket {
                 pid: s.pid,
@@ -230,16 +260,18 @@ impl Found {
             .map(FileHolder::as_ref)
             .chain(self.sockets.iter().map(SocketHolder::as_ref))
             .chain(self.mounts.iter().map(BindMount::as_ref))
+            .chain(self.threads.iter().map(ThreadHolder::as_ref))
             .collect()
     }
 
-    /// The kinds of holder it has: `process`, `file`, `socket`, `bind mount`.
+    /// The kinds of holder it has: `process`, `file`, `socket`, `bind mount`, `thread`.
     pub fn kinds(&self) -> Vec<&'static str> {
         [
             ("process", self.holders.is_empty()),
             ("file", self.files.is_empty()),
             ("socket", self.sockets.is_empty()),
             ("bind mount", self.mounts.is_empty()),
+            ("thread", self.threads.is_empty()),
         ]
         .into_iter()
         .filter(|(_, none)| !none)
@@ -483,6 +515,37 @@ impl Scan {
         }
     }
 
+    /// The threads of `process` in another namespace than its own (the leader's).
+    fn threads(&mut self, process: &Process) {
+        let pid = process.pid;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        for task in tasks.flatten().take(MAX_TASKS) {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let thread = ThreadHolder {
+                pid,
+                tid,
+                comm: String::new(),
+            };
+            let Some(net) = fs::metadata(thread.link()).ok().map(|m| m.ino()) else {
+                continue;
+            };
+            if tid == pid || net == process.net {
+                continue;
+            }
+            let comm = read_proc(pid, &format!("task/{tid}/comm")).map_or_else(
+                || "?".into(),
+                |c| escape(c.strip_suffix(b"\n").unwrap_or(&c)),
+            );
+            Found::at(&mut self.found, net)
+                .threads
+                .push(ThreadHolder { comm, ..thread });
+        }
+    }
+
     /// Processes inside their namespaces, and what their fds hold.
     fn processes(
         &mut self,
@@ -495,13 +558,17 @@ impl Scan {
             if let Some(h) = holder(process.pid) {
                 Found::at(&mut self.found, process.net).holders.push(h);
             }
-            // Our own fds are the scan's: the namespaces it opened.
+            // Our own fds and threads are the scans': the namespaces they opened and entered.
             if process.pid != own {
+                self.threads(process);
                 self.fd_holders(process, mount_points, tables);
             }
         }
     }
 }
+
+/// Threads of one process looked at, at most.
+const MAX_TASKS: usize = 100_000;
 
 /// Threads that scan processes at most: the scan is syscalls, one per fd at least.
 const MAX_THREADS: usize = 4;
@@ -515,15 +582,6 @@ fn processes() -> Vec<Process> {
             mnt: ns_inode(pid, "mnt"),
         })
         .collect()
-}
-
-/// The namespaces processes are inside, and those bind-mounted in any mount namespace (by
-/// inode, with their mounts): the cheap part of [`all`], no fd is looked at.
-pub fn occupied_and_mounted() -> (HashSet<u64>, BTreeMap<u64, Found>) {
-    let processes = processes();
-    let mut mounted = BTreeMap::new();
-    bind_mounts(&processes, &mut mounted);
-    (processes.iter().map(|p| p.net).collect(), mounted)
 }
 
 /// The socket inodes each namespace lists, read through the first of its processes that stays
@@ -591,6 +649,7 @@ fn scan(sockets: bool) -> Scanned {
             entry.files.extend(part.files);
             entry.sockets.extend(part.sockets);
             entry.mounts.extend(part.mounts);
+            entry.threads.extend(part.threads);
             if entry.via_socket.is_none() {
                 entry.via_socket = part.via_socket;
             }

@@ -72,8 +72,9 @@ pub fn held_by_kernel(refs: &KernelRefs) -> Flag {
     Flag {
         flag: "orphaned",
         explanation: format!(
-            "no process, open file, socket or bind mount holds it; the kernel does ({what}): \
-             an orphan TCP socket towards a peer that no longer answers, for example"
+            "no process, thread, open file, socket or bind mount holds it; the kernel does \
+             ({what}): an orphan TCP socket towards a peer that no longer answers, for example \
+             (its sockets cannot be listed: no way into the namespace is left)"
         ),
         namespaces: Vec::new(),
         holders: vec![HolderRef {

@@ -6,6 +6,7 @@ pub mod decode;
 pub mod discover;
 mod flags;
 mod inside;
+mod orphans;
 pub mod snapshot;
 
 /// Its events, for the command line (their `-o line` columns).
@@ -23,11 +24,17 @@ use tracer_common::{
     EventKind,
 };
 
-use self::decode::Record;
+use self::{
+    decode::Record,
+    orphans::{Orphans, Release},
+};
 use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
-    enrich::{identity::Identities, selector::Selector},
+    enrich::{
+        identity::{Identities, Identity},
+        selector::Selector,
+    },
     hooks::{Attach, Candidate, HookSpec},
     kernel::{preflight, symbols},
     output::Output,
@@ -85,10 +92,6 @@ const HOOKS: &[HookSpec] = &[
     census::HOOK,
 ];
 
-/// How long an exit waits before /proc is asked whether anyone is still inside: the exiting
-/// process releases its namespaces right after the tracepoint.
-const EXIT_SETTLE_NS: u64 = 100_000_000;
-
 /// Creation times remembered, for the lifetime at teardown: the most recent namespaces, so
 /// that those whose teardown is never seen do not pile up in a long `serve`.
 const MAX_CREATED: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
@@ -104,10 +107,8 @@ pub struct NetnsTracer {
     /// Cookies whose teardown started and has not ended (the most recent ones: an end lost
     /// with the ring buffer's lost events must not keep its start forever).
     tearing_down: LruCache<u64, ()>,
-    /// The last exit inside each non-initial namespace, waiting to be checked: only a
-    /// namespace's last exit can be its last holder's, so a flood of exits holds one record per
-    /// namespace (and at most [`MAX_CREATED`]).
-    pending_exits: LruCache<u64, Record>,
+    /// The namespaces' userspace holders, followed until the last one goes.
+    orphans: Orphans,
     by_action: BTreeMap<&'static str, u64>,
     /// Namespaces to the pod sandbox owning them.
     identities: Identities,
@@ -169,7 +170,7 @@ impl NetnsTracer {
             clock: Clock::new(),
             created: LruCache::new(MAX_CREATED),
             tearing_down: LruCache::new(MAX_CREATED),
-            pending_exits: LruCache::new(MAX_CREATED),
+            orphans: Orphans::new(),
             by_action: BTreeMap::new(),
             identities: identities.clone(),
             workload: Selector::default(),
@@ -179,60 +180,35 @@ impl NetnsTracer {
     /// Writes `action` about `record`'s namespace, named after the sandbox owning it.
     fn emit(&mut self, action: &'static str, record: &Record, out: &mut Output) -> Result<u64> {
         let created = self.created.peek(&record.cookie).copied();
-        let owner = self
-            .identities
-            .lock()
-            .netns_owner(record.inode, record.cookie, record.ktime_ns)
-            .cloned()
-            .unwrap_or_default();
+        let owner = self.owner(record.inode, record.cookie, record.ktime_ns);
         let event = NetnsRecord::new(action, record, created, owner, &self.clock);
-        *self.by_action.entry(action).or_default() += 1;
+        self.write(event, out)
+    }
+
+    /// Writes a `last_holder_exit`.
+    fn emit_release(&mut self, release: &Release, out: &mut Output) -> Result<u64> {
+        let created = self.created.peek(&release.cookie).copied();
+        let owner = self.owner(release.inode, release.cookie, release.ktime_ns);
+        let event = NetnsRecord::released(release, created, owner, &self.clock);
+        self.write(event, out)
+    }
+
+    /// The sandbox owning a namespace.
+    fn owner(&self, inode: u64, cookie: u64, ktime_ns: u64) -> Identity {
+        self.identities
+            .lock()
+            .netns_owner(inode, cookie, ktime_ns)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn write(&mut self, event: NetnsRecord, out: &mut Output) -> Result<u64> {
+        *self.by_action.entry(event.action).or_default() += 1;
         if !self.workload.matches_pod(event.pod.as_ref()) {
             return Ok(0);
         }
         out.event(&event)?;
         Ok(1)
-    }
-
-    /// The pending exits after which no process is inside while a bind mount, in any mount
-    /// namespace, still holds the namespace (the same one: its cookie is checked). One /proc
-    /// scan for all of them; fds are not looked at (too costly for every exit).
-    fn last_holder_exits(&mut self, final_flush: bool) -> Vec<Record> {
-        let now = Clock::monotonic_now_ns();
-        let settled: Vec<u64> = self
-            .pending_exits
-            .iter()
-            .filter(|(_, r)| final_flush || now.saturating_sub(r.ktime_ns) >= EXIT_SETTLE_NS)
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        let mut ready: Vec<Record> = settled
-            .iter()
-            .filter_map(|cookie| self.pending_exits.pop(cookie))
-            .collect();
-        ready.sort_by_key(|r| r.ktime_ns);
-        if ready.is_empty() {
-            return Vec::new();
-        }
-        let (occupied, mounted) = discover::occupied_and_mounted();
-        ready
-            .into_iter()
-            .filter(|r| !occupied.contains(&r.inode))
-            .filter(|r| {
-                mounted.get(&r.inode).is_some_and(|found| {
-                    found.mounts.iter().any(|m| {
-                        m.open(r.inode)
-                            .and_then(|netns| {
-                                crate::kernel::netns::in_netns(
-                                    &netns,
-                                    crate::kernel::netns::own_cookie,
-                                )
-                            })
-                            .ok()
-                            == Some(r.cookie)
-                    })
-                })
-            })
-            .collect()
     }
 }
 
@@ -263,6 +239,13 @@ impl Tracer for NetnsTracer {
         ]
     }
 
+    /// Not a map: the programs are attached, no event is read yet, so the namespaces orphaned
+    /// before the run are followed from here on (the run is "ready" after this).
+    fn use_maps(&mut self, _ebpf: &mut aya::Ebpf) -> Result<()> {
+        self.orphans.start();
+        Ok(())
+    }
+
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
         if kind != EventKind::Netns {
             return Ok(0);
@@ -275,13 +258,22 @@ impl Tracer for NetnsTracer {
                 // Before the namespace's creation is recorded: a create has no lifetime.
                 let written = self.emit("create", &record, out)?;
                 self.created.put(record.cookie, record.ktime_ns);
+                // Its creator may leave it (`ip netns add`) to a bind mount or an fd.
+                self.orphans.settle(record);
                 Ok(written)
             }
             // A batch may list a namespace twice if it was queued while the list was walked.
             NetnsAction::TeardownStart if self.tearing_down.put(record.cookie, ()).is_some() => {
                 Ok(0)
             }
-            NetnsAction::TeardownStart => self.emit("teardown_start", &record, out),
+            NetnsAction::TeardownStart => {
+                // Nothing holds it any more: a followed namespace's last holder went first.
+                let mut written = 0;
+                if let Some(release) = self.orphans.teardown(&record) {
+                    written += self.emit_release(&release, out)?;
+                }
+                Ok(written + self.emit("teardown_start", &record, out)?)
+            }
             NetnsAction::TeardownEnd => {
                 let written = self.emit("teardown_end", &record, out)?;
                 self.tearing_down.pop(&record.cookie);
@@ -290,7 +282,7 @@ impl Tracer for NetnsTracer {
             }
             NetnsAction::ProcessExit => {
                 // The latest exit replaces an earlier one of the same namespace.
-                self.pending_exits.put(record.cookie, record);
+                self.orphans.settle(record);
                 Ok(0)
             }
         }
@@ -298,8 +290,8 @@ impl Tracer for NetnsTracer {
 
     fn flush(&mut self, out: &mut Output, final_flush: bool) -> Result<u64> {
         let mut written = 0;
-        for record in self.last_holder_exits(final_flush) {
-            written += self.emit("last_holder_exit", &record, out)?;
+        for release in self.orphans.poll(final_flush) {
+            written += self.emit_release(&release, out)?;
         }
         Ok(written)
     }
@@ -315,9 +307,9 @@ impl Tracer for NetnsTracer {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{census::KernelRefs, discover::HolderRef, *};
     use crate::{
-        output::Format,
+        output::{Event as _, Format},
         tracers::samples::{bytes, netns, objects},
     };
 
@@ -355,22 +347,10 @@ mod tests {
     }
 
     #[test]
-    fn pending_state_stays_bounded_when_ends_are_lost_and_exits_flood() {
+    fn pending_state_stays_bounded_when_ends_are_lost() {
         let mut tracer = NetnsTracer::new(&Identities::new());
         let (mut out, _) = Output::in_memory(Format::Json);
         let t0 = Clock::monotonic_now_ns();
-        // 200,000 exits in 3 namespaces between two flushes: one waits per namespace.
-        for i in 0..200_000u64 {
-            let exit = netns(NetnsAction::ProcessExit, 1 + i % 3, t0 + i);
-            tracer
-                .on_record(EventKind::Netns, &bytes(&exit), &mut out)
-                .unwrap();
-        }
-        assert_eq!(tracer.pending_exits.len(), 3);
-        assert_eq!(
-            tracer.pending_exits.peek(&1).map(|r| r.ktime_ns),
-            Some(t0 + 199_998)
-        );
         // Teardowns whose end was lost: the most recent are kept, no more.
         let starts = MAX_CREATED.get() as u64 + 1_000;
         for cookie in 0..starts {
@@ -381,5 +361,57 @@ mod tests {
         }
         assert_eq!(tracer.tearing_down.len(), MAX_CREATED.get());
         assert!(tracer.tearing_down.contains(&(starts - 1)));
+    }
+
+    #[test]
+    fn a_release_says_what_went_and_what_holds_the_namespace_now() {
+        let clock = Clock::new();
+        let release = Release {
+            inode: 4026532999,
+            cookie: 9,
+            process: None,
+            ktime_ns: Clock::monotonic_now_ns(),
+            released: vec![HolderRef {
+                kind: "bind mount",
+                pid: None,
+                comm: None,
+                what: "/run/netns/x (mount ns 4026531841)".into(),
+            }],
+            held_by: vec!["kernel"],
+            kernel_refs: Some(KernelRefs {
+                refs: Some(2),
+                passive: Some(3),
+            }),
+        };
+        let event = NetnsRecord::released(&release, None, Identity::default(), &clock);
+        let mut human = Vec::new();
+        event.write_human(&mut human).unwrap();
+        let human = String::from_utf8(human).unwrap();
+        assert!(
+            human.contains("last_holder_exit 4026532999")
+                && human.ends_with(
+                    "  bind mount /run/netns/x (mount ns 4026531841); still held by the kernel \
+                     (2 references, 3 passive)\n"
+                ),
+            "{human}"
+        );
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["held_by"], json!(["kernel"]));
+        assert_eq!(json["kernel_refs"]["refs"], 2);
+        assert_eq!(json["released"][0]["kind"], "bind mount");
+        // Other events carry none of it.
+        let create = Record::decode(&netns(NetnsAction::Create, 9, 1)).unwrap();
+        let json = serde_json::to_value(NetnsRecord::new(
+            "create",
+            &create,
+            None,
+            Identity::default(),
+            &clock,
+        ))
+        .unwrap();
+        assert!(
+            json.get("held_by").is_none() && json.get("released").is_none(),
+            "{json}"
+        );
     }
 }

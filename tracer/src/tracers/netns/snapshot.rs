@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{
     census::{KernelCensus, KernelRefs, Listed},
-    discover::{self, BindMount, FileHolder, Holder, SocketHolder},
+    discover::{self, BindMount, FileHolder, Holder, SocketHolder, ThreadHolder},
     flags::{self, Configured, Flag},
     inside::{look_inside, Address, Inside, Interface},
 };
@@ -63,6 +63,8 @@ pub struct NamespaceReport {
     pub sockets: Vec<SocketHolder>,
     /// Bind mounts of the namespace, in every mount namespace.
     pub mounts: Vec<BindMount>,
+    /// Threads inside whose process is not.
+    pub threads: Vec<ThreadHolder>,
     /// The pod sandbox owning the namespace, and its pod; null for other namespaces.
     pub container: Option<Container>,
     pub pod: Option<Pod>,
@@ -114,6 +116,7 @@ impl NamespaceReport {
             files: found.files,
             sockets: found.sockets,
             mounts: found.mounts,
+            threads: found.threads,
             container: owner.container,
             pod: owner.pod,
             flags: orphaned.into_iter().collect(),
@@ -141,6 +144,7 @@ impl NamespaceReport {
             files: Vec::new(),
             sockets: Vec::new(),
             mounts: Vec::new(),
+            threads: Vec::new(),
             container: owner.container,
             pod: owner.pod,
             flags: vec![flags::held_by_kernel(&listed.refs)],
@@ -235,6 +239,17 @@ impl Event for NamespaceReport {
             },
         },
         Column {
+            name: "threads",
+            default: false,
+            value: |r| {
+                list_column(
+                    r.threads
+                        .iter()
+                        .map(|t| format!("{}({}):tid{}", t.comm, t.pid, t.tid)),
+                )
+            },
+        },
+        Column {
             name: "stuck",
             default: false,
             value: |r| {
@@ -296,9 +311,15 @@ impl Event for NamespaceReport {
                     "mounted at {} (mount ns {}, pid {})",
                     m.path, m.mount_ns, m.pid
                 )
+            }))
+            .chain(self.threads.iter().map(|t| {
+                format!(
+                    "thread {} ({}) of process {} is inside",
+                    t.tid, t.comm, t.pid
+                )
             }));
         let shown = HUMAN_HOLDER_LINES;
-        let total = self.files.len() + self.sockets.len() + self.mounts.len();
+        let total = self.files.len() + self.sockets.len() + self.mounts.len() + self.threads.len();
         for line in lines.take(shown) {
             writeln!(w, "    {line}")?;
         }
