@@ -312,6 +312,18 @@ impl ConntrackTracer {
             && self.workload.matches_pod(drop.pod.as_ref())
     }
 
+    /// One record as a classified, named drop, counted in the summary, and written when the
+    /// filters want it: the drop, and how many events were written (0 or 1). What `on_record`
+    /// does, for a command that also looks at the drop (`record --probe`).
+    pub fn write_drop(&mut self, raw: &[u8], out: &mut Output) -> Result<(ConntrackDrop, u64)> {
+        let drop = self.drop_of(raw)?;
+        if !self.wanted(&drop) {
+            return Ok((drop, 0));
+        }
+        out.event(&drop)?;
+        Ok((drop, 1))
+    }
+
     /// One record as a classified, named drop, counted in the summary: what `on_record`
     /// writes.
     pub fn drop_of(&mut self, raw: &[u8]) -> Result<ConntrackDrop> {
@@ -425,12 +437,7 @@ impl Tracer for ConntrackTracer {
         if kind != EventKind::NetfilterDrop {
             bail!("the conntrack-drops tracer got a {kind:?} record");
         }
-        let drop = self.drop_of(raw)?;
-        if !self.wanted(&drop) {
-            return Ok(0);
-        }
-        out.event(&drop)?;
-        Ok(1)
+        self.write_drop(raw, out).map(|(_, written)| written)
     }
 
     fn summarize(&self, summary: &mut Map<String, Value>) {
