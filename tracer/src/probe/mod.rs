@@ -559,7 +559,10 @@ pub fn recording(
         format: Format::Record,
         buffer_mb: 0,
     };
-    let jobs = select(&options, identities).context("--probe")?;
+    let jobs = select(&options, identities).context(
+        "--probe (record probes from pods' namespaces only: `tracer probe` takes --netns and \
+         --all-netns)",
+    )?;
     let conntrack = ConntrackTracer::new(btf, conntrack, identities)?;
     let mut prober = Prober::new(conntrack, jobs, &options);
     prober.writes_drops = true;

@@ -81,7 +81,10 @@ fn resolve(host: &str, port: u16, whole: &str) -> Result<SocketAddr> {
         return Ok(SocketAddr::new(ip, port));
     }
     if is_invalid_tld(host) {
-        bail!("TARGET `{whole}`: `{host}` is under .invalid, which never resolves; give a host name or an address");
+        bail!(
+            "TARGET `{whole}`: `{host}` is under .invalid, which never resolves; give a host \
+             name or an address"
+        );
     }
     // getaddrinfo cannot be cancelled: it runs on a thread of its own, left to finish (or to
     // end with the process) when it takes too long.
