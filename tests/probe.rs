@@ -137,11 +137,13 @@ fn tcp_probe_tells_ok_a_rule_drop_in_the_clients_namespace_and_no_reply() {
         assert_eq!(drop["class"], "rule", "{blocked:#}");
         assert_eq!(drop["netns"], s.blocked.inode(), "{blocked:#}");
         assert_eq!(drop["packet"], "SYN", "{blocked:#}");
+        // The rule's chain is on the output hook.
+        assert_eq!(drop["hook"], "output", "{blocked:#}");
     }
     let why = blocked["explanation"].as_str().unwrap();
     assert!(
         why.starts_with(&format!(
-            "SYN dropped by rule in netns {}",
+            "SYN dropped by rule at hook output in netns {}",
             s.blocked.inode()
         )),
         "{why}"
@@ -266,6 +268,7 @@ fn two_hundred_namespaces_at_sixteen_at_a_time_end_within_twice_the_timeout() {
             assert_eq!(line["drops"][0]["class"], "rule", "{line:#}");
             assert_eq!(line["drops"][0]["netns"], ns.inode(), "{line:#}");
             assert_eq!(line["drops"][0]["packet"], "echo-reply", "{line:#}");
+            assert_eq!(line["drops"][0]["hook"], "input", "{line:#}");
             assert_eq!(line["outcome"]["result"], "timeout", "{line:#}");
         } else {
             assert_eq!(line["status"], "ok", "{line:#}");
@@ -735,11 +738,16 @@ fn a_udp_burst_that_loses_the_conntrack_insert_race_is_explained_as_such() {
                 assert_eq!(drop["class"], "insert_failed", "{line:#}");
                 assert_eq!(drop["netns"], node, "{line:#}");
                 assert_eq!(drop["packet"], "udp packet", "{line:#}");
+                // Conntrack confirms a forwarded packet's entry on the postrouting hook.
+                assert_eq!(drop["hook"], "postrouting", "{line:#}");
             }
             let why = line["explanation"].as_str().unwrap();
             assert_eq!(
                 why,
-                format!("udp packet dropped: conntrack insert race lost in netns {node}"),
+                format!(
+                    "udp packet dropped: conntrack insert race lost at hook postrouting in \
+                     netns {node}"
+                ),
                 "{line:#}"
             );
         }

@@ -603,7 +603,8 @@ fn a_recording_with_a_probe_has_each_pods_line_and_the_report_names_who_cannot_r
     let text = unreachable[0]["text"].as_str().unwrap();
     assert!(
         text.starts_with(&format!(
-            "pod record-probe/blocked cannot reach tcp {target}: SYN dropped by rule in netns "
+            "pod record-probe/blocked cannot reach tcp {target}: SYN dropped by rule at hook \
+             output in netns "
         )),
         "{text}"
     );

@@ -157,6 +157,9 @@ pub struct SeenDrop {
     pub pod: Option<Pod>,
     /// `SYN`, `echo-request`, ...: which of the probe's packets.
     pub packet: String,
+    /// The netfilter hook that dropped it, when the tracer could tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ct_count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,13 +184,17 @@ impl SeenDrop {
             netns: drop.netns,
             pod: drop.pod.clone(),
             packet,
+            hook: drop.hook,
             ct_count: drop.ct_count,
             ct_max: drop.ct_max,
         }
     }
 
     fn text(&self) -> String {
-        let mut place = format!("in netns {}", self.netns);
+        let mut place = match self.hook {
+            Some(hook) => format!("at hook {hook} in netns {}", self.netns),
+            None => format!("in netns {}", self.netns),
+        };
         if let Some(pod) = &self.pod {
             place.push_str(&format!(" ({})", pod.label()));
         }
@@ -444,6 +451,7 @@ pub fn samples() -> Vec<ProbeResult> {
         netns: 2,
         pod: None,
         packet: "SYN".into(),
+        hook: None,
         ct_count: None,
         ct_max: None,
     };
@@ -624,6 +632,7 @@ mod tests {
             netns: 4026532402,
             pod: None,
             packet: "SYN".into(),
+            hook: Some("output"),
             ct_count: None,
             ct_max: None,
         };
@@ -631,7 +640,7 @@ mod tests {
         assert!(dropped.explained);
         assert_eq!(
             dropped.explanation,
-            "SYN dropped by rule in netns 4026532402 (2 drops)"
+            "SYN dropped by rule at hook output in netns 4026532402 (2 drops)"
         );
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod flow;
+mod hook;
 mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -30,6 +31,7 @@ pub use self::decode::{ConntrackDrop, DropClass};
 pub use self::flow::{Prefix, Tuple};
 use self::{
     decode::TupleLayout,
+    hook::HookCallers,
     stats::{CtStats, StatLayout},
 };
 use super::{decode_record, Tracer};
@@ -105,6 +107,8 @@ pub struct ConntrackTracer {
     config: ConntrackConfig,
     options: ConntrackOptions,
     clock: Clock,
+    /// Names the netfilter hook of a drop from its kernel stack.
+    hooks: HookCallers,
     tuple_layout: TupleLayout,
     stat_layout: StatLayout,
     cpus: Vec<u32>,
@@ -185,6 +189,7 @@ impl ConntrackTracer {
             },
             options,
             clock: Clock::new(),
+            hooks: HookCallers::from_kallsyms(),
             tuple_layout,
             stat_layout,
             cpus,
@@ -341,6 +346,7 @@ impl ConntrackTracer {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
+        drop.hook = self.hooks.hook(&ev.stack);
         if !keep(&drop) {
             return Ok(None);
         }
