@@ -516,3 +516,102 @@ fn ctrl_c_before_ready_leaves_no_empty_recording_to_refuse_a_rerun() {
     }
     assert_eq!(ours_left_behind(), Vec::<String>::new());
 }
+
+#[test]
+fn a_recording_with_a_probe_has_each_pods_line_and_the_report_names_who_cannot_reach() {
+    use std::net::TcpListener;
+    use tracer_tests::{cri::CriNode, net::nft_counter_in, net::nft_in};
+    const PORT: u16 = 8081;
+
+    let dir = TempDir::new("record-probe");
+    let file = dir.0.join("probe.jsonl");
+    let mut node = CriNode::up();
+    let (web, blocked) = (
+        node.run_pod("record-probe", "web", false),
+        node.run_pod("record-probe", "blocked", false),
+    );
+    let blocked_pid = node
+        .start_container(&blocked, "app", &["sleep", "3600"])
+        .pid;
+    node.start_container(&web, "app", &["sleep", "3600"]);
+    let blocked_netns = format!("/proc/{blocked_pid}/ns/net");
+    nft_in(
+        &blocked_netns,
+        &format!(
+            "table inet probe_test {{\n chain out {{\n type filter hook output priority 0;\n \
+             tcp dport {PORT} counter drop comment \"record-probe\"\n }}\n}}\n"
+        ),
+    );
+    let listen = (node.gateway(), PORT);
+    let _listener = in_netns(&node.netns_path(), move || {
+        TcpListener::bind(listen).expect("listen on the node's bridge")
+    });
+    let target = format!("{}:{PORT}", node.gateway());
+
+    // Probes take up to 4 s: the recording outlasts them.
+    let run = TracerRun::start(&[
+        "record",
+        "--probe",
+        &target,
+        "--namespace",
+        "record-probe",
+        "--duration",
+        "7s",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let out = run.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    let dropped = nft_counter_in(&blocked_netns, "record-probe");
+    node.down();
+
+    let recorded: Vec<Value> = fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let probes: Vec<&Value> = recorded.iter().filter(|l| l["type"] == "probe").collect();
+    assert_eq!(probes.len(), 2, "{probes:#?}");
+    let of = |uid: &str| {
+        *probes
+            .iter()
+            .find(|p| p["pod"]["uid"] == uid)
+            .unwrap_or_else(|| panic!("no probe line of {uid}: {probes:#?}"))
+    };
+    assert_eq!(of(&web.uid)["status"], "ok");
+    assert_eq!(of(&blocked.uid)["status"], "fail");
+    // The probe's drops are the recording's conntrack_drop lines too: every SYN the rule
+    // dropped, in the blocked pod's namespace.
+    let syn_drops = recorded
+        .iter()
+        .filter(|l| {
+            l["type"] == "conntrack_drop"
+                && l["pod"]["uid"] == blocked.uid.as_str()
+                && l["dst"] == target.as_str()
+        })
+        .count() as u64;
+    assert!(dropped > 0);
+    assert_eq!(syn_drops, dropped);
+    assert_eq!(
+        of(&blocked.uid)["drops"].as_array().unwrap().len() as u64,
+        dropped
+    );
+
+    let report = report(&file);
+    let unreachable = findings(&report, "unreachable");
+    assert_eq!(unreachable.len(), 1, "{report:#}");
+    let text = unreachable[0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "pod record-probe/blocked cannot reach tcp {target}: SYN dropped by rule at hook \
+             output in netns "
+        )),
+        "{text}"
+    );
+    assert!(text.contains("(pod record-probe/blocked)"), "{text}");
+    let cited = lines_of(&file, unreachable[0]);
+    assert_eq!(cited.len(), 1);
+    assert_eq!(cited[0]["type"], "probe");
+    assert_eq!(cited[0]["pod"]["uid"], blocked.uid.as_str());
+    assert!(findings(&report, "probe_error").is_empty(), "{report:#}");
+}

@@ -421,6 +421,13 @@ pub struct Topology {
     _echo: EchoServer,
 }
 
+impl Topology {
+    /// The backend's namespace (to route other clients' replies back through the node).
+    pub fn backend(&self) -> &Netns {
+        &self._backend
+    }
+}
+
 pub fn topology() -> Topology {
     topology_of(&IPV4)
 }

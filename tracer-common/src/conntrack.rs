@@ -38,7 +38,14 @@ pub struct NetfilterDropEvent {
     /// The packet's own headers: its flow when it has no conntrack entry, and what an entry
     /// does not keep (TCP flags, fragments).
     pub packet: PacketHeaders,
+    /// Kernel return addresses of the dropping call chain, innermost first (`bpf_get_stack`);
+    /// 0 past its end. The function that called `nf_hook_slow` names the netfilter hook.
+    pub stack: [u64; STACK_FRAMES],
 }
+
+/// Frames kept of a drop's kernel stack: the tracepoint's own frames, the freeing function,
+/// `nf_hook_slow` and its caller, with room to spare.
+pub const STACK_FRAMES: usize = 12;
 
 /// Bytes kept of the network header: the IPv4 header without options, or IPv6's fixed header.
 pub const PACKET_IP_BYTES: usize = 40;

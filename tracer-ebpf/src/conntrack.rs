@@ -4,13 +4,16 @@
 //! moment (conntrack bumps `insert_failed`/`drop` on this CPU just before it drops).
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::{bpf_get_stack, bpf_probe_read_kernel_buf},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+    EbpfContext as _,
 };
 use tracer_common::{
     conntrack::{
         ConntrackConfig, NetfilterDropEvent, PacketHeaders, MAX_EXT_HEADERS, PACKET_CHAIN_TOO_LONG,
         PACKET_FRAGMENT, PACKET_IP_BYTES, PACKET_L4_BYTES, PACKET_LATER_FRAGMENT, PACKET_READ,
-        STAT_BYTES, TUPLE_BYTES,
+        STACK_FRAMES, STAT_BYTES, TUPLE_BYTES,
     },
     EventKind,
 };
@@ -232,6 +235,16 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     }
 
     read_packet(skb, &mut ev.packet);
+    ev.stack = [0; STACK_FRAMES];
+    // SAFETY: the helper writes at most the buffer's size; a failure leaves it zeroed.
+    let _ = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            ev.stack.as_mut_ptr().cast(),
+            core::mem::size_of_val(&ev.stack) as u32,
+            0,
+        )
+    };
     submit(entry);
     0
 }

@@ -144,6 +144,7 @@ pub enum Command {
         after_help = "Examples:\n  \
             tracer record                                 until Ctrl-C, into tracer-record-TIME.jsonl\n  \
             tracer record --duration 10m -o incident.jsonl\n  \
+            tracer record --probe 10.96.0.10:53 --namespace shop   and which pods reach DNS\n  \
             tracer report incident.jsonl --json           the findings, machine-readable"
     )]
     Record(RecordArgs),
@@ -512,6 +513,12 @@ pub struct RecordArgs {
     /// `stuck`.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub stuck_after: Duration,
+
+    /// At the start, probe TARGET from every selected pod's network namespace once, as
+    /// `tracer probe TARGET` does (HOST:PORT, udp://HOST:PORT, icmp://HOST; 4 s per probe):
+    /// the recording gets a line per pod, the report a finding per pod that cannot reach it.
+    #[arg(long, value_name = "TARGET")]
+    pub probe: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -672,6 +679,11 @@ pub struct ProbeArgs {
     /// UDP: the reply that means success (default: any reply).
     #[arg(long, value_name = "TEXT")]
     pub expect: Option<String>,
+
+    /// UDP: send the datagram N times at once from one socket and wait for N replies, as a
+    /// resolver sends its A and AAAA queries (2): exposes the conntrack insert race.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub burst: u16,
 
     /// Ring buffer size for the drop records, in MiB (a power of two): raise it when a line
     /// says records were lost.

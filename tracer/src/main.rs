@@ -122,7 +122,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &args.target,
                 args.payload.as_deref(),
                 args.expect.as_deref(),
-            )?,
+            )?
+            .with_burst(args.burst)?,
             timeout: args.timeout,
             parallel: args.parallel.into(),
             all_netns: args.all_netns,

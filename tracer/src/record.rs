@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     cli::RecordArgs,
@@ -17,6 +17,7 @@ use crate::{
     enrich::{identity::Identities, selector::Selector},
     output::{Format, Output, RecordingCut},
     pipeline::StopWhen,
+    probe::{self, target::Target},
     report,
     session::{prepare, trace_into, RunConfig},
     tracers::{
@@ -118,9 +119,25 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         workload,
         ..Default::default()
     };
+    let probe = args
+        .probe
+        .as_deref()
+        .map(|target| Target::parse(target, None, None).context("--probe"))
+        .transpose()?;
     let (mut recorder, session) = prepare(|btf, identities| {
+        let probed = conntrack.workload.clone();
         let options = TracerOptions { signals, conntrack };
-        let tracers = every_tracer(btf, identities, &options)?;
+        let mut tracers = every_tracer(btf, identities, &options)?;
+        if let Some(target) = probe {
+            // It writes the drops as the conntrack-drops tracer does: it takes its place.
+            let prober =
+                probe::recording(btf, identities, options.conntrack.clone(), target, probed)?;
+            let slot = tracers
+                .iter_mut()
+                .find(|t| t.name() == prober.name())
+                .context("--probe: no conntrack-drops tracer to take the place of")?;
+            *slot = Box::new(prober);
+        }
         let recording = Recording {
             started: Instant::now(),
             last_status: Instant::now(),

@@ -191,6 +191,62 @@ struct SnapshotLine {
     holders: Vec<HolderLine>,
 }
 
+/// A `probe` line (`tracer probe --json`, `tracer record --probe`), as far as the report
+/// reads it.
+#[derive(Debug, Deserialize)]
+struct ProbeLine {
+    time: String,
+    netns: u64,
+    pod: Option<PodLine>,
+    #[serde(default)]
+    host_network_pods: Vec<PodLine>,
+    status: String,
+    proto: String,
+    dst: String,
+    explanation: String,
+}
+
+impl ProbeLine {
+    /// What was probed: `pod shop/web`, the node's namespace with its hostNetwork pods, or
+    /// another namespace.
+    fn subject(&self) -> String {
+        if let Some(pod) = self.pod.as_ref().and_then(PodLine::label) {
+            return format!("pod {pod}");
+        }
+        let host: Vec<String> = self
+            .host_network_pods
+            .iter()
+            .filter_map(PodLine::label)
+            .collect();
+        match host.is_empty() {
+            true => format!("netns {}", self.netns),
+            false => format!("netns {} (hostNetwork: {})", self.netns, host.join(", ")),
+        }
+    }
+}
+
+/// The finding a failed probe is: what could not reach the target, and why.
+fn probe_finding(line: usize, e: &ProbeLine) -> Option<Finding> {
+    let (kind, verb) = match e.status.as_str() {
+        "fail" => ("unreachable", "cannot reach"),
+        "error" => ("probe_error", "could not be probed for"),
+        _ => return None,
+    };
+    Some(Finding {
+        kind,
+        text: format!(
+            "{} {verb} {} {}: {}",
+            e.subject(),
+            e.proto,
+            e.dst,
+            e.explanation
+        ),
+        lines: vec![line],
+        more_lines: 0,
+        holders: Vec::new(),
+    })
+}
+
 /// Every type of line the tracers write, matched exhaustively: a new event type has to be
 /// handled here (the round-trip test feeds every tracer's events through it).
 #[derive(Debug, Deserialize)]
@@ -200,6 +256,7 @@ enum Line {
     ConntrackDrop(Box<DropLine>),
     Netns(NetnsLine),
     NetnsSnapshot(SnapshotLine),
+    Probe(Box<ProbeLine>),
     /// A tracer's end-of-run figures: not an event.
     Summary,
     /// A type this version does not know (a newer recording's): counted, not read.
@@ -581,6 +638,17 @@ fn moment(line: &Line) -> Option<(String, &str, String)> {
                 e.pid.map_or("-".into(), |p| p.to_string())
             ),
         )),
+        Line::Probe(e) => Some((
+            pod_subject(&e.pod).unwrap_or_else(|| format!("netns {}", e.netns)),
+            &e.time,
+            format!(
+                "probe {} {}: {} ({})",
+                e.proto,
+                e.dst,
+                e.status.to_uppercase(),
+                e.explanation
+            ),
+        )),
         Line::NetnsSnapshot(_) | Line::Summary | Line::Unknown => None,
     }
 }
@@ -703,6 +771,10 @@ impl Analysis {
                     .entry(e.inode)
                     .or_default()
                     .push(number, MAX_CITED);
+            }
+            Line::Probe(e) => {
+                self.events += 1;
+                self.findings.extend(probe_finding(number, &e));
             }
             Line::NetnsSnapshot(e) if !e.flags.is_empty() => self.flagged.push((number, e)),
             Line::NetnsSnapshot(_) | Line::Summary => {}
@@ -842,6 +914,7 @@ mod tests {
         enrich::identity::Identities,
         kernel::btf::KernelBtf,
         output::{Format, Output},
+        probe,
         tracers::{netns::snapshot, samples, TracerOptions, REGISTRY},
     };
 
@@ -867,6 +940,7 @@ mod tests {
             Line::ConntrackDrop(_) => "conntrack_drop",
             Line::Netns(_) => "netns",
             Line::NetnsSnapshot(_) => "netns_snapshot",
+            Line::Probe(_) => "probe",
             Line::Summary => "summary",
             Line::Unknown => "unknown",
         }
@@ -891,9 +965,13 @@ mod tests {
             tracer.summarize(&mut summary);
             out.summary(&Value::Object(summary)).unwrap();
         }
-        // And record's closing snapshot of this machine's namespaces.
+        // And record's closing snapshot of this machine's namespaces, and a probe scan's lines
+        // (`record --probe`).
         for namespace in snapshot::take(std::time::Duration::from_secs(30)) {
             out.event(&namespace).unwrap();
+        }
+        for line in probe::samples() {
+            out.event(&line).unwrap();
         }
         out.flush().unwrap();
         let objects = samples::objects(&written);
@@ -903,6 +981,7 @@ mod tests {
             "conntrack_drop",
             "netns",
             "netns_snapshot",
+            "probe",
             "signal",
             "summary",
         ];
@@ -910,9 +989,38 @@ mod tests {
         // Each is a finding or a moment where it should be.
         let report = report_of(&objects);
         assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
-        assert_eq!(report.events, 5, "{:#?}", report.timelines);
+        assert_eq!(report.events, 8, "{:#?}", report.timelines);
         assert!(report.timelines.contains_key("process server(7942)"));
         assert!(report.timelines.contains_key("netns 4026532999"));
+        // A probe that failed, and one that could not be made, are findings; each probe is a
+        // moment of its pod.
+        let probes: Vec<(&str, &str)> = report
+            .findings
+            .iter()
+            .filter(|f| matches!(f.kind, "unreachable" | "probe_error"))
+            .map(|f| (f.kind, f.text.as_str()))
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                (
+                    "unreachable",
+                    "pod shop/web-2 cannot reach tcp 10.0.0.9:80: SYN dropped by rule in netns 2"
+                ),
+                (
+                    "probe_error",
+                    "pod shop/web-3 could not be probed for tcp 10.0.0.9:80: not probed: \
+                     namespace 3 went away"
+                ),
+            ],
+            "{:#?}",
+            report.findings
+        );
+        let ok = &report.timelines["pod shop/web-1"].items[0].what;
+        assert!(
+            ok.starts_with("probe tcp 10.0.0.9:80: OK (connected in "),
+            "{ok}"
+        );
     }
 
     fn kill(how: &str, code: &str, code_from: &str, si_code: Option<i32>) -> Value {

@@ -7,18 +7,22 @@ use anyhow::{anyhow, Context as _, Result};
 
 use super::preflight::TRACEFS;
 
-/// `[start, end)` of the kernel function `name` from the text of /proc/kallsyms
-/// (`addr type name`): it ends where the next symbol starts. Zero addresses (kptr_restrict
-/// hides them from the unprivileged) count as unknown.
-fn find_function(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
-    let symbols: Vec<(u64, &str, &str)> = kallsyms
+/// The symbols of the text of /proc/kallsyms (`addr type name`). Zero addresses
+/// (kptr_restrict hides them from the unprivileged) count as unknown.
+fn symbols(kallsyms: &str) -> Vec<(u64, &str, &str)> {
+    kallsyms
         .lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
             let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
             Some((addr, fields.next()?, fields.next()?))
         })
-        .collect();
+        .collect()
+}
+
+/// `[start, end)` of the kernel function `name` among `symbols`: it ends where the next
+/// symbol starts.
+fn range_of(symbols: &[(u64, &str, &str)], name: &str) -> Option<(u64, u64)> {
     let start = symbols
         .iter()
         .find(|(addr, kind, symbol)| *addr != 0 && matches!(*kind, "t" | "T") && *symbol == name)?
@@ -31,11 +35,27 @@ fn find_function(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
     Some((start, end))
 }
 
+/// `[start, end)` of the kernel function `name` from the text of /proc/kallsyms.
+fn find_function(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
+    range_of(&symbols(kallsyms), name)
+}
+
 /// `[start, end)` of the kernel function `name`.
 pub fn function_range(name: &str) -> Result<(u64, u64)> {
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
     find_function(&kallsyms, name)
         .ok_or_else(|| anyhow!("/proc/kallsyms has no address for function `{name}`"))
+}
+
+/// `[start, end)` of each of the kernel functions `names` that /proc/kallsyms has (a function
+/// the compiler inlined everywhere has none), read once.
+pub fn function_ranges<'a>(names: &[&'a str]) -> Result<Vec<(&'a str, u64, u64)>> {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let symbols = symbols(&kallsyms);
+    Ok(names
+        .iter()
+        .filter_map(|name| range_of(&symbols, name).map(|(start, end)| (*name, start, end)))
+        .collect())
 }
 
 /// Offset of `field` in a tracepoint record, from the text of its `format` file

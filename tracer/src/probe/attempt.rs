@@ -6,7 +6,10 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
-    sync::atomic::{AtomicU16, Ordering},
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        PoisonError, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +34,8 @@ pub enum Outcome {
     Errno { errno: i32, error: String },
     /// Nothing came back within the timeout.
     Timeout,
+    /// A UDP burst: replies to some of its datagrams only, within the timeout.
+    MissingReplies { replies: u16, sent: u16 },
 }
 
 /// What one probe did.
@@ -53,7 +58,11 @@ pub fn probe(target: &Target, timeout: Duration) -> io::Result<Attempt> {
     let start = Clock::monotonic_now_ns();
     let mut attempt = match &target.kind {
         Kind::Tcp => tcp(target.addr, timeout),
-        Kind::Udp { payload, expect } => udp(target.addr, payload, expect.as_deref(), timeout),
+        Kind::Udp {
+            payload,
+            expect,
+            burst,
+        } => udp(target.addr, payload, expect.as_deref(), *burst, timeout),
         Kind::Icmp => icmp(target.addr.ip(), timeout),
     }?;
     attempt.window = (start, Clock::monotonic_now_ns());
@@ -213,10 +222,52 @@ fn tcp(to: SocketAddr, timeout: Duration) -> io::Result<Attempt> {
     Ok(attempt)
 }
 
+/// Sends `payload` `copies` times from `socket`, each from a thread of its own released at the
+/// same instant, as a resolver sends its A and AAAA queries: packets of one flow that meet in
+/// conntrack before either is confirmed (the insert race). The first error, if any.
+fn send_burst(socket: &UdpSocket, payload: &[u8], copies: u16) -> io::Result<()> {
+    if copies == 1 {
+        return socket.send(payload).map(drop);
+    }
+    // Held until every sender waits on it; a thread that could not be started leaves the
+    // others to send (a barrier would wait for it forever).
+    let gate = RwLock::new(());
+    let closed = gate.write().unwrap_or_else(PoisonError::into_inner);
+    std::thread::scope(|scope| {
+        let mut senders = Vec::new();
+        let mut failed = None;
+        for _ in 0..copies {
+            let sender = std::thread::Builder::new()
+                .name("probe-send".into())
+                .spawn_scoped(scope, || {
+                    drop(gate.read());
+                    socket.send(payload).map(drop)
+                });
+            match sender {
+                Ok(sender) => senders.push(sender),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(closed);
+        let sent = senders.into_iter().try_for_each(|s| {
+            s.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a sender panicked")))
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => sent,
+        }
+    })
+}
+
 fn udp(
     to: SocketAddr,
     payload: &[u8],
     expect: Option<&[u8]>,
+    copies: u16,
     timeout: Duration,
 ) -> io::Result<Attempt> {
     let any: SocketAddr = match to {
@@ -241,25 +292,34 @@ fn udp(
     if let Err(e) = socket.connect(to) {
         return Ok(done(&socket, errno_outcome(&e)));
     }
-    if let Err(e) = socket.send(payload) {
+    if let Err(e) = send_burst(&socket, payload, copies) {
         return Ok(done(&socket, errno_outcome(&e)));
     }
     let deadline = started + timeout;
     let mut buf = [0u8; 2048];
+    let mut replies = 0;
     loop {
         if !wait(socket.as_raw_fd(), libc::POLLIN, deadline)? {
-            return Ok(done(&socket, Outcome::Timeout));
+            let outcome = match replies {
+                0 => Outcome::Timeout,
+                _ => Outcome::MissingReplies {
+                    replies,
+                    sent: copies,
+                },
+            };
+            return Ok(done(&socket, outcome));
         }
         match socket.recv(&mut buf) {
             Ok(n) => {
                 let reply = &buf[..n];
-                let outcome = match expect {
-                    Some(want) if reply != want => Outcome::WrongReply {
-                        reply: String::from_utf8_lossy(reply).into_owned(),
-                    },
-                    _ => Outcome::Ok,
-                };
-                return Ok(done(&socket, outcome));
+                if expect.is_some_and(|want| reply != want) {
+                    let reply = String::from_utf8_lossy(reply).into_owned();
+                    return Ok(done(&socket, Outcome::WrongReply { reply }));
+                }
+                replies += 1;
+                if replies == copies {
+                    return Ok(done(&socket, Outcome::Ok));
+                }
             }
             Err(e)
                 if matches!(

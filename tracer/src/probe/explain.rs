@@ -4,7 +4,7 @@
 use std::{
     io::{self, Write},
     net::{IpAddr, SocketAddr},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
@@ -14,6 +14,7 @@ use super::{
     target::{Kind, Target},
 };
 use crate::{
+    clock,
     enrich::identity::Pod,
     output::{Column, Event},
     tracers::conntrack::{ConntrackDrop, DropClass, Tuple},
@@ -64,6 +65,10 @@ impl Flow {
 
     /// Whether `drop` is a packet of this flow, either way, during the probe: its conntrack
     /// entry's original or reply tuple (or, without an entry, the packet's own) is the probe's.
+    /// For UDP the probe's own end alone names it: its socket holds that address and port for
+    /// the whole probe, wherever the destination was rewritten on the way (a DNAT in the
+    /// pod's own namespace shows another destination to the namespaces after it). A TCP
+    /// connect may share its local port with other connections, and an echo id is anyone's.
     pub fn matches(&self, drop: &ConntrackDrop) -> bool {
         let (start, end) = self.window;
         if drop.ktime_ns < start || drop.ktime_ns > end.saturating_add(LATE_DROP_NS) {
@@ -80,10 +85,11 @@ impl Flow {
         };
         // The entry's reply tuple too: where NAT rewrote the probe's flow, a namespace
         // that saw it after the rewrite has it there.
+        let own_end_names_it = self.proto == UDP;
         let same_flow = drop.flow.into_iter().chain(drop.reply).any(|t: Tuple| {
             t.proto == self.proto
-                && ((end(t.src, self.src) && end(t.dst, self.dst))
-                    || (end(t.src, self.dst) && end(t.dst, self.src)))
+                && ((end(t.src, self.src) && (own_end_names_it || end(t.dst, self.dst)))
+                    || (end(t.dst, self.src) && (own_end_names_it || end(t.src, self.dst))))
         });
         same_flow
             && self
@@ -151,6 +157,9 @@ pub struct SeenDrop {
     pub pod: Option<Pod>,
     /// `SYN`, `echo-request`, ...: which of the probe's packets.
     pub packet: String,
+    /// The netfilter hook that dropped it, when the tracer could tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ct_count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,13 +184,17 @@ impl SeenDrop {
             netns: drop.netns,
             pod: drop.pod.clone(),
             packet,
+            hook: drop.hook,
             ct_count: drop.ct_count,
             ct_max: drop.ct_max,
         }
     }
 
     fn text(&self) -> String {
-        let mut place = format!("in netns {}", self.netns);
+        let mut place = match self.hook {
+            Some(hook) => format!("at hook {hook} in netns {}", self.netns),
+            None => format!("in netns {}", self.netns),
+        };
         if let Some(pod) = &self.pod {
             place.push_str(&format!(" ({})", pod.label()));
         }
@@ -210,6 +223,8 @@ impl SeenDrop {
 pub struct ProbeResult {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// When the line was made: as the probe ended (RFC 3339, UTC).
+    pub time: String,
     #[serde(flatten)]
     pub subject: Subject,
     pub status: Status,
@@ -247,6 +262,7 @@ impl ProbeResult {
             Err(error) => {
                 return Self {
                     kind: "probe",
+                    time: clock::rfc3339(SystemTime::now()),
                     subject,
                     status: Status::Error,
                     proto: target.kind.name(),
@@ -305,24 +321,30 @@ impl ProbeResult {
                 format!("no route: {}", errno_text(*errno)),
             ),
             (Outcome::Errno { errno, .. }, None) => (Status::Fail, true, errno_text(*errno)),
-            (Outcome::Timeout, None) if unseen > 0 => (
-                Status::Fail,
-                false,
-                format!(
-                    "no reply, no drop seen ({unseen} records lost): raise --buffer-mb, or \
-                     probe fewer namespaces at a time"
-                ),
-            ),
-            (Outcome::Timeout, None) => (
-                Status::Fail,
-                false,
-                "no reply, and netfilter dropped none of its packets on this node: look \
-                 beyond the node"
-                    .to_string(),
-            ),
+            (outcome @ (Outcome::Timeout | Outcome::MissingReplies { .. }), None) => {
+                let missing = match outcome {
+                    Outcome::MissingReplies { replies, sent } => {
+                        format!("{replies} of {sent} replies")
+                    }
+                    _ => "no reply".to_string(),
+                };
+                let text = if unseen > 0 {
+                    format!(
+                        "{missing}, no drop seen ({unseen} records lost): raise --buffer-mb, \
+                         or probe fewer namespaces at a time"
+                    )
+                } else {
+                    format!(
+                        "{missing}, and netfilter dropped none of its packets on this node: \
+                         look beyond the node"
+                    )
+                };
+                (Status::Fail, false, text)
+            }
         };
         Self {
             kind: "probe",
+            time: clock::rfc3339(SystemTime::now()),
             subject,
             status,
             proto: target.kind.name(),
@@ -402,6 +424,56 @@ impl Event for ProbeResult {
     }
 }
 
+/// A line of each kind a scan writes (ok; failed with a drop; not probed), for other
+/// modules' tests (the report reads them back).
+#[cfg(test)]
+pub fn samples() -> Vec<ProbeResult> {
+    let target = Target::parse("10.0.0.9:80", None, None).unwrap();
+    let subject = |netns| Subject {
+        netns,
+        pod: Some(Pod {
+            namespace: Some("shop".into()),
+            name: Some(format!("web-{netns}")),
+            uid: format!("uid-{netns}"),
+            qos: None,
+        }),
+        host_network_pods: Vec::new(),
+    };
+    let attempt = |outcome| Attempt {
+        src: Some("10.0.3.7:40000".parse().unwrap()),
+        echo_id: None,
+        outcome,
+        elapsed: Duration::from_millis(3),
+        window: (1, 2),
+    };
+    let drop = SeenDrop {
+        class: DropClass::Rule,
+        netns: 2,
+        pod: None,
+        packet: "SYN".into(),
+        hook: None,
+        ct_count: None,
+        ct_max: None,
+    };
+    vec![
+        ProbeResult::new(subject(1), &target, Ok(attempt(Outcome::Ok)), vec![], 0),
+        ProbeResult::new(
+            subject(2),
+            &target,
+            Ok(attempt(Outcome::Timeout)),
+            vec![drop],
+            0,
+        ),
+        ProbeResult::new(
+            subject(3),
+            &target,
+            Err("namespace 3 went away".into()),
+            vec![],
+            0,
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +511,20 @@ mod tests {
             ..flow("[fd00::1]:40000", "[::1]:53")
         };
         assert!(!tcp.matches(&drop));
+        // A UDP probe's socket alone has its end: a drop of it on its way to another
+        // destination (NATed in the probe's own namespace) is its own. Not so for TCP, whose
+        // connect may share its local port with other connections.
+        assert!(flow("[fd00::1]:40000", "[fd00::53]:53").matches(&drop));
+        let mut tcp_drop = drop.clone();
+        for t in tcp_drop.flow.iter_mut() {
+            t.proto = TCP;
+        }
+        let tcp_flow = |src: &str, dst: &str| Flow {
+            proto: TCP,
+            ..flow(src, dst)
+        };
+        assert!(tcp_flow("[fd00::1]:40000", "[::1]:53").matches(&tcp_drop));
+        assert!(!tcp_flow("[fd00::1]:40000", "[fd00::53]:53").matches(&tcp_drop));
         // Another probe's packets of the same addresses: before, or well after, this one.
         let probe = flow("[fd00::1]:40000", "[::1]:53");
         let later = Flow {
@@ -460,11 +546,11 @@ mod tests {
             "a packet in flight when it ended"
         );
         // Seen after DNAT: the entry's reply tuple, backend -> probe, is the probe's flow.
-        let backend = flow("[fd00::1]:40000", "[fd00::9]:5353");
-        assert!(!backend.matches(&drop));
-        let mut natted = drop.clone();
+        let backend = tcp_flow("[fd00::1]:40000", "[fd00::9]:5353");
+        assert!(!backend.matches(&tcp_drop));
+        let mut natted = tcp_drop.clone();
         natted.reply = Some(Tuple {
-            proto: UDP,
+            proto: TCP,
             src: ("fd00::9".parse().unwrap(), Some(5353)),
             dst: ("fd00::1".parse().unwrap(), Some(40000)),
         });
@@ -546,6 +632,7 @@ mod tests {
             netns: 4026532402,
             pod: None,
             packet: "SYN".into(),
+            hook: Some("output"),
             ct_count: None,
             ct_max: None,
         };
@@ -553,7 +640,7 @@ mod tests {
         assert!(dropped.explained);
         assert_eq!(
             dropped.explanation,
-            "SYN dropped by rule in netns 4026532402 (2 drops)"
+            "SYN dropped by rule at hook output in netns 4026532402 (2 drops)"
         );
     }
 }

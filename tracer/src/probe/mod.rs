@@ -8,6 +8,9 @@ mod attempt;
 mod explain;
 pub mod target;
 
+#[cfg(test)]
+pub use explain::samples;
+
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
@@ -27,7 +30,7 @@ use tracer_common::EventKind;
 
 use self::{
     explain::{Flow, ProbeResult, SeenDrop, Status, Subject},
-    target::Target,
+    target::{Kind, Target},
 };
 use crate::{
     enrich::{
@@ -35,12 +38,15 @@ use crate::{
         selector::Selector,
     },
     hooks::HookSpec,
-    kernel::netns::{self, NetnsRef},
+    kernel::{
+        btf::KernelBtf,
+        netns::{self, NetnsRef},
+    },
     output::{Format, Output},
     pipeline::StopWhen,
     session::{prepare, trace_into, RunConfig},
     tracers::{
-        conntrack::{ConntrackDrop, ConntrackOptions, ConntrackTracer},
+        conntrack::{flow::UDP, ConntrackDrop, ConntrackOptions, ConntrackTracer},
         netns::discover,
         Tracer,
     },
@@ -312,6 +318,8 @@ pub struct Prober {
     /// probe's drop may be among them.
     lost: u64,
     evicted: u64,
+    /// In `record`: every drop is also written, as the conntrack-drops tracer writes it.
+    writes_drops: bool,
 }
 
 impl Prober {
@@ -331,7 +339,17 @@ impl Prober {
             sources: BTreeMap::new(),
             lost: 0,
             evicted: 0,
+            writes_drops: false,
         }
+    }
+
+    /// Keeps `drop` for the probes still to be written; the oldest goes when too many are kept.
+    fn keep(&mut self, drop: ConntrackDrop) {
+        if self.drops.len() == MAX_KEPT_DROPS {
+            self.drops.pop_front();
+            self.evicted += 1;
+        }
+        self.drops.push_back(drop);
     }
 
     /// Probes that did not end in a result line (interrupted, or the run's duration limit).
@@ -379,8 +397,13 @@ impl Prober {
 }
 
 impl Tracer for Prober {
+    /// In `record` it is the conntrack-drops tracer, with a scan besides.
     fn name(&self) -> &'static str {
-        "probe"
+        if self.writes_drops {
+            self.conntrack.name()
+        } else {
+            "probe"
+        }
     }
 
     fn hooks(&self) -> Vec<HookSpec> {
@@ -415,19 +438,28 @@ impl Tracer for Prober {
         Ok(())
     }
 
-    /// Only drops with the target at one end (before or after NAT) are named and kept: which
+    /// Only drops with the target at one end (before or after NAT) are named and kept, and for
+    /// a UDP target those of UDP packets with its port at one end (a UDP probe is matched by
+    /// its own end: a DNAT in the pod's namespace may have rewritten the address): which
     /// probe's they are is known once the probe ends.
-    fn on_record(&mut self, _kind: EventKind, raw: &[u8], _out: &mut Output) -> Result<u64> {
-        let target = self.target.addr.ip();
-        let kept = self
-            .conntrack
-            .drop_where(raw, |drop| drop.endpoints().any(|(addr, _)| addr == target))?;
-        if let Some(drop) = kept {
-            if self.drops.len() == MAX_KEPT_DROPS {
-                self.drops.pop_front();
-                self.evicted += 1;
+    fn on_record(&mut self, _kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
+        let target = self.target.addr;
+        let udp_port = matches!(self.target.kind, Kind::Udp { .. }).then_some(target.port());
+        let wanted = |drop: &ConntrackDrop| {
+            let udp = drop.flow.is_some_and(|f| f.proto == UDP);
+            drop.endpoints().any(|(addr, port)| {
+                addr == target.ip() || (udp && port.is_some() && port == udp_port)
+            })
+        };
+        if self.writes_drops {
+            let (drop, written) = self.conntrack.write_drop(raw, out)?;
+            if wanted(&drop) {
+                self.keep(drop);
             }
-            self.drops.push_back(drop);
+            return Ok(written);
+        }
+        if let Some(drop) = self.conntrack.drop_where(raw, wanted)? {
+            self.keep(drop);
         }
         Ok(0)
     }
@@ -477,17 +509,56 @@ impl Tracer for Prober {
         Ok(written)
     }
 
+    /// In `record`: the conntrack-drops tracer's summary, with the scan's as `probe`.
     fn summarize(&self, summary: &mut Map<String, Value>) {
         let count = |s: &str| self.by_status.get(s).copied().unwrap_or(0);
-        summary.insert("target".into(), json!(self.target.endpoint()));
-        summary.insert("proto".into(), json!(self.target.kind.name()));
-        summary.insert("namespaces".into(), json!(self.jobs.len()));
-        summary.insert("ok".into(), json!(count("ok")));
-        summary.insert("failed".into(), json!(count("fail")));
-        summary.insert("unexplained".into(), json!(self.unexplained));
-        summary.insert("errors".into(), json!(count("error")));
-        summary.insert("not_finished".into(), json!(self.not_finished()));
+        let mut own = Map::new();
+        own.insert("target".into(), json!(self.target.endpoint()));
+        own.insert("proto".into(), json!(self.target.kind.name()));
+        own.insert("namespaces".into(), json!(self.jobs.len()));
+        own.insert("ok".into(), json!(count("ok")));
+        own.insert("failed".into(), json!(count("fail")));
+        own.insert("unexplained".into(), json!(self.unexplained));
+        own.insert("errors".into(), json!(count("error")));
+        own.insert("not_finished".into(), json!(self.not_finished()));
+        if self.writes_drops {
+            self.conntrack.summarize(summary);
+            summary.insert("probe".into(), Value::Object(own));
+        } else {
+            summary.extend(own);
+        }
     }
+}
+
+/// `tracer record --probe TARGET`: the conntrack-drops tracer of the recording (it writes every
+/// drop `conntrack` wants, as that tracer does), with one scan from the namespaces of the pods
+/// `workload` selects, started as the programs are attached, with `tracer probe`'s defaults
+/// (4 s per probe, 16 at a time); each probe's line is written as it ends.
+pub fn recording(
+    btf: &KernelBtf,
+    identities: &Identities,
+    conntrack: ConntrackOptions,
+    target: Target,
+    workload: Selector,
+) -> Result<Prober> {
+    let options = ProbeOptions {
+        target,
+        timeout: Duration::from_secs(4),
+        parallel: 16,
+        all_netns: false,
+        netns: Vec::new(),
+        workload,
+        format: Format::Record,
+        buffer_mb: 0,
+    };
+    let jobs = select(&options, identities).context(
+        "--probe (record probes from pods' namespaces only: `tracer probe` takes --netns and \
+         --all-netns)",
+    )?;
+    let conntrack = ConntrackTracer::new(btf, conntrack, identities)?;
+    let mut prober = Prober::new(conntrack, jobs, &options);
+    prober.writes_drops = true;
+    Ok(prober)
 }
 
 /// `tracer probe`: exit 1 unless every selected namespace reached the target (a failure, an

@@ -1,7 +1,11 @@
 //! `TARGET` of `tracer probe`: `host:port` (TCP connect), `udp://host:port`, `icmp://host`,
 //! resolved once, in the tracer's own namespace, before anything is probed.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::{
+    net::{IpAddr, SocketAddr, ToSocketAddrs as _},
+    sync::mpsc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -10,10 +14,12 @@ use anyhow::{bail, Context as _, Result};
 pub enum Kind {
     /// A TCP connect.
     Tcp,
-    /// A UDP datagram with `payload`; a reply (equal to `expect` when given) is success.
+    /// A UDP datagram with `payload`, sent `burst` times at once from one socket; a reply to
+    /// each (equal to `expect` when given) is success.
     Udp {
         payload: Vec<u8>,
         expect: Option<Vec<u8>>,
+        burst: u16,
     },
     /// An ICMP (ICMPv6) echo request; its reply is success.
     Icmp,
@@ -57,16 +63,53 @@ fn host_port(text: &str, whole: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-/// The first address `host` resolves to.
+/// How long the system's resolver may take for a TARGET's name: a resolver that never
+/// answers (an unreachable nameserver, `options timeout:30 attempts:5`) must not stall the
+/// command.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `host` is a name under `.invalid`, which never resolves (RFC 6761 asks libraries to
+/// answer at once): it is not sent to a nameserver.
+fn is_invalid_tld(host: &str) -> bool {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "invalid" || name.ends_with(".invalid")
+}
+
+/// The first address `host` resolves to, within [`RESOLVE_TIMEOUT`].
 fn resolve(host: &str, port: u16, whole: &str) -> Result<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("TARGET `{whole}`: cannot resolve `{host}`; give an address"))?
-        .next()
-        .with_context(|| format!("TARGET `{whole}`: `{host}` has no address"))
+    if is_invalid_tld(host) {
+        bail!(
+            "TARGET `{whole}`: `{host}` is under .invalid, which never resolves; give a host \
+             name or an address"
+        );
+    }
+    // getaddrinfo cannot be cancelled: it runs on a thread of its own, left to finish (or to
+    // end with the process) when it takes too long.
+    let (sender, receiver) = mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = sender.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|mut a| a.next()),
+            );
+        })
+        .context("starting the resolver thread")?;
+    match receiver.recv_timeout(RESOLVE_TIMEOUT) {
+        Ok(resolved) => resolved
+            .with_context(|| format!("TARGET `{whole}`: cannot resolve `{host}`; give an address"))?
+            .with_context(|| format!("TARGET `{whole}`: `{host}` has no address")),
+        Err(_) => bail!(
+            "TARGET `{whole}`: resolving `{host}` took longer than {}s (check the nameservers \
+             in /etc/resolv.conf); give an address",
+            RESOLVE_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 impl Target {
@@ -89,6 +132,7 @@ impl Target {
                 let kind = Kind::Udp {
                     payload: payload.map_or(DEFAULT_PAYLOAD.to_vec(), |p| p.as_bytes().to_vec()),
                     expect: expect.map(|e| e.as_bytes().to_vec()),
+                    burst: 1,
                 };
                 (kind, resolve(&host, port, text)?)
             }
@@ -108,6 +152,16 @@ impl Target {
             bail!("TARGET `{text}`: {} is not an address to probe", addr.ip());
         }
         Ok(Self { kind, addr })
+    }
+
+    /// A UDP target whose datagram is sent `burst` times at once (`--burst`).
+    pub fn with_burst(mut self, copies: u16) -> Result<Self> {
+        match &mut self.kind {
+            Kind::Udp { burst, .. } => *burst = copies,
+            _ if copies == 1 => {}
+            _ => bail!("--burst is for udp:// targets only"),
+        }
+        Ok(self)
     }
 
     /// `10.0.0.1:80`, `[fd00::1]:53`, or the bare address for ICMP.
@@ -136,7 +190,8 @@ mod tests {
             udp.kind,
             Kind::Udp {
                 payload: b"q".to_vec(),
-                expect: Some(b"a".to_vec())
+                expect: Some(b"a".to_vec()),
+                burst: 1,
             }
         );
         let icmp = Target::parse("ICMP://127.0.0.1", None, None).unwrap();
@@ -164,11 +219,16 @@ mod tests {
             ("icmp://10.0.0.1:7", "without a port"),
             ("icmp://", "without a port"),
             ("0.0.0.0:80", "not an address"),
+            ("nonexistent.invalid:80", "never resolves"),
+            ("udp://Host.INVALID.:53", "never resolves"),
         ] {
             let e = Target::parse(text, None, None).unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
         }
         let e = Target::parse("10.0.0.1:80", Some("x"), None).unwrap_err();
+        assert!(e.to_string().contains("udp:// targets only"), "{e}");
+        let tcp = Target::parse("10.0.0.1:80", None, None).unwrap();
+        let e = tcp.with_burst(2).unwrap_err();
         assert!(e.to_string().contains("udp:// targets only"), "{e}");
     }
 }

@@ -150,6 +150,11 @@ pub struct ConntrackDrop {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncated>,
     pub cpu: u32,
+    /// The netfilter hook that dropped it (`prerouting`, `input`, `forward`, `output`,
+    /// `postrouting`), from the function on its kernel stack that ran the hook; absent when
+    /// that function is not one the tracer knows (filled in by the tracer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
     /// For `table_full`: conntrack entries in the namespace and the limit (filled in by the
     /// tracer, which reads them from the namespace's sysctls).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,6 +227,7 @@ impl ConntrackDrop {
             // An entry has the whole flow, whatever the packet's headers lacked.
             truncated: packet.truncated.filter(|_| entry.is_none()),
             cpu: ev.header.cpu,
+            hook: None,
             ct_count: None,
             ct_max: None,
             flow: orig,
@@ -348,6 +354,11 @@ impl Event for ConntrackDrop {
             default: false,
             value: |e| Some(e.cpu.to_string()),
         },
+        Column {
+            name: "hook",
+            default: false,
+            value: |e| e.hook.map(str::to_string),
+        },
     ];
 
     fn count(&self) -> Option<Count<'_>> {
@@ -393,6 +404,9 @@ impl Event for ConntrackDrop {
         }
         if self.fragment {
             write!(w, "  fragment")?;
+        }
+        if let Some(hook) = self.hook {
+            write!(w, "  at {hook}")?;
         }
         if let Some(truncated) = self.truncated {
             write!(w, "  (truncated: {})", truncated.text())?;

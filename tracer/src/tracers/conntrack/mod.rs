@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod flow;
+mod hook;
 mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,6 +31,7 @@ pub use self::decode::{ConntrackDrop, DropClass};
 pub use self::flow::{Prefix, Tuple};
 use self::{
     decode::TupleLayout,
+    hook::HookCallers,
     stats::{CtStats, StatLayout},
 };
 use super::{decode_record, Tracer};
@@ -118,6 +120,8 @@ pub struct ConntrackTracer {
     config: ConntrackConfig,
     options: ConntrackOptions,
     clock: Clock,
+    /// Names the netfilter hook of a drop from its kernel stack.
+    hooks: HookCallers,
     tuple_layout: TupleLayout,
     stat_layout: StatLayout,
     cpus: Vec<u32>,
@@ -210,6 +214,7 @@ impl ConntrackTracer {
             },
             options,
             clock: Clock::new(),
+            hooks: HookCallers::from_kallsyms(),
             tuple_layout,
             stat_layout,
             cpus,
@@ -333,6 +338,18 @@ impl ConntrackTracer {
             && self.workload.matches_pod(drop.pod.as_ref())
     }
 
+    /// One record as a classified, named drop, counted in the summary, and written when the
+    /// filters want it: the drop, and how many events were written (0 or 1). What `on_record`
+    /// does, for a command that also looks at the drop (`record --probe`).
+    pub fn write_drop(&mut self, raw: &[u8], out: &mut Output) -> Result<(ConntrackDrop, u64)> {
+        let drop = self.drop_of(raw)?;
+        if !self.wanted(&drop) {
+            return Ok((drop, 0));
+        }
+        out.event(&drop)?;
+        Ok((drop, 1))
+    }
+
     /// One record as a classified, named drop, counted in the summary: what `on_record`
     /// writes.
     pub fn drop_of(&mut self, raw: &[u8]) -> Result<ConntrackDrop> {
@@ -350,6 +367,7 @@ impl ConntrackTracer {
         let ev: NetfilterDropEvent = decode_record(raw)?;
         let class = self.classify(&ev);
         let mut drop = ConntrackDrop::decode(&ev, class, &self.tuple_layout, &self.clock);
+        drop.hook = self.hooks.hook(&ev.stack);
         if !keep(&drop) {
             return Ok(None);
         }
@@ -445,12 +463,7 @@ impl Tracer for ConntrackTracer {
         if kind != EventKind::NetfilterDrop {
             bail!("the conntrack-drops tracer got a {kind:?} record");
         }
-        let drop = self.drop_of(raw)?;
-        if !self.wanted(&drop) {
-            return Ok(0);
-        }
-        out.event(&drop)?;
-        Ok(1)
+        self.write_drop(raw, out).map(|(_, written)| written)
     }
 
     fn summarize(&self, summary: &mut Map<String, Value>) {
