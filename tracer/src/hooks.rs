@@ -111,10 +111,13 @@ impl KernelContext {
             })
             .collect();
         targets.push(Target::Function(FEXIT_PROBE_TARGET));
-        Ok(Self {
+        let kernel = Self {
             offsets: offsets::resolve(btf)?,
             btf: attach_btf::minimal(btf, &targets)?,
-        })
+        };
+        // Every command asks the BTF its last question here.
+        btf.remember();
+        Ok(kernel)
     }
 }
 

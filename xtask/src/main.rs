@@ -29,7 +29,7 @@ fn usage() -> ! {
          run -- ARGS        install only what building needs, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
          fuzz [--quick]     setup, then run every fuzz target (fuzz/) for 25 s each (--quick) or 5 min\n  \
-         bench [--quick] [--netns]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only)\n  \
+         bench [--quick] [--netns] [--startup]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only; --startup: start-up and peak RSS only)\n  \
          image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)\n  \
          man                install only what building needs, build, and write the man pages to target/man/"
     );
@@ -72,10 +72,14 @@ fn run() -> Result<()> {
         }
         "bench" => {
             setup::for_testing()?;
-            bench::run(
-                rest.iter().any(|a| a == "--quick"),
-                rest.iter().any(|a| a == "--netns"),
-            )
+            let only = if rest.iter().any(|a| a == "--netns") {
+                bench::Only::Netns
+            } else if rest.iter().any(|a| a == "--startup") {
+                bench::Only::Startup
+            } else {
+                bench::Only::Everything
+            };
+            bench::run(rest.iter().any(|a| a == "--quick"), only)
         }
         "image" => {
             setup::for_testing()?;
@@ -203,7 +207,7 @@ fn test(filter: &[String]) -> Result<()> {
     if result.is_ok() && filter.is_empty() {
         // The benchmark harness's own test: a short run proves it works (figures not asserted).
         eprintln!("xtask: bench --quick (the harness's test)");
-        result = bench::run(true, false);
+        result = bench::run(true, bench::Only::Everything);
         match &result {
             Ok(()) => tally.passed += 1,
             Err(_) => tally.failed += 1,

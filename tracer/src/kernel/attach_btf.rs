@@ -7,10 +7,8 @@
 //! just those types, at their ids in the kernel's BTF (the ids before them are placeholders),
 //! which is all the lookup reads; the kernel checks the ids against its own BTF.
 
+use super::btf::{KernelBtf, NamedKind};
 use anyhow::{anyhow, Context as _, Result};
-use btf_rs::Type;
-
-use super::btf::KernelBtf;
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
@@ -32,18 +30,13 @@ pub enum Target<'a> {
 pub fn minimal(btf: &KernelBtf, targets: &[Target<'_>]) -> Result<aya::Btf> {
     let mut found: Vec<(u32, u32, String)> = Vec::new(); // (id, kind, name)
     for target in targets {
-        let (name, kind) = match target {
-            Target::Tracepoint(tp) => (format!("btf_trace_{tp}"), KIND_TYPEDEF),
-            Target::Function(f) => (f.to_string(), KIND_FUNC),
+        let (name, kind, code) = match target {
+            Target::Tracepoint(tp) => (format!("btf_trace_{tp}"), NamedKind::Typedef, KIND_TYPEDEF),
+            Target::Function(f) => (f.to_string(), NamedKind::Func, KIND_FUNC),
         };
-        for id in btf.ids_by_name(&name) {
-            let matches = match btf.type_by_id(id) {
-                Some(Type::Typedef(_)) => kind == KIND_TYPEDEF,
-                Some(Type::Func(_)) => kind == KIND_FUNC,
-                _ => false,
-            };
-            if matches && !found.iter().any(|(i, ..)| *i == id) {
-                found.push((id, kind, name.clone()));
+        for id in btf.ids_of(&name, kind)? {
+            if !found.iter().any(|(i, ..)| *i == id) {
+                found.push((id, code, name.clone()));
             }
         }
     }
@@ -95,7 +88,7 @@ mod tests {
 
     #[test]
     fn aya_finds_the_targets_at_their_kernel_ids() {
-        let btf = KernelBtf::from_sys_fs().unwrap();
+        let btf = KernelBtf::from_file(std::path::Path::new(super::super::btf::VMLINUX_BTF));
         let minimal = minimal(
             &btf,
             &[

@@ -1,63 +1,183 @@
-//! Struct layouts and enum values of the running kernel, read from its BTF.
+//! Struct layouts, enum values and type ids of the running kernel, read from its BTF.
+//!
+//! Every answer is kept in a [`Facts`] map, which `kernel::btf_cache` keeps between runs for
+//! the same BTF: a start whose questions were all answered before parses nothing.
 
-use std::path::Path;
+use std::{
+    cell::{Cell, OnceCell, RefCell},
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Backend, Btf, Type};
 
+use super::btf_cache::{Answer, Cache, Facts, Identity};
+
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// A kind of named type whose ids can be asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamedKind {
+    Typedef,
+    Func,
+}
+
 /// The kernel's type information, queried by name.
 pub struct KernelBtf {
-    btf: Btf,
+    path: PathBuf,
+    /// Parsed on the first question the facts do not answer.
+    btf: OnceCell<Btf>,
+    /// Structs found so far, by name: finding one by name scans every type.
+    structs: RefCell<HashMap<String, btf_rs::Struct>>,
+    facts: RefCell<Facts>,
+    /// Whether `facts` holds answers the cache does not have yet.
+    learned: Cell<bool>,
+    cache: Option<Cache>,
 }
 
 impl KernelBtf {
-    /// Reads the running kernel's BTF, or says what is missing.
+    /// The running kernel's BTF, with the answers cached for it (see `kernel::btf_cache`), or
+    /// says what is missing.
     pub fn from_sys_fs() -> Result<Self> {
-        if !Path::new(VMLINUX_BTF).exists() {
-            bail!(
-                "{VMLINUX_BTF} does not exist: this kernel was built without BTF \
-                 (CONFIG_DEBUG_INFO_BTF=y is needed); tracer cannot read its struct layouts"
-            );
-        }
-        Self::from_file(Path::new(VMLINUX_BTF))
+        let path = Path::new(VMLINUX_BTF);
+        let bytes = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!(
+                    "{VMLINUX_BTF} does not exist: this kernel was built without BTF \
+                     (CONFIG_DEBUG_INFO_BTF=y is needed); tracer cannot read its struct layouts"
+                )
+            } else {
+                anyhow!(e).context(format!("reading {VMLINUX_BTF}"))
+            }
+        })?;
+        Ok(Self::with_cache(
+            path,
+            Cache::configured(Identity::of(&bytes)),
+        ))
     }
 
-    /// Maps the file where the kernel allows it (no up-front parse of every type: faster and
-    /// smaller), else reads and parses it.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
-            .or_else(|_| Btf::from_file(path))
+    /// The BTF in `path`, with the answers `cache` has for it.
+    pub fn with_cache(path: &Path, cache: Option<Cache>) -> Self {
+        let mut btf = Self::from_file(path);
+        if let Some(cache) = cache {
+            match cache.load() {
+                Ok(facts) => {
+                    log::info!(
+                        "kernel BTF: {} facts from the cache {}",
+                        facts.len(),
+                        cache.path().display()
+                    );
+                    btf.facts = RefCell::new(facts);
+                }
+                Err(e) => log::info!("kernel BTF: cache not used: {e:#}"),
+            }
+            btf.cache = Some(cache);
+        }
+        btf
+    }
+
+    /// The BTF in `path`, without a cache.
+    pub fn from_file(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            btf: OnceCell::new(),
+            structs: RefCell::new(HashMap::new()),
+            facts: RefCell::new(Facts::new()),
+            learned: Cell::new(false),
+            cache: None,
+        }
+    }
+
+    /// Writes the answers learned in this run to the cache, for the next start.
+    pub fn remember(&self) {
+        let Some(cache) = self.cache.as_ref().filter(|_| self.learned.get()) else {
+            return;
+        };
+        match cache.store(&self.facts.borrow()) {
+            Ok(()) => log::info!("kernel BTF: facts written to {}", cache.path().display()),
+            Err(e) => log::info!("kernel BTF: facts not cached: {e:#}"),
+        }
+    }
+
+    /// The parsed BTF. Maps the file where the kernel allows it (no up-front parse of every
+    /// type: faster and smaller), else reads and parses it.
+    fn btf(&self) -> Result<&Btf> {
+        if let Some(btf) = self.btf.get() {
+            return Ok(btf);
+        }
+        let parsed = Btf::from_file_with_backend(&self.path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(&self.path))
             .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("reading BTF from {}", path.display()))?;
-        Ok(Self { btf })
+            .with_context(|| format!("reading BTF from {}", self.path.display()))?;
+        Ok(self.btf.get_or_init(|| parsed))
+    }
+
+    /// The answer to `question`: from the facts, else found in the BTF by `find` (whose
+    /// error means the BTF has no such thing) and added to the facts.
+    fn answer(
+        &self,
+        question: String,
+        find: impl FnOnce(&Self) -> Result<Answer>,
+    ) -> Result<Answer> {
+        if let Some(known) = self.facts.borrow().get(&question) {
+            return Ok(known.clone());
+        }
+        self.btf()?;
+        let answer = find(self).unwrap_or_else(|e| Answer::Missing(format!("{e:#}")));
+        self.facts.borrow_mut().insert(question, answer.clone());
+        self.learned.set(true);
+        Ok(answer)
+    }
+
+    /// A value answer as a `T`.
+    fn value<T: TryFrom<u64>>(answer: Answer) -> Result<T> {
+        match answer {
+            Answer::Value(v) => T::try_from(v).map_err(|_| anyhow!("BTF value {v} out of range")),
+            Answer::Missing(why) => Err(anyhow!(why)),
+            Answer::Ids(_) => bail!("BTF answer of the wrong kind"),
+        }
     }
 
     /// The struct or union named `name`.
     fn composite(&self, name: &str) -> Result<btf_rs::Struct> {
+        if let Some(s) = self.structs.borrow().get(name) {
+            return Ok(s.clone());
+        }
         let types = self
-            .btf
+            .btf()?
             .resolve_types_by_name(name)
             .map_err(|_| anyhow!("this kernel's BTF has no type named `{name}`"))?;
-        types
+        let found = types
             .into_iter()
             .find_map(|t| match t {
                 Type::Struct(s) | Type::Union(s) if !s.members.is_empty() => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| anyhow!("this kernel's BTF has no struct named `{name}`"))
+            .ok_or_else(|| anyhow!("this kernel's BTF has no struct named `{name}`"))?;
+        self.structs
+            .borrow_mut()
+            .insert(name.to_string(), found.clone());
+        Ok(found)
     }
 
     /// `sizeof(struct name)`.
     pub fn struct_size(&self, name: &str) -> Result<u32> {
-        Ok(self.composite(name)?.size() as u32)
+        Self::value(self.answer(format!("size {name}"), |k| {
+            Ok(Answer::Value(k.composite(name)?.size() as u64))
+        })?)
     }
 
     /// Byte offset of `path` (e.g. `"f_path.dentry"`) inside `struct name`, looking through
     /// anonymous structs and unions the way C does.
     pub fn field_offset(&self, name: &str, path: &str) -> Result<u32> {
+        Self::value(self.answer(format!("offset {name} {path}"), |k| {
+            k.find_offset(name, path).map(|v| Answer::Value(v.into()))
+        })?)
+    }
+
+    fn find_offset(&self, name: &str, path: &str) -> Result<u32> {
         let mut current = self.composite(name)?;
         let mut bits = 0u32;
         let mut fields = path.split('.').peekable();
@@ -82,9 +202,9 @@ impl KernelBtf {
     /// The named member of `s` (descending into anonymous members): bit offset and type.
     fn find_member(&self, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>> {
         for member in &s.members {
-            let name = self.btf.resolve_name(member).unwrap_or_default();
+            let name = self.btf()?.resolve_name(member).unwrap_or_default();
             let member_type = self
-                .btf
+                .btf()?
                 .resolve_chained_type(member)
                 .map_err(|e| anyhow!("{e}"))?;
             if name == field {
@@ -116,7 +236,7 @@ impl KernelBtf {
                         .as_btf_type()
                         .ok_or_else(|| anyhow!("BTF type without a target"))?;
                     t = self
-                        .btf
+                        .btf()?
                         .resolve_chained_type(next)
                         .map_err(|e| anyhow!("{e}"))?;
                 }
@@ -126,34 +246,53 @@ impl KernelBtf {
         bail!("BTF type chain too long")
     }
 
-    /// Ids of the types named `name` (none if there is no such type).
-    pub fn ids_by_name(&self, name: &str) -> Vec<u32> {
-        self.btf.resolve_ids_by_name(name).unwrap_or_default()
-    }
-
-    /// The type with id `id`.
-    pub fn type_by_id(&self, id: u32) -> Option<Type> {
-        self.btf.resolve_type_by_id(id).ok()
+    /// Ids of the types of `kind` named `name` (none if there is no such type).
+    pub fn ids_of(&self, name: &str, kind: NamedKind) -> Result<Vec<u32>> {
+        let question = format!("ids {kind:?} {name}");
+        match self.answer(question, |k| {
+            let btf = k.btf()?;
+            let ids = btf.resolve_ids_by_name(name).unwrap_or_default();
+            Ok(Answer::Ids(
+                ids.into_iter()
+                    .filter(|&id| {
+                        matches!(
+                            (btf.resolve_type_by_id(id), kind),
+                            (Ok(Type::Typedef(_)), NamedKind::Typedef)
+                                | (Ok(Type::Func(_)), NamedKind::Func)
+                        )
+                    })
+                    .collect(),
+            ))
+        })? {
+            Answer::Ids(ids) => Ok(ids),
+            _ => bail!("BTF answer of the wrong kind"),
+        }
     }
 
     /// The value of enumerator `variant` of `enum name`.
     pub fn enum_value(&self, name: &str, variant: &str) -> Result<u64> {
-        let types = self
-            .btf
+        Self::value(self.answer(format!("enum {name} {variant}"), |k| {
+            k.find_enum_value(name, variant).map(Answer::Value)
+        })?)
+    }
+
+    fn find_enum_value(&self, name: &str, variant: &str) -> Result<u64> {
+        let btf = self.btf()?;
+        let types = btf
             .resolve_types_by_name(name)
             .map_err(|_| anyhow!("this kernel's BTF has no enum named `{name}`"))?;
         for t in types {
             match t {
                 Type::Enum(e) => {
                     for m in &e.members {
-                        if self.btf.resolve_name(m).ok().as_deref() == Some(variant) {
+                        if btf.resolve_name(m).ok().as_deref() == Some(variant) {
                             return Ok(m.val() as u64);
                         }
                     }
                 }
                 Type::Enum64(e) => {
                     for m in &e.members {
-                        if self.btf.resolve_name(m).ok().as_deref() == Some(variant) {
+                        if btf.resolve_name(m).ok().as_deref() == Some(variant) {
                             return Ok(m.val());
                         }
                     }
@@ -249,7 +388,7 @@ mod tests {
 
     #[test]
     fn offsets_match_bpftool() {
-        let btf = KernelBtf::from_sys_fs().unwrap();
+        let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF));
         let dump = raw_dump();
         for (strukt, field) in [
             ("task_struct", "pid"),
@@ -274,7 +413,7 @@ mod tests {
 
     #[test]
     fn nested_and_anonymous_members() {
-        let btf = KernelBtf::from_sys_fs().unwrap();
+        let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF));
         let dump = raw_dump();
         // `file.f_path.dentry`: a named nested struct.
         assert_eq!(
@@ -290,7 +429,7 @@ mod tests {
 
     #[test]
     fn enum_values_match_bpftool() {
-        let btf = KernelBtf::from_sys_fs().unwrap();
+        let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF));
         let dump = raw_dump();
         for variant in ["memory_cgrp_id", "SKB_DROP_REASON_NETFILTER_DROP"] {
             let expected = dump.enum_values[variant];
@@ -307,9 +446,37 @@ mod tests {
         }
     }
 
+    /// Every question the tracers ask at start-up (the offsets, and an absent field).
+    fn ask_everything(btf: &KernelBtf) -> String {
+        let offsets = crate::kernel::offsets::resolve(btf).unwrap();
+        let ids = btf
+            .ids_of("btf_trace_signal_generate", NamedKind::Typedef)
+            .unwrap();
+        let missing = btf.field_offset("task_struct", "no_such_field");
+        format!("{offsets:?} {ids:?} {missing:?}")
+    }
+
+    #[test]
+    fn a_cached_start_answers_as_a_parse_does_without_parsing() {
+        let dir = std::env::temp_dir().join(format!("tracer-btf-facts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = std::fs::read(VMLINUX_BTF).unwrap();
+        let cache = || Some(Cache::in_dir(dir.clone(), Identity::of(&bytes)));
+        let cold = KernelBtf::with_cache(Path::new(VMLINUX_BTF), cache());
+        let parsed = ask_everything(&cold);
+        cold.remember();
+        let warm = KernelBtf::with_cache(Path::new(VMLINUX_BTF), cache());
+        let cached = ask_everything(&warm);
+        let parsed_nothing = warm.btf.get().is_none();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(cached, parsed);
+        assert!(parsed_nothing);
+        assert!(!warm.learned.get());
+    }
+
     #[test]
     fn missing_things_are_named() {
-        let btf = KernelBtf::from_sys_fs().unwrap();
+        let btf = KernelBtf::from_file(Path::new(VMLINUX_BTF));
         let e = btf
             .field_offset("task_struct", "no_such_field")
             .unwrap_err()

@@ -3,6 +3,7 @@
 
 pub mod attach_btf;
 pub mod btf;
+pub mod btf_cache;
 pub mod mountinfo;
 pub mod netns;
 pub mod offsets;
