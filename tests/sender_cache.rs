@@ -2,7 +2,8 @@
 //! from what the same slot of the same CPU sent last; userspace fills in the rest. These tests
 //! pin every sender to one CPU, so that consecutive signals go through the same slot, and check
 //! each signal's description against what the test made the sender be at that moment: after
-//! an exec, in a process that reuses a pid, after the sender's parent died.
+//! an exec, in a process that reuses a pid, after the sender's parent died, after its
+//! executable was renamed.
 
 use std::{
     fs,
@@ -250,6 +251,87 @@ fn a_sender_whose_parent_dies_between_two_signals_has_its_new_parent() {
         .collect();
     assert_eq!(ancestry_pids(&events[0]), before, "{:#}", events[0]);
     assert_eq!(ancestry_pids(&events[1]), expected_after, "{:#}", events[1]);
+}
+
+/// The last component of a captured executable path.
+fn file_name(e: &Value) -> &str {
+    let exe = e["sender"]["exe"].as_str().unwrap_or_default();
+    exe.rsplit('/').next().unwrap_or_default()
+}
+
+#[test]
+fn executable_names_of_every_length_and_renamed_ones_are_captured_as_the_kernel_names_them() {
+    // A name shorter than 40 bytes is kept inside its dentry on this kernel and read with
+    // plain loads; a longer one through a helper. Each path component is captured as at most
+    // 31 bytes. Each sender signals, renames its own executable (a shorter name left in place
+    // of a longer one), and signals again from the same slot.
+    let dir = TempDir::new("cn");
+    let target = sleeper(&[Signal::SIGUSR1]);
+    let t = target.pid();
+    let run = TracerRun::start(&["signals", "--json", "--pid", &t.to_string()]);
+    let mut expected = Vec::new();
+    for (len, renamed) in [
+        (8, "r"),
+        (31, "s"),
+        (32, "t"),
+        (39, "u"),
+        (40, "v"),
+        (50, "w"),
+    ] {
+        let name = format!("{len:02}{}", "x".repeat(len - 2));
+        let copy = shell_copy(&dir, &name);
+        let renamed = dir.0.join(renamed);
+        let script = format!(
+            "kill -USR1 {t}; mv {copy} {renamed}; kill -USR1 {t}",
+            copy = copy.display(),
+            renamed = renamed.display()
+        );
+        let mut sender = Owned(
+            Command::new("taskset")
+                .args(["-c", CPU])
+                .arg(&copy)
+                .args(["-c", &script])
+                .spawn()
+                .unwrap(),
+        );
+        assert!(sender.wait_timeout(Duration::from_secs(20)).is_some());
+        assert!(renamed.exists(), "{} was not renamed", copy.display());
+        expected.push((sender.pid(), name, renamed));
+    }
+    let out = run.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let events = signals_to(&out, t);
+    for (pid, name, renamed) in &expected {
+        let sent: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["sender"]["pid"] == *pid)
+            .collect();
+        assert_eq!(sent.len(), 2, "{name}: {events:#?}");
+        assert_eq!(
+            file_name(sent[0]),
+            &name[..name.len().min(31)],
+            "{:#}",
+            sent[0]
+        );
+        let renamed = renamed.file_name().unwrap().to_str().unwrap();
+        assert_eq!(file_name(sent[1]), renamed, "{:#}", sent[1]);
+        // The rest of the path is the directory's, unchanged.
+        let dir_of = |e: &Value| {
+            let exe = e["sender"]["exe"].as_str().unwrap().to_string();
+            exe[..exe.rfind('/').unwrap()].to_string()
+        };
+        assert_eq!(dir_of(sent[0]), dir_of(sent[1]));
+        assert!(
+            fs::canonicalize(&dir.0)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with(&dir_of(sent[0])),
+            "{:#}",
+            sent[0]
+        );
+    }
 }
 
 /// Kills a sender the test started through a shell when dropped, unless it is gone (its pid

@@ -40,6 +40,10 @@ pub struct KernelOffsets {
     pub mm_struct_exe_file: u32,
     pub file_f_path_dentry: u32,
     pub dentry_d_name_name: u32,
+    /// `dentry.d_shortname`: where a short name is kept inline (`d_name.name` then points to
+    /// it); [`MISSING`] where the kernel has no such field or it is shorter than a captured
+    /// component.
+    pub dentry_d_shortname: u32,
     pub dentry_d_parent: u32,
     pub sk_buff_nfct: u32,
     pub sk_buff_dev: u32,
@@ -119,6 +123,7 @@ impl KernelOffsets {
             mm_struct_exe_file: MISSING,
             file_f_path_dentry: MISSING,
             dentry_d_name_name: MISSING,
+            dentry_d_shortname: MISSING,
             dentry_d_parent: MISSING,
             sk_buff_nfct: MISSING,
             sk_buff_dev: MISSING,

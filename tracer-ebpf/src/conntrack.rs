@@ -21,7 +21,7 @@ use tracer_common::{
 use crate::{
     percpu::this_cpu_offset,
     pipeline::{count_lost, header, submit, EVENTS},
-    task::{off, read, read_bytes},
+    task::{off, read, read_bytes, Typed},
 };
 
 /// Set by the loader.
@@ -42,16 +42,20 @@ macro_rules! config {
 
 /// The packet's network namespace: from its conntrack entry, else its device, else its socket.
 #[inline(always)]
-fn packet_net(skb: u64, ct: u64) -> u64 {
+fn packet_net(skb: Typed, ct: u64) -> u64 {
     if let Some(net) = read::<u64>(ct, off!(nf_conn_ct_net_net)) {
         return net;
     }
-    let dev = read::<u64>(skb, off!(sk_buff_dev)).unwrap_or(0);
-    if let Some(net) = read::<u64>(dev, off!(net_device_nd_net_net)).filter(|n| *n != 0) {
+    let dev = skb.ptr(off!(sk_buff_dev));
+    if let Some(net) = dev
+        .get::<u64>(off!(net_device_nd_net_net))
+        .filter(|n| *n != 0)
+    {
         return net;
     }
-    let sk = read::<u64>(skb, off!(sk_buff_sk)).unwrap_or(0);
-    read::<u64>(sk, off!(sock_sk_common_skc_net_net)).unwrap_or(0)
+    skb.ptr(off!(sk_buff_sk))
+        .get::<u64>(off!(sock_sk_common_skc_net_net))
+        .unwrap_or(0)
 }
 
 /// Copies the first `len` bytes (at most N) at `src` into `dst`, which the caller zeroed:
@@ -87,16 +91,18 @@ fn is_ext_header(next: u8) -> bool {
 /// for a raw socket's packet). Never reads past the packet's linear data for the walk; bytes
 /// copied past its end are left for userspace to ignore (it gets `len`).
 #[inline(always)]
-fn read_packet(skb: u64, p: &mut PacketHeaders) {
+fn read_packet(skb: Typed, p: &mut PacketHeaders) {
     p.ip = [0; PACKET_IP_BYTES];
     p.l4 = [0; PACKET_L4_BYTES];
     p.len = 0;
     p.l4_offset = 0;
     p.l4_proto = 0;
     p.flags = 0;
-    let head = read::<u64>(skb, off!(sk_buff_head)).unwrap_or(0);
-    let network = read::<u16>(skb, off!(sk_buff_network_header)).unwrap_or(u16::MAX) as u32;
-    let tail = read::<u32>(skb, off!(sk_buff_tail)).unwrap_or(0);
+    let head = skb.get::<u64>(off!(sk_buff_head)).unwrap_or(0);
+    let network = skb
+        .get::<u16>(off!(sk_buff_network_header))
+        .unwrap_or(u16::MAX) as u32;
+    let tail = skb.get::<u32>(off!(sk_buff_tail)).unwrap_or(0);
     if head == 0 || network == u16::MAX as u32 || tail <= network {
         return;
     }
@@ -185,8 +191,10 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     if reason != config!(netfilter_drop_reason) {
         return 0;
     }
-    let skb: u64 = ctx.arg(0);
-    let nfct = read::<u64>(skb, off!(sk_buff_nfct)).unwrap_or(0);
+    // A typed pointer: its own fields are plain loads; what it points to by plain addresses
+    // (the conntrack entry, the packet's data) is read through the helper.
+    let skb = Typed::new(ctx.arg(0));
+    let nfct = skb.get::<u64>(off!(sk_buff_nfct)).unwrap_or(0);
     let ct = nfct & !7;
     let net = packet_net(skb, ct);
     let inum = read::<u32>(net, off!(net_ns_inum)).unwrap_or(0);

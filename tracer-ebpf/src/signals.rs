@@ -25,7 +25,7 @@ use tracer_common::{
 
 use crate::{
     pipeline::{count_lost, header, submit, EVENTS},
-    task::{cgroup_id, fill_task_info, kernfs_id, leader, off, read, Typed},
+    task::{cgroup_id, fill_task_info, kernfs_id, leader, off, Typed},
 };
 
 /// Set by the loader from the command line.
@@ -139,13 +139,15 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool) -> i32 {
         1 => InfoKind::Priv,
         _ => InfoKind::Siginfo,
     } as u32;
-    ev.code = read::<i32>(info, off!(kernel_siginfo_si_code)).unwrap_or(0);
-    ev.si_pid = read::<i32>(info, off!(kernel_siginfo_si_pid)).unwrap_or(0) as u32;
-    ev.si_uid = read::<u32>(info, off!(kernel_siginfo_si_uid)).unwrap_or(0);
-    if info <= 1 {
-        ev.code = 0;
-        ev.si_pid = 0;
-        ev.si_uid = 0;
+    (ev.code, ev.si_pid, ev.si_uid) = (0, 0, 0);
+    if info > 1 {
+        // A typed pointer: plain loads, no helper call.
+        let siginfo = Typed::new(info as *const u8);
+        ev.code = siginfo
+            .get::<i32>(off!(kernel_siginfo_si_code))
+            .unwrap_or(0);
+        ev.si_pid = siginfo.get::<i32>(off!(kernel_siginfo_si_pid)).unwrap_or(0) as u32;
+        ev.si_uid = siginfo.get::<u32>(off!(kernel_siginfo_si_uid)).unwrap_or(0);
     }
     ev.sender_slot = slot_index;
     fill_task_info(current, &mut ev.sender);
@@ -259,15 +261,7 @@ fn fill_exe(task: Typed, slot: &mut SenderDescription) -> u64 {
             reached_root = true;
             break;
         }
-        let name = dentry.get::<u64>(off!(dentry_d_name_name)).unwrap_or(0);
-        let mut fresh = [0u64; EXE_NAME_LEN / 8];
-        // SAFETY: the helper checks the address and bounds the copy by the buffer.
-        let _ = unsafe {
-            bpf_probe_read_kernel_str_bytes(
-                name as *const u8,
-                core::slice::from_raw_parts_mut(fresh.as_mut_ptr().cast::<u8>(), EXE_NAME_LEN),
-            )
-        };
+        let fresh = component(dentry);
         diff |= set_words(row.as_mut_ptr().cast::<[u64; EXE_NAME_LEN / 8]>(), &fresh);
         depth += 1;
         dentry = parent;
@@ -281,6 +275,44 @@ fn fill_exe(task: Typed, slot: &mut SenderDescription) -> u64 {
     diff |= set(&mut slot.exe_depth, depth);
     diff |= set(&mut slot.exe_truncated, truncated);
     diff
+}
+
+/// `dentry`'s name as `bpf_probe_read_kernel_str` copies it into [`EXE_NAME_LEN`] zeroed
+/// bytes: at most `EXE_NAME_LEN - 1` bytes of it, then zeroes. A short name, kept inside the
+/// dentry (`d_name.name` points to `d_shortname`), is read with plain loads and cut the same
+/// way: a helper call per component was most of the capture's cost.
+#[inline(always)]
+fn component(dentry: Typed) -> [u64; EXE_NAME_LEN / 8] {
+    const WORDS: usize = EXE_NAME_LEN / 8;
+    let mut fresh = [0u64; WORDS];
+    let name = dentry.get::<u64>(off!(dentry_d_name_name)).unwrap_or(0);
+    let inline = off!(dentry_d_shortname);
+    if inline != MISSING && name != 0 && name == dentry.addr() + inline as u64 {
+        // Each word up to the name's end; the bytes after its NUL (left from a longer name
+        // before a rename) are cleared. Little-endian: a word's first byte is its lowest.
+        let mut alive = u64::MAX;
+        for (i, word) in fresh.iter_mut().enumerate() {
+            let w = dentry.get::<u64>(inline + 8 * i as u32).unwrap_or(0) & alive;
+            // The lowest flagged byte is the first zero byte (flags above it may be false).
+            let zero = w.wrapping_sub(0x0101_0101_0101_0101) & !w & 0x8080_8080_8080_8080;
+            let first = zero & zero.wrapping_neg();
+            // Keeps the bytes up to the first zero one (all, when there is none).
+            *word = w & (first.wrapping_sub(1) | first);
+            // Nothing after a zero byte: `alive` becomes 0 once `first` is set.
+            alive &= ((first | first.wrapping_neg()) >> 63).wrapping_sub(1);
+        }
+        // The helper keeps room for the NUL: a longer name is cut one byte short.
+        fresh[WORDS - 1] &= u64::MAX >> 8;
+    } else {
+        // SAFETY: the helper checks the address and bounds the copy by the buffer.
+        let _ = unsafe {
+            bpf_probe_read_kernel_str_bytes(
+                name as *const u8,
+                core::slice::from_raw_parts_mut(fresh.as_mut_ptr().cast::<u8>(), EXE_NAME_LEN),
+            )
+        };
+    }
+    fresh
 }
 
 /// The sender's parents, as processes (tgid, start time and leader's comm), up to pid 1.

@@ -101,9 +101,17 @@ fn ns_nr(task: Typed) -> u32 {
     if pid.is_null() || numbers == MISSING || stride == MISSING {
         return 0;
     }
-    // A variable index: read through the helper.
-    let upid = pid.addr() + numbers as u64 + level as u64 * stride as u64;
-    read::<i32>(upid, off!(upid_nr)).unwrap_or(0) as u32
+    let nr = off!(upid_nr);
+    // The initial namespace and one level below it (a container) at constant offsets, read
+    // with plain loads; a variable index only through the helper.
+    match level {
+        0 => pid.get::<i32>(numbers + nr).unwrap_or(0) as u32,
+        1 => pid.get::<i32>(numbers + stride + nr).unwrap_or(0) as u32,
+        _ => {
+            let upid = pid.addr() + numbers as u64 + level as u64 * stride as u64;
+            read::<i32>(upid, nr).unwrap_or(0) as u32
+        }
+    }
 }
 
 /// `cgroup->kn->id`: the cgroup's id (its directory's inode number).

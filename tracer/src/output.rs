@@ -325,19 +325,19 @@ impl Output {
 
     /// `value` (a JSON object) as one JSON line with the node's name first, in `self.line`.
     fn json_line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        // The object is written over the prefix's last byte (its `,`), which then replaces
+        // the object's own `{`: its fields follow the node's, without moving the line.
+        let object_start = self.node_prefix.len() - 1;
         self.line.clear();
-        self.line.extend_from_slice(&self.node_prefix);
+        self.line
+            .extend_from_slice(&self.node_prefix[..object_start]);
         serde_json::to_writer(&mut self.line, value)?;
-        // The object's own `{` goes: its fields follow the node's.
-        let object_start = self.node_prefix.len();
         match &self.line[object_start..] {
             b"{}" => {
-                self.line.truncate(object_start - 1);
+                self.line.truncate(object_start);
                 self.line.push(b'}');
             }
-            [b'{', ..] => {
-                self.line.remove(object_start);
-            }
+            [b'{', ..] => self.line[object_start] = b',',
             _ => return Err(io::Error::other("an event that is not a JSON object")),
         }
         self.line.push(b'\n');

@@ -43,6 +43,13 @@ pub fn is_unsafe(c: char) -> bool {
 /// (`\u{202e}`) and invalid UTF-8 bytes (`\xff`); a backslash is doubled, so that the
 /// result reads back unambiguously.
 pub fn escape(bytes: &[u8]) -> String {
+    // Most names are printable ASCII, which needs no escaping (and no per-character walk).
+    if bytes
+        .iter()
+        .all(|&b| (b' '..=b'~').contains(&b) && b != b'\\')
+    {
+        return bytes.iter().map(|&b| char::from(b)).collect();
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {

@@ -38,7 +38,7 @@ const FULL: Scale = Scale {
     startup_runs: 5,
     storm: 200_000,
     flood: 200_000,
-    rates: &[50_000, 100_000, 200_000, 400_000, 800_000],
+    rates: &[50_000, 100_000, 200_000, 400_000, 550_000, 800_000],
     window: Duration::from_secs(2),
     churn: 2_000,
     census: (500, 2_000, 100),
@@ -759,6 +759,9 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
 
     // 3 and 5. Throughput without loss, and userspace CPU.
     let mut best = 0.0;
+    // Events the reader handled per second of its own CPU time, at the busiest rate: what one
+    // core decodes, enriches and writes.
+    let mut per_core = (0.0, 0, 0.0);
     for &rate in scale.rates {
         let tracer = Attacher::start(ours(&["signals", "--pid", &pid_s, "--json"]), false, true)?;
         let cpu_before = tracer.cpu_seconds();
@@ -785,6 +788,9 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
             best = achieved;
         }
         let events_per_s = events as f64 / elapsed;
+        if cpu > 0.0 && events_per_s >= per_core.2 {
+            per_core = (events as f64 / cpu, rate, events_per_s);
+        }
         rows.push(Row::new(
             &format!(
                 "userspace CPU per 10k events/s (asked {}k/s, sent {:.0}k/s, lost {lost})",
@@ -797,6 +803,16 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
             "",
         ));
     }
+    rows.push(Row::new(
+        &format!(
+            "events/s on one core: decoded, enriched, written as JSON (events / the tracer's CPU seconds, at {}k/s asked)",
+            per_core.1 / 1000
+        ),
+        per_core.0,
+        ("-", 0.0),
+        "/s",
+        ">= 600,000",
+    ));
     rows.push(Row::new(
         "signals/s with no loss",
         best,

@@ -1,7 +1,10 @@
 //! Fills [`KernelOffsets`] from the running kernel's BTF.
 
 use anyhow::{Context as _, Result};
-use tracer_common::offsets::{KernelOffsets, MISSING};
+use tracer_common::{
+    offsets::{KernelOffsets, MISSING},
+    signal::EXE_NAME_LEN,
+};
 
 use super::btf::KernelBtf;
 
@@ -50,6 +53,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         mm_struct_exe_file: optional("mm_struct", "exe_file"),
         file_f_path_dentry: optional("file", "f_path.dentry"),
         dentry_d_name_name: optional("dentry", "d_name.name"),
+        dentry_d_shortname: inline_name(btf),
         dentry_d_parent: optional("dentry", "d_parent"),
         sk_buff_nfct: optional("sk_buff", "_nfct"),
         sk_buff_dev: optional("sk_buff", "dev"),
@@ -92,6 +96,18 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         pt_regs_arg0: regs_field(&optional, SyscallRegister::Arg0),
         pt_regs_arg0_compat: regs_field(&optional, SyscallRegister::Arg0Compat),
     })
+}
+
+/// `dentry.d_shortname` if it holds a whole captured component (`EXE_NAME_LEN` bytes): the
+/// kernel program then reads short names with plain loads instead of a helper call each.
+/// Kernels before 6.14 (`d_iname`) take the helper path.
+fn inline_name(btf: &KernelBtf) -> u32 {
+    match btf.struct_size("shortname_store") {
+        Ok(size) if size as usize >= EXE_NAME_LEN => {
+            btf.field_offset("dentry", "d_shortname").unwrap_or(MISSING)
+        }
+        _ => MISSING,
+    }
 }
 
 /// A register of a syscall in the user `pt_regs`.
