@@ -4,12 +4,16 @@
 //! on `task_rename` walks the list when this process renames one of its threads to the name
 //! it already has, and leaves the result in an array map.
 
-use std::ffi::CStr;
+use std::{
+    ffi::CStr,
+    os::fd::AsFd as _,
+    sync::{Mutex, PoisonError},
+};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, MapData},
-    Ebpf,
+    maps::{Array, Map, MapData},
+    Ebpf, Pod,
 };
 use serde::Serialize;
 use tracer_common::netns::{
@@ -74,9 +78,28 @@ pub fn config() -> CensusConfig {
 
 const NO_MAP: &str = "the census's maps are not in the object";
 
+/// One walk at a time in this process: the program walks at a rename of any of its threads and
+/// writes the same maps, whoever asked (`--watch`'s follower, `serve`'s census thread).
+static WALKING: Mutex<()> = Mutex::new(());
+
+/// A handle of its own on the object's array `name` (a duplicated fd): each user of the run's
+/// census has one, and the object keeps its own.
+fn own_handle<V: Pod>(ebpf: &Ebpf, name: &str) -> Result<Array<MapData, V>> {
+    let Some(Map::Array(data)) = ebpf.map(name) else {
+        bail!(NO_MAP);
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating a census map's fd")?;
+    Ok(Array::try_from(Map::Array(MapData::from_fd(fd)?))?)
+}
+
 /// The census: its program's maps, read after each walk. The program is loaded once per run
 /// and walks again at each rename: by the session's object when the netns tracer is part of
-/// the run (`serve`, `record`), by an object of its own for a snapshot alone (`tracer netns`).
+/// the run (`--watch`, `serve`, `record` each adopt it), by an object of its own for a snapshot
+/// alone (`tracer netns`).
 pub struct KernelCensus {
     lens: Array<MapData, u32>,
     entries: Array<MapData, CensusEntry>,
@@ -99,34 +122,35 @@ impl KernelCensus {
                 globals: vec![("NETNS_CENSUS_CONFIG", (&config).into())],
             },
         )?;
-        let mut loaded = hooks::attach(ebpf, &[HOOK], &kernel);
+        let loaded = hooks::attach(ebpf, &[HOOK], &kernel);
         if let Some(outcome) = loaded.outcomes.iter().find(|o| o.used.is_none()) {
             bail!("{}", outcome.reasons());
         }
-        let mut census = Self::adopt(&mut loaded.ebpf)?;
+        let mut census = Self::adopt(&loaded.ebpf)?;
         census._own = Some(loaded);
         Ok(census)
     }
 
     /// The census of a run's object, whose netns tracer loaded and attached the program (with
-    /// [`config`]): its maps are taken, the program stays the object's (detached with it).
-    pub fn adopt(ebpf: &mut Ebpf) -> Result<Self> {
+    /// [`config`]): handles of its own on the maps; the program stays the object's (detached
+    /// with it).
+    pub fn adopt(ebpf: &Ebpf) -> Result<Self> {
         let program = HOOK.candidates[0].program;
         ebpf.program(program)
             .and_then(|p| p.fd().ok())
             .with_context(|| {
                 format!("{program} is not loaded (`tracer doctor` shows the census hook's status)")
             })?;
-        let mut take = |name| ebpf.take_map(name).context(NO_MAP);
         Ok(Self {
-            lens: Array::try_from(take("NETNS_CENSUS_LEN")?)?,
-            entries: Array::try_from(take("NETNS_CENSUS")?)?,
+            lens: own_handle(ebpf, "NETNS_CENSUS_LEN")?,
+            entries: own_handle(ebpf, "NETNS_CENSUS")?,
             _own: None,
         })
     }
 
     /// Every namespace on the kernel's list now.
     pub fn walk(&mut self) -> Result<Vec<Listed>> {
+        let _alone = WALKING.lock().unwrap_or_else(PoisonError::into_inner);
         // A stale result must not pass for a fresh one.
         self.lens.set(CENSUS_LEN_SLOT, 0, 0)?;
         self.lens.set(CENSUS_COMPLETE_SLOT, 0, 0)?;

@@ -239,10 +239,11 @@ impl Tracer for NetnsTracer {
         ]
     }
 
-    /// Not a map: the programs are attached, no event is read yet, so the namespaces orphaned
-    /// before the run are followed from here on (the run is "ready" after this).
-    fn use_maps(&mut self, _ebpf: &mut aya::Ebpf) -> Result<()> {
-        self.orphans.start();
+    /// The programs are attached, no event is read yet: the namespaces orphaned before the run
+    /// are followed from here on, with the census this object attached (the run is "ready"
+    /// after this).
+    fn use_maps(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        self.orphans.start(census::KernelCensus::adopt(ebpf));
         Ok(())
     }
 

@@ -244,13 +244,6 @@ struct Running {
     full: bool,
 }
 
-/// The census of the kernel's list, loaded on first use, once per run.
-enum Census {
-    Unloaded,
-    Loaded(KernelCensus),
-    Failed,
-}
-
 pub struct Orphans {
     /// Creations and exits waiting to settle, by cookie (the latest one per namespace).
     pending: LruCache<u64, Record>,
@@ -261,7 +254,9 @@ pub struct Orphans {
     last_scan: Option<Instant>,
     last_full: Option<Instant>,
     last_recheck: Instant,
-    census: Census,
+    /// The run's census of the kernel's list (the netns tracer's program); none where it
+    /// could not load.
+    census: Option<KernelCensus>,
 }
 
 /// `process` holder of an exit record.
@@ -299,13 +294,23 @@ impl Orphans {
             last_scan: None,
             last_full: None,
             last_recheck: Instant::now(),
-            census: Census::Unloaded,
+            census: None,
         }
     }
 
     /// Follows the namespaces held from userspace with no process inside now, before the first
     /// event is read: a namespace orphaned before the watch started is followed from its start.
-    pub fn start(&mut self) {
+    /// `census` is the run's census program, or why there is none (said once, here).
+    pub fn start(&mut self, census: anyhow::Result<KernelCensus>) {
+        self.census = census
+            .inspect_err(|e| {
+                log::warn!(
+                    "the kernel's list of network namespaces cannot be read ({e:#}): a \
+                     namespace that only the kernel holds after its last userspace holder goes \
+                     is not reported"
+                )
+            })
+            .ok();
         let found = scan();
         let listed = self.listed();
         self.last_full = Some(Instant::now());
@@ -341,26 +346,9 @@ impl Orphans {
         ))
     }
 
-    /// Every namespace on the kernel's list now, by cookie; `None` where the list cannot be read
-    /// (said once).
+    /// Every namespace on the kernel's list now, by cookie; `None` where the list cannot be read.
     fn listed(&mut self) -> Option<HashMap<u64, Listed>> {
-        if matches!(self.census, Census::Unloaded) {
-            self.census = match KernelCensus::load() {
-                Ok(census) => Census::Loaded(census),
-                Err(e) => {
-                    log::warn!(
-                        "the kernel's list of network namespaces cannot be read ({e:#}): a \
-                         namespace that only the kernel holds after its last userspace holder \
-                         goes is not reported"
-                    );
-                    Census::Failed
-                }
-            };
-        }
-        let Census::Loaded(census) = &mut self.census else {
-            return None;
-        };
-        match census.walk() {
+        match self.census.as_mut()?.walk() {
             Ok(listed) => Some(listed.into_iter().map(|l| (l.cookie, l)).collect()),
             Err(e) => {
                 log::warn!("reading the kernel's list of network namespaces: {e:#}");
