@@ -16,6 +16,7 @@ use std::{
         unix::fs::MetadataExt as _,
     },
     path::Path,
+    sync::{Mutex, PoisonError},
 };
 
 use anyhow::Context as _;
@@ -29,7 +30,9 @@ use crate::{
             socket_netns_cookie, NetnsRef, WayIn,
         },
         procfd::{fd_path, fds, path_of, Link, Pidfd},
-        sockets::{describe, namespace_socket_inodes, socket_netns, SocketInfo},
+        sockets::{
+            describe, namespace_socket_inodes, socket_netns, SocketInfo, SOCKET_TABLE_TIERS,
+        },
     },
     text::escape,
 };
@@ -448,7 +451,7 @@ impl Scan {
         &mut self,
         process: &Process,
         mount_points: &HashSet<Vec<u8>>,
-        tables: Option<&HashMap<u64, HashSet<u64>>>,
+        tables: Option<&SocketTables>,
     ) {
         let pid = process.pid;
         // The pidfd comes first: if the process is still alive after its fds were listed, the
@@ -459,7 +462,6 @@ impl Scan {
         let Some(pidfd) = pidfd.ok().filter(Pidfd::alive) else {
             return;
         };
-        let own_sockets = tables.map(|t| t.get(&process.net));
         let mut comm = None;
         for (fd, link) in fds {
             let inode = match link {
@@ -469,9 +471,9 @@ impl Scan {
                 }
                 Link::Other(_) => None,
                 Link::Socket(socket) => {
-                    match own_sockets {
+                    match tables {
                         None => continue,
-                        Some(own) if own.is_some_and(|t| t.contains(&socket)) => continue,
+                        Some(tables) if tables.lists(process.net, socket) => continue,
                         Some(_) => {}
                     }
                     let socket = match pidfd.get_fd(fd) {
@@ -551,7 +553,7 @@ impl Scan {
         &mut self,
         processes: &[Process],
         mount_points: &HashSet<Vec<u8>>,
-        tables: Option<&HashMap<u64, HashSet<u64>>>,
+        tables: Option<&SocketTables>,
     ) {
         let own = std::process::id();
         for process in processes {
@@ -584,20 +586,61 @@ fn processes() -> Vec<Process> {
         .collect()
 }
 
-/// The socket inodes each namespace lists, read through the first of its processes that stays
-/// in it while its tables are read.
-fn socket_tables(processes: &[Process]) -> HashMap<u64, HashSet<u64>> {
-    let mut tables = HashMap::new();
-    for p in processes {
-        if tables.contains_key(&p.net) {
-            continue;
+/// The socket inodes each namespace lists, read when a socket fd must be placed, one tier of
+/// tables after the other (TCP's, the costly one, only when the others do not list it),
+/// through the first of the namespace's processes that stays in it while they are read.
+struct SocketTables {
+    namespaces: HashMap<u64, Mutex<Listing>>,
+}
+
+/// One namespace's tables as far as read.
+struct Listing {
+    /// Processes inside, to read them through.
+    pids: Vec<u32>,
+    inodes: HashSet<u64>,
+    /// Tiers of [`SOCKET_TABLE_TIERS`] read.
+    tiers_read: usize,
+}
+
+impl SocketTables {
+    fn new(processes: &[Process]) -> Self {
+        let mut namespaces: HashMap<u64, Mutex<Listing>> = HashMap::new();
+        for p in processes {
+            let listing = namespaces.entry(p.net).or_insert_with(|| {
+                Mutex::new(Listing {
+                    pids: Vec::new(),
+                    inodes: HashSet::new(),
+                    tiers_read: 0,
+                })
+            });
+            listing
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pids
+                .push(p.pid);
         }
-        let inodes = namespace_socket_inodes(p.pid);
-        if net_ns_of(p.pid) == Some(p.net) {
-            tables.insert(p.net, inodes);
-        }
+        Self { namespaces }
     }
-    tables
+
+    /// Whether namespace `net`'s tables list `socket`.
+    fn lists(&self, net: u64, socket: u64) -> bool {
+        let Some(listing) = self.namespaces.get(&net) else {
+            return false;
+        };
+        let mut listing = listing.lock().unwrap_or_else(PoisonError::into_inner);
+        while !listing.inodes.contains(&socket) {
+            let Some(tier) = SOCKET_TABLE_TIERS.get(listing.tiers_read) else {
+                return false;
+            };
+            listing.tiers_read += 1;
+            let through = listing.pids.iter().find_map(|&pid| {
+                let inodes = namespace_socket_inodes(pid, tier);
+                (net_ns_of(pid) == Some(net)).then_some(inodes)
+            });
+            listing.inodes.extend(through.unwrap_or_default());
+        }
+        true
+    }
 }
 
 /// What the scan found, and how many sockets it could not look at.
@@ -620,7 +663,7 @@ fn scan(sockets: bool) -> Scanned {
     let mut found: BTreeMap<u64, Found> = BTreeMap::new();
     let processes = processes();
     let mount_points = bind_mounts(&processes, &mut found);
-    let tables = sockets.then(|| socket_tables(&processes));
+    let tables = sockets.then(|| SocketTables::new(&processes));
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_THREADS);
