@@ -172,6 +172,7 @@ fn full_table(tag: &str, nft_family: &str, flows: &'static [Ends]) {
     let run = TracerRun::start(&[
         "conntrack-drops",
         "--json",
+        "--hook",
         "--netns",
         &ns.inode().to_string(),
     ]);
@@ -204,6 +205,8 @@ fn full_table(tag: &str, nft_family: &str, flows: &'static [Ends]) {
     for e in &full {
         assert_eq!(e["ct_max"], max, "{e}");
         assert_eq!(e["ct_count"], max, "{e}");
+        // A local packet's entry is made on the output hook, where the full table refuses it.
+        assert_eq!(e["hook"], "output", "{e}");
         let src_host = |bind: &str| bind.trim_end_matches(":0").to_string() + ":";
         assert!(
             flows.iter().any(|(bind, to)| e["dst"] == *to
@@ -261,6 +264,12 @@ fn a_mixed_ipv4_and_ipv6_flood_is_reported_in_full_or_the_shortfall_is_counted()
     for to in [V4_FLOW.1, V6_FLOW.1] {
         assert!(events.iter().any(|e| e["dst"] == to), "no drop to {to}");
     }
+    // Without --hook, no stack is taken and no hook named.
+    assert!(
+        events.iter().all(|e| e.get("hook").is_none()),
+        "{:#}",
+        events[0]
+    );
 }
 
 #[test]

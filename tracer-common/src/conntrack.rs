@@ -95,4 +95,7 @@ pub struct ConntrackConfig {
     /// the buffers above.
     pub tuple_size: u32,
     pub stat_size: u32,
+    /// Non-zero: each drop carries its kernel stack, which names the netfilter hook (a stack
+    /// walk per drop, a few times what the rest costs: asked for, not by default).
+    pub stack: u32,
 }

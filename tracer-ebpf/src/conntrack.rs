@@ -31,6 +31,7 @@ static CONNTRACK_CONFIG: ConntrackConfig = ConntrackConfig {
     netns_inum: 0,
     tuple_size: 0,
     stat_size: 0,
+    stack: 0,
 };
 
 macro_rules! config {
@@ -244,15 +245,17 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 
     read_packet(skb, &mut ev.packet);
     ev.stack = [0; STACK_FRAMES];
-    // SAFETY: the helper writes at most the buffer's size; a failure leaves it zeroed.
-    let _ = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            ev.stack.as_mut_ptr().cast(),
-            core::mem::size_of_val(&ev.stack) as u32,
-            0,
-        )
-    };
+    if config!(stack) != 0 {
+        // SAFETY: the helper writes at most the buffer's size; a failure leaves it zeroed.
+        let _ = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                ev.stack.as_mut_ptr().cast(),
+                core::mem::size_of_val(&ev.stack) as u32,
+                0,
+            )
+        };
+    }
     submit(entry);
     0
 }

@@ -92,6 +92,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 net: args.net,
                 conntrack_only: args.conntrack_only,
                 workload: args.pods.selector(),
+                hook: args.hook,
             };
             let (mut tracer, session) =
                 prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;

@@ -555,6 +555,11 @@ pub fn recording(
         "--probe (record probes from pods' namespaces only: `tracer probe` takes --netns and \
          --all-netns)",
     )?;
+    // As `tracer probe`: the explanations name the hook (the recording's drops do too).
+    let conntrack = ConntrackOptions {
+        hook: true,
+        ..conntrack
+    };
     let conntrack = ConntrackTracer::new(btf, conntrack, identities)?;
     let mut prober = Prober::new(conntrack, jobs, &options);
     prober.writes_drops = true;
@@ -566,7 +571,13 @@ pub fn recording(
 pub fn run(options: ProbeOptions) -> Result<ExitCode> {
     let (mut prober, session) = prepare(|btf, identities| {
         let jobs = select(&options, identities)?;
-        let conntrack = ConntrackTracer::new(btf, ConntrackOptions::default(), identities)?;
+        // A failed probe's explanation names the hook: the stack walk is paid only for the
+        // few drops a scan causes.
+        let drops = ConntrackOptions {
+            hook: true,
+            ..Default::default()
+        };
+        let conntrack = ConntrackTracer::new(btf, drops, identities)?;
         Ok(Prober::new(conntrack, jobs, &options))
     })?;
     eprintln!(

@@ -83,6 +83,8 @@ pub struct ConntrackOptions {
     /// Only drops in the network namespaces of these pods (`--pod`, `--workload`,
     /// `--namespace`).
     pub workload: Selector,
+    /// Name each drop's netfilter hook (`--hook`): the kernel program copies the drop's stack.
+    pub hook: bool,
 }
 
 /// Parses `--proto`.
@@ -205,16 +207,22 @@ impl ConntrackTracer {
             })
             .collect();
         let newest_at_start = at_start.values().map(|s| s.cookie).max().unwrap_or(0);
+        let hooks = if options.hook {
+            HookCallers::from_kallsyms()
+        } else {
+            HookCallers::default()
+        };
         Ok(Self {
             config: ConntrackConfig {
                 netfilter_drop_reason,
                 netns_inum: options.netns.unwrap_or(0),
                 tuple_size: tuple_layout.size,
                 stat_size: stat_layout.size,
+                stack: options.hook.into(),
             },
             options,
             clock: Clock::new(),
-            hooks: HookCallers::from_kallsyms(),
+            hooks,
             tuple_layout,
             stat_layout,
             cpus,
