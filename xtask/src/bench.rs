@@ -818,7 +818,7 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         best,
         ("-", 0.0),
         "/s",
-        "",
+        ">= 550,000",
     ));
 
     // 4. Cost to the traced path.
@@ -834,7 +834,7 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         traced,
         ("no tracer", bare),
         "/s",
-        ">= 0.97",
+        ">= 0.6",
     ));
     let window = scale.window;
     let bare = net.flood(PASSING, u64::MAX, window)?;
