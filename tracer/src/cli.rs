@@ -640,8 +640,8 @@ pub struct ConntrackArgs {
     pub conntrack_only: bool,
 
     /// Name the netfilter hook that dropped each packet (`hook`: prerouting, input, forward,
-    /// output, postrouting), from the drop's kernel stack. Costs a stack walk per drop, about
-    /// 4x the kernel time of a drop without it.
+    /// output, postrouting), from the drop's kernel stack (implied by `--fields ...,hook`). Costs
+    /// a stack walk per drop, about 4x the kernel time of a drop without it.
     #[arg(long)]
     pub hook: bool,
 

@@ -92,7 +92,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 net: args.net,
                 conntrack_only: args.conntrack_only,
                 workload: args.pods.selector(),
-                hook: args.hook,
+                // Asking for the column asks for what fills it.
+                hook: args.hook || args.run.fields.iter().any(|f| f == "hook"),
             };
             let (mut tracer, session) =
                 prepare(|btf, identities| ConntrackTracer::new(btf, options, identities))?;
