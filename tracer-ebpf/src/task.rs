@@ -146,13 +146,15 @@ pub fn leader(task: Typed) -> Typed {
 /// Fills `out` with what identifies `task` and its process.
 #[inline(always)]
 pub fn fill_task_info(task: Typed, out: &mut TaskInfo) {
-    let leader = leader(task);
     out.tid = task.get::<i32>(off!(task_struct_pid)).unwrap_or(0) as u32;
     out.pid = task.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32;
     out.ns_tid = ns_nr(task);
-    out.ns_pid = ns_nr(leader);
     out.cgroup_id = cgroup_id(task);
-    out.start_ns = leader.get::<u64>(off!(task_struct_start_time)).unwrap_or(0);
     out.comm = task.get(off!(task_struct_comm)).unwrap_or([0; 16]);
+    // The leader last: the verifier walks what follows it once for the task itself (when it
+    // has no leader) and once for its leader, two pointer types it keeps apart.
+    let leader = leader(task);
+    out.ns_pid = ns_nr(leader);
+    out.start_ns = leader.get::<u64>(off!(task_struct_start_time)).unwrap_or(0);
     out.leader_comm = leader.get(off!(task_struct_comm)).unwrap_or([0; 16]);
 }
