@@ -331,8 +331,8 @@ fn component(dentry: Typed) -> [u64; EXE_NAME_LEN / 8] {
 
 /// The sender's parents, as processes (tgid, start time and leader's comm), up to pid 1.
 /// With `loop_helper` (a constant in each program) the steps run in `bpf_loop`, whose body the
-/// verifier walks until its states repeat (a few times) instead of once per parent: unrolled,
-/// the 20 steps were two thirds of the program's load time (50 of 80 ms).
+/// verifier walks until its states repeat (a few times) instead of once per parent: as a
+/// plain loop, the 20 steps were two thirds of the program's load time (50 of 80 ms).
 #[inline(always)]
 fn fill_ancestry(task: Typed, slot: &mut SenderDescription, loop_helper: bool) -> u64 {
     let mut walk = AncestryWalk {
