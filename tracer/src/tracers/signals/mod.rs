@@ -42,6 +42,11 @@ const HOOKS: &[HookSpec] = &[
                 program: "signal_generate",
                 attach: Attach::TpBtf("signal_generate"),
             },
+            // Kernels before 5.17 lack bpf_loop: the same capture, slower to load.
+            Candidate {
+                program: "signal_gen_noloop",
+                attach: Attach::TpBtf("signal_generate"),
+            },
             // Kernels before 5.15 lack bpf_task_pt_regs: senders are then not verified.
             Candidate {
                 program: "signal_gen_noregs",
