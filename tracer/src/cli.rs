@@ -112,15 +112,18 @@ pub enum Command {
     /// Network namespaces: which are alive, who holds them, what looks wrong.
     #[command(
         long_about = "Network namespaces: which are alive, who holds them, what looks wrong.\n\n\
-            Lists every network namespace held by a process (/proc/PID/ns/net) or a bind mount \
-            (ip netns, container runtimes, kubelet), with its interfaces and addresses, the \
-            processes inside (with the kernel function a process in D state waits in) and its \
-            mounts. Flags: orphaned (held only by a bind mount), stuck (a process inside has \
-            been in D state longer than --stuck-after), ip-conflict (the same address in two \
-            namespaces). Exit code 1 when a shown namespace is flagged.\n\n\
+            Lists every network namespace on the kernel's own list (net_namespace_list), with \
+            its interfaces and addresses and everything that holds it: processes inside (with \
+            the kernel function a process in D state waits in), threads that joined it, open \
+            namespace files (pid, fd), sockets made inside it (pid, fd, protocol, addresses, \
+            state), bind mounts in any mount namespace, or the kernel alone (its reference \
+            counts). Flags: orphaned (no process inside, and what holds it), stuck (a process \
+            inside has been in D state longer than --stuck-after), ip-conflict (the same \
+            address in two namespaces). Exit code 1 when a shown namespace is flagged.\n\n\
             With --watch: events as namespaces are created (clone/unshare), start and finish \
-            their teardown, and when the last process inside one exits while a bind mount keeps \
-            it alive. Events carry the inode and the never-reused net_cookie.",
+            their teardown, and when the last userspace holder of one goes (process exit, fd \
+            or socket close, unmount) while it stays alive. Events carry the inode and the \
+            never-reused net_cookie.",
         after_help = "Examples:\n  \
             tracer netns                          every namespace, flagged\n  \
             tracer netns --inode 4026532290       one namespace (flags still compare with all)\n  \
