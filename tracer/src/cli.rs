@@ -192,8 +192,8 @@ pub enum Command {
             in the containers) a TCP connect (HOST:PORT), a UDP datagram (udp://HOST:PORT; a \
             reply, equal to --expect when given, is success) or an ICMP echo (icmp://HOST). \
             Meanwhile the conntrack-drops programs are attached, and each failure is explained by \
-            the drops of its own flow: dropped by a rule in which namespace, a lost conntrack \
-            insert race, a full table; else the error (no route, refused), or no reply and no \
+            the drops of its own flow: dropped by a rule (at which netfilter hook, in which \
+            namespace), a lost conntrack insert race, a full table; else the error (no route, refused), or no reply and no \
             netfilter drop of its packets on this node (look beyond the node; or records \
             were lost, which the line says). A pod with hostNetwork has no namespace \
             of its own: the node's is probed once for all of them.\n\n\
