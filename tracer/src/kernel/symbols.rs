@@ -1,61 +1,79 @@
 //! What the kernel publishes about itself besides BTF: function addresses (/proc/kallsyms) and
 //! the record layout of classic tracepoints (their tracefs `format` files).
 
-use std::path::Path;
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader},
+    path::Path,
+};
 
 use anyhow::{anyhow, Context as _, Result};
 
 use super::preflight::TRACEFS;
 
-/// The symbols of the text of /proc/kallsyms (`addr type name`). Zero addresses
-/// (kptr_restrict hides them from the unprivileged) count as unknown.
-fn symbols(kallsyms: &str) -> Vec<(u64, &str, &str)> {
-    kallsyms
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
-            Some((addr, fields.next()?, fields.next()?))
+/// `[start, end)` of each of `names` that is a function in `kallsyms` (its text: `addr type
+/// name` lines), in the order of `names`: it ends where the next symbol in address order
+/// starts, wherever that is listed. Zero addresses (kptr_restrict hides them from the
+/// unprivileged) count as unknown. Only the addresses are kept while reading (the file is
+/// several MiB of text: kept whole, it set the peak RSS of a start).
+fn ranges_in<'a>(
+    mut kallsyms: impl BufRead,
+    names: &[&'a str],
+) -> io::Result<Vec<(&'a str, u64, u64)>> {
+    let mut addresses = Vec::new();
+    let mut starts: Vec<Option<u64>> = vec![None; names.len()];
+    let mut line = String::new();
+    while {
+        line.clear();
+        kallsyms.read_line(&mut line)? != 0
+    } {
+        let mut fields = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(symbol)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        addresses.push(addr);
+        if addr != 0 && matches!(kind, "t" | "T") {
+            if let Some(i) = names.iter().position(|n| *n == symbol) {
+                starts[i].get_or_insert(addr);
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(starts)
+        .filter_map(|(name, start)| {
+            let start = start?;
+            let end = addresses.iter().copied().filter(|&a| a > start).min()?;
+            Some((*name, start, end))
         })
-        .collect()
-}
-
-/// `[start, end)` of the kernel function `name` among `symbols`: it ends where the next
-/// symbol starts.
-fn range_of(symbols: &[(u64, &str, &str)], name: &str) -> Option<(u64, u64)> {
-    let start = symbols
-        .iter()
-        .find(|(addr, kind, symbol)| *addr != 0 && matches!(*kind, "t" | "T") && *symbol == name)?
-        .0;
-    let end = symbols
-        .iter()
-        .map(|(addr, _, _)| *addr)
-        .filter(|&addr| addr > start)
-        .min()?;
-    Some((start, end))
-}
-
-/// `[start, end)` of the kernel function `name` from the text of /proc/kallsyms.
-fn find_function(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
-    range_of(&symbols(kallsyms), name)
-}
-
-/// `[start, end)` of the kernel function `name`.
-pub fn function_range(name: &str) -> Result<(u64, u64)> {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-    find_function(&kallsyms, name)
-        .ok_or_else(|| anyhow!("/proc/kallsyms has no address for function `{name}`"))
+        .collect())
 }
 
 /// `[start, end)` of each of the kernel functions `names` that /proc/kallsyms has (a function
-/// the compiler inlined everywhere has none), read once.
+/// the compiler inlined everywhere has none), in one read of it (the kernel formats each read
+/// anew: about 40 ms).
 pub fn function_ranges<'a>(names: &[&'a str]) -> Result<Vec<(&'a str, u64, u64)>> {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-    let symbols = symbols(&kallsyms);
-    Ok(names
-        .iter()
-        .filter_map(|name| range_of(&symbols, name).map(|(start, end)| (*name, start, end)))
-        .collect())
+    let file = File::open("/proc/kallsyms").context("opening /proc/kallsyms")?;
+    ranges_in(BufReader::with_capacity(256 << 10, file), names).context("reading /proc/kallsyms")
+}
+
+/// `[start, end)` of each of the kernel functions `names`, all of them or an error naming the
+/// first missing.
+pub fn all_function_ranges<const N: usize>(names: [&str; N]) -> Result<[(u64, u64); N]> {
+    let found = function_ranges(&names)?;
+    let mut ranges = [(0, 0); N];
+    for (range, name) in ranges.iter_mut().zip(names) {
+        let (_, start, end) = found
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .ok_or_else(|| anyhow!("/proc/kallsyms has no address for function `{name}`"))?;
+        *range = (*start, *end);
+    }
+    Ok(ranges)
 }
 
 /// Offset of `field` in a tracepoint record, from the text of its `format` file
@@ -97,13 +115,16 @@ mod tests {
                         ffffffff81e523c0 t cleanup_net\n\
                         ffffffff82000000 d cleanup_list\n\
                         0000000000000000 t hidden";
-        // It ends where the next symbol in address order starts, wherever that is listed.
+        let names = ["cleanup_net", "cleanup_list", "hidden", "net_drop_ns"];
+        // It ends where the next symbol in address order starts, wherever that is listed; the
+        // last one has nothing after it.
         assert_eq!(
-            find_function(kallsyms, "cleanup_net"),
-            Some((0xffffffff81e523c0, 0xffffffff81e52710))
+            ranges_in(kallsyms.as_bytes(), &names).unwrap(),
+            [
+                ("cleanup_net", 0xffffffff81e523c0, 0xffffffff81e52710),
+                ("net_drop_ns", 0xffffffff81e52710, 0xffffffff82000000)
+            ]
         );
-        assert_eq!(find_function(kallsyms, "cleanup_list"), None);
-        assert_eq!(find_function(kallsyms, "hidden"), None);
     }
 
     #[test]

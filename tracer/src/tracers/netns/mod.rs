@@ -120,10 +120,8 @@ pub struct NetnsTracer {
 /// hooks that need them then fail to attach or stay silent), so they are logged, not fatal.
 fn kernel_config() -> NetnsConfig {
     let mut config = NetnsConfig::default();
-    match symbols::function_range("cleanup_net")
-        .and_then(|c| Ok((c, symbols::function_range("net_passive_dec")?)))
-    {
-        Ok(((start, end), (dec_start, dec_end))) => {
+    match symbols::all_function_ranges(["cleanup_net", "net_passive_dec"]) {
+        Ok([(start, end), (dec_start, dec_end)]) => {
             (config.cleanup_net, config.cleanup_net_end) = (start, end);
             (config.passive_dec, config.passive_dec_end) = (dec_start, dec_end);
         }
