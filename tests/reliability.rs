@@ -540,6 +540,13 @@ fn hostile_clients_against(served: Served, to: SocketAddr, address: &str) {
     settle_open(&many, MAX_CONNECTIONS - over);
     assert!(fds_of(pid) <= fds_before + MAX_CONNECTIONS + 2);
     drop(many);
+    // Their slots are free once the server has read their ends: until then the total cap is
+    // still reached, and the loopback clients below would all be refused.
+    wait_for(
+        "the server to let go of the dropped connections",
+        Duration::from_secs(10),
+        || (fds_of(pid) <= fds_before + 2 * MAX_PER_PEER + 2).then_some(()),
+    );
 
     // Loopback sources are one client: of one connection from each of 2 × 16 of them, 16
     // stay open.
