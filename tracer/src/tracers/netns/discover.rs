@@ -594,6 +594,7 @@ struct SocketTables {
 }
 
 /// One namespace's tables as far as read.
+#[derive(Default)]
 struct Listing {
     /// Processes inside, to read them through.
     pids: Vec<u32>,
@@ -606,14 +607,9 @@ impl SocketTables {
     fn new(processes: &[Process]) -> Self {
         let mut namespaces: HashMap<u64, Mutex<Listing>> = HashMap::new();
         for p in processes {
-            let listing = namespaces.entry(p.net).or_insert_with(|| {
-                Mutex::new(Listing {
-                    pids: Vec::new(),
-                    inodes: HashSet::new(),
-                    tiers_read: 0,
-                })
-            });
-            listing
+            namespaces
+                .entry(p.net)
+                .or_default()
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pids
