@@ -297,10 +297,17 @@ pub struct RunArgs {
     pub count: Option<u64>,
 
     /// Size of the kernel-to-userspace ring buffer in MiB (a power of two). Raise it if the
-    /// summary reports lost events.
-    #[arg(long, default_value_t = 8, value_name = "MIB", value_parser = parse_buffer_mb)]
-    pub buffer_mb: u32,
+    /// summary reports lost events. Default: 8, or 2 for `signals --pid` (one process
+    /// receives few signals; the buffer's pages are resident twice, so it is most of the
+    /// tracer's memory).
+    #[arg(long, value_name = "MIB", value_parser = parse_buffer_mb)]
+    pub buffer_mb: Option<u32>,
 }
+
+/// `--buffer-mb`'s default.
+pub const DEFAULT_BUFFER_MB: u32 = 8;
+/// `--buffer-mb`'s default when the kernel passes on the signals of one process only.
+pub const ONE_PROCESS_BUFFER_MB: u32 = 2;
 
 /// `--listen`: `ADDR:PORT`, an IPv6 address with or without brackets (`fd00::1:9435`, as
 /// `$(HOST_IP):9435` gives on an IPv6 node).
@@ -322,8 +329,8 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 
 impl RunArgs {
     /// The run these options ask for, in the session's terms, for a command whose events are
-    /// `E`s.
-    pub fn config<E: Event>(&self) -> anyhow::Result<RunConfig> {
+    /// `E`s and whose ring buffer is `default_buffer_mb` unless `--buffer-mb` says otherwise.
+    pub fn config<E: Event>(&self, default_buffer_mb: u32) -> anyhow::Result<RunConfig> {
         let chosen = match (self.json, self.output) {
             (true, _) => Some(OutputFormat::Json),
             (false, chosen) => chosen,
@@ -348,7 +355,7 @@ impl RunArgs {
                 duration: self.duration,
                 count: self.count,
             },
-            buffer_mb: self.buffer_mb,
+            buffer_mb: self.buffer_mb.unwrap_or(default_buffer_mb),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! with its candidates in order of preference; the first candidate this kernel accepts is used,
 //! and what happened to the others is kept for `tracer doctor` and `--verbose`.
 
-use std::{fmt, path::Path};
+use std::{collections::HashMap, fmt, path::Path};
 
 use anyhow::{anyhow, Result};
 use aya::{
@@ -11,14 +11,13 @@ use aya::{
         TracePoint,
     },
     sys::SyscallError,
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 
 use tracer_common::offsets::KernelOffsets;
 
 use crate::kernel::{
-    attach_btf::{self, Target},
-    btf::KernelBtf,
+    btf::{KernelBtf, NamedKind},
     offsets, preflight,
 };
 
@@ -93,40 +92,62 @@ pub struct LoadOptions<'a> {
 }
 
 /// What loading needs from the running kernel's BTF: the struct offsets the programs read, and
-/// the types aya looks up to attach `hooks` (see `kernel::attach_btf`). The `KernelBtf` can be
-/// dropped once this is built.
+/// the ids of the types `tp_btf` and `fexit` programs attach to (`btf_trace_<tracepoint>` or
+/// the function), by name. The `KernelBtf` can be dropped once this is built.
 pub struct KernelContext {
     offsets: KernelOffsets,
-    btf: Btf,
+    attach_ids: HashMap<String, u32>,
 }
 
 impl KernelContext {
     pub fn new(btf: &KernelBtf, hooks: &[HookSpec]) -> Result<Self> {
-        let mut targets: Vec<Target<'_>> = hooks
+        let mut targets: Vec<(String, NamedKind)> = hooks
             .iter()
             .flat_map(|spec| spec.candidates)
             .filter_map(|c| match c.attach {
-                Attach::TpBtf(name) => Some(Target::Tracepoint(name)),
+                Attach::TpBtf(name) => Some((tracepoint_type(name), NamedKind::Typedef)),
                 Attach::TracePoint(..) => None,
             })
             .collect();
-        targets.push(Target::Function(FEXIT_PROBE_TARGET));
+        targets.push((FEXIT_PROBE_TARGET.to_string(), NamedKind::Func));
+        let mut attach_ids = HashMap::new();
+        for (name, kind) in targets {
+            // The first, as aya's lookup by name takes; a name this kernel lacks is left out
+            // and its program fails to load (see `attach_id`).
+            if let Some(&id) = btf.ids_of(&name, kind)?.iter().min() {
+                attach_ids.insert(name, id);
+            }
+        }
         let kernel = Self {
             offsets: offsets::resolve(btf)?,
-            btf: attach_btf::minimal(btf, &targets)?,
+            attach_ids,
         };
         // Every command asks the BTF its last question here.
         btf.remember();
         Ok(kernel)
     }
+
+    /// The kernel BTF id of `type_name`, looked up in `new`.
+    fn attach_id(&self, type_name: &str) -> Result<u32> {
+        self.attach_ids
+            .get(type_name)
+            .copied()
+            .ok_or_else(|| anyhow!("not found in this kernel (its BTF has no {type_name})"))
+    }
+}
+
+/// The typedef a `tp_btf` program for `tracepoint` attaches to.
+fn tracepoint_type(tracepoint: &str) -> String {
+    format!("btf_trace_{tracepoint}")
 }
 
 /// Opens the object with this kernel's offsets and the given globals.
 pub fn open(kernel: &KernelContext, options: LoadOptions<'_>) -> Result<Ebpf> {
     preflight::raise_memlock_limit();
-    // The loader reads the kernel's BTF itself (aya always does); `kernel.btf` is only for
-    // attaching.
-    let mut loader = EbpfLoader::new();
+    // No BTF for relocations: the programs have none (aya has no CO-RE for Rust programs;
+    // offsets come from OFFSETS). `EbpfLoader::new` would parse the whole kernel BTF anyway:
+    // 12 of the 57 ms `signals --pid` took to start (strace).
+    let mut loader = EbpfLoader::with_btf(None);
     loader
         .override_global("OFFSETS", &kernel.offsets, true)
         .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes);
@@ -209,7 +230,9 @@ fn attach_candidate(ebpf: &mut Ebpf, candidate: &Candidate, kernel: &KernelConte
     match candidate.attach {
         Attach::TpBtf(name) => {
             let program: &mut BtfTracePoint = program.try_into()?;
-            program.load(name, &kernel.btf).map_err(explain)?;
+            program
+                .load_by_id(kernel.attach_id(&tracepoint_type(name))?)
+                .map_err(explain)?;
             program.attach().map_err(explain)?;
         }
         Attach::TracePoint(category, name) => {
@@ -317,7 +340,7 @@ pub fn probe_features(kernel: &KernelContext) -> Vec<FeatureProbe> {
             globals: Vec::new(),
         },
     )
-    .and_then(|mut ebpf| probe_fexit(&mut ebpf, &kernel.btf))
+    .and_then(|mut ebpf| probe_fexit(&mut ebpf, kernel))
     {
         Ok(()) => FeatureProbe {
             feature: "fentry/fexit",
@@ -343,12 +366,14 @@ pub fn probe_features(kernel: &KernelContext) -> Vec<FeatureProbe> {
     probes
 }
 
-fn probe_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+fn probe_fexit(ebpf: &mut Ebpf, kernel: &KernelContext) -> Result<()> {
     let program: &mut FExit = ebpf
         .program_mut("probe_fexit")
         .ok_or_else(|| anyhow!("probe_fexit is not in the object"))?
         .try_into()?;
-    program.load(FEXIT_PROBE_TARGET, btf).map_err(explain)?;
+    program
+        .load_by_id(kernel.attach_id(FEXIT_PROBE_TARGET)?)
+        .map_err(explain)?;
     Ok(())
 }
 
@@ -399,5 +424,43 @@ mod explain_tests {
         // An errno the kernel did not give (a message that merely mentions one) is not taken.
         let other = said(ProgramError::NotLoaded);
         assert!(!other.contains("EPERM"), "{other}");
+    }
+}
+
+#[cfg(test)]
+mod attach_id_tests {
+    use aya_obj::btf::BtfKind;
+
+    use super::*;
+
+    /// The ids programs are loaded by are the ones aya's own lookup by name finds in the
+    /// whole kernel BTF.
+    #[test]
+    fn attach_ids_are_what_aya_finds_by_name() {
+        let btf = KernelBtf::from_file(Path::new(crate::kernel::btf::VMLINUX_BTF));
+        let spec = HookSpec {
+            purpose: "test",
+            candidates: &[Candidate {
+                program: "signal_generate",
+                attach: Attach::TpBtf("signal_generate"),
+            }],
+            required: true,
+        };
+        let kernel = KernelContext::new(&btf, &[spec]).unwrap();
+        let full = aya::Btf::from_sys_fs().unwrap();
+        for (name, kind) in [
+            ("btf_trace_signal_generate", BtfKind::Typedef),
+            (FEXIT_PROBE_TARGET, BtfKind::Func),
+        ] {
+            assert_eq!(
+                kernel.attach_id(name).unwrap(),
+                full.id_by_type_name_kind(name, kind).unwrap(),
+                "{name}"
+            );
+        }
+        let missing = kernel
+            .attach_id("btf_trace_no_such_tracepoint")
+            .unwrap_err();
+        assert!(format!("{missing}").starts_with("not found in this kernel"));
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser as _;
 
 use tracer::{
-    cli::{Cli, Command},
+    cli::{self, Cli, Command},
     docs, doctor, enrich,
     enrich::selector::Selector,
     output, probe, record, report, serve, session,
@@ -58,7 +58,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     enrich::metadata::configure_containerd_state(cli.containerd_state);
     match cli.command {
         Command::Signals(args) => {
-            let run = args.run.config::<signals::SignalRecord>()?;
+            let buffer_mb = if args.pid.is_some() {
+                cli::ONE_PROCESS_BUFFER_MB
+            } else {
+                cli::DEFAULT_BUFFER_MB
+            };
+            let run = args.run.config::<signals::SignalRecord>(buffer_mb)?;
             let options = SignalsOptions {
                 pid: args.pid,
                 sender_pid: args.sender_pid,
@@ -78,7 +83,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ConntrackDrops(args) => {
-            let run = args.run.config::<conntrack::ConntrackDrop>()?;
+            let run = args
+                .run
+                .config::<conntrack::ConntrackDrop>(cli::DEFAULT_BUFFER_MB)?;
             let proto = args
                 .proto
                 .as_deref()
@@ -101,7 +108,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) if args.watch => {
-            let run = args.run.config::<netns::NetnsRecord>()?;
+            let run = args
+                .run
+                .config::<netns::NetnsRecord>(cli::DEFAULT_BUFFER_MB)?;
             let (mut tracer, session) = prepare(|_, identities| {
                 Ok(NetnsTracer::new(identities).only(args.pods.selector()))
             })?;
@@ -109,7 +118,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
-            format: args.run.config::<NamespaceReport>()?.format,
+            format: args
+                .run
+                .config::<NamespaceReport>(cli::DEFAULT_BUFFER_MB)?
+                .format,
             workload: args.pods.selector(),
             inodes: args.inode,
             stuck_after: args.stuck_after,

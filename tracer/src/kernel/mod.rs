@@ -1,7 +1,6 @@
 //! What the loader needs to know about the running kernel: struct layouts from BTF, and the
 //! capabilities (privileges, tracefs, which hooks load) that decide which programs can run.
 
-pub mod attach_btf;
 pub mod btf;
 pub mod btf_cache;
 pub mod mountinfo;
