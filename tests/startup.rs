@@ -1,6 +1,6 @@
-//! Start-up with the cache of kernel BTF facts (`TRACER_BTF_CACHE`): a cold start writes it, a
-//! warm one reads it and reports the same events, and an entry for another BTF or a damaged
-//! one is ignored and rewritten, never used.
+//! Start-up with the cache of kernel facts (`TRACER_BTF_CACHE`): a cold start writes it, a
+//! warm one reads it and reports the same events, and an entry for another BTF (or, for
+//! function addresses, another boot) or a damaged one is ignored and rewritten, never used.
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
@@ -53,7 +53,7 @@ fn body(entry: &[u8]) -> Value {
 /// An entry with `body`, checksummed as the tracer does, so that only its content can refuse it.
 fn signed(body: &Value) -> Vec<u8> {
     let body = serde_json::to_vec(body).unwrap();
-    let mut entry = format!("tracer-btf-facts 1 {:032x}\n", xxh3_128(&body)).into_bytes();
+    let mut entry = format!("tracer-facts 2 {:032x}\n", xxh3_128(&body)).into_bytes();
     entry.extend(body);
     entry
 }
@@ -110,6 +110,80 @@ fn an_entry_for_another_btf_or_a_damaged_one_is_ignored_and_rewritten() {
         let stderr = traced_signal(&cache);
         assert!(stderr.contains("cache not used"), "{what}: {stderr}");
         assert!(stderr.contains("facts written to"), "{what}: {stderr}");
+        assert_eq!(
+            std::fs::read(&entry).unwrap(),
+            good,
+            "{what}: not rewritten"
+        );
+    }
+}
+
+/// `cleanup_net`'s address and the next symbol's, as /proc/kallsyms lists them now.
+fn cleanup_net_range() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/kallsyms").expect("/proc/kallsyms");
+    let mut addresses: Vec<u64> = Vec::new();
+    let mut start = None;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let addr = u64::from_str_radix(addr, 16).expect("a hex address");
+        addresses.push(addr);
+        if name == "cleanup_net" && matches!(kind, "t" | "T") {
+            start = Some(addr);
+        }
+    }
+    let start = start.expect("cleanup_net in /proc/kallsyms");
+    let end = addresses.into_iter().filter(|&a| a > start).min().unwrap();
+    (start, end)
+}
+
+/// Starts and stops `netns --watch` (whose programs compare with `cleanup_net`'s address)
+/// with the cache in `dir`; returns its stderr up to "ready".
+fn watch_once(dir: &Path) -> String {
+    let mut command = tracer_command();
+    command
+        .env("TRACER_BTF_CACHE", dir)
+        .args(["-v", "netns", "--watch", "--json"]);
+    let run = TracerRun::start_command(command);
+    let stderr = run.stderr_lines().join("\n");
+    let out = run.stop();
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    stderr
+}
+
+#[test]
+fn function_addresses_are_cached_for_this_boot_only() {
+    let dir = TempDir::new("kallsyms-cache");
+    let cache = dir.0.join("cache");
+    let entry = cache.join("kallsyms-facts");
+    let (start, end) = cleanup_net_range();
+
+    watch_once(&cache);
+    let good = std::fs::read(&entry).expect("the kallsyms entry");
+    let range = &body(&good)["facts"]["function cleanup_net"]["range"];
+    assert_eq!(range[0], start, "{range}");
+    assert_eq!(range[1], end, "{range}");
+    let warm = watch_once(&cache);
+    assert!(!warm.contains("kallsyms: cache not used"), "{warm}");
+    assert_eq!(std::fs::read(&entry).unwrap(), good);
+
+    // Another boot's entry (KASLR moves every function): its addresses are never used.
+    let mut other = body(&good);
+    other["identity"] = Value::from("0123456789abcdef0123456789abcdef");
+    other["facts"]["function cleanup_net"]["range"] = Value::from(vec![start + 64, end + 64]);
+    for (what, bytes) in [
+        ("another boot's entry", signed(&other)),
+        ("a truncated entry", good[..good.len() / 2].to_vec()),
+    ] {
+        std::fs::write(&entry, &bytes).unwrap();
+        let stderr = watch_once(&cache);
+        assert!(
+            stderr.contains("kallsyms: cache not used"),
+            "{what}: {stderr}"
+        );
         assert_eq!(
             std::fs::read(&entry).unwrap(),
             good,

@@ -1,6 +1,6 @@
 //! Struct layouts, enum values and type ids of the running kernel, read from its BTF.
 //!
-//! Every answer is kept in a [`Facts`] map, which `kernel::btf_cache` keeps between runs for
+//! Every answer is kept in a [`Facts`] map, which `kernel::fact_cache` keeps between runs for
 //! the same BTF: a start whose questions were all answered before parses nothing.
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Backend, Btf, Type};
 
-use super::btf_cache::{Answer, Cache, Facts, Identity};
+use super::fact_cache::{Answer, Cache, Facts, Identity, BTF_FILE};
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -38,7 +38,7 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    /// The running kernel's BTF, with the answers cached for it (see `kernel::btf_cache`), or
+    /// The running kernel's BTF, with the answers cached for it (see `kernel::fact_cache`), or
     /// says what is missing.
     pub fn from_sys_fs() -> Result<Self> {
         let path = Path::new(VMLINUX_BTF);
@@ -54,7 +54,7 @@ impl KernelBtf {
         })?;
         Ok(Self::with_cache(
             path,
-            Cache::configured(Identity::of(&bytes)),
+            Cache::configured(BTF_FILE, Identity::of(&bytes)),
         ))
     }
 
@@ -136,7 +136,7 @@ impl KernelBtf {
         match answer {
             Answer::Value(v) => T::try_from(v).map_err(|_| anyhow!("BTF value {v} out of range")),
             Answer::Missing(why) => Err(anyhow!(why)),
-            Answer::Ids(_) => bail!("BTF answer of the wrong kind"),
+            Answer::Ids(_) | Answer::Range(..) => bail!("BTF answer of the wrong kind"),
         }
     }
 
@@ -461,7 +461,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tracer-btf-facts-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bytes = std::fs::read(VMLINUX_BTF).unwrap();
-        let cache = || Some(Cache::in_dir(dir.clone(), Identity::of(&bytes)));
+        let cache = || Some(Cache::in_dir(dir.clone(), BTF_FILE, Identity::of(&bytes)));
         let cold = KernelBtf::with_cache(Path::new(VMLINUX_BTF), cache());
         let parsed = ask_everything(&cold);
         cold.remember();

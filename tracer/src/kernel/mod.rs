@@ -2,7 +2,7 @@
 //! capabilities (privileges, tracefs, which hooks load) that decide which programs can run.
 
 pub mod btf;
-pub mod btf_cache;
+pub mod fact_cache;
 pub mod mountinfo;
 pub mod netns;
 pub mod offsets;

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 
-use super::preflight::TRACEFS;
+use super::{
+    fact_cache::{Answer, Cache, Facts, Identity, KALLSYMS_FILE},
+    preflight::TRACEFS,
+};
 
 /// `[start, end)` of each of `names` that is a function in `kallsyms` (its text: `addr type
 /// name` lines), in the order of `names`: it ends where the next symbol in address order
@@ -54,11 +57,60 @@ fn ranges_in<'a>(
 }
 
 /// `[start, end)` of each of the kernel functions `names` that /proc/kallsyms has (a function
-/// the compiler inlined everywhere has none), in one read of it (the kernel formats each read
-/// anew: about 40 ms).
+/// the compiler inlined everywhere has none). The answers are kept for this boot (see
+/// `kernel::fact_cache`): the kernel formats the whole file anew at each read, about 40 ms
+/// of a start. Names the cache lacks are looked up in one read.
 pub fn function_ranges<'a>(names: &[&'a str]) -> Result<Vec<(&'a str, u64, u64)>> {
-    let file = File::open("/proc/kallsyms").context("opening /proc/kallsyms")?;
-    ranges_in(BufReader::with_capacity(256 << 10, file), names).context("reading /proc/kallsyms")
+    let cache = boot_id().and_then(|id| Cache::configured(KALLSYMS_FILE, Identity::of(&id)));
+    let mut known = match cache.as_ref().map(Cache::load) {
+        Some(Ok(facts)) => facts,
+        Some(Err(e)) => {
+            log::info!("kallsyms: cache not used: {e:#}");
+            Facts::new()
+        }
+        None => Facts::new(),
+    };
+    let unknown: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| !known.contains_key(&question(name)))
+        .collect();
+    if !unknown.is_empty() {
+        let file = File::open("/proc/kallsyms").context("opening /proc/kallsyms")?;
+        let found = ranges_in(BufReader::with_capacity(256 << 10, file), &unknown)
+            .context("reading /proc/kallsyms")?;
+        for name in &unknown {
+            let answer = match found.iter().find(|(n, _, _)| n == name) {
+                Some(&(_, start, end)) => Answer::Range(start, end),
+                None => Answer::Missing(format!("/proc/kallsyms has no function `{name}`")),
+            };
+            known.insert(question(name), answer);
+        }
+        // Hidden addresses (all zero, kptr_restrict) say nothing about this boot: not kept.
+        if let Some(cache) = cache.filter(|_| !found.is_empty()) {
+            if let Err(e) = cache.store(&known) {
+                log::info!("kallsyms: not cached: {e:#}");
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .filter_map(|name| match known.get(&question(name)) {
+            Some(&Answer::Range(start, end)) => Some((*name, start, end)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The cache's question for function `name`.
+fn question(name: &str) -> String {
+    format!("function {name}")
+}
+
+/// This boot's id: function addresses change at every boot (KASLR), so it is the cached
+/// addresses' identity. `None` (no cache) if unreadable.
+fn boot_id() -> Option<Vec<u8>> {
+    std::fs::read("/proc/sys/kernel/random/boot_id").ok()
 }
 
 /// `[start, end)` of each of the kernel functions `names`, all of them or an error naming the

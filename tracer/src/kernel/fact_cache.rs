@@ -1,11 +1,12 @@
-//! What the tracer learned from the kernel's BTF (struct offsets, sizes, enum values, type
-//! ids), kept between runs so that a start does not parse the BTF again.
+//! What the tracer learned from the running kernel, kept between runs so that a start does
+//! not read it again: from its BTF (struct offsets, sizes, enum values, type ids), and from
+//! /proc/kallsyms (function addresses, which change at every boot).
 //!
-//! An entry is used only when it was written for the same BTF: its identity is a hash of
-//! `/sys/kernel/btf/vmlinux`'s bytes, their length and the kernel release, and the entry
-//! carries a format version and a checksum of its body. Anything else (another kernel, a
-//! truncated or altered file, a symlink, a file or directory someone else owns) is ignored,
-//! and the facts are read from the BTF and written anew.
+//! An entry is used only when it was written for the same source: its identity is a hash of
+//! `/sys/kernel/btf/vmlinux`'s bytes (or of the boot's id, for addresses), their length and
+//! the kernel release, and the entry carries a format version and a checksum of its body.
+//! Anything else (another kernel or boot, a truncated or altered file, a symlink, a file or
+//! directory someone else owns) is ignored, and the facts are read anew and written.
 
 use std::{
     collections::BTreeMap,
@@ -24,10 +25,12 @@ use xxhash_rust::xxh3::xxh3_128;
 pub const DEFAULT_DIR: &str = "/run/tracer";
 /// The directory to keep entries in instead of [`DEFAULT_DIR`]; empty: keep none.
 pub const DIR_ENV: &str = "TRACER_BTF_CACHE";
-/// The entry's file in the directory.
-const FILE: &str = "btf-facts";
+/// The entry of the facts read from BTF, in the directory.
+pub const BTF_FILE: &str = "btf-facts";
+/// The entry of the function addresses read from /proc/kallsyms.
+pub const KALLSYMS_FILE: &str = "kallsyms-facts";
 /// The first line's start: the format, whose version changes with the entry's layout.
-const MAGIC: &str = "tracer-btf-facts 1";
+const MAGIC: &str = "tracer-facts 2";
 /// Far above any real entry (a few KiB); a larger file is not read.
 const MAX_ENTRY_BYTES: u64 = 1 << 20;
 
@@ -37,6 +40,8 @@ const MAX_ENTRY_BYTES: u64 = 1 << 20;
 pub enum Answer {
     /// An offset, a size or an enum value.
     Value(u64),
+    /// A function's `[start, end)` addresses.
+    Range(u64, u64),
     /// Type ids.
     Ids(Vec<u32>),
     /// The BTF does not have it; why, in words.
@@ -46,7 +51,7 @@ pub enum Answer {
 /// Answers by question (e.g. `offset task_struct pid`).
 pub type Facts = BTreeMap<String, Answer>;
 
-/// Which BTF the facts were read from.
+/// Which BTF (or boot) the facts were read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     hash: String,
@@ -55,7 +60,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The identity of the BTF `bytes` on the running kernel.
+    /// The identity of the BTF `bytes` (or boot id) on the running kernel.
     pub fn of(bytes: &[u8]) -> Self {
         let release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
@@ -72,36 +77,41 @@ impl Identity {
 #[derive(Serialize, Deserialize)]
 struct Entry {
     identity: String,
-    btf_bytes: u64,
+    source_bytes: u64,
     release: String,
     facts: Facts,
 }
 
-/// The cache entry for one BTF identity.
+/// The cache entry of one kind (its file) for one identity.
 pub struct Cache {
     dir: PathBuf,
+    file: &'static str,
     identity: Identity,
 }
 
 impl Cache {
     /// The cache in the configured directory ([`DIR_ENV`], else [`DEFAULT_DIR`]); `None` if
     /// caching is turned off.
-    pub fn configured(identity: Identity) -> Option<Self> {
+    pub fn configured(file: &'static str, identity: Identity) -> Option<Self> {
         let dir = match std::env::var_os(DIR_ENV) {
             Some(dir) if dir.is_empty() => return None,
             Some(dir) => PathBuf::from(dir),
             None => PathBuf::from(DEFAULT_DIR),
         };
-        Some(Self::in_dir(dir, identity))
+        Some(Self::in_dir(dir, file, identity))
     }
 
-    pub fn in_dir(dir: PathBuf, identity: Identity) -> Self {
-        Self { dir, identity }
+    pub fn in_dir(dir: PathBuf, file: &'static str, identity: Identity) -> Self {
+        Self {
+            dir,
+            file,
+            identity,
+        }
     }
 
     /// The entry's path.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(FILE)
+        self.dir.join(self.file)
     }
 
     /// The facts of the entry, if it was written for this BTF and is intact; else why not.
@@ -136,7 +146,9 @@ impl Cache {
         }
         self.check_dir()?;
         let raw = self.encode(facts)?;
-        let tmp = self.dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.tmp", self.file, std::process::id()));
         let _ = fs::remove_file(&tmp);
         let written = (|| {
             let mut file = OpenOptions::new()
@@ -172,7 +184,7 @@ impl Cache {
     fn encode(&self, facts: &Facts) -> Result<Vec<u8>> {
         let body = serde_json::to_vec(&Entry {
             identity: self.identity.hash.clone(),
-            btf_bytes: self.identity.bytes,
+            source_bytes: self.identity.bytes,
             release: self.identity.release.clone(),
             facts: facts.clone(),
         })?;
@@ -198,12 +210,12 @@ impl Cache {
         let entry: Entry = serde_json::from_slice(body).context("unreadable body")?;
         let written_for = Identity {
             hash: entry.identity,
-            bytes: entry.btf_bytes,
+            bytes: entry.source_bytes,
             release: entry.release,
         };
         if written_for != self.identity {
             bail!(
-                "written for another kernel BTF ({} bytes, hash {}, release {})",
+                "written for another kernel BTF or boot ({} bytes, hash {}, release {})",
                 written_for.bytes,
                 written_for.hash,
                 written_for.release
@@ -255,7 +267,7 @@ mod tests {
     #[test]
     fn an_entry_round_trips_with_private_permissions() {
         let dir = Dir::new("round");
-        let cache = Cache::in_dir(dir.0.clone(), Identity::of(b"btf one"));
+        let cache = Cache::in_dir(dir.0.clone(), BTF_FILE, Identity::of(b"btf one"));
         cache.store(&facts()).unwrap();
         assert_eq!(cache.load().unwrap(), facts());
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -268,10 +280,10 @@ mod tests {
     #[test]
     fn an_entry_for_another_btf_is_refused() {
         let dir = Dir::new("other");
-        Cache::in_dir(dir.0.clone(), Identity::of(b"btf one"))
+        Cache::in_dir(dir.0.clone(), BTF_FILE, Identity::of(b"btf one"))
             .store(&facts())
             .unwrap();
-        let e = Cache::in_dir(dir.0.clone(), Identity::of(b"btf two"))
+        let e = Cache::in_dir(dir.0.clone(), BTF_FILE, Identity::of(b"btf two"))
             .load()
             .unwrap_err();
         assert!(format!("{e:#}").contains("another kernel BTF"), "{e:#}");
@@ -280,7 +292,7 @@ mod tests {
     #[test]
     fn damaged_entries_are_refused() {
         let dir = Dir::new("damaged");
-        let cache = Cache::in_dir(dir.0.clone(), Identity::of(b"btf one"));
+        let cache = Cache::in_dir(dir.0.clone(), BTF_FILE, Identity::of(b"btf one"));
         cache.store(&facts()).unwrap();
         let good = fs::read(cache.path()).unwrap();
         let header = good.iter().position(|&b| b == b'\n').unwrap();
@@ -308,7 +320,7 @@ mod tests {
     #[test]
     fn a_planted_symlink_or_open_directory_is_not_followed() {
         let dir = Dir::new("planted");
-        let cache = Cache::in_dir(dir.0.clone(), Identity::of(b"btf one"));
+        let cache = Cache::in_dir(dir.0.clone(), BTF_FILE, Identity::of(b"btf one"));
         cache.store(&facts()).unwrap();
         let elsewhere = dir.0.with_extension("elsewhere");
         fs::rename(cache.path(), &elsewhere).unwrap();
