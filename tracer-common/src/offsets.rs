@@ -92,7 +92,19 @@ pub struct KernelOffsets {
     pub pt_regs_arg0: u32,
     /// The first syscall argument, 32-bit ABI (x86: `pt_regs.bx`).
     pub pt_regs_arg0_compat: u32,
+    /// The id of `struct task_struct` in the kernel's BTF, for [`RDONLY_CAST_IMM`].
+    pub task_struct_btf_id: u32,
+    /// The id of `struct sk_buff` in the kernel's BTF, for [`RDONLY_CAST_IMM`].
+    pub sk_buff_btf_id: u32,
 }
+
+/// The immediate of the `bpf_rdonly_cast` kfunc calls in the kernel programs, which the
+/// loader replaces with the kfunc's id in this kernel's BTF (the programs cannot name a
+/// kfunc: aya has no kfunc relocations). A task read through the untrusted pointer the cast
+/// returns is verified without looking up, at every pointer it follows, whether the kernel
+/// marked that field trusted: each such lookup scans every type of the kernel's BTF, and they
+/// were three quarters of verifying `signal_generate` on Linux 6.18 (perf).
+pub const RDONLY_CAST_IMM: u32 = 0x6b66_0001;
 
 impl KernelOffsets {
     /// Every field missing: what the programs see if the loader never set the global.
@@ -158,6 +170,8 @@ impl KernelOffsets {
             pt_regs_syscall_ret: MISSING,
             pt_regs_arg0: MISSING,
             pt_regs_arg0_compat: MISSING,
+            task_struct_btf_id: MISSING,
+            sk_buff_btf_id: MISSING,
         }
     }
 }

@@ -188,13 +188,26 @@ fn walk_ext_headers(ip: u64, len: u32, p: &mut PacketHeaders) -> Option<(u8, u32
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    dropped(&ctx, true)
+}
+
+/// [`kfree_skb`] for kernels without `bpf_rdonly_cast` (before 6.2): slower to verify.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_nocast(ctx: BtfTracePointContext) -> i32 {
+    dropped(&ctx, false)
+}
+
+/// One freed skb; `cast` (a constant of each program) says whether it is read through an
+/// untrusted pointer (see `Typed::untrusted`).
+#[inline(always)]
+fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     let reason: u32 = ctx.arg(2);
     if reason != config!(netfilter_drop_reason) {
         return 0;
     }
     // A typed pointer: its own fields are plain loads; what it points to by plain addresses
     // (the conntrack entry, the packet's data) is read through the helper.
-    let skb = Typed::new(ctx.arg(0));
+    let skb = Typed::new(ctx.arg(0)).untrusted_if(cast, off!(sk_buff_btf_id));
     let nfct = skb.get::<u64>(off!(sk_buff_nfct)).unwrap_or(0);
     let ct = nfct & !7;
     let net = packet_net(skb, ct);

@@ -2,6 +2,7 @@
 //! (the ring buffer, the lost-event counters) and `task` reads kernel structs through the
 //! offsets the loader resolved from BTF.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod conntrack;

@@ -72,31 +72,55 @@ fn in_target_cgroups(task: Typed) -> bool {
 /// int group, int result)`.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
-    generate(&ctx, true, true)
+    generate(&ctx, Kernel::ReadsUntrusted)
+}
+
+/// [`signal_generate`] for kernels without `bpf_rdonly_cast` (before 6.2): the same capture,
+/// slower to verify.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_gen_nocast(ctx: BtfTracePointContext) -> i32 {
+    generate(&ctx, Kernel::HasLoop)
 }
 
 /// [`signal_generate`] for kernels without `bpf_loop` (5.15 and 5.16): the same capture,
-/// slower to verify.
+/// slower still to verify.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_gen_noloop(ctx: BtfTracePointContext) -> i32 {
-    generate(&ctx, true, false)
+    generate(&ctx, Kernel::HasRegs)
 }
 
 /// [`signal_generate`] for kernels without `bpf_task_pt_regs` (before 5.15): the sending
 /// syscall is not read, so userspace marks every claimed code as unverified.
 #[btf_tracepoint(function = "signal_generate")]
 pub fn signal_gen_noregs(ctx: BtfTracePointContext) -> i32 {
-    generate(&ctx, false, false)
+    generate(&ctx, Kernel::Oldest)
 }
 
-/// One signal; `read_regs` says whether this kernel lets the program read the sender's
-/// saved user registers, `loop_helper` whether it has `bpf_loop` (constants in each program,
-/// so the other's helper call is gone).
+/// What the kernel a program variant is for offers, each level with all of the one below:
+/// `bpf_task_pt_regs` (5.15), `bpf_loop` (5.17), `bpf_rdonly_cast` (6.2). A constant in each
+/// program, so a helper the kernel lacks is not in its code.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kernel {
+    Oldest,
+    HasRegs,
+    HasLoop,
+    ReadsUntrusted,
+}
+
+/// `task` as what its fields are read through: untrusted where the kernel allows (see
+/// [`Typed::untrusted`]), which reads the same and verifies several times faster.
 #[inline(always)]
-fn generate(ctx: &BtfTracePointContext, read_regs: bool, loop_helper: bool) -> i32 {
+fn reader(task: Typed, kernel: Kernel) -> Typed {
+    task.untrusted_if(kernel >= Kernel::ReadsUntrusted, off!(task_struct_btf_id))
+}
+
+/// One signal, with what `kernel` offers.
+#[inline(always)]
+fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
+    let (read_regs, loop_helper) = (kernel >= Kernel::HasRegs, kernel >= Kernel::HasLoop);
     let sig: i32 = ctx.arg(0);
     let info: u64 = ctx.arg(1);
-    let target = Typed::new(ctx.arg(2));
+    let target = reader(Typed::new(ctx.arg(2)), kernel);
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
 
@@ -131,7 +155,9 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool, loop_helper: bool) -> i
     let ev = unsafe { &mut *ev };
     // SAFETY: no preconditions.
     let current = Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8);
-    let slot_index = sender_slot(current.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32);
+    // The trusted pointer is kept for bpf_task_pt_regs; everything else reads through this.
+    let sender = reader(current, kernel);
+    let slot_index = sender_slot(sender.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32);
     let Some(slot) = SENDER_SLOTS_MAP.get_ptr_mut(slot_index) else {
         count_lost(EventKind::Signal);
         return 0;
@@ -162,11 +188,11 @@ fn generate(ctx: &BtfTracePointContext, read_regs: bool, loop_helper: bool) -> i
     // distinct states only until here.
     fill_send_context(current, info, read_regs, &mut ev.context);
     ev.sender_slot = slot_index;
-    fill_task_info(current, &mut ev.sender);
+    fill_task_info(sender, &mut ev.sender);
     fill_task_info(target, &mut ev.target);
     // Described last, for the same reason: whether it changed, carried through the fills
     // above, doubled the states the verifier walked there (27k instructions, 156 ms to load).
-    let changed = describe(current, slot, loop_helper);
+    let changed = describe(sender, slot, loop_helper);
     if changed {
         // The description goes with the signal: the large record only when it changed.
         let Some(mut entry) = EVENTS.reserve::<DescribedSignalEvent>(0) else {
@@ -419,7 +445,19 @@ extern "C" fn ancestry_step(i: u64, walk: *mut c_void) -> i64 {
 /// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`.
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
-    let victim = Typed::new(ctx.arg(0));
+    victim(&ctx, Kernel::ReadsUntrusted)
+}
+
+/// [`mark_victim`] for kernels without `bpf_rdonly_cast` (before 6.2).
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim_nocast(ctx: BtfTracePointContext) -> i32 {
+    victim(&ctx, Kernel::Oldest)
+}
+
+/// The OOM killer's victim, with what `kernel` offers.
+#[inline(always)]
+fn victim(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
+    let victim = reader(Typed::new(ctx.arg(0)), kernel);
     let want_target = filter!(target_pid);
     if want_target != 0 && victim.get::<i32>(off!(task_struct_tgid)) != Some(want_target as i32) {
         return 0;
@@ -436,7 +474,10 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> i32 {
     ev.header = header(EventKind::OomVictim);
     fill_task_info(victim, &mut ev.victim);
     // SAFETY: no preconditions.
-    let current = Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8);
+    let current = reader(
+        Typed::new(unsafe { bpf_get_current_task_btf() } as *const u8),
+        kernel,
+    );
     fill_task_info(current, &mut ev.allocating);
     // victim->cgroups->subsys[memory_cgrp_id]->cgroup: its memory cgroup on whichever hierarchy
     // the memory controller is mounted.

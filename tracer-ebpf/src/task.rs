@@ -8,7 +8,10 @@
 //! constants and checks each load against the kernel's BTF.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use tracer_common::{offsets::KernelOffsets, offsets::MISSING, TaskInfo};
+use tracer_common::{
+    offsets::{KernelOffsets, MISSING, RDONLY_CAST_IMM},
+    TaskInfo,
+};
 
 /// Set by the loader (`EbpfLoader::override_global`) before the programs are loaded.
 #[unsafe(no_mangle)]
@@ -82,6 +85,42 @@ impl Typed {
         }
         // SAFETY: the verifier checks the load against the field's BTF type; faults read as 0.
         Some(unsafe { core::ptr::read_volatile(self.0.add(off as usize) as *const T) })
+    }
+
+    /// The same object as a read-only, untrusted pointer of BTF type `btf_id`
+    /// (`bpf_rdonly_cast`, which the JIT turns into a plain move): what is read through it
+    /// reads the same, but the verifier no longer asks, at each pointer followed, whether
+    /// the field is one the kernel marked trusted (see `RDONLY_CAST_IMM`). Only for reading:
+    /// helpers that take a task want the trusted pointer.
+    #[inline(always)]
+    pub fn untrusted(self, btf_id: u32) -> Typed {
+        let cast: *const u8;
+        // SAFETY: a kfunc call (code 0x85, src_reg 2: BPF_PSEUDO_KFUNC_CALL) whose immediate
+        // the loader sets to bpf_rdonly_cast's id; it clobbers r1-r5 like any call.
+        unsafe {
+            core::arch::asm!(
+                ".quad {call}",
+                call = const (RDONLY_CAST_IMM as u64) << 32 | 0x2085,
+                inout("r1") self.0 => _,
+                inout("r2") btf_id as u64 => _,
+                lateout("r0") cast,
+                lateout("r3") _,
+                lateout("r4") _,
+                lateout("r5") _,
+            );
+        }
+        Typed(cast)
+    }
+
+    /// [`Typed::untrusted`] in the program variant for kernels with `bpf_rdonly_cast` (6.2+;
+    /// `cast` is a constant of each variant), else `self`.
+    #[inline(always)]
+    pub fn untrusted_if(self, cast: bool, btf_id: u32) -> Typed {
+        if cast {
+            self.untrusted(btf_id)
+        } else {
+            self
+        }
     }
 
     /// The pointer field at `off` (null where missing).

@@ -18,7 +18,7 @@ use tracer_common::offsets::KernelOffsets;
 
 use crate::kernel::{
     btf::{KernelBtf, NamedKind},
-    offsets, preflight,
+    kfuncs, offsets, preflight,
 };
 
 /// The function `tracer doctor`'s fexit probe attaches to.
@@ -97,6 +97,8 @@ pub struct LoadOptions<'a> {
 pub struct KernelContext {
     offsets: KernelOffsets,
     attach_ids: HashMap<String, u32>,
+    /// The kfunc `bpf_rdonly_cast`'s id (6.2+), written into the programs' calls to it.
+    rdonly_cast_id: Option<u32>,
 }
 
 impl KernelContext {
@@ -121,6 +123,10 @@ impl KernelContext {
         let kernel = Self {
             offsets: offsets::resolve(btf)?,
             attach_ids,
+            rdonly_cast_id: btf
+                .ids_of("bpf_rdonly_cast", NamedKind::Func)?
+                .first()
+                .copied(),
         };
         // Every command asks the BTF its last question here.
         btf.remember();
@@ -154,7 +160,7 @@ pub fn open(kernel: &KernelContext, options: LoadOptions<'_>) -> Result<Ebpf> {
     for (name, value) in options.globals {
         loader.override_global(name, value, true);
     }
-    loader.load(EBPF_OBJECT).map_err(|e| {
+    loader.load(&kfuncs::resolve(EBPF_OBJECT, kernel.rdonly_cast_id)?).map_err(|e| {
         anyhow!(e).context("creating the tracer's eBPF maps (is this kernel older than 5.8, without ring buffers?)")
     })
 }
@@ -525,5 +531,34 @@ mod attach_id_tests {
             .attach_id("btf_trace_no_such_tracepoint")
             .unwrap_err();
         assert!(format!("{missing}").starts_with("not found in this kernel"));
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    /// Every way of providing the signals and conntrack tracers' hooks verifies on this
+    /// kernel (6.18, which has every helper and kfunc they use), the fallbacks for older
+    /// kernels included: a fallback is otherwise never loaded here.
+    #[test]
+    fn every_candidate_loads() {
+        let specs = [
+            crate::tracers::signals::HOOKS,
+            crate::tracers::conntrack::HOOKS,
+        ]
+        .concat();
+        let btf = KernelBtf::from_file(Path::new(crate::kernel::btf::VMLINUX_BTF));
+        let kernel = KernelContext::new(&btf, &specs).unwrap();
+        for candidate in specs.iter().flat_map(|spec| spec.candidates) {
+            let options = LoadOptions {
+                ring_buffer_bytes: 4096,
+                globals: Vec::new(),
+            };
+            let mut ebpf = open(&kernel, options).unwrap();
+            let program = ebpf.program_mut(candidate.program).unwrap();
+            load(program, candidate.attach, &kernel)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", candidate.program));
+        }
     }
 }

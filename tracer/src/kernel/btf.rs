@@ -22,6 +22,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub enum NamedKind {
     Typedef,
     Func,
+    Struct,
 }
 
 /// The kernel's type information, queried by name.
@@ -259,6 +260,7 @@ impl KernelBtf {
                             (btf.resolve_type_by_id(id), kind),
                             (Ok(Type::Typedef(_)), NamedKind::Typedef)
                                 | (Ok(Type::Func(_)), NamedKind::Func)
+                                | (Ok(Type::Struct(_)), NamedKind::Struct)
                         )
                     })
                     .collect(),

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod fact_cache;
+pub mod kfuncs;
 pub mod mountinfo;
 pub mod netns;
 pub mod offsets;

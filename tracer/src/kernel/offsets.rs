@@ -6,7 +6,7 @@ use tracer_common::{
     signal::EXE_NAME_LEN,
 };
 
-use super::btf::KernelBtf;
+use super::btf::{KernelBtf, NamedKind};
 
 /// Resolves every offset the kernel programs read. The fields that identify a task are
 /// required; the rest (executable path, memory cgroup) degrade to "unknown" when a kernel
@@ -21,6 +21,15 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
             log::debug!("{e:#}; the value that needs it is reported as unknown");
             MISSING
         })
+    };
+    // A kernel with BTF has both structs; MISSING makes the casts fail to verify, and their
+    // programs fall back to variants without them.
+    let struct_id = |name: &str| -> Result<u32> {
+        Ok(btf
+            .ids_of(name, NamedKind::Struct)?
+            .first()
+            .copied()
+            .unwrap_or(MISSING))
     };
     Ok(KernelOffsets {
         task_struct_pid: required("task_struct", "pid")?,
@@ -89,6 +98,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         // Who sent a signal (tracers/signals/sender.rs): without these, si_codes are taken at
         // face value and the events say so.
         task_struct_stack: optional("task_struct", "stack"),
+        task_struct_btf_id: struct_id("task_struct")?,
+        sk_buff_btf_id: struct_id("sk_buff")?,
         task_struct_flags: optional("task_struct", "flags"),
         task_struct_thread_info_status: optional("task_struct", "thread_info.status"),
         pt_regs_syscall_nr: regs_field(&optional, SyscallRegister::Nr),

@@ -44,12 +44,19 @@ use crate::{
     tracers::netns::discover,
 };
 
-const HOOKS: &[HookSpec] = &[HookSpec {
+pub(crate) const HOOKS: &[HookSpec] = &[HookSpec {
     purpose: "netfilter packet drops",
-    candidates: &[Candidate {
-        program: "kfree_skb",
-        attach: Attach::TpBtf("kfree_skb"),
-    }],
+    candidates: &[
+        Candidate {
+            program: "kfree_skb",
+            attach: Attach::TpBtf("kfree_skb"),
+        },
+        // Kernels before 6.2 lack bpf_rdonly_cast: the same record, slower to load.
+        Candidate {
+            program: "kfree_skb_nocast",
+            attach: Attach::TpBtf("kfree_skb"),
+        },
+    ],
     required: true,
 }];
 

@@ -34,7 +34,7 @@ use crate::{
     output::Output,
 };
 
-const HOOKS: &[HookSpec] = &[
+pub(crate) const HOOKS: &[HookSpec] = &[
     HookSpec {
         purpose: "signal generation",
         candidates: &[
@@ -42,7 +42,12 @@ const HOOKS: &[HookSpec] = &[
                 program: "signal_generate",
                 attach: Attach::TpBtf("signal_generate"),
             },
-            // Kernels before 5.17 lack bpf_loop: the same capture, slower to load.
+            // Kernels before 6.2 lack bpf_rdonly_cast: the same capture, slower to load.
+            Candidate {
+                program: "signal_gen_nocast",
+                attach: Attach::TpBtf("signal_generate"),
+            },
+            // Kernels before 5.17 lack bpf_loop: the same capture, slower still.
             Candidate {
                 program: "signal_gen_noloop",
                 attach: Attach::TpBtf("signal_generate"),
@@ -57,10 +62,17 @@ const HOOKS: &[HookSpec] = &[
     },
     HookSpec {
         purpose: "OOM killer victim selection",
-        candidates: &[Candidate {
-            program: "mark_victim",
-            attach: Attach::TpBtf("mark_victim"),
-        }],
+        candidates: &[
+            Candidate {
+                program: "mark_victim",
+                attach: Attach::TpBtf("mark_victim"),
+            },
+            // Kernels before 6.2 lack bpf_rdonly_cast.
+            Candidate {
+                program: "mark_victim_nocast",
+                attach: Attach::TpBtf("mark_victim"),
+            },
+        ],
         required: false,
     },
 ];
