@@ -25,6 +25,36 @@ pub enum NamedKind {
     Struct,
 }
 
+/// The bytes of `path`: mapped where the kernel allows it (6.16+ maps its BTF), else read.
+/// Read, sysfs hands out a page per call: 1,350 calls for 5.5 MiB, about 2 of the 3 ms the
+/// identity of a warm start took (strace).
+fn read_or_map(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the kernel's BTF is read-only and never changes while the system runs. The
+    // kernel maps it only privately and read-only.
+    match unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) } {
+        Ok(map) => Ok(Bytes::Mapped(map)),
+        Err(_) => std::fs::read(path).map(Bytes::Read),
+    }
+}
+
+/// A file's bytes, mapped or read.
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Read(bytes) => bytes,
+        }
+    }
+}
+
 /// The kernel's type information, queried by name.
 pub struct KernelBtf {
     path: PathBuf,
@@ -43,7 +73,7 @@ impl KernelBtf {
     /// says what is missing.
     pub fn from_sys_fs() -> Result<Self> {
         let path = Path::new(VMLINUX_BTF);
-        let bytes = std::fs::read(path).map_err(|e| {
+        let bytes = read_or_map(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 anyhow!(
                     "{VMLINUX_BTF} does not exist: this kernel was built without BTF \
