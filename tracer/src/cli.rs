@@ -297,7 +297,7 @@ pub struct RunArgs {
     pub count: Option<u64>,
 
     /// Size of the kernel-to-userspace ring buffer in MiB (a power of two). Raise it if the
-    /// summary reports lost events. Default: 8, or 2 for `signals --pid` (one process
+    /// summary reports lost events. Default: 8, or 4 for `signals --pid` (one process
     /// receives few signals; the buffer's pages are resident twice, so it is most of the
     /// tracer's memory).
     #[arg(long, value_name = "MIB", value_parser = parse_buffer_mb)]
@@ -307,7 +307,7 @@ pub struct RunArgs {
 /// `--buffer-mb`'s default.
 pub const DEFAULT_BUFFER_MB: u32 = 8;
 /// `--buffer-mb`'s default when the kernel passes on the signals of one process only.
-pub const ONE_PROCESS_BUFFER_MB: u32 = 2;
+pub const ONE_PROCESS_BUFFER_MB: u32 = 4;
 
 /// `--listen`: `ADDR:PORT`, an IPv6 address with or without brackets (`fd00::1:9435`, as
 /// `$(HOST_IP):9435` gives on an IPv6 node).
