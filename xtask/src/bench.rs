@@ -99,8 +99,7 @@ fn tracer_bin() -> PathBuf {
 struct Attacher {
     child: Child,
     startup: Duration,
-    /// Peak resident set size when it became ready, KiB.
-    rss_kib: u64,
+
     output: Option<thread::JoinHandle<String>>,
 }
 
@@ -146,11 +145,9 @@ impl Attacher {
             bail!("{cmd:?} did not become ready within 60 s");
         }
         let startup = started.elapsed();
-        let rss_kib = status_kib(child.id(), "VmHWM:").unwrap_or(0);
         Ok(Self {
             child,
             startup,
-            rss_kib,
             output: Some(out),
         })
     }
@@ -169,6 +166,14 @@ impl Attacher {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default()
+    }
+
+    /// Peak resident set size (VmHWM), KiB, once it has run a moment past "ready": ours maps
+    /// its ring buffer (most of its memory) just after saying it, which a reading at the line
+    /// itself can miss (`record` read 9 MiB at "ready", 42 MiB a second later).
+    fn settled_peak_kib(&self) -> u64 {
+        thread::sleep(Duration::from_millis(300));
+        status_kib(self.child.id(), "VmHWM:").unwrap_or(0)
     }
 
     /// CPU time (user + system) used so far, seconds.
@@ -560,7 +565,7 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
             }
             let a = Attacher::start(cmd(), on_stdout, false)?;
             times.push(a.startup.as_secs_f64() * 1000.0);
-            rss.push(a.rss_kib as f64 / 1024.0);
+            rss.push(a.settled_peak_kib() as f64 / 1024.0);
             a.stop();
         }
         Ok((median(times), median(rss)))
