@@ -12,7 +12,10 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Backend, Btf, Type};
 
-use super::fact_cache::{Answer, Cache, Facts, Identity, BTF_FILE};
+use super::{
+    btf_names::NameIndex,
+    fact_cache::{Answer, Cache, Facts, Identity, BTF_FILE},
+};
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -60,6 +63,9 @@ pub struct KernelBtf {
     path: PathBuf,
     /// Parsed on the first question the facts do not answer.
     btf: OnceCell<Btf>,
+    /// Its types by name (see `btf_names`), indexed with the parse; `None` inside if the
+    /// blob could not be indexed (btf-rs's own search is used then).
+    names: OnceCell<Option<NameIndex>>,
     /// Structs found so far, by name: finding one by name scans every type.
     structs: RefCell<HashMap<String, btf_rs::Struct>>,
     facts: RefCell<Facts>,
@@ -114,6 +120,7 @@ impl KernelBtf {
         Self {
             path: path.to_path_buf(),
             btf: OnceCell::new(),
+            names: OnceCell::new(),
             structs: RefCell::new(HashMap::new()),
             facts: RefCell::new(Facts::new()),
             learned: Cell::new(false),
@@ -138,11 +145,44 @@ impl KernelBtf {
         if let Some(btf) = self.btf.get() {
             return Ok(btf);
         }
+        // The names first, their bytes let go before btf-rs maps the file (both at once would
+        // count twice in the peak RSS).
+        let names = read_or_map(&self.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|raw| NameIndex::build(&raw))
+            .inspect_err(|e| log::info!("kernel BTF: names not indexed: {e:#}"))
+            .ok();
+        let _ = self.names.set(names);
         let parsed = Btf::from_file_with_backend(&self.path, Backend::Mmap)
             .or_else(|_| Btf::from_file(&self.path))
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("reading BTF from {}", self.path.display()))?;
         Ok(self.btf.get_or_init(|| parsed))
+    }
+
+    /// The ids of the types named `name`, lowest first.
+    fn ids_named(&self, name: &str) -> Result<Vec<u32>> {
+        let btf = self.btf()?;
+        let Some(index) = self.names.get().and_then(Option::as_ref) else {
+            return Ok(btf.resolve_ids_by_name(name).unwrap_or_default());
+        };
+        let named = |id: u32| {
+            let ty = btf.resolve_type_by_id(id).ok()?;
+            btf.resolve_name(ty.as_btf_type()?).ok()
+        };
+        Ok(index
+            .candidates(name)
+            .filter(|&id| named(id).as_deref() == Some(name))
+            .collect())
+    }
+
+    /// The types named `name`.
+    fn types_named(&self, name: &str) -> Result<Vec<Type>> {
+        let btf = self.btf()?;
+        self.ids_named(name)?
+            .into_iter()
+            .map(|id| btf.resolve_type_by_id(id).map_err(|e| anyhow!("{e}")))
+            .collect()
     }
 
     /// The answer to `question`: from the facts, else found in the BTF by `find` (whose
@@ -176,11 +216,8 @@ impl KernelBtf {
         if let Some(s) = self.structs.borrow().get(name) {
             return Ok(s.clone());
         }
-        let types = self
-            .btf()?
-            .resolve_types_by_name(name)
-            .map_err(|_| anyhow!("this kernel's BTF has no type named `{name}`"))?;
-        let found = types
+        let found = self
+            .types_named(name)?
             .into_iter()
             .find_map(|t| match t {
                 Type::Struct(s) | Type::Union(s) if !s.members.is_empty() => Some(s),
@@ -282,7 +319,7 @@ impl KernelBtf {
         let question = format!("ids {kind:?} {name}");
         match self.answer(question, |k| {
             let btf = k.btf()?;
-            let ids = btf.resolve_ids_by_name(name).unwrap_or_default();
+            let ids = k.ids_named(name)?;
             Ok(Answer::Ids(
                 ids.into_iter()
                     .filter(|&id| {
@@ -310,9 +347,10 @@ impl KernelBtf {
 
     fn find_enum_value(&self, name: &str, variant: &str) -> Result<u64> {
         let btf = self.btf()?;
-        let types = btf
-            .resolve_types_by_name(name)
-            .map_err(|_| anyhow!("this kernel's BTF has no enum named `{name}`"))?;
+        let types = self.types_named(name)?;
+        if types.is_empty() {
+            bail!("this kernel's BTF has no enum named `{name}`");
+        }
         for t in types {
             match t {
                 Type::Enum(e) => {

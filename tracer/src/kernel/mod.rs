@@ -2,6 +2,7 @@
 //! capabilities (privileges, tracefs, which hooks load) that decide which programs can run.
 
 pub mod btf;
+pub mod btf_names;
 pub mod fact_cache;
 pub mod kfuncs;
 pub mod mountinfo;
