@@ -114,19 +114,16 @@ impl KernelContext {
         targets.push((FEXIT_PROBE_TARGET.to_string(), NamedKind::Func));
         let mut attach_ids = HashMap::new();
         for (name, kind) in targets {
-            // The first, as aya's lookup by name takes; a name this kernel lacks is left out
-            // and its program fails to load (see `attach_id`).
-            if let Some(&id) = btf.ids_of(&name, kind)?.iter().min() {
+            // A name this kernel lacks is left out, and its program fails to load (see
+            // `attach_id`).
+            if let Some(id) = btf.id_of(&name, kind)? {
                 attach_ids.insert(name, id);
             }
         }
         let kernel = Self {
             offsets: offsets::resolve(btf)?,
             attach_ids,
-            rdonly_cast_id: btf
-                .ids_of("bpf_rdonly_cast", NamedKind::Func)?
-                .first()
-                .copied(),
+            rdonly_cast_id: btf.id_of("bpf_rdonly_cast", NamedKind::Func)?,
         };
         // Every command asks the BTF its last question here.
         btf.remember();

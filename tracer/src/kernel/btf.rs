@@ -338,6 +338,12 @@ impl KernelBtf {
         }
     }
 
+    /// The lowest id of the types of `kind` named `name` (the one a lookup by name finds
+    /// first), if there is one.
+    pub fn id_of(&self, name: &str, kind: NamedKind) -> Result<Option<u32>> {
+        Ok(self.ids_of(name, kind)?.into_iter().min())
+    }
+
     /// The value of enumerator `variant` of `enum name`.
     pub fn enum_value(&self, name: &str, variant: &str) -> Result<u64> {
         Self::value(self.answer(format!("enum {name} {variant}"), |k| {

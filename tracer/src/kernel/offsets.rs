@@ -24,13 +24,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
     };
     // A kernel with BTF has both structs; MISSING makes the casts fail to verify, and their
     // programs fall back to variants without them.
-    let struct_id = |name: &str| -> Result<u32> {
-        Ok(btf
-            .ids_of(name, NamedKind::Struct)?
-            .first()
-            .copied()
-            .unwrap_or(MISSING))
-    };
+    let struct_id =
+        |name: &str| -> Result<u32> { Ok(btf.id_of(name, NamedKind::Struct)?.unwrap_or(MISSING)) };
     Ok(KernelOffsets {
         task_struct_pid: required("task_struct", "pid")?,
         task_struct_tgid: required("task_struct", "tgid")?,
