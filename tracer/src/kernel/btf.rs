@@ -66,7 +66,7 @@ pub struct KernelBtf {
     /// Its types by name (see `btf_names`), indexed with the parse; `None` inside if the
     /// blob could not be indexed (btf-rs's own search is used then).
     names: OnceCell<Option<NameIndex>>,
-    /// Structs found so far, by name: finding one by name scans every type.
+    /// Structs found so far, by name: each is parsed with its members, once.
     structs: RefCell<HashMap<String, btf_rs::Struct>>,
     facts: RefCell<Facts>,
     /// Whether `facts` holds answers the cache does not have yet.
