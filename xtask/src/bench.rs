@@ -506,6 +506,8 @@ pub enum Only {
     Netns,
     /// Start-up time and peak RSS.
     Startup,
+    /// Kernel cost per event and the cost to the traced path.
+    Kernel,
 }
 
 /// Every measure, or only some.
@@ -544,107 +546,10 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
     let sig_script = format!("{sig_probe} {READY}");
     let skb_script = format!("{skb_probe} {READY}");
     let all_script = format!("{sig_probe} {skb_probe} {netns_probe} {READY}");
-    let recording = workspace_root().join("target/bench/record.jsonl");
-    fs::create_dir_all(recording.parent().context("bench dir")?)?;
-    let recording = recording.to_string_lossy().into_owned();
     let pid_s = pid.to_string();
 
-    // 1. Start-up time and peak RSS. Cold: no cache of BTF facts (removed before each run);
-    // warm: the cache the run before wrote, as every start after the first finds it.
-    let startup = |cmd: &dyn Fn() -> Command, on_stdout: bool, cold: bool| -> Result<(f64, f64)> {
-        let mut times = Vec::new();
-        let mut rss = Vec::new();
-        if !cold {
-            Attacher::start(cmd(), on_stdout, false)?.stop();
-        }
-        for _ in 0..scale.startup_runs {
-            // `record` writes a new file only.
-            let _ = fs::remove_file(&recording);
-            if cold {
-                let _ = fs::remove_dir_all(btf_cache_dir());
-            }
-            let a = Attacher::start(cmd(), on_stdout, false)?;
-            times.push(a.startup.as_secs_f64() * 1000.0);
-            rss.push(a.settled_peak_kib() as f64 / 1024.0);
-            a.stop();
-        }
-        Ok((median(times), median(rss)))
-    };
-    for (name, args, script, pair) in [
-        (
-            "signals --pid",
-            vec!["signals", "--pid", pid_s.as_str()],
-            &sig_script,
-            true,
-        ),
-        (
-            "conntrack-drops",
-            vec!["conntrack-drops"],
-            &skb_script,
-            false,
-        ),
-        (
-            "record",
-            vec!["record", "-o", recording.as_str()],
-            &all_script,
-            false,
-        ),
-    ] {
-        let (bt_ms, bt_mib) = startup(&|| bpftrace(script), true, false)?;
-        let (warm_ms, warm_mib) = startup(&|| ours(&args), false, false)?;
-        let (cold_ms, cold_mib) = if pair {
-            startup(&|| ours(&args), false, true)?
-        } else {
-            (warm_ms, warm_mib)
-        };
-        let mut row = |measure: String, ours: f64, baseline: f64, unit, goal| {
-            rows.push(Row::new(&measure, ours, ("bpftrace", baseline), unit, goal))
-        };
-        if pair {
-            row(
-                format!("start-up, {name}, cold (no BTF cache)"),
-                cold_ms,
-                bt_ms,
-                "ms",
-                "<= 0.25",
-            );
-            row(
-                format!("start-up, {name}, warm (BTF cache)"),
-                warm_ms,
-                bt_ms,
-                "ms",
-                "<= 0.10",
-            );
-            row(
-                format!("peak RSS, {name}, cold"),
-                cold_mib,
-                bt_mib,
-                "MiB",
-                "<= 0.20",
-            );
-            row(
-                format!("peak RSS, {name}, warm"),
-                warm_mib,
-                bt_mib,
-                "MiB",
-                "<= 0.20",
-            );
-        } else {
-            row(
-                format!("start-up, {name} (BTF cache)"),
-                warm_ms,
-                bt_ms,
-                "ms",
-                "<= 0.25",
-            );
-            row(
-                format!("peak RSS, {name}"),
-                warm_mib,
-                bt_mib,
-                "MiB",
-                "<= 0.20",
-            );
-        }
+    if only != Only::Kernel {
+        startup_rows(scale, (&sig_script, &skb_script, &all_script), &pid_s, rows)?;
     }
     if only == Only::Startup {
         return Ok(());
@@ -771,7 +676,55 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
     // reads), which the traced rates would pay and a tracer in the field does not.
     drop(stats);
 
-    // 3 and 5. Throughput without loss, and userspace CPU.
+    if only != Only::Kernel {
+        throughput_rows(scale, pid, rows)?;
+    }
+
+    // 4. Cost to the traced path.
+    let bare = storm(pid, scale.storm);
+    let traced = {
+        let a = Attacher::start(ours(&["signals", "--pid", &pid_s, "--json"]), false, false)?;
+        let r = storm(pid, scale.storm);
+        a.stop();
+        r
+    };
+    rows.push(Row::new(
+        "kill(2) rate, signals tracer attached",
+        traced,
+        ("no tracer", bare),
+        "/s",
+        ">= 0.6",
+    ));
+    let window = scale.window;
+    let bare = net.flood(PASSING, u64::MAX, window)?;
+    let traced = {
+        let a = Attacher::start(ours(&["conntrack-drops", "--json"]), false, false)?;
+        let r = net.flood(PASSING, u64::MAX, window)?;
+        a.stop();
+        r
+    };
+    rows.push(Row::new(
+        "UDP through DNAT, conntrack-drops attached",
+        traced,
+        ("no tracer", bare),
+        "pkt/s",
+        ">= 0.97",
+    ));
+
+    if only == Only::Kernel {
+        return Ok(());
+    }
+
+    // 5. Memory of a long-running serve.
+    serve_memory(scale.churn, rows)?;
+
+    // 6. A netns snapshot of a busy node.
+    netns_census(scale.census, rows)
+}
+
+/// 3 and 5. Throughput without loss, and userspace CPU.
+fn throughput_rows(scale: Scale, pid: u32, rows: &mut Vec<Row>) -> Result<()> {
+    let pid_s = pid.to_string();
     let mut best = 0.0;
     // Events the reader handled per second of its own CPU time, at the busiest rate: what one
     // core decodes, enriches and writes.
@@ -834,43 +787,117 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         "/s",
         ">= 550,000",
     ));
+    Ok(())
+}
 
-    // 4. Cost to the traced path.
-    let bare = storm(pid, scale.storm);
-    let traced = {
-        let a = Attacher::start(ours(&["signals", "--pid", &pid_s, "--json"]), false, false)?;
-        let r = storm(pid, scale.storm);
-        a.stop();
-        r
+/// 1. Start-up time and peak RSS, ours beside bpftrace's with the same probes.
+fn startup_rows(
+    scale: Scale,
+    (sig_script, skb_script, all_script): (&str, &str, &str),
+    pid_s: &str,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let recording = workspace_root().join("target/bench/record.jsonl");
+    fs::create_dir_all(recording.parent().context("bench dir")?)?;
+    let recording = recording.to_string_lossy().into_owned();
+    // Cold: Cold: no cache of BTF facts (removed before each run);
+    // warm: the cache the run before wrote, as every start after the first finds it.
+    let startup = |cmd: &dyn Fn() -> Command, on_stdout: bool, cold: bool| -> Result<(f64, f64)> {
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        if !cold {
+            Attacher::start(cmd(), on_stdout, false)?.stop();
+        }
+        for _ in 0..scale.startup_runs {
+            // `record` writes a new file only.
+            let _ = fs::remove_file(&recording);
+            if cold {
+                let _ = fs::remove_dir_all(btf_cache_dir());
+            }
+            let a = Attacher::start(cmd(), on_stdout, false)?;
+            times.push(a.startup.as_secs_f64() * 1000.0);
+            rss.push(a.settled_peak_kib() as f64 / 1024.0);
+            a.stop();
+        }
+        Ok((median(times), median(rss)))
     };
-    rows.push(Row::new(
-        "kill(2) rate, signals tracer attached",
-        traced,
-        ("no tracer", bare),
-        "/s",
-        ">= 0.6",
-    ));
-    let window = scale.window;
-    let bare = net.flood(PASSING, u64::MAX, window)?;
-    let traced = {
-        let a = Attacher::start(ours(&["conntrack-drops", "--json"]), false, false)?;
-        let r = net.flood(PASSING, u64::MAX, window)?;
-        a.stop();
-        r
-    };
-    rows.push(Row::new(
-        "UDP through DNAT, conntrack-drops attached",
-        traced,
-        ("no tracer", bare),
-        "pkt/s",
-        ">= 0.97",
-    ));
-
-    // 5. Memory of a long-running serve.
-    serve_memory(scale.churn, rows)?;
-
-    // 6. A netns snapshot of a busy node.
-    netns_census(scale.census, rows)
+    for (name, args, script, pair) in [
+        (
+            "signals --pid",
+            vec!["signals", "--pid", pid_s],
+            &sig_script,
+            true,
+        ),
+        (
+            "conntrack-drops",
+            vec!["conntrack-drops"],
+            &skb_script,
+            false,
+        ),
+        (
+            "record",
+            vec!["record", "-o", recording.as_str()],
+            &all_script,
+            false,
+        ),
+    ] {
+        let (bt_ms, bt_mib) = startup(&|| bpftrace(script), true, false)?;
+        let (warm_ms, warm_mib) = startup(&|| ours(&args), false, false)?;
+        let (cold_ms, cold_mib) = if pair {
+            startup(&|| ours(&args), false, true)?
+        } else {
+            (warm_ms, warm_mib)
+        };
+        let mut row = |measure: String, ours: f64, baseline: f64, unit, goal| {
+            rows.push(Row::new(&measure, ours, ("bpftrace", baseline), unit, goal))
+        };
+        if pair {
+            row(
+                format!("start-up, {name}, cold (no BTF cache)"),
+                cold_ms,
+                bt_ms,
+                "ms",
+                "<= 0.25",
+            );
+            row(
+                format!("start-up, {name}, warm (BTF cache)"),
+                warm_ms,
+                bt_ms,
+                "ms",
+                "<= 0.10",
+            );
+            row(
+                format!("peak RSS, {name}, cold"),
+                cold_mib,
+                bt_mib,
+                "MiB",
+                "<= 0.20",
+            );
+            row(
+                format!("peak RSS, {name}, warm"),
+                warm_mib,
+                bt_mib,
+                "MiB",
+                "<= 0.20",
+            );
+        } else {
+            row(
+                format!("start-up, {name} (BTF cache)"),
+                warm_ms,
+                bt_ms,
+                "ms",
+                "<= 0.25",
+            );
+            row(
+                format!("peak RSS, {name}"),
+                warm_mib,
+                bt_mib,
+                "MiB",
+                "<= 0.20",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Forked processes that each hold open fds, some in network namespaces of their own: the

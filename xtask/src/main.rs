@@ -29,7 +29,7 @@ fn usage() -> ! {
          run -- ARGS        install only what building needs, build, and run `tracer ARGS`\n  \
          test [-- FILTER]   setup, cargo fmt --check, clippy -D warnings, unit and integration tests\n  \
          fuzz [--quick]     setup, then run every fuzz target (fuzz/) for 25 s each (--quick) or 5 min\n  \
-         bench [--quick] [--netns] [--startup]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only; --startup: start-up and peak RSS only)\n  \
+         bench [--quick] [--netns] [--startup] [--kernel]  setup, then measure start-up, kernel cost, throughput and overhead against baselines (--netns: the netns snapshot only; --startup: start-up and peak RSS only; --kernel: kernel cost per event and the traced path's rates only)\n  \
          image [--tag REF]  setup, then build the release tracer's OCI image (target/image/tracer-VERSION.oci.tar)\n  \
          man                install only what building needs, build, and write the man pages to target/man/"
     );
@@ -76,6 +76,8 @@ fn run() -> Result<()> {
                 bench::Only::Netns
             } else if rest.iter().any(|a| a == "--startup") {
                 bench::Only::Startup
+            } else if rest.iter().any(|a| a == "--kernel") {
+                bench::Only::Kernel
             } else {
                 bench::Only::Everything
             };
