@@ -96,6 +96,12 @@ pub struct KernelOffsets {
     pub task_struct_btf_id: u32,
     /// The id of `struct sk_buff` in the kernel's BTF, for [`RDONLY_CAST_IMM`].
     pub sk_buff_btf_id: u32,
+    /// The ids of `struct nf_conn`, `struct net` and `struct ip_conntrack_stat` in the
+    /// kernel's BTF, for [`RDONLY_CAST_IMM`] ([`MISSING`] where conntrack is a module: its
+    /// types are in the module's BTF, which the cast does not take).
+    pub nf_conn_btf_id: u32,
+    pub net_btf_id: u32,
+    pub ip_conntrack_stat_btf_id: u32,
 }
 
 /// The immediate of the `bpf_rdonly_cast` kfunc calls in the kernel programs, which the
@@ -172,6 +178,9 @@ impl KernelOffsets {
             pt_regs_arg0_compat: MISSING,
             task_struct_btf_id: MISSING,
             sk_buff_btf_id: MISSING,
+            nf_conn_btf_id: MISSING,
+            net_btf_id: MISSING,
+            ip_conntrack_stat_btf_id: MISSING,
         }
     }
 }

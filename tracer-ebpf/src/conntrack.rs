@@ -19,9 +19,9 @@ use tracer_common::{
 };
 
 use crate::{
-    percpu::this_cpu_offset,
+    percpu::this_cpu_ptr,
     pipeline::{count_lost, header, submit, EVENTS},
-    task::{off, read, read_bytes, Typed},
+    task::{off, read_bytes, Object, Typed},
 };
 
 /// Set by the loader.
@@ -43,8 +43,8 @@ macro_rules! config {
 
 /// The packet's network namespace: from its conntrack entry, else its device, else its socket.
 #[inline(always)]
-fn packet_net(skb: Typed, ct: u64) -> u64 {
-    if let Some(net) = read::<u64>(ct, off!(nf_conn_ct_net_net)) {
+fn packet_net(skb: Typed, ct: Object) -> u64 {
+    if let Some(net) = ct.get::<u64>(off!(nf_conn_ct_net_net)) {
         return net;
     }
     let dev = skb.ptr(off!(sk_buff_dev));
@@ -59,14 +59,18 @@ fn packet_net(skb: Typed, ct: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Copies the first `len` bytes (at most N) at `src` into `dst`, which the caller zeroed:
-/// the struct's size comes from BTF, the buffer's from the record layout.
-/// Whether the read succeeded.
+/// Copies the first `len` bytes (at most N) of `src` from `off` on into `dst`, which the
+/// caller zeroed: the struct's size comes from BTF, the buffer's from the record layout.
+/// Whether the read succeeded. One helper call even for a typed object: word by word, plain
+/// loads took the verifier 13,000 instructions, and it refuses loads that straddle a
+/// tuple's small unions.
 #[inline(always)]
-fn read_prefix<const N: usize>(src: u64, len: u32, dst: &mut [u8; N]) -> bool {
-    let len = (len as usize).min(N);
+fn read_prefix<const N: usize>(src: Object, off: u32, len: u32, dst: &mut [u8; N]) -> bool {
+    let (addr, len) = (src.addr(), (len as usize).min(N));
     // SAFETY: the helper checks the address; `len` is bounded by the buffer.
-    src != 0 && unsafe { bpf_probe_read_kernel_buf(src as *const u8, &mut dst[..len]) }.is_ok()
+    addr != 0
+        && unsafe { bpf_probe_read_kernel_buf((addr + off as u64) as *const u8, &mut dst[..len]) }
+            .is_ok()
 }
 
 /// IPv6 next-header values of the extension headers walked to reach the transport header.
@@ -205,13 +209,14 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     if reason != config!(netfilter_drop_reason) {
         return 0;
     }
-    // A typed pointer: its own fields are plain loads; what it points to by plain addresses
-    // (the conntrack entry, the packet's data) is read through the helper.
+    // A typed pointer: its own fields are plain loads. The conntrack entry, the namespace and
+    // its statistics are plain addresses, read as objects (see `Object`); the packet's data
+    // has no type, and is read through the helper.
     let skb = Typed::new(ctx.arg(0)).untrusted_if(cast, off!(sk_buff_btf_id));
     let nfct = skb.get::<u64>(off!(sk_buff_nfct)).unwrap_or(0);
-    let ct = nfct & !7;
-    let net = packet_net(skb, ct);
-    let inum = read::<u32>(net, off!(net_ns_inum)).unwrap_or(0);
+    let ct = Object::at(nfct & !7, off!(nf_conn_btf_id), cast);
+    let net = Object::at(packet_net(skb, ct), off!(net_btf_id), cast);
+    let inum = net.get::<u32>(off!(net_ns_inum)).unwrap_or(0);
     let want = config!(netns_inum);
     if want != 0 && inum != want {
         return 0;
@@ -224,24 +229,21 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.header = header(EventKind::NetfilterDrop);
     ev.netns_inum = inum;
-    ev.net_cookie = read::<u64>(net, off!(net_net_cookie)).unwrap_or(0);
+    ev.net_cookie = net.get::<u64>(off!(net_net_cookie)).unwrap_or(0);
     ev._pad0 = 0;
-    ev.has_ct = (ct != 0) as u8;
+    ev.has_ct = (nfct & !7 != 0) as u8;
     ev.ctinfo = (nfct & 7) as u8;
     ev._pad1 = 0;
     ev._pad = 0;
-    ev.ct_status = read::<u64>(ct, off!(nf_conn_status)).unwrap_or(0);
+    ev.ct_status = ct.get::<u64>(off!(nf_conn_status)).unwrap_or(0);
 
-    let stats = read::<u64>(net, off!(net_ct_stat)).unwrap_or(0);
+    let stats = net.get::<u64>(off!(net_ct_stat)).unwrap_or(0);
     ev.stats_valid = 0;
     ev.stats = [0; STAT_BYTES];
-    if let Some(cpu_offset) = this_cpu_offset().filter(|_| stats != 0) {
+    if let Some(this_cpu) = this_cpu_ptr(stats).filter(|_| stats != 0) {
         // Only statistics actually read are valid: zeroes would compare as counters reset.
-        ev.stats_valid = read_prefix(
-            stats.wrapping_add(cpu_offset),
-            config!(stat_size),
-            &mut ev.stats,
-        ) as u8;
+        let this_cpu = Object::at(this_cpu, off!(ip_conntrack_stat_btf_id), cast);
+        ev.stats_valid = read_prefix(this_cpu, 0, config!(stat_size), &mut ev.stats) as u8;
     }
 
     let (tuplehash, stride) = (off!(nf_conn_tuplehash), off!(nf_conntrack_tuple_hash_size));
@@ -249,11 +251,11 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     let tuple_size = config!(tuple_size);
     ev.orig = [0; TUPLE_BYTES];
     ev.reply = [0; TUPLE_BYTES];
-    if ct != 0 {
-        let orig = ct + tuplehash as u64 + tuple as u64;
+    if nfct & !7 != 0 {
+        let orig = tuplehash + tuple;
         // A tuple that cannot be read stays zero, which userspace shows as no flow.
-        let _ = read_prefix(orig, tuple_size, &mut ev.orig);
-        let _ = read_prefix(orig + stride as u64, tuple_size, &mut ev.reply);
+        let _ = read_prefix(ct, orig, tuple_size, &mut ev.orig);
+        let _ = read_prefix(ct, orig + stride, tuple_size, &mut ev.reply);
     }
 
     read_packet(skb, &mut ev.packet);

@@ -28,12 +28,20 @@ fn as_number(slot: *mut u64, address: u64) -> u64 {
     }
 }
 
-/// `__per_cpu_offset[this cpu]`, or `None` if it cannot be learnt on this kernel.
+/// This CPU's copy of the per-CPU data at `percpu_pointer` (as the kernel stores it), as a
+/// plain address; `None` if this CPU's offset cannot be learnt on this kernel.
 #[inline(always)]
-pub fn this_cpu_offset() -> Option<u64> {
+pub fn this_cpu_ptr(percpu_pointer: u64) -> Option<u64> {
     let slot = ADDRESS_SLOT.get_ptr_mut(0)?;
     let this_cpu_copy = as_number(slot, PERCPU_PROBE.get_ptr(0)? as u64);
     let array = as_number(slot, &PERCPU_PROBE as *const _ as u64);
-    let percpu_pointer = read::<u64>(array, off!(bpf_array_pptrs))?;
-    Some(this_cpu_copy.wrapping_sub(percpu_pointer))
+    let probe_pointer = read::<u64>(array, off!(bpf_array_pptrs))?;
+    // Also a plain number, whether it was read through the helper or loaded from a typed
+    // object (as a typed pointer, the verifier forbids adding an unknown offset to it).
+    let percpu_pointer = as_number(slot, percpu_pointer);
+    Some(
+        percpu_pointer
+            .wrapping_add(this_cpu_copy)
+            .wrapping_sub(probe_pointer),
+    )
 }

@@ -130,6 +130,47 @@ impl Typed {
     }
 }
 
+/// A kernel object known only by its address (such as the conntrack entry hidden in
+/// `skb->_nfct`): read with plain loads through an untrusted typed pointer
+/// (`bpf_rdonly_cast`, see [`Typed::untrusted`]) in the program variants for kernels that have
+/// it, else with `bpf_probe_read_kernel`. `cast` is a constant of each variant, so only one
+/// way is in its code.
+#[derive(Clone, Copy)]
+pub enum Object {
+    Typed(Typed),
+    Address(u64),
+}
+
+impl Object {
+    /// The object of BTF type `btf_id` at `addr` (0: none).
+    #[inline(always)]
+    pub fn at(addr: u64, btf_id: u32, cast: bool) -> Object {
+        if cast {
+            Object::Typed(Typed::new(addr as *const u8).untrusted(btf_id))
+        } else {
+            Object::Address(addr)
+        }
+    }
+
+    /// The address, for helpers that take one.
+    #[inline(always)]
+    pub fn addr(self) -> u64 {
+        match self {
+            Object::Typed(typed) => typed.addr(),
+            Object::Address(addr) => addr,
+        }
+    }
+
+    /// The field at `off`; `None` for a null object, a missing field or a failed read.
+    #[inline(always)]
+    pub fn get<T: Copy>(self, off: u32) -> Option<T> {
+        match self {
+            Object::Typed(typed) => typed.get(off),
+            Object::Address(addr) => read(addr, off),
+        }
+    }
+}
+
 /// The task's id as seen in its own (innermost) pid namespace:
 /// `task->thread_pid->numbers[level].nr`. Not inlined: its outcomes (no pid, level 0, 1 or
 /// deeper, read by a helper) rejoin at its return, where the verifier sees only an integer;

@@ -537,7 +537,8 @@ mod candidate_tests {
 
     /// Every way of providing the signals and conntrack tracers' hooks verifies on this
     /// kernel (6.18, which has every helper and kfunc they use), the fallbacks for older
-    /// kernels included: a fallback is otherwise never loaded here.
+    /// kernels included: a fallback is otherwise never loaded here. With the configuration a
+    /// run gives them: what the verifier walks depends on it (sizes to copy, options on).
     #[test]
     fn every_candidate_loads() {
         let specs = [
@@ -547,10 +548,11 @@ mod candidate_tests {
         .concat();
         let btf = KernelBtf::from_file(Path::new(crate::kernel::btf::VMLINUX_BTF));
         let kernel = KernelContext::new(&btf, &specs).unwrap();
+        let conntrack = crate::tracers::conntrack::full_config(&btf);
         for candidate in specs.iter().flat_map(|spec| spec.candidates) {
             let options = LoadOptions {
                 ring_buffer_bytes: 4096,
-                globals: Vec::new(),
+                globals: vec![("CONNTRACK_CONFIG", (&conntrack).into())],
             };
             let mut ebpf = open(&kernel, options).unwrap();
             let program = ebpf.program_mut(candidate.program).unwrap();

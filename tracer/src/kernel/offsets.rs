@@ -22,7 +22,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
             MISSING
         })
     };
-    // A kernel with BTF has both structs; MISSING makes the casts fail to verify, and their
+    // A kernel with BTF has these structs (conntrack's unless it is a module); MISSING makes the casts fail to verify, and their
     // programs fall back to variants without them.
     let struct_id =
         |name: &str| -> Result<u32> { Ok(btf.id_of(name, NamedKind::Struct)?.unwrap_or(MISSING)) };
@@ -95,6 +95,9 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         task_struct_stack: optional("task_struct", "stack"),
         task_struct_btf_id: struct_id("task_struct")?,
         sk_buff_btf_id: struct_id("sk_buff")?,
+        nf_conn_btf_id: struct_id("nf_conn")?,
+        net_btf_id: struct_id("net")?,
+        ip_conntrack_stat_btf_id: struct_id("ip_conntrack_stat")?,
         task_struct_flags: optional("task_struct", "flags"),
         task_struct_thread_info_status: optional("task_struct", "thread_info.status"),
         pt_regs_syscall_nr: regs_field(&optional, SyscallRegister::Nr),

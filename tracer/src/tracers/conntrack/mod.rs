@@ -60,6 +60,21 @@ pub(crate) const HOOKS: &[HookSpec] = &[HookSpec {
     required: true,
 }];
 
+/// The configuration a run on this kernel gives the kernel program, every option on, for
+/// tests that load it as a run would.
+#[cfg(test)]
+pub(crate) fn full_config(btf: &KernelBtf) -> ConntrackConfig {
+    ConntrackConfig {
+        netfilter_drop_reason: btf
+            .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
+            .unwrap() as u32,
+        netns_inum: 1,
+        tuple_size: TupleLayout::resolve(btf).unwrap().size,
+        stat_size: stats::StatLayout::resolve(btf).unwrap().size,
+        stack: 1,
+    }
+}
+
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
 /// (namespace, CPU) pairs whose last statistics are kept. The least recently used go first:
