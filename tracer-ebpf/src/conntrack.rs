@@ -44,7 +44,8 @@ macro_rules! config {
 /// The packet's network namespace: from its conntrack entry, else its device, else its socket.
 #[inline(always)]
 fn packet_net(skb: Typed, ct: Object) -> u64 {
-    if let Some(net) = ct.get::<u64>(off!(nf_conn_ct_net_net)) {
+    // A typed read that faults gives 0, not None.
+    if let Some(net) = ct.get::<u64>(off!(nf_conn_ct_net_net)).filter(|n| *n != 0) {
         return net;
     }
     let dev = skb.ptr(off!(sk_buff_dev));
@@ -214,7 +215,8 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     // has no type, and is read through the helper.
     let skb = Typed::new(ctx.arg(0)).untrusted_if(cast, off!(sk_buff_btf_id));
     let nfct = skb.get::<u64>(off!(sk_buff_nfct)).unwrap_or(0);
-    let ct = Object::at(nfct & !7, off!(nf_conn_btf_id), cast);
+    let (ct_addr, ctinfo) = (nfct & !7, nfct & 7);
+    let ct = Object::at(ct_addr, off!(nf_conn_btf_id), cast);
     let net = Object::at(packet_net(skb, ct), off!(net_btf_id), cast);
     let inum = net.get::<u32>(off!(net_ns_inum)).unwrap_or(0);
     let want = config!(netns_inum);
@@ -231,8 +233,8 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     ev.netns_inum = inum;
     ev.net_cookie = net.get::<u64>(off!(net_net_cookie)).unwrap_or(0);
     ev._pad0 = 0;
-    ev.has_ct = (nfct & !7 != 0) as u8;
-    ev.ctinfo = (nfct & 7) as u8;
+    ev.has_ct = (ct_addr != 0) as u8;
+    ev.ctinfo = ctinfo as u8;
     ev._pad1 = 0;
     ev._pad = 0;
     ev.ct_status = ct.get::<u64>(off!(nf_conn_status)).unwrap_or(0);
@@ -251,7 +253,7 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     let tuple_size = config!(tuple_size);
     ev.orig = [0; TUPLE_BYTES];
     ev.reply = [0; TUPLE_BYTES];
-    if nfct & !7 != 0 {
+    if ct_addr != 0 {
         let orig = tuplehash + tuple;
         // A tuple that cannot be read stays zero, which userspace shows as no flow.
         let _ = read_prefix(ct, orig, tuple_size, &mut ev.orig);

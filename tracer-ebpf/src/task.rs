@@ -161,7 +161,8 @@ impl Object {
         }
     }
 
-    /// The field at `off`; `None` for a null object, a missing field or a failed read.
+    /// The field at `off`; `None` for a null object or a missing field, and for a failed
+    /// read through the helper (a typed load that faults reads as 0).
     #[inline(always)]
     pub fn get<T: Copy>(self, off: u32) -> Option<T> {
         match self {

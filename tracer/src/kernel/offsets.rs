@@ -22,8 +22,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
             MISSING
         })
     };
-    // A kernel with BTF has these structs (conntrack's unless it is a module); MISSING makes the casts fail to verify, and their
-    // programs fall back to variants without them.
+    // A kernel with BTF has these structs (conntrack's unless it is a module); MISSING makes
+    // the casts fail to verify, and their programs fall back to variants without them.
     let struct_id =
         |name: &str| -> Result<u32> { Ok(btf.id_of(name, NamedKind::Struct)?.unwrap_or(MISSING)) };
     Ok(KernelOffsets {
