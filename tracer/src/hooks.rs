@@ -548,7 +548,9 @@ mod candidate_tests {
         .concat();
         let btf = KernelBtf::from_file(Path::new(crate::kernel::btf::VMLINUX_BTF));
         let kernel = KernelContext::new(&btf, &specs).unwrap();
-        let conntrack = crate::tracers::conntrack::full_config(&btf);
+        // Every option on: a namespace filter and the drop's stack.
+        let (conntrack, ..) =
+            crate::tracers::conntrack::kernel_config(&btf, Some(1), true).unwrap();
         for candidate in specs.iter().flat_map(|spec| spec.candidates) {
             let options = LoadOptions {
                 ring_buffer_bytes: 4096,

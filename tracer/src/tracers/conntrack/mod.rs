@@ -60,19 +60,31 @@ pub(crate) const HOOKS: &[HookSpec] = &[HookSpec {
     required: true,
 }];
 
-/// The configuration a run on this kernel gives the kernel program, every option on, for
-/// tests that load it as a run would.
-#[cfg(test)]
-pub(crate) fn full_config(btf: &KernelBtf) -> ConntrackConfig {
-    ConntrackConfig {
-        netfilter_drop_reason: btf
-            .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
-            .unwrap() as u32,
-        netns_inum: 1,
-        tuple_size: TupleLayout::resolve(btf).unwrap().size,
-        stat_size: stats::StatLayout::resolve(btf).unwrap().size,
-        stack: 1,
+/// What the kernel program is given for this kernel (the drop reason to match, the sizes of
+/// the structs it copies) and the options (`netns`, `hook`), with the layouts userspace
+/// decodes those copies with.
+pub(crate) fn kernel_config(
+    btf: &KernelBtf,
+    netns: Option<u32>,
+    hook: bool,
+) -> Result<(ConntrackConfig, TupleLayout, StatLayout)> {
+    let netfilter_drop_reason = btf
+        .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
+        .context("this kernel does not report netfilter drop reasons (needs Linux 5.17 or later)")?
+        as u32;
+    let tuple_layout = TupleLayout::resolve(btf)?;
+    let stat_layout = StatLayout::resolve(btf)?;
+    if tuple_layout.size as usize > TUPLE_BYTES || stat_layout.size as usize > STAT_BYTES {
+        bail!("this kernel's conntrack structs are larger than tracer expects; please report it");
     }
+    let config = ConntrackConfig {
+        netfilter_drop_reason,
+        netns_inum: netns.unwrap_or(0),
+        tuple_size: tuple_layout.size,
+        stat_size: stat_layout.size,
+        stack: hook.into(),
+    };
+    Ok((config, tuple_layout, stat_layout))
 }
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
@@ -200,18 +212,7 @@ impl ConntrackTracer {
                 format!("conntrack-drops needs `{s}.{f}` in the kernel's BTF (is nf_conntrack loaded and built with BTF?)")
             })?;
         }
-        let netfilter_drop_reason = btf
-            .enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP")
-            .context(
-                "this kernel does not report netfilter drop reasons (needs Linux 5.17 or later)",
-            )? as u32;
-        let tuple_layout = TupleLayout::resolve(btf)?;
-        let stat_layout = StatLayout::resolve(btf)?;
-        if tuple_layout.size as usize > TUPLE_BYTES || stat_layout.size as usize > STAT_BYTES {
-            bail!(
-                "this kernel's conntrack structs are larger than tracer expects; please report it"
-            );
-        }
+        let (config, tuple_layout, stat_layout) = kernel_config(btf, options.netns, options.hook)?;
         let workload = options.workload.clone();
         workload.warn_if_unmatched("conntrack-drops", &identities.lock());
         let cpus = stats::possible_cpus()?;
@@ -235,13 +236,7 @@ impl ConntrackTracer {
             HookCallers::default()
         };
         Ok(Self {
-            config: ConntrackConfig {
-                netfilter_drop_reason,
-                netns_inum: options.netns.unwrap_or(0),
-                tuple_size: tuple_layout.size,
-                stat_size: stat_layout.size,
-                stack: options.hook.into(),
-            },
+            config,
             options,
             clock: Clock::new(),
             hooks,
