@@ -160,29 +160,38 @@ impl KernelBtf {
         Ok(self.btf.get_or_init(|| parsed))
     }
 
-    /// The ids of the types named `name`, lowest first.
-    fn ids_named(&self, name: &str) -> Result<Vec<u32>> {
+    /// The types named `name` with their ids, lowest id first: each candidate the name index
+    /// gives is parsed once, to check its name.
+    fn named(&self, name: &str) -> Result<Vec<(u32, Type)>> {
         let btf = self.btf()?;
+        let resolve = |id: u32| btf.resolve_type_by_id(id).ok().map(|ty| (id, ty));
         let Some(index) = self.names.get().and_then(Option::as_ref) else {
-            return Ok(btf.resolve_ids_by_name(name).unwrap_or_default());
-        };
-        let named = |id: u32| {
-            let ty = btf.resolve_type_by_id(id).ok()?;
-            btf.resolve_name(ty.as_btf_type()?).ok()
+            let ids = btf.resolve_ids_by_name(name).unwrap_or_default();
+            return ids
+                .into_iter()
+                .map(|id| resolve(id).ok_or_else(|| anyhow!("type {id} of `{name}` unreadable")))
+                .collect();
         };
         Ok(index
             .candidates(name)
-            .filter(|&id| named(id).as_deref() == Some(name))
+            .filter_map(resolve)
+            .filter(|(_, ty)| {
+                ty.as_btf_type()
+                    .and_then(|t| btf.resolve_name(t).ok())
+                    .as_deref()
+                    == Some(name)
+            })
             .collect())
+    }
+
+    /// The ids of the types named `name`, lowest first.
+    fn ids_named(&self, name: &str) -> Result<Vec<u32>> {
+        Ok(self.named(name)?.into_iter().map(|(id, _)| id).collect())
     }
 
     /// The types named `name`.
     fn types_named(&self, name: &str) -> Result<Vec<Type>> {
-        let btf = self.btf()?;
-        self.ids_named(name)?
-            .into_iter()
-            .map(|id| btf.resolve_type_by_id(id).map_err(|e| anyhow!("{e}")))
-            .collect()
+        Ok(self.named(name)?.into_iter().map(|(_, ty)| ty).collect())
     }
 
     /// The answer to `question`: from the facts, else found in the BTF by `find` (whose
