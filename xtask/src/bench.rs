@@ -99,7 +99,6 @@ fn tracer_bin() -> PathBuf {
 struct Attacher {
     child: Child,
     startup: Duration,
-
     output: Option<thread::JoinHandle<String>>,
 }
 
@@ -800,8 +799,8 @@ fn startup_rows(
     let recording = workspace_root().join("target/bench/record.jsonl");
     fs::create_dir_all(recording.parent().context("bench dir")?)?;
     let recording = recording.to_string_lossy().into_owned();
-    // Cold: Cold: no cache of BTF facts (removed before each run);
-    // warm: the cache the run before wrote, as every start after the first finds it.
+    // Cold: no cache of BTF facts (removed before each run); warm: the cache the run before
+    // wrote, as every start after the first finds it.
     let startup = |cmd: &dyn Fn() -> Command, on_stdout: bool, cold: bool| -> Result<(f64, f64)> {
         let mut times = Vec::new();
         let mut rss = Vec::new();
@@ -825,19 +824,19 @@ fn startup_rows(
         (
             "signals --pid",
             vec!["signals", "--pid", pid_s],
-            &sig_script,
+            sig_script,
             true,
         ),
         (
             "conntrack-drops",
             vec!["conntrack-drops"],
-            &skb_script,
+            skb_script,
             false,
         ),
         (
             "record",
             vec!["record", "-o", recording.as_str()],
-            &all_script,
+            all_script,
             false,
         ),
     ] {
