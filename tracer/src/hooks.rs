@@ -24,9 +24,9 @@ use crate::kernel::{
 /// The function `tracer doctor`'s fexit probe attaches to.
 const FEXIT_PROBE_TARGET: &str = "do_send_sig_info";
 
-/// The compiled kernel programs (tracer-ebpf), embedded at build time.
+/// The compiled kernel programs (tracer-ebpf), embedded at build time (see build.rs).
 pub(crate) static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
 
 /// Ring buffer shared by all programs.
 pub const EVENTS_MAP: &str = "EVENTS";
