@@ -21,7 +21,7 @@ use tracer_common::{
 use crate::{
     percpu::this_cpu_ptr,
     pipeline::{count_lost, header, submit, EVENTS},
-    task::{off, read_bytes, Object, Typed},
+    task::{off, read_bytes, zero, Object, Typed},
 };
 
 /// Set by the loader.
@@ -59,6 +59,19 @@ fn packet_net(skb: Typed, ct: Object) -> u64 {
         .get::<u64>(off!(sock_sk_common_skc_net_net))
         .unwrap_or(0)
 }
+
+/// [`zero`] writes whole words: the fields it zeroes start 8-aligned in the record (a ring
+/// buffer record is itself 8-aligned).
+const _: () = {
+    use core::mem::offset_of;
+    let packet = offset_of!(NetfilterDropEvent, packet);
+    assert!(offset_of!(NetfilterDropEvent, stats) % 8 == 0);
+    assert!(offset_of!(NetfilterDropEvent, orig) % 8 == 0);
+    assert!(offset_of!(NetfilterDropEvent, reply) % 8 == 0);
+    assert!(offset_of!(NetfilterDropEvent, stack) % 8 == 0);
+    assert!((packet + offset_of!(PacketHeaders, ip)) % 8 == 0);
+    assert!((packet + offset_of!(PacketHeaders, l4)) % 8 == 0);
+};
 
 /// Copies the first `len` bytes (at most N) of `src` from `off` on into `dst`, which the
 /// caller zeroed: the struct's size comes from BTF, the buffer's from the record layout.
@@ -98,8 +111,8 @@ fn is_ext_header(next: u8) -> bool {
 /// copied past its end are left for userspace to ignore (it gets `len`).
 #[inline(always)]
 fn read_packet(skb: Typed, p: &mut PacketHeaders) {
-    p.ip = [0; PACKET_IP_BYTES];
-    p.l4 = [0; PACKET_L4_BYTES];
+    zero(&mut p.ip);
+    zero(&mut p.l4);
     p.len = 0;
     p.l4_offset = 0;
     p.l4_proto = 0;
@@ -241,7 +254,7 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
 
     let stats = net.get::<u64>(off!(net_ct_stat)).unwrap_or(0);
     ev.stats_valid = 0;
-    ev.stats = [0; STAT_BYTES];
+    zero(&mut ev.stats);
     if let Some(this_cpu) = this_cpu_ptr(stats).filter(|_| stats != 0) {
         // Only statistics actually read are valid: zeroes would compare as counters reset.
         let this_cpu = Object::at(this_cpu, off!(ip_conntrack_stat_btf_id), cast);
@@ -251,8 +264,8 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     let (tuplehash, stride) = (off!(nf_conn_tuplehash), off!(nf_conntrack_tuple_hash_size));
     let tuple = off!(nf_conntrack_tuple_hash_tuple);
     let tuple_size = config!(tuple_size);
-    ev.orig = [0; TUPLE_BYTES];
-    ev.reply = [0; TUPLE_BYTES];
+    zero(&mut ev.orig);
+    zero(&mut ev.reply);
     if ct_addr != 0 {
         let orig = tuplehash + tuple;
         // A tuple that cannot be read stays zero, which userspace shows as no flow.
@@ -261,7 +274,7 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     }
 
     read_packet(skb, &mut ev.packet);
-    ev.stack = [0; STACK_FRAMES];
+    zero(&mut ev.stack);
     if config!(stack) != 0 {
         // SAFETY: the helper writes at most the buffer's size; a failure leaves it zeroed.
         let _ = unsafe {

@@ -20,12 +20,12 @@ use tracer_common::{
         CENSUS_LEN_SLOT, CENSUS_MAX, CLONE_NEWNET,
     },
     offsets::MISSING,
-    EventKind, TaskInfo, COMM_LEN,
+    EventKind,
 };
 
 use crate::{
     pipeline::{count_lost, header, submit, EVENTS},
-    task::{fill_task_info, global, off, read, Typed},
+    task::{fill_task_info, global, off, read, zero, Typed},
 };
 
 /// Set by the loader.
@@ -61,17 +61,6 @@ static DYING: HashMap<u64, Dying> = HashMap::with_max_entries(4096, 0);
 #[map]
 static UNSHARING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-const NO_TASK: TaskInfo = TaskInfo {
-    pid: 0,
-    tid: 0,
-    ns_pid: 0,
-    ns_tid: 0,
-    cgroup_id: 0,
-    start_ns: 0,
-    comm: [0; COMM_LEN],
-    leader_comm: [0; COMM_LEN],
-};
-
 /// `task->nsproxy->net_ns`.
 #[inline(always)]
 fn net_of(task: u64) -> u64 {
@@ -100,9 +89,9 @@ fn emit(action: NetnsAction, inum: u32, cookie: u64, task: Option<Typed>) {
     ev.action = action as u32;
     ev.inum = inum;
     ev.cookie = cookie;
-    ev.task = NO_TASK;
-    if let Some(task) = task {
-        fill_task_info(task, &mut ev.task);
+    match task {
+        Some(task) => fill_task_info(task, &mut ev.task),
+        None => zero(&mut ev.task),
     }
     submit(entry);
 }
