@@ -101,7 +101,7 @@ impl<T: Borrow<MapData>> RingBuf<T> {
         let map_fd = data.fd().as_fd();
         let byte_size = data.obj.max_entries();
         let consumer_metadata = ConsumerMetadata::new(map_fd, 0, page_size)?;
-        let consumer = ConsumerPos::new(consumer_metadata);
+        let consumer = ConsumerPos::new(consumer_metadata, byte_size as usize);
         let producer = ProducerData::new(map_fd, page_size, page_size, byte_size)?;
         Ok(Self {
             map,
@@ -186,6 +186,8 @@ impl Debug for RingBufItem<'_> {
                     pos,
                     metadata: ConsumerMetadata { mmap: _ },
                     needs_wakeup: _,
+                    published: _,
+                    publish_every: _,
                 },
         } = self;
         // In general Relaxed here is sufficient, for debugging, it certainly is.
@@ -223,34 +225,44 @@ struct ConsumerPos {
     pos: usize,
     metadata: ConsumerMetadata,
     needs_wakeup: bool,
+    /// The position last stored where the kernel reads it.
+    published: usize,
+    /// How far `pos` may run ahead of `published` (a sixteenth of the buffer, at most 64 KiB).
+    publish_every: usize,
 }
 
 impl ConsumerPos {
-    fn new(metadata: ConsumerMetadata) -> Self {
+    fn new(metadata: ConsumerMetadata, byte_size: usize) -> Self {
         // Read the starting position before producer data.
         let pos = metadata.as_ref().load(Ordering::Acquire);
         Self {
             pos,
             metadata,
             needs_wakeup: false,
+            published: pos,
+            publish_every: (byte_size / 16).min(64 << 10),
         }
     }
 
     fn consume(&mut self, len: usize) {
-        let Self {
-            pos,
-            metadata,
-            needs_wakeup,
-        } = self;
+        self.pos += (usize::try_from(BPF_RINGBUF_HDR_SZ).unwrap() + len).next_multiple_of(8);
+        self.needs_wakeup = true;
+        if self.pos.wrapping_sub(self.published) >= self.publish_every {
+            self.publish();
+        }
+    }
 
-        *pos += (usize::try_from(BPF_RINGBUF_HDR_SZ).unwrap() + len).next_multiple_of(8);
-
-        // Publish the new position after reading the record. The kernel pairs this with an Acquire
-        // load before reusing the record's storage [1].
-        //
-        // [1]: https://github.com/torvalds/linux/blob/2772d7df/kernel/bpf/ringbuf.c#L422
-        metadata.as_ref().store(*pos, Ordering::Release);
-        *needs_wakeup = true;
+    /// Publishes the position after reading the records before it. The kernel pairs this with an
+    /// Acquire load before reusing their storage [1]. Done a batch of records at a time, and
+    /// whenever the consumer has caught up: each store moves the position's cache line to the
+    /// consumer's CPU, and every reservation the producer makes reads it.
+    ///
+    /// [1]: https://github.com/torvalds/linux/blob/2772d7df/kernel/bpf/ringbuf.c#L422
+    fn publish(&mut self) {
+        if self.published != self.pos {
+            self.metadata.as_ref().store(self.pos, Ordering::Release);
+            self.published = self.pos;
+        }
     }
 }
 
@@ -346,6 +358,9 @@ impl ProducerData {
         while data_available(mmap, pos_cache, consumer) {
             match read_item(data_pages, *mask, consumer) {
                 Item::Busy => {
+                    // What was read before the record being written is released now: the
+                    // caller may wait.
+                    consumer.publish();
                     if !consumer.needs_wakeup {
                         return None;
                     }
@@ -371,6 +386,9 @@ impl ProducerData {
             producer_cache: &mut usize,
             consumer: &mut ConsumerPos,
         ) -> bool {
+            if consumer.pos == *producer_cache {
+                consumer.publish();
+            }
             let ConsumerPos {
                 pos: consumer,
                 needs_wakeup,
