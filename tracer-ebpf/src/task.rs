@@ -64,10 +64,20 @@ pub fn read_bytes(base: u64, off: u32, dst: &mut [u8]) {
 /// verifier.
 #[inline(always)]
 pub fn zero<T>(dst: &mut T) {
+    // SAFETY: a reference is valid for writes of its whole size.
+    unsafe { zero_at(dst) }
+}
+
+/// [`zero`] for storage not yet initialised, such as a `MaybeUninit`'s.
+///
+/// # Safety
+/// `dst` is valid for writes of a `T` and 8-aligned.
+#[inline(always)]
+pub unsafe fn zero_at<T>(dst: *mut T) {
     const { assert!(core::mem::size_of::<T>() % 8 == 0) };
-    let words = (dst as *mut T).cast::<u64>();
+    let words = dst.cast::<u64>();
     for i in 0..core::mem::size_of::<T>() / 8 {
-        // SAFETY: within `dst`, aligned as the caller checked.
+        // SAFETY: within `dst`, as the caller promised.
         unsafe { words.add(i).write_volatile(0) };
     }
 }
