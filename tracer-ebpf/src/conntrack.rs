@@ -12,8 +12,7 @@ use aya_ebpf::{
 use tracer_common::{
     conntrack::{
         ConntrackConfig, NetfilterDropEvent, PacketHeaders, MAX_EXT_HEADERS, PACKET_CHAIN_TOO_LONG,
-        PACKET_FRAGMENT, PACKET_IP_BYTES, PACKET_L4_BYTES, PACKET_LATER_FRAGMENT, PACKET_READ,
-        STACK_FRAMES, STAT_BYTES, TUPLE_BYTES,
+        PACKET_FRAGMENT, PACKET_LATER_FRAGMENT, PACKET_READ,
     },
     EventKind,
 };
