@@ -11,6 +11,8 @@ use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::task::{off, read};
 
+/// Each CPU's copy holds that CPU's offset once learnt (0 before). Fixed at boot, so learnt
+/// once per CPU: the read of `pptrs[0]` is a helper call, which cost more than the rest.
 #[map]
 static PERCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -33,15 +35,17 @@ fn as_number(slot: *mut u64, address: u64) -> u64 {
 #[inline(always)]
 pub fn this_cpu_ptr(percpu_pointer: u64) -> Option<u64> {
     let slot = ADDRESS_SLOT.get_ptr_mut(0)?;
-    let this_cpu_copy = as_number(slot, PERCPU_PROBE.get_ptr(0)? as u64);
-    let array = as_number(slot, &PERCPU_PROBE as *const _ as u64);
-    let probe_pointer = read::<u64>(array, off!(bpf_array_pptrs))?;
+    let this_cpu_copy = PERCPU_PROBE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's copy. A program interrupting this one on this CPU writes the same.
+    let mut offset = unsafe { core::ptr::read_volatile(this_cpu_copy) };
+    if offset == 0 {
+        let array = as_number(slot, &PERCPU_PROBE as *const _ as u64);
+        let probe_pointer = read::<u64>(array, off!(bpf_array_pptrs))?;
+        offset = as_number(slot, this_cpu_copy as u64).wrapping_sub(probe_pointer);
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(this_cpu_copy, offset) };
+    }
     // Also a plain number, whether it was read through the helper or loaded from a typed
     // object (as a typed pointer, the verifier forbids adding an unknown offset to it).
-    let percpu_pointer = as_number(slot, percpu_pointer);
-    Some(
-        percpu_pointer
-            .wrapping_add(this_cpu_copy)
-            .wrapping_sub(probe_pointer),
-    )
+    Some(as_number(slot, percpu_pointer).wrapping_add(offset))
 }
