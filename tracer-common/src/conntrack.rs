@@ -5,8 +5,10 @@
 
 use crate::EventHeader;
 
-/// Bytes kept of a `struct nf_conntrack_tuple` (40 on current kernels).
-pub const TUPLE_BYTES: usize = 48;
+/// Bytes kept of `nf_conn.tuplehash` from the original direction's tuple through the reply
+/// direction's (96 on current kernels: a 40-byte tuple, then the reply's whole
+/// `struct nf_conntrack_tuple_hash` of 56).
+pub const TUPLES_BYTES: usize = 112;
 /// Bytes kept of a `struct ip_conntrack_stat` (52 on current kernels).
 pub const STAT_BYTES: usize = 64;
 
@@ -32,9 +34,10 @@ pub struct NetfilterDropEvent {
     pub _pad: u32,
     /// This CPU's `struct ip_conntrack_stat` of the namespace, raw.
     pub stats: [u8; STAT_BYTES],
-    /// `tuplehash[IP_CT_DIR_ORIGINAL].tuple` and `[IP_CT_DIR_REPLY].tuple`, raw.
-    pub orig: [u8; TUPLE_BYTES],
-    pub reply: [u8; TUPLE_BYTES],
+    /// `tuplehash[IP_CT_DIR_ORIGINAL].tuple` through `tuplehash[IP_CT_DIR_REPLY].tuple`, raw,
+    /// in one copy: the original tuple at 0, the reply's a `struct nf_conntrack_tuple_hash`
+    /// later.
+    pub tuples: [u8; TUPLES_BYTES],
     /// The packet's own headers: its flow when it has no conntrack entry, and what an entry
     /// does not keep (TCP flags, fragments).
     pub packet: PacketHeaders,
@@ -91,9 +94,9 @@ pub struct ConntrackConfig {
     pub netfilter_drop_reason: u32,
     /// Only this network namespace (inode); 0 = all.
     pub netns_inum: u32,
-    /// `sizeof(struct nf_conntrack_tuple)` and `sizeof(struct ip_conntrack_stat)`, capped at
-    /// the buffers above.
-    pub tuple_size: u32,
+    /// The bytes of `tuples` (up to the reply tuple's end) and `sizeof(struct
+    /// ip_conntrack_stat)`, capped at the buffers above.
+    pub tuples_size: u32,
     pub stat_size: u32,
     /// Non-zero: each drop carries its kernel stack, which names the netfilter hook (a stack
     /// walk per drop, a few times what the rest costs: asked for, not by default).

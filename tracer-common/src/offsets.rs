@@ -58,8 +58,6 @@ pub struct KernelOffsets {
     pub nf_conn_status: u32,
     pub nf_conn_ct_net_net: u32,
     pub nf_conntrack_tuple_hash_tuple: u32,
-    /// `sizeof(struct nf_conntrack_tuple_hash)`: stride of `nf_conn.tuplehash[]`.
-    pub nf_conntrack_tuple_hash_size: u32,
     pub net_ns_inum: u32,
     pub net_net_cookie: u32,
     pub net_ct_stat: u32,
@@ -155,7 +153,6 @@ impl KernelOffsets {
             nf_conn_status: MISSING,
             nf_conn_ct_net_net: MISSING,
             nf_conntrack_tuple_hash_tuple: MISSING,
-            nf_conntrack_tuple_hash_size: MISSING,
             net_ns_inum: MISSING,
             net_net_cookie: MISSING,
             net_ct_stat: MISSING,

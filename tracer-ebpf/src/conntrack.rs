@@ -28,7 +28,7 @@ use crate::{
 static CONNTRACK_CONFIG: ConntrackConfig = ConntrackConfig {
     netfilter_drop_reason: 0,
     netns_inum: 0,
-    tuple_size: 0,
+    tuples_size: 0,
     stat_size: 0,
     stack: 0,
 };
@@ -65,8 +65,7 @@ const _: () = {
     use core::mem::offset_of;
     let packet = offset_of!(NetfilterDropEvent, packet);
     assert!(offset_of!(NetfilterDropEvent, stats) % 8 == 0);
-    assert!(offset_of!(NetfilterDropEvent, orig) % 8 == 0);
-    assert!(offset_of!(NetfilterDropEvent, reply) % 8 == 0);
+    assert!(offset_of!(NetfilterDropEvent, tuples) % 8 == 0);
     assert!(offset_of!(NetfilterDropEvent, stack) % 8 == 0);
     assert!((packet + offset_of!(PacketHeaders, ip)) % 8 == 0);
     assert!((packet + offset_of!(PacketHeaders, l4)) % 8 == 0);
@@ -293,16 +292,12 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
         ev.stats_valid = read_prefix(this_cpu, 0, config!(stat_size), &mut ev.stats) as u8;
     }
 
-    let (tuplehash, stride) = (off!(nf_conn_tuplehash), off!(nf_conntrack_tuple_hash_size));
-    let tuple = off!(nf_conntrack_tuple_hash_tuple);
-    let tuple_size = config!(tuple_size);
-    zero(&mut ev.orig);
-    zero(&mut ev.reply);
+    zero(&mut ev.tuples);
     if ct_addr != 0 {
-        let orig = tuplehash + tuple;
-        // A tuple that cannot be read stays zero, which userspace shows as no flow.
-        let _ = read_prefix(ct, orig, tuple_size, &mut ev.orig);
-        let _ = read_prefix(ct, orig + stride, tuple_size, &mut ev.reply);
+        let orig = off!(nf_conn_tuplehash) + off!(nf_conntrack_tuple_hash_tuple);
+        // Both tuples in one call: the helper costs more than the bytes between them. Tuples
+        // that cannot be read stay zero, which userspace shows as no flow.
+        let _ = read_prefix(ct, orig, config!(tuples_size), &mut ev.tuples);
     }
 
     read_packet(skb, &mut ev.packet);

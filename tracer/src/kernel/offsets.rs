@@ -71,9 +71,6 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         nf_conn_status: optional("nf_conn", "status"),
         nf_conn_ct_net_net: optional("nf_conn", "ct_net.net"),
         nf_conntrack_tuple_hash_tuple: optional("nf_conntrack_tuple_hash", "tuple"),
-        nf_conntrack_tuple_hash_size: btf
-            .struct_size("nf_conntrack_tuple_hash")
-            .unwrap_or(MISSING),
         net_ns_inum: optional("net", "ns.inum"),
         net_net_cookie: optional("net", "net_cookie"),
         net_ct_stat: optional("net", "ct.stat"),

@@ -60,7 +60,10 @@ pub struct TupleLayout {
     dst_u3: usize,
     dst_port: usize,
     protonum: usize,
-    pub size: u32,
+    size: usize,
+    /// Where the reply tuple starts, from the original's: `sizeof(struct
+    /// nf_conntrack_tuple_hash)`, the stride of `nf_conn.tuplehash[]`.
+    reply: usize,
 }
 
 impl TupleLayout {
@@ -77,8 +80,14 @@ impl TupleLayout {
             dst_u3: field("dst.u3")?,
             dst_port: field("dst.u.all")?,
             protonum: field("dst.protonum")?,
-            size: btf.struct_size("nf_conntrack_tuple")?,
+            size: btf.struct_size("nf_conntrack_tuple")? as usize,
+            reply: btf.struct_size("nf_conntrack_tuple_hash")? as usize,
         })
+    }
+
+    /// The bytes from the original tuple's start to the reply tuple's end.
+    pub fn span(&self) -> usize {
+        self.reply + self.size
     }
 
     /// One direction of the entry, and for ICMP its type, code and echo id (conntrack keeps
@@ -187,8 +196,13 @@ impl ConntrackDrop {
         clock: &Clock,
     ) -> Self {
         let packet = Packet::decode(&ev.packet);
-        let entry = (ev.has_ct != 0).then(|| layout.decode(&ev.orig)).flatten();
-        let reply = entry.and(layout.decode(&ev.reply)).map(|(t, _)| t);
+        let entry = (ev.has_ct != 0)
+            .then(|| layout.decode(&ev.tuples))
+            .flatten();
+        let reply = entry
+            .and(ev.tuples.get(layout.reply..))
+            .and_then(|raw| layout.decode(raw))
+            .map(|(t, _)| t);
         let (orig, icmp) = match entry {
             Some((tuple, icmp)) => (Some(tuple), icmp),
             None => (packet.tuple, packet.icmp),

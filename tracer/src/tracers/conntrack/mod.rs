@@ -22,7 +22,7 @@ use aya::GlobalData;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tracer_common::{
-    conntrack::{ConntrackConfig, NetfilterDropEvent, STAT_BYTES, TUPLE_BYTES},
+    conntrack::{ConntrackConfig, NetfilterDropEvent, STAT_BYTES, TUPLES_BYTES},
     EventKind,
 };
 
@@ -74,13 +74,13 @@ pub(crate) fn kernel_config(
         as u32;
     let tuple_layout = TupleLayout::resolve(btf)?;
     let stat_layout = StatLayout::resolve(btf)?;
-    if tuple_layout.size as usize > TUPLE_BYTES || stat_layout.size as usize > STAT_BYTES {
+    if tuple_layout.span() > TUPLES_BYTES || stat_layout.size as usize > STAT_BYTES {
         bail!("this kernel's conntrack structs are larger than tracer expects; please report it");
     }
     let config = ConntrackConfig {
         netfilter_drop_reason,
         netns_inum: netns.unwrap_or(0),
-        tuple_size: tuple_layout.size,
+        tuples_size: tuple_layout.span() as u32,
         stat_size: stat_layout.size,
         stack: hook.into(),
     };
