@@ -11,6 +11,8 @@ use crate::EventHeader;
 pub const TUPLES_BYTES: usize = 112;
 /// Bytes kept of a `struct ip_conntrack_stat` (52 on current kernels).
 pub const STAT_BYTES: usize = 64;
+/// The statistics counters userspace reads (see `ConntrackConfig::stat_counters`).
+pub const STAT_COUNTERS: usize = 4;
 
 /// One packet freed with reason `SKB_DROP_REASON_NETFILTER_DROP`.
 #[repr(C)]
@@ -98,6 +100,10 @@ pub struct ConntrackConfig {
     /// ip_conntrack_stat)`, capped at the buffers above.
     pub tuples_size: u32,
     pub stat_size: u32,
+    /// Offsets in `struct ip_conntrack_stat` of the counters userspace reads (`insert_failed`,
+    /// `drop`, `early_drop`, `clash_resolve`): where the statistics are a typed object, the
+    /// program copies only these, to the same offsets of `stats`.
+    pub stat_counters: [u32; STAT_COUNTERS],
     /// Non-zero: each drop carries its kernel stack, which names the netfilter hook (a stack
     /// walk per drop, a few times what the rest costs: asked for, not by default).
     pub stack: u32,

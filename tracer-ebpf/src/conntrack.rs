@@ -13,6 +13,7 @@ use tracer_common::{
     conntrack::{
         ConntrackConfig, NetfilterDropEvent, PacketHeaders, MAX_EXT_HEADERS, PACKET_CHAIN_TOO_LONG,
         PACKET_FRAGMENT, PACKET_IP_BYTES, PACKET_L4_BYTES, PACKET_LATER_FRAGMENT, PACKET_READ,
+        STAT_BYTES, STAT_COUNTERS,
     },
     EventKind,
 };
@@ -30,6 +31,7 @@ static CONNTRACK_CONFIG: ConntrackConfig = ConntrackConfig {
     netns_inum: 0,
     tuples_size: 0,
     stat_size: 0,
+    stat_counters: [0; STAT_COUNTERS],
     stack: 0,
 };
 
@@ -83,6 +85,27 @@ fn read_prefix<const N: usize>(src: Object, off: u32, len: u32, dst: &mut [u8; N
     addr != 0
         && unsafe { bpf_probe_read_kernel_buf((addr + off as u64) as *const u8, &mut dst[..len]) }
             .is_ok()
+}
+
+/// The counters userspace reads, each copied to its own offset in `dst` (which the caller
+/// zeroed): four plain loads cost less than the helper's copy of the whole struct.
+#[inline(always)]
+fn copy_counters(stat: Typed, dst: &mut [u8; STAT_BYTES]) {
+    for i in 0..STAT_COUNTERS {
+        // SAFETY: reading a static; volatile keeps the loader's value from being folded away.
+        let off = unsafe { core::ptr::read_volatile(&CONNTRACK_CONFIG.stat_counters[i]) };
+        // The bound is for the verifier: userspace's offsets are within the struct.
+        if off as usize <= STAT_BYTES - 4 {
+            let counter = stat.get::<u32>(off).unwrap_or(0);
+            // SAFETY: within `dst`; a u32 field's offset is 4-aligned, as `stats` is.
+            unsafe {
+                dst.as_mut_ptr()
+                    .add(off as usize)
+                    .cast::<u32>()
+                    .write(counter)
+            };
+        }
+    }
 }
 
 /// IPv6 next-header values of the extension headers walked to reach the transport header.
@@ -288,8 +311,13 @@ fn dropped(ctx: &BtfTracePointContext, cast: bool) -> i32 {
     zero(&mut ev.stats);
     if let Some(this_cpu) = this_cpu_ptr(stats).filter(|_| stats != 0) {
         // Only statistics actually read are valid: zeroes would compare as counters reset.
-        let this_cpu = Object::at(this_cpu, off!(ip_conntrack_stat_btf_id), cast);
-        ev.stats_valid = read_prefix(this_cpu, 0, config!(stat_size), &mut ev.stats) as u8;
+        ev.stats_valid = match Object::at(this_cpu, off!(ip_conntrack_stat_btf_id), cast) {
+            Object::Typed(stat) => {
+                copy_counters(stat, &mut ev.stats);
+                1
+            }
+            address => read_prefix(address, 0, config!(stat_size), &mut ev.stats) as u8,
+        };
     }
 
     zero(&mut ev.tuples);

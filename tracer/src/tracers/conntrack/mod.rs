@@ -82,6 +82,7 @@ pub(crate) fn kernel_config(
         netns_inum: netns.unwrap_or(0),
         tuples_size: tuple_layout.span() as u32,
         stat_size: stat_layout.size,
+        stat_counters: stat_layout.counters(),
         stack: hook.into(),
     };
     Ok((config, tuple_layout, stat_layout))

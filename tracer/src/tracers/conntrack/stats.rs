@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _, Result};
 use serde::Serialize;
+use tracer_common::conntrack::STAT_COUNTERS;
 
 use crate::kernel::{
     btf::KernelBtf,
@@ -72,6 +73,17 @@ impl StatLayout {
             clash_resolve: field("clash_resolve")?,
             size: btf.struct_size("ip_conntrack_stat")?,
         })
+    }
+
+    /// The offsets of the counters [`Self::decode`] reads.
+    pub fn counters(&self) -> [u32; STAT_COUNTERS] {
+        [
+            self.insert_failed,
+            self.drop,
+            self.early_drop,
+            self.clash_resolve,
+        ]
+        .map(|o| o as u32)
     }
 
     pub fn decode(&self, raw: &[u8]) -> CtStats {
