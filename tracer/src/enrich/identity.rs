@@ -37,9 +37,10 @@ use super::{
 /// The most cgroups remembered; past it, those no longer on the node are forgotten first.
 const MAX_CACHED: usize = 65_536;
 
-/// How long an identity found through /proc/PID/cgroup is reused: long enough that a signal
-/// storm does not read the file per event, short enough that a reused pid is soon seen anew.
-const PID_TTL: Duration = Duration::from_secs(1);
+/// How long (ns of the events' monotonic clock) an identity found through /proc/PID/cgroup is
+/// reused: long enough that a signal storm does not read the file per event, short enough that
+/// a reused pid is soon seen anew.
+const PID_TTL_NS: u64 = 1_000_000_000;
 
 /// Pids remembered at most; past it, the expired ones are forgotten.
 const MAX_PIDS: usize = 4_096;
@@ -355,8 +356,10 @@ pub struct Enricher {
     impostors: HashSet<u64>,
     /// What events made a walk for already: each makes one at most.
     looked_for: LruCache<Looked, ()>,
-    /// Identities found by pid (tasks in the root cgroup), with when they were found.
-    by_pid: HashMap<u32, (Instant, Identity)>,
+    /// Identities found by pid (tasks in the root cgroup), with the time of the event they
+    /// were found for: the events carry the time, where reading the clock for each took a
+    /// few percent of a signal storm's reader.
+    by_pid: HashMap<u32, (u64, Identity)>,
 }
 
 impl Enricher {
@@ -613,7 +616,7 @@ impl Enricher {
         if !self.has_cgroup_ids() || cgroup_id == 0 || Some(cgroup_id) == self.root_id {
             // In the root of the unified hierarchy, or on a host without one: a host process,
             // or a container whose runtime uses only the v1 hierarchies; its v1 paths tell.
-            return self.identify_by_pid(pid);
+            return self.identify_by_pid(pid, at_ns);
         }
         if !self.by_cgroup.contains_key(&cgroup_id) || self.unresolved.contains(&cgroup_id) {
             let what = format_args!("cgroup {cgroup_id} (pid {pid})");
@@ -631,9 +634,11 @@ impl Enricher {
         self.root.is_some()
     }
 
-    fn identify_by_pid(&mut self, pid: u32) -> Identity {
-        if let Some((found, identity)) = self.by_pid.get(&pid) {
-            if found.elapsed() < PID_TTL {
+    fn identify_by_pid(&mut self, pid: u32, at_ns: u64) -> Identity {
+        // Events from several CPUs come slightly out of order: an earlier one is as fresh.
+        let fresh = |found_ns: u64| at_ns.saturating_sub(found_ns) < PID_TTL_NS;
+        if let Some((found_ns, identity)) = self.by_pid.get(&pid) {
+            if fresh(*found_ns) {
                 return identity.clone();
             }
         }
@@ -645,11 +650,10 @@ impl Enricher {
             None => Identity::default(),
         };
         if self.by_pid.len() >= MAX_PIDS {
-            self.by_pid
-                .retain(|_, (found, _)| found.elapsed() < PID_TTL);
+            self.by_pid.retain(|_, (found_ns, _)| fresh(*found_ns));
         }
         if self.by_pid.len() < MAX_PIDS {
-            self.by_pid.insert(pid, (Instant::now(), identity.clone()));
+            self.by_pid.insert(pid, (at_ns, identity.clone()));
         }
         identity
     }
