@@ -48,7 +48,8 @@ pub fn escape(bytes: &[u8]) -> String {
         .iter()
         .all(|&b| (b' '..=b'~').contains(&b) && b != b'\\')
     {
-        return bytes.iter().map(|&b| char::from(b)).collect();
+        // ASCII is UTF-8: copied whole, not pushed a character at a time.
+        return std::str::from_utf8(bytes).unwrap_or_default().to_owned();
     }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {

@@ -1,6 +1,6 @@
 //! Ring-buffer records of the `signals` tracer to typed events.
 
-use std::{io, io::Write, time::Duration};
+use std::{borrow::Cow, io, io::Write, rc::Rc, time::Duration};
 
 use serde::Serialize;
 use tracer_common::{
@@ -35,7 +35,7 @@ pub struct Process {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ns_tid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
+    pub exe: Option<Rc<str>>,
     /// cgroup v2 id of the thread's cgroup.
     pub cgroup_id: u64,
     /// The container the process runs in; null for a host process.
@@ -130,7 +130,7 @@ impl Process {
 #[derive(Clone, Debug, Serialize)]
 pub struct Ancestor {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Rc<str>,
     /// How long the process had been running when the signal was sent.
     pub running_ms: u64,
 }
@@ -152,13 +152,13 @@ pub struct SignalRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub time: String,
-    pub signal: String,
+    pub signal: Cow<'static, str>,
     pub signo: i32,
     /// How it was sent: `kill`, `kill_pgrp`, `tgkill`, `sigqueue`, `pidfd`, `cgroup.kill`, ...,
     /// or `kernel`; decided from where the kernel generated it (see `sender`).
     pub how: How,
     /// The `si_code` by name (`kill`, `tkill`, `timer`, `SEGV_MAPERR`, `code -77`, ...).
-    pub code: String,
+    pub code: Cow<'static, str>,
     /// The raw `si_code`; null when the kernel passed no siginfo.
     pub si_code: Option<i32>,
     /// Who chose the code: `kernel`, `sender` (a claim), `unverified`.
@@ -205,8 +205,8 @@ impl SignalRecord {
             InfoKind::Siginfo => (code_name(ev.signo, ev.code), Some(ev.code)),
             // What the target's siginfo says: SI_USER from the sender.
             InfoKind::NoInfo if verdict.by_process() => (code_name(ev.signo, 0), None),
-            InfoKind::NoInfo => ("kernel (no info)".to_string(), None),
-            InfoKind::Priv => ("kernel (privileged)".to_string(), None),
+            InfoKind::NoInfo => ("kernel (no info)".into(), None),
+            InfoKind::Priv => ("kernel (privileged)".into(), None),
         };
         let mut current = Process::from_task(&ev.sender);
         current.exe = description.and_then(|d| d.exe.clone());
@@ -312,7 +312,7 @@ impl Event for SignalRecord {
         Column {
             name: "signal",
             default: true,
-            value: |e| Some(e.signal.clone()),
+            value: |e| Some(e.signal.to_string()),
         },
         Column {
             name: "result",
@@ -357,7 +357,11 @@ impl Event for SignalRecord {
         Column {
             name: "sender_exe",
             default: true,
-            value: |e| e.sender.as_ref().and_then(|s| s.exe.clone()),
+            value: |e| {
+                e.sender
+                    .as_ref()
+                    .and_then(|s| s.exe.as_deref().map(str::to_owned))
+            },
         },
         Column {
             name: "ancestry",
@@ -382,7 +386,7 @@ impl Event for SignalRecord {
         Column {
             name: "code",
             default: false,
-            value: |e| Some(e.code.clone()),
+            value: |e| Some(e.code.to_string()),
         },
         Column {
             name: "oom_memcg",
@@ -400,7 +404,7 @@ impl Event for SignalRecord {
         let reason = self.kernel_reason.map_or("none", KernelReason::name);
         Some(Count {
             family: &SIGNALS_TOTAL,
-            labels: vec![self.signal.clone(), self.result.into(), reason.into()],
+            labels: vec![self.signal.to_string(), self.result.into(), reason.into()],
             pod: self.target.pod.as_ref(),
             netns: None,
         })

@@ -107,6 +107,16 @@ fn process_of(id: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Who sent a signal, as the summary's `by_sender` counts it: static names, not a string made
+/// for each signal.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SentBy {
+    /// The kernel, for this reason.
+    Kernel(&'static str),
+    /// A process, this way (`kill`, `tgkill`, ...).
+    Process(&'static str),
+}
+
 pub struct SignalsTracer {
     filter: SignalFilter,
     clock: Clock,
@@ -124,7 +134,7 @@ pub struct SignalsTracer {
     workload: WorkloadFilter,
     by_signal: BTreeMap<String, u64>,
     by_result: BTreeMap<&'static str, u64>,
-    by_sender: BTreeMap<String, u64>,
+    by_sender: BTreeMap<SentBy, u64>,
     /// The last SIGKILL delivered to each target, to explain an exit code 137.
     kills: LruCache<u32, SignalRecord>,
 }
@@ -198,11 +208,15 @@ impl SignalsTracer {
     }
 
     fn emit(&mut self, record: SignalRecord, out: &mut Output) -> Result<u64> {
-        *self.by_signal.entry(record.signal.clone()).or_default() += 1;
+        // Looked up before inserting: a signal's name is a key already but for its first time.
+        match self.by_signal.get_mut(&*record.signal) {
+            Some(count) => *count += 1,
+            None => drop(self.by_signal.insert(record.signal.to_string(), 1)),
+        }
         *self.by_result.entry(record.result).or_default() += 1;
         let sender = match record.kernel_reason {
-            Some(reason) => reason.describe().to_string(),
-            None => format!("process ({})", record.how.name()),
+            Some(reason) => SentBy::Kernel(reason.describe()),
+            None => SentBy::Process(record.how.name()),
         };
         *self.by_sender.entry(sender).or_default() += 1;
         out.event(&record)?;
@@ -362,7 +376,18 @@ impl Tracer for SignalsTracer {
     fn summarize(&self, summary: &mut Map<String, Value>) {
         summary.insert("by_signal".into(), json!(self.by_signal));
         summary.insert("by_result".into(), json!(self.by_result));
-        summary.insert("by_sender".into(), json!(self.by_sender));
+        let by_sender: BTreeMap<String, u64> = self
+            .by_sender
+            .iter()
+            .map(|(sender, count)| {
+                let sender = match sender {
+                    SentBy::Kernel(reason) => reason.to_string(),
+                    SentBy::Process(how) => format!("process ({how})"),
+                };
+                (sender, *count)
+            })
+            .collect();
+        summary.insert("by_sender".into(), json!(by_sender));
         summary.insert(
             "sender_descriptions_reused".into(),
             json!(self.descriptions_reused),

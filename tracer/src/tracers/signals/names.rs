@@ -1,5 +1,7 @@
 //! The vocabulary of signals: names, `si_code` classes, delivery results, exit codes.
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 
 /// Standard signal names on Linux (x86, arm, riscv numbering), index = number.
@@ -45,12 +47,12 @@ pub const SIGPIPE: i32 = 13;
 pub const SIGCHLD: i32 = 17;
 
 /// `SIGKILL`, `SIGRTMIN+3`, or `signal 99` for a number outside the known range.
-pub fn signal_name(signo: i32) -> String {
+pub fn signal_name(signo: i32) -> Cow<'static, str> {
     match signo {
-        1..=31 => NAMES[signo as usize].to_string(),
-        SIGRTMIN => "SIGRTMIN".to_string(),
-        33..=SIGRTMAX => format!("SIGRTMIN+{}", signo - SIGRTMIN),
-        _ => format!("signal {signo}"),
+        1..=31 => NAMES[signo as usize].into(),
+        SIGRTMIN => "SIGRTMIN".into(),
+        33..=SIGRTMAX => format!("SIGRTMIN+{}", signo - SIGRTMIN).into(),
+        _ => format!("signal {signo}").into(),
     }
 }
 
@@ -185,11 +187,11 @@ const SI_CODES: [(i32, &str, &str); 10] = [
 
 /// How the signal was sent, from `si_code`: `kill`, `tkill`, `sigqueue`, `kernel`, the
 /// signal-specific codes (`SEGV_MAPERR`, `CLD_EXITED`, ...), or `code N`.
-pub fn code_name(signo: i32, code: i32) -> String {
+pub fn code_name(signo: i32, code: i32) -> Cow<'static, str> {
     match SI_CODES.iter().find(|(value, ..)| *value == code) {
-        Some((_, name, _)) => name.to_string(),
+        Some((_, name, _)) => (*name).into(),
         None if code > 0 => fault_code_name(signo, code),
-        None => format!("code {code}"),
+        None => format!("code {code}").into(),
     }
 }
 
@@ -197,11 +199,11 @@ pub fn code_name(signo: i32, code: i32) -> String {
 pub fn si_code_symbol(signo: i32, code: i32) -> String {
     match SI_CODES.iter().find(|(value, ..)| *value == code) {
         Some((_, _, symbol)) => symbol.to_string(),
-        None => code_name(signo, code),
+        None => code_name(signo, code).into_owned(),
     }
 }
 
-fn fault_code_name(signo: i32, code: i32) -> String {
+fn fault_code_name(signo: i32, code: i32) -> Cow<'static, str> {
     let table: &[&str] = match signo {
         4 => &[
             "ILL_ILLOPC",
@@ -264,10 +266,10 @@ fn fault_code_name(signo: i32, code: i32) -> String {
         31 => &["SYS_SECCOMP", "SYS_USER_DISPATCH"],
         _ => &[],
     };
-    table
-        .get(code as usize - 1)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| format!("code {code}"))
+    match table.get(code as usize - 1) {
+        Some(name) => (*name).into(),
+        None => format!("code {code}").into(),
+    }
 }
 
 /// Whether a siginfo code says a user process sent the signal with kill(2), tkill(2),

@@ -10,18 +10,19 @@ use tracer_common::signal::{SenderDescription, SENDER_SLOTS};
 
 use crate::text::kernel_str;
 
-/// One ancestor as captured; its age is computed per signal.
+/// One ancestor as captured; its age is computed per signal. The strings are shared with
+/// every signal that names them, not copied into each.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parent {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Rc<str>,
     pub start_ns: u64,
 }
 
 /// A sender's description, decoded once per sending.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Description {
-    pub exe: Option<String>,
+    pub exe: Option<Rc<str>>,
     /// Parent first.
     pub ancestry: Vec<Parent>,
     pub ancestry_truncated: bool,
@@ -30,12 +31,12 @@ pub struct Description {
 impl Description {
     pub fn decode(raw: &SenderDescription) -> Self {
         Self {
-            exe: exe_path(raw),
+            exe: exe_path(raw).map(Rc::from),
             ancestry: raw.ancestry[..(raw.ancestry_len as usize).min(raw.ancestry.len())]
                 .iter()
                 .map(|a| Parent {
                     pid: a.pid,
-                    comm: kernel_str(&a.comm),
+                    comm: kernel_str(&a.comm).into(),
                     start_ns: a.start_ns,
                 })
                 .collect(),
