@@ -211,7 +211,9 @@ impl SignalsTracer {
         // Looked up before inserting: a signal's name is a key already but for its first time.
         match self.by_signal.get_mut(&*record.signal) {
             Some(count) => *count += 1,
-            None => drop(self.by_signal.insert(record.signal.to_string(), 1)),
+            None => {
+                self.by_signal.insert(record.signal.to_string(), 1);
+            }
         }
         *self.by_result.entry(record.result).or_default() += 1;
         let sender = match record.kernel_reason {
