@@ -1,8 +1,8 @@
 //! Ring-buffer records of the `signals` tracer to typed events.
 
-use std::{borrow::Cow, io, io::Write, rc::Rc, time::Duration};
+use std::{borrow::Cow, cell::RefCell, io, io::Write, rc::Rc, time::Duration};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tracer_common::{
     signal::{InfoKind, OomVictimEvent, SignalEvent},
     TaskInfo,
@@ -16,12 +16,12 @@ use super::{
 use crate::{
     clock::{self, Clock},
     enrich::identity::{Container, Enricher, Pod},
-    output::{pod_column, Column, Count, Event, Family},
+    output::{memo, memo::Memo, pod_column, Column, Count, Event, Family},
     text::kernel_str,
 };
 
 /// One side of a signal.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
@@ -127,7 +127,7 @@ impl Process {
 }
 
 /// One process of the sender's ancestry.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Ancestor {
     pub pid: u32,
     pub comm: Rc<str>,
@@ -144,6 +144,31 @@ pub struct OomDetail {
     /// The task that was allocating memory when the OOM killer ran. It did not send the
     /// signal; it only triggered the kill.
     pub allocating: Process,
+}
+
+thread_local! {
+    /// The JSON of the processes and ancestries of the last few records (see
+    /// `output::memo`): a storm repeats them in every record.
+    static PROCESSES: RefCell<Memo<Process>> = const { RefCell::new(Memo::new()) };
+    static ANCESTRIES: RefCell<Memo<Vec<Ancestor>>> = const { RefCell::new(Memo::new()) };
+}
+
+fn memo_process<S: Serializer>(process: &Process, serializer: S) -> Result<S::Ok, S::Error> {
+    memo::through(&PROCESSES, process, serializer)
+}
+
+fn memo_sender<S: Serializer>(sender: &Option<Process>, serializer: S) -> Result<S::Ok, S::Error> {
+    match sender {
+        Some(process) => memo_process(process, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn memo_ancestry<S: Serializer>(
+    ancestry: &Vec<Ancestor>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    memo::through(&ANCESTRIES, ancestry, serializer)
 }
 
 /// One signal.
@@ -169,12 +194,15 @@ pub struct SignalRecord {
     /// Why the kernel sent it; null when a process sent it, whatever code it claims.
     pub kernel_reason: Option<KernelReason>,
     /// The sending process; null when the kernel sent the signal.
+    #[serde(serialize_with = "memo_sender")]
     pub sender: Option<Process>,
+    #[serde(serialize_with = "memo_process")]
     pub target: Process,
     /// For kernel-sent signals, the task that was running when the kernel sent it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<Process>,
     /// The sender's parents, parent first, ending at pid 1.
+    #[serde(serialize_with = "memo_ancestry")]
     pub ancestry: Vec<Ancestor>,
     pub ancestry_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use crate::enrich::identity::Pod;
 
+pub mod memo;
+
 /// An event a tracer emits: serialisable for `--json`, one human line (or a few), and the
 /// columns of its `-o line` view.
 pub trait Event: Serialize + 'static {
