@@ -369,15 +369,7 @@ pub fn linked_bpf_programs() -> Vec<String> {
 
 /// The programs each tracer attaches.
 pub const PROGRAMS_BY_TRACER: &[(&str, &[&str])] = &[
-    (
-        "signals",
-        &[
-            "signal_generate",
-            "mark_victim",
-            "ancestry_exit",
-            "ancestry_rename",
-        ],
-    ),
+    ("signals", &["signal_generate", "mark_victim"]),
     ("conntrack-drops", &["kfree_skb"]),
     (
         "netns",

@@ -91,8 +91,6 @@ mod user {
     unsafe impl aya::Pod for crate::signal::SignalEvent {}
     unsafe impl aya::Pod for crate::signal::DescribedSignalEvent {}
     unsafe impl aya::Pod for crate::signal::OomVictimEvent {}
-    unsafe impl aya::Pod for crate::signal::AncestryEpoch {}
-    unsafe impl aya::Pod for crate::signal::AncestryKey {}
     unsafe impl aya::Pod for crate::conntrack::NetfilterDropEvent {}
     unsafe impl aya::Pod for crate::conntrack::ConntrackConfig {}
     unsafe impl aya::Pod for crate::netns::NetnsEvent {}

@@ -79,10 +79,6 @@ pub struct KernelOffsets {
     pub work_struct_func: u32,
     pub task_struct_stack: u32,
     pub task_struct_flags: u32,
-    /// The word of `task_struct.alloc_lock` (`task_lock()`) that is non-zero while it is held:
-    /// a queued spinlock's `val`. [`MISSING`] where the lock is another kind (PREEMPT_RT): the
-    /// signals program then walks every ancestry.
-    pub task_struct_alloc_lock: u32,
     /// `task_struct.thread_info.status` (x86: `TS_COMPAT` marks a 32-bit syscall).
     pub task_struct_thread_info_status: u32,
     /// The user registers' syscall number (x86: `pt_regs.orig_ax`); [`MISSING`] on an
@@ -172,7 +168,6 @@ impl KernelOffsets {
             work_struct_func: MISSING,
             task_struct_stack: MISSING,
             task_struct_flags: MISSING,
-            task_struct_alloc_lock: MISSING,
             task_struct_thread_info_status: MISSING,
             pt_regs_syscall_nr: MISSING,
             pt_regs_syscall_ret: MISSING,

@@ -118,39 +118,6 @@ pub struct DescribedSignalEvent {
     pub description: SenderDescription,
 }
 
-/// What tells the kernel program that an ancestry it captured is still the ancestry: a
-/// process's chain of parents, with their pids, start times and names, changes only when a
-/// task exits (its children are reparented) or a task's name changes (`prctl`, exec, a write
-/// to `/proc/PID/comm`). Two programs count those events in `changes`; a slot captured when
-/// the count was N is reused, without walking the parents again, while it is still N.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AncestryEpoch {
-    pub changes: u64,
-    /// 1 once userspace attached both counting programs: before, nothing is reused.
-    pub watched: u64,
-}
-
-/// The map holding the one [`AncestryEpoch`].
-pub const ANCESTRY_EPOCH_MAP: &str = "ANCESTRY_EPOCH";
-
-/// Per CPU and sender slot: the process whose ancestry the slot holds (its tgid and start
-/// time, which a reused pid does not repeat) and [`AncestryEpoch::changes`] when it was
-/// captured.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct AncestryKey {
-    pub pid: u64,
-    pub start_ns: u64,
-    /// `u64::MAX` (a count never reached) when the capture may have raced with a change.
-    pub epoch: u64,
-    /// Signals whose sender's ancestry was taken from this slot without a walk.
-    pub reused: u64,
-}
-
-/// The per-CPU map of [`AncestryKey`]s, one per sender slot.
-pub const ANCESTRY_KEYS_MAP: &str = "ANCESTRY_KEYS";
-
 /// Sender-description slots per CPU (a power of two). A sender's slot is picked from its pid;
 /// two senders sharing a slot only cost re-sending, never a wrong description, because the
 /// slot is compared with a fresh capture at every signal.

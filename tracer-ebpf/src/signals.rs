@@ -12,17 +12,17 @@ use aya_ebpf::{
         generated::bpf_probe_read_kernel_str,
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use tracer_common::{
     offsets::MISSING,
     signal::{
-        sender_slot, AncestryEpoch, AncestryKey, DescribedSignalEvent, InfoKind, OomVictimEvent,
-        SendContext, SenderDescription, SignalEvent, SignalFilter, ANCESTRY_MAX, EXE_NAME_LEN,
-        SENDER_SLOTS, TARGET_CGROUPS_MAX,
+        sender_slot, DescribedSignalEvent, InfoKind, OomVictimEvent, SendContext,
+        SenderDescription, SignalEvent, SignalFilter, ANCESTRY_MAX, EXE_NAME_LEN, SENDER_SLOTS,
+        TARGET_CGROUPS_MAX,
     },
-    EventKind, TaskInfo,
+    EventKind,
 };
 
 use crate::{
@@ -49,17 +49,6 @@ static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(TARGET_CGROU
 #[map]
 static SENDER_SLOTS_MAP: PerCpuArray<SenderDescription> =
     PerCpuArray::with_max_entries(SENDER_SLOTS, 0);
-
-/// Counts the events that can change an ancestry (see [`AncestryEpoch`]).
-#[map]
-static ANCESTRY_EPOCH: Array<AncestryEpoch> = Array::with_max_entries(1, 0);
-
-/// Per CPU and slot, whose ancestry [`SENDER_SLOTS_MAP`]'s slot holds and as of which count.
-#[map]
-static ANCESTRY_KEYS: PerCpuArray<AncestryKey> = PerCpuArray::with_max_entries(SENDER_SLOTS, 0);
-
-/// `task_struct.flags`: the task has begun to exit (set before `sched_process_exit`).
-const PF_EXITING: u32 = 0x4;
 
 /// Per CPU, the signal event being filled in.
 #[map]
@@ -175,16 +164,6 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
     };
     // SAFETY: this CPU's copy, as the scratch.
     let slot = unsafe { &mut *slot };
-    let Some(key) = ANCESTRY_KEYS.get_ptr_mut(slot_index) else {
-        count_lost(EventKind::Signal);
-        return 0;
-    };
-    // SAFETY: as above.
-    let key = unsafe { &mut *key };
-    let Some(epoch) = ANCESTRY_EPOCH.get_ptr(0) else {
-        count_lost(EventKind::Signal);
-        return 0;
-    };
     ev.header = header(EventKind::Signal);
     ev.signo = sig;
     ev.result = result;
@@ -213,7 +192,7 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
     fill_task_info(target, &mut ev.target);
     // Described last, for the same reason: whether it changed, carried through the fills
     // above, doubled the states the verifier walked there (27k instructions, 156 ms to load).
-    let changed = describe(sender, &ev.sender, slot, key, epoch, loop_helper);
+    let changed = describe(sender, slot, loop_helper);
     if changed {
         // The description goes with the signal: the large record only when it changed.
         let Some(mut entry) = EVENTS.reserve::<DescribedSignalEvent>(0) else {
@@ -246,50 +225,11 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
 /// Captures `task`'s executable path and ancestry into `slot`, returning whether anything
 /// differed from what the slot held (or the slot was never sent). Every field userspace reads
 /// is compared, so an unchanged slot is exactly a fresh capture, whatever happened in between
-/// (an exec, a reused pid, a rename). The ancestry is not walked again while `key` says the
-/// slot holds that of `process` (its tgid and start time, which a reused pid does not
-/// repeat) and nothing that changes one happened since (see [`AncestryEpoch`]): walking it
-/// was most of a signal's cost.
+/// (an exec, a reused pid, a parent's death, a rename).
 #[inline(always)]
-fn describe(
-    task: Typed,
-    process: &TaskInfo,
-    slot: &mut SenderDescription,
-    key: &mut AncestryKey,
-    epoch: *const AncestryEpoch,
-    loop_helper: bool,
-) -> bool {
-    let mut diff = fill_exe(task, slot);
-    // Read before the walk, so that a change counted after this read makes the capture stale
-    // and one counted before it is seen by the walk. (x86 keeps loads in order; userspace
-    // turns reuse on there only.)
-    // SAFETY: the map's one value; the volatile reads stay before the walk's.
-    let (changes, watched) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*epoch).changes),
-            core::ptr::read_volatile(&raw const (*epoch).watched),
-        )
-    };
-    let (pid, start_ns) = (process.pid as u64, process.start_ns);
-    // Masks, not branches: a branch here doubles what the verifier walks after it.
-    // All ones unless the slot holds this process's ancestry as of the current count.
-    let walk_again = all_ones_if_nonzero(
-        (key.epoch ^ changes) | (key.pid ^ pid) | (key.start_ns ^ start_ns) | (watched ^ 1),
-    );
-    let (ancestry_diff, unsettled) = fill_ancestry(task, slot, walk_again, loop_helper);
-    diff |= ancestry_diff;
-    key.reused += 1 & !walk_again;
-    key.pid = pid;
-    key.start_ns = start_ns;
-    key.epoch = changes | all_ones_if_nonzero(unsettled | (watched ^ 1));
+fn describe(task: Typed, slot: &mut SenderDescription, loop_helper: bool) -> bool {
+    let diff = fill_exe(task, slot) | fill_ancestry(task, slot, loop_helper);
     slot.valid == 0 || diff != 0
-}
-
-/// `u64::MAX` if `x` is non-zero, else 0, without a branch.
-#[inline(always)]
-fn all_ones_if_nonzero(x: u64) -> u64 {
-    // The top bit of `x | -x` is set exactly when `x` is non-zero.
-    ((opaque(x | x.wrapping_neg()) as i64) >> 63) as u64
 }
 
 /// Sets `*old = new`, returning their bits that differ (non-zero if they differ). XOR rather
@@ -437,41 +377,33 @@ fn opaque(mut x: u64) -> u64 {
     x
 }
 
-/// The sender's parents, as processes (tgid, start time and leader's comm), up to pid 1,
-/// unless `walk_again` is 0 (the slot's are reused as they are). Returns the bits that differ
-/// from what the slot held, and non-zero if a change was under way along the chain (the
-/// capture is then never reused). With `loop_helper` (a constant in each program) the steps
-/// run in `bpf_loop`, whose body the verifier walks until its states repeat (a few times)
-/// instead of once per parent: as a plain loop, the 20 steps were two thirds of the program's
-/// load time (50 of 80 ms).
+/// The sender's parents, as processes (tgid, start time and leader's comm), up to pid 1.
+/// With `loop_helper` (a constant in each program) the steps run in `bpf_loop`, whose body the
+/// verifier walks until its states repeat (a few times) instead of once per parent: as a
+/// plain loop, the 20 steps were two thirds of the program's load time (50 of 80 ms).
 #[inline(always)]
-fn fill_ancestry(
-    task: Typed,
-    slot: &mut SenderDescription,
-    walk_again: u64,
-    loop_helper: bool,
-) -> (u64, u64) {
-    // No step: the walk ends where the slot's own did (its length, and whether it reached
-    // init: unless truncated). Steps: it starts from nothing.
-    let kept = !walk_again;
-    let len = (slot.ancestry_len as u64 & kept) as u16;
-    let reached_init = ((slot.ancestry_truncated ^ 1) as u64 & kept) as u16;
+fn fill_ancestry(task: Typed, slot: &mut SenderDescription, loop_helper: bool) -> u64 {
     let mut walk = AncestryWalk {
         parent: leader(task).ptr(off!(task_struct_real_parent)),
         slot,
         diff: 0,
-        unsettled: 0,
-        len,
-        reached_init,
+        len: 0,
+        reached_init: 0,
     };
     let walk_ptr = (&raw mut walk).cast::<c_void>();
-    let steps = ANCESTRY_MAX as u64 & walk_again;
     if loop_helper {
         // SAFETY: the callback is given the walk, which outlives the call.
-        unsafe { bpf_loop(steps as u32, ancestry_step as *mut c_void, walk_ptr, 0) };
+        unsafe {
+            bpf_loop(
+                ANCESTRY_MAX as u32,
+                ancestry_step as *mut c_void,
+                walk_ptr,
+                0,
+            )
+        };
     } else {
         for i in 0..ANCESTRY_MAX {
-            if i as u64 >= steps || ancestry_step(i as u64, walk_ptr) != 0 {
+            if ancestry_step(i as u64, walk_ptr) != 0 {
                 break;
             }
         }
@@ -480,7 +412,7 @@ fn fill_ancestry(
     let mut diff = walk.diff;
     diff |= set(&mut slot.ancestry_len, walk.len);
     diff |= set(&mut slot.ancestry_truncated, truncated);
-    (diff, walk.unsettled)
+    diff
 }
 
 /// Where [`fill_ancestry`]'s walk is between two steps. The count and the parent live here,
@@ -491,10 +423,6 @@ struct AncestryWalk {
     parent: Typed,
     slot: *mut SenderDescription,
     diff: u64,
-    /// Non-zero if a change to the chain was under way: a parent exiting (its children are
-    /// reparented after `sched_process_exit` counted it), or a name being set (`task_rename`
-    /// counts it under `task_lock`, before the name is written).
-    unsettled: u64,
     len: u16,
     reached_init: u16,
 }
@@ -527,15 +455,6 @@ extern "C" fn ancestry_step(i: u64, walk: *mut c_void) -> i64 {
         .unwrap_or([0; 2]);
     diff |= set_words(row.comm.as_mut_ptr().cast::<[u64; 2]>(), &comm);
     walk.diff |= diff;
-    // Unreadable reads as unsettled: such a capture is never reused.
-    let exiting = parent
-        .get::<u32>(off!(task_struct_flags))
-        .unwrap_or(PF_EXITING)
-        & PF_EXITING;
-    let renaming = process
-        .get::<u32>(off!(task_struct_alloc_lock))
-        .unwrap_or(1);
-    walk.unsettled |= (exiting | renaming) as u64;
     walk.len = i as u16 + 1;
     if pid <= 1 {
         walk.reached_init = 1;
@@ -543,38 +462,6 @@ extern "C" fn ancestry_step(i: u64, walk: *mut c_void) -> i64 {
     }
     walk.parent = process.ptr(off!(task_struct_real_parent));
     0
-}
-
-/// A task exits: its children, if any, get another parent.
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn ancestry_exit(_ctx: BtfTracePointContext) -> i32 {
-    count_ancestry_change();
-    0
-}
-
-/// A task's name changes (`task_rename`, under its `task_lock`, before the new name is
-/// written).
-#[btf_tracepoint(function = "task_rename")]
-pub fn ancestry_rename(_ctx: BtfTracePointContext) -> i32 {
-    count_ancestry_change();
-    0
-}
-
-#[inline(always)]
-fn count_ancestry_change() {
-    if let Some(epoch) = ANCESTRY_EPOCH.get_ptr_mut(0) {
-        // SAFETY: the map's one value, shared by every CPU: an atomic add without fetch (BPF
-        // v1's XADD; the BPF target has no 64-bit atomics in Rust's core). A locked add on
-        // x86: ordered after the stores the task made before.
-        unsafe {
-            core::arch::asm!(
-                "lock *(u64 *)({changes} + 0) += {one}",
-                changes = in(reg) &raw mut (*epoch).changes,
-                one = in(reg) 1u64,
-                options(nostack, preserves_flags),
-            )
-        };
-    }
 }
 
 /// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer chose `task`.

@@ -104,7 +104,7 @@ pub fn trace_into(
             },
         )?;
         let mut loaded = hooks::attach(ebpf, &tracer.hooks(), &session.kernel).require_usable()?;
-        tracer.use_maps(&mut loaded)?;
+        tracer.use_maps(&mut loaded.ebpf)?;
         anyhow::Ok(loaded)
     })()
     .map_err(Interrupted::or)?;

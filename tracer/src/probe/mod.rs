@@ -37,7 +37,7 @@ use crate::{
         identity::{Identities, Pod},
         selector::Selector,
     },
-    hooks::{HookSpec, Loaded},
+    hooks::HookSpec,
     kernel::{
         btf::KernelBtf,
         netns::{self, NetnsRef},
@@ -423,8 +423,8 @@ impl Tracer for Prober {
     }
 
     /// The programs are attached: the probes start now, so that every drop they cause is seen.
-    fn use_maps(&mut self, loaded: &mut Loaded) -> Result<()> {
-        self.conntrack.use_maps(loaded)?;
+    fn use_maps(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        self.conntrack.use_maps(ebpf)?;
         let (sender, receiver) = mpsc::channel();
         start_workers(
             self.jobs.clone(),

@@ -11,10 +11,7 @@ use tracer_common::EventKind;
 
 use super::{Tracer, TracerOptions, REGISTRY};
 use crate::{
-    enrich::identity::Identities,
-    hooks::{HookSpec, Loaded},
-    kernel::btf::KernelBtf,
-    output::Output,
+    enrich::identity::Identities, hooks::HookSpec, kernel::btf::KernelBtf, output::Output,
 };
 
 /// What a command does besides the tracers: once the programs are loaded, and at each flush
@@ -96,11 +93,9 @@ impl<C: Companion> Tracer for Ensemble<C> {
         self.tracers.iter().flat_map(|t| t.globals()).collect()
     }
 
-    fn use_maps(&mut self, loaded: &mut Loaded) -> Result<()> {
-        self.tracers
-            .iter_mut()
-            .try_for_each(|t| t.use_maps(loaded))?;
-        self.companion.on_loaded(&mut loaded.ebpf);
+    fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.tracers.iter_mut().try_for_each(|t| t.use_maps(ebpf))?;
+        self.companion.on_loaded(ebpf);
         Ok(())
     }
 

@@ -29,10 +29,7 @@ use self::{
     signals::{SignalsOptions, SignalsTracer},
 };
 use crate::{
-    enrich::identity::Identities,
-    hooks::{HookSpec, Loaded},
-    kernel::btf::KernelBtf,
-    output::Output,
+    enrich::identity::Identities, hooks::HookSpec, kernel::btf::KernelBtf, output::Output,
 };
 
 /// What a command asks of the tracers; `doctor` and `serve` take the defaults.
@@ -90,9 +87,8 @@ pub trait Tracer {
     fn globals(&self) -> Vec<(&'static str, GlobalData<'_>)>;
 
     /// Takes the maps the tracer itself keeps current (filters that change during the run),
-    /// once the programs are loaded and attached (`loaded.outcomes` says which) and before
-    /// any event is read.
-    fn use_maps(&mut self, _loaded: &mut Loaded) -> Result<()> {
+    /// once the programs are loaded and before any event is read.
+    fn use_maps(&mut self, _ebpf: &mut aya::Ebpf) -> Result<()> {
         Ok(())
     }
 

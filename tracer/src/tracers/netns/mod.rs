@@ -35,7 +35,7 @@ use crate::{
         identity::{Identities, Identity},
         selector::Selector,
     },
-    hooks::{Attach, Candidate, HookSpec, Loaded},
+    hooks::{Attach, Candidate, HookSpec},
     kernel::{preflight, symbols},
     output::Output,
 };
@@ -240,9 +240,8 @@ impl Tracer for NetnsTracer {
     /// The programs are attached, no event is read yet: the namespaces orphaned before the run
     /// are followed from here on, with the census this object attached (the run is "ready"
     /// after this).
-    fn use_maps(&mut self, loaded: &mut Loaded) -> Result<()> {
-        self.orphans
-            .start(census::KernelCensus::adopt(&loaded.ebpf));
+    fn use_maps(&mut self, ebpf: &mut aya::Ebpf) -> Result<()> {
+        self.orphans.start(census::KernelCensus::adopt(ebpf));
         Ok(())
     }
 

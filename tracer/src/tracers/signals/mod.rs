@@ -14,16 +14,10 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    maps::{Array, MapData, PerCpuArray},
-    GlobalData,
-};
+use aya::{Ebpf, GlobalData};
 use serde_json::{json, Map, Value};
 use tracer_common::{
-    signal::{
-        AncestryEpoch, AncestryKey, DescribedSignalEvent, OomVictimEvent, SignalEvent,
-        SignalFilter, ANCESTRY_EPOCH_MAP, ANCESTRY_KEYS_MAP, SENDER_SLOTS, TARGET_CGROUPS_MAP,
-    },
+    signal::{DescribedSignalEvent, OomVictimEvent, SignalEvent, SignalFilter, TARGET_CGROUPS_MAP},
     EventKind,
 };
 
@@ -36,7 +30,7 @@ use super::{decode_record, Tracer};
 use crate::{
     clock::Clock,
     enrich::{cgroup, filter::WorkloadFilter, identity::Identities, selector::Selector},
-    hooks::{Attach, Candidate, HookSpec, Loaded},
+    hooks::{Attach, Candidate, HookSpec},
     output::Output,
 };
 
@@ -81,28 +75,7 @@ pub(crate) const HOOKS: &[HookSpec] = &[
         ],
         required: false,
     },
-    // With both, a sender's ancestry is walked again only after something that can change
-    // one (see `AncestryEpoch`); without either, at every signal.
-    HookSpec {
-        purpose: "ancestry changes: task exits",
-        candidates: &[Candidate {
-            program: "ancestry_exit",
-            attach: ANCESTRY_EXIT,
-        }],
-        required: false,
-    },
-    HookSpec {
-        purpose: "ancestry changes: task renames",
-        candidates: &[Candidate {
-            program: "ancestry_rename",
-            attach: ANCESTRY_RENAME,
-        }],
-        required: false,
-    },
 ];
-
-const ANCESTRY_EXIT: Attach = Attach::TpBtf("sched_process_exit");
-const ANCESTRY_RENAME: Attach = Attach::TpBtf("task_rename");
 
 /// How long a privileged SIGKILL waits for the OOM killer's `mark_victim` record (the kernel
 /// sends the SIGKILL first, then marks the victim, microseconds apart).
@@ -164,10 +137,6 @@ pub struct SignalsTracer {
     by_sender: BTreeMap<SentBy, u64>,
     /// The last SIGKILL delivered to each target, to explain an exit code 137.
     kills: LruCache<u32, SignalRecord>,
-    /// Per CPU and sender slot, what the kernel program knows of the slot's ancestry,
-    /// including how often it reused it without a walk (the summary's `ancestries_reused`);
-    /// `None` before the programs are loaded.
-    ancestry_keys: Option<PerCpuArray<MapData, AncestryKey>>,
 }
 
 impl SignalsTracer {
@@ -214,25 +183,7 @@ impl SignalsTracer {
             by_result: BTreeMap::new(),
             by_sender: BTreeMap::new(),
             kills: LruCache::new(MAX_KILLS),
-            ancestry_keys: None,
         })
-    }
-
-    /// Signals whose sender's ancestry the kernel program took from its slot without a walk;
-    /// `None` if the keys cannot be read.
-    fn ancestries_reused(&self) -> Option<u64> {
-        let keys = self.ancestry_keys.as_ref()?;
-        let mut reused = 0;
-        for slot in 0..SENDER_SLOTS {
-            match keys.get(&slot, 0) {
-                Ok(per_cpu) => reused += per_cpu.iter().map(|key| key.reused).sum::<u64>(),
-                Err(e) => {
-                    log::debug!("reading the ancestry keys: {e}");
-                    return None;
-                }
-            }
-        }
-        Some(reused)
     }
 
     fn oom_detail(&self, victim: &OomVictim) -> OomDetail {
@@ -392,43 +343,9 @@ impl Tracer for SignalsTracer {
         vec![("SIGNAL_FILTER", (&self.filter).into())]
     }
 
-    fn use_maps(&mut self, loaded: &mut Loaded) -> Result<()> {
-        self.workload.attach(
-            &mut loaded.ebpf,
-            TARGET_CGROUPS_MAP,
-            &self.identities.lock(),
-        )?;
-        self.ancestry_keys = Some(
-            PerCpuArray::try_from(
-                loaded
-                    .ebpf
-                    .take_map(ANCESTRY_KEYS_MAP)
-                    .context("the kernel object has no ancestry keys")?,
-            )
-            .context("the ancestry keys")?,
-        );
-        // Reuse rests on the counting programs running before the change they count is seen,
-        // and on the kernel program's loads staying in order after it reads the count: x86
-        // keeps loads in order; other architectures would need barriers BPF v1 lacks.
-        let counted = |hook| loaded.outcomes.iter().any(|o| o.used == Some(hook));
-        if cfg!(target_arch = "x86_64") && counted(ANCESTRY_EXIT) && counted(ANCESTRY_RENAME) {
-            let mut epoch: Array<_, AncestryEpoch> = Array::try_from(
-                loaded
-                    .ebpf
-                    .map_mut(ANCESTRY_EPOCH_MAP)
-                    .context("the kernel object has no ancestry epoch")?,
-            )?;
-            // From 1: a slot's key never written (all zeroes) is then stale.
-            epoch.set(
-                0,
-                AncestryEpoch {
-                    changes: 1,
-                    watched: 1,
-                },
-                0,
-            )?;
-        }
-        Ok(())
+    fn use_maps(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.workload
+            .attach(ebpf, TARGET_CGROUPS_MAP, &self.identities.lock())
     }
 
     fn on_record(&mut self, kind: EventKind, raw: &[u8], out: &mut Output) -> Result<u64> {
@@ -477,7 +394,6 @@ impl Tracer for SignalsTracer {
             "sender_descriptions_reused".into(),
             json!(self.descriptions_reused),
         );
-        summary.insert("ancestries_reused".into(), json!(self.ancestries_reused()));
         if let Some(filter) = self.workload.summary() {
             summary.insert("workload_filter".into(), filter);
         }
