@@ -52,7 +52,8 @@ impl<T: PartialEq + Clone + Serialize> Memo<T> {
 }
 
 /// [`Memo::serialize`] through this thread's memo `memo`: for `#[serde(serialize_with)]`,
-/// which passes no state of its own. The reader writes events from one thread.
+/// which passes no state of its own. The reader writes events from one thread. A value met
+/// while the memo is in use (one nested in another of its kind) is serialized as it is.
 pub fn through<T, S>(
     memo: &'static LocalKey<RefCell<Memo<T>>>,
     value: &T,
@@ -62,7 +63,10 @@ where
     T: PartialEq + Clone + Serialize + 'static,
     S: Serializer,
 {
-    memo.with_borrow_mut(|memo| memo.serialize(value, serializer))
+    memo.with(|memo| match memo.try_borrow_mut() {
+        Ok(mut memo) => memo.serialize(value, serializer),
+        Err(_) => value.serialize(serializer),
+    })
 }
 
 #[cfg(test)]
@@ -92,5 +96,35 @@ mod tests {
             assert_eq!(out, serde_json::to_vec(value).unwrap());
         }
         assert_eq!(memo.entries.len(), ENTRIES);
+    }
+
+    thread_local! {
+        static NESTED: RefCell<Memo<Nested>> = const { RefCell::new(Memo::new()) };
+    }
+
+    /// A value that holds another of its kind, both through the same memo.
+    #[derive(Clone, PartialEq, Serialize)]
+    struct Nested {
+        #[serde(serialize_with = "nested")]
+        inner: Option<Box<Nested>>,
+    }
+
+    fn nested<S: Serializer>(inner: &Option<Box<Nested>>, s: S) -> Result<S::Ok, S::Error> {
+        match inner {
+            Some(inner) => through(&NESTED, &**inner, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[test]
+    fn a_value_nested_in_its_own_kind_is_written_whole() {
+        let value = Nested {
+            inner: Some(Box::new(Nested {
+                inner: Some(Box::new(Nested { inner: None })),
+            })),
+        };
+        let mut out = Vec::new();
+        through(&NESTED, &value, &mut serde_json::Serializer::new(&mut out)).unwrap();
+        assert_eq!(out, br#"{"inner":{"inner":{"inner":null}}}"#);
     }
 }
