@@ -75,7 +75,8 @@ impl StatLayout {
         })
     }
 
-    /// The offsets of the counters [`Self::decode`] reads.
+    /// The offsets of the counters [`Self::decode`] reads, in its order: the kernel program
+    /// copies only these (see `ConntrackConfig::stat_counters`).
     pub fn counters(&self) -> [u32; STAT_COUNTERS] {
         [
             self.insert_failed,
@@ -91,11 +92,14 @@ impl StatLayout {
             raw.get(o..o + 4)
                 .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u64)
         };
+        // From the offsets the kernel program was given, so that it copies what is read here.
+        let [insert_failed, drop, early_drop, clash_resolve] =
+            self.counters().map(|o| u32_at(o as usize));
         CtStats {
-            insert_failed: u32_at(self.insert_failed),
-            drop: u32_at(self.drop),
-            early_drop: u32_at(self.early_drop),
-            clash_resolve: u32_at(self.clash_resolve),
+            insert_failed,
+            drop,
+            early_drop,
+            clash_resolve,
         }
     }
 }
