@@ -249,6 +249,44 @@ fn storm(pid: u32, n: u64) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Sends `n` SIGUSR1, each from a new process: a sender the tracer sees for the first time,
+/// right after a fork (as a `kill` or `pkill` run from a shell is). A spawner forks them one
+/// after the other; with SIGCHLD ignored their exits generate no signal, so the runs counted
+/// are the `n` kills and the spawner's own SIGCHLD.
+fn new_sender_storm(pid: u32, n: u64) -> Result<()> {
+    // SAFETY: between fork and _exit, the children call only async-signal-safe functions.
+    let spawner = unsafe { libc::fork() };
+    if spawner < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if spawner == 0 {
+        // SAFETY: see above; a failed fork ends the spawner, which the parent reports.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            for _ in 0..n {
+                match libc::fork() {
+                    -1 => libc::_exit(1),
+                    0 => {
+                        libc::kill(pid as i32, libc::SIGUSR1);
+                        libc::_exit(0);
+                    }
+                    // Returns once the child is reaped (ECHILD, with SIGCHLD ignored).
+                    _ => libc::waitpid(-1, std::ptr::null_mut(), 0),
+                };
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(spawner, &mut status, 0) };
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("the new-sender storm's spawner failed (status {status:#x})");
+    }
+    Ok(())
+}
+
 /// Sends `n` SIGUSR1 with rt_sigqueueinfo(2) claiming SI_TIMER: the path on which the tracer
 /// reads the sender's syscall registers to name it.
 fn forged_storm(pid: u32, n: u64) {
@@ -607,6 +645,26 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         false,
         &signal_work,
     )?;
+    // A sender seen for the first time: its description is captured into a slot it finds
+    // cold, after a fork that evicted much of what the walks read.
+    let new_sender_work = || new_sender_storm(pid, scale.storm / 100);
+    let sig_new = kernel_ns_per_event(
+        ours(&["signals", "--pid", &pid_s, "--json"]),
+        false,
+        &new_sender_work,
+    )?;
+    let sig_new_empty = kernel_ns_per_event(
+        ours(&["bench-empty-hook", "signal_generate"]),
+        false,
+        &new_sender_work,
+    )?;
+    rows.push(Row::new(
+        "kernel ns/event, signal_generate, every sender a new process",
+        sig_new,
+        ("empty program", sig_new_empty),
+        "ns",
+        "<= 10",
+    ));
     rows.push(Row::new(
         "kernel ns/event, signal_generate, filtered out by --pid",
         sig_skipped,
