@@ -511,6 +511,20 @@ fn kernel_ns_per_event(
     }
 }
 
+/// A row of `tracer`'s nanoseconds per event while `work` runs, against the empty program
+/// on `hook` under the same work.
+fn against_empty(
+    measure: &str,
+    tracer: Command,
+    hook: &str,
+    work: &dyn Fn() -> Result<()>,
+    goal: &'static str,
+) -> Result<Row> {
+    let ns = kernel_ns_per_event(tracer, false, work)?;
+    let empty = kernel_ns_per_event(ours(&["bench-empty-hook", hook]), false, work)?;
+    Ok(Row::new(measure, ns, ("empty program", empty), "ns", goal))
+}
+
 /// `SKB_DROP_REASON_NETFILTER_DROP` on this kernel, for the bpftrace baseline's filter.
 fn netfilter_drop_reason() -> Result<u64> {
     let out = Command::new("bpftool")
@@ -645,26 +659,14 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         false,
         &signal_work,
     )?;
-    // A sender seen for the first time: its description is captured into a slot it finds
-    // cold, after a fork that evicted much of what the walks read.
-    let new_sender_work = || new_sender_storm(pid, scale.storm / 100);
-    let sig_new = kernel_ns_per_event(
-        ours(&["signals", "--pid", &pid_s, "--json"]),
-        false,
-        &new_sender_work,
-    )?;
-    let sig_new_empty = kernel_ns_per_event(
-        ours(&["bench-empty-hook", "signal_generate"]),
-        false,
-        &new_sender_work,
-    )?;
-    rows.push(Row::new(
+    // A sender seen for the first time, just forked: the second goal for a signal.
+    rows.push(against_empty(
         "kernel ns/event, signal_generate, every sender a new process",
-        sig_new,
-        ("empty program", sig_new_empty),
-        "ns",
+        ours(&["signals", "--pid", &pid_s, "--json"]),
+        "signal_generate",
+        &|| new_sender_storm(pid, scale.storm / 100),
         "<= 10",
-    ));
+    )?);
     rows.push(Row::new(
         "kernel ns/event, signal_generate, filtered out by --pid",
         sig_skipped,
@@ -678,36 +680,20 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         forged_storm(pid, scale.storm);
         Ok(())
     };
-    let forged_skipped = kernel_ns_per_event(
-        ours(&["signals", "--pid", &elsewhere, "--json"]),
-        false,
-        &forged_work,
-    )?;
-    let forged_empty = kernel_ns_per_event(
-        ours(&["bench-empty-hook", "signal_generate"]),
-        false,
-        &forged_work,
-    )?;
-    rows.push(Row::new(
+    rows.push(against_empty(
         "kernel ns/event, signal_generate, rt_sigqueueinfo claiming SI_TIMER, filtered out by --pid",
-        forged_skipped,
-        ("empty program", forged_empty),
-        "ns",
+        ours(&["signals", "--pid", &elsewhere, "--json"]),
+        "signal_generate",
+        &forged_work,
         "<= 3",
-    ));
-    let skb_other = kernel_ns_per_event(ours(&["conntrack-drops", "--json"]), false, &other_drops)?;
-    let skb_other_empty = kernel_ns_per_event(
-        ours(&["bench-empty-hook", "kfree_skb"]),
-        false,
-        &other_drops,
-    )?;
-    rows.push(Row::new(
+    )?);
+    rows.push(against_empty(
         "kernel ns/event, kfree_skb, drops not by netfilter",
-        skb_other,
-        ("empty program", skb_other_empty),
-        "ns",
+        ours(&["conntrack-drops", "--json"]),
+        "kfree_skb",
+        &other_drops,
         "<= 3",
-    ));
+    )?);
     // A rule's drop without conntrack, IPv6 beside IPv4: the flow comes from the packet's own
     // headers, IPv6's after a walk of its extension headers.
     let conntrack_drops = || ours(&["conntrack-drops", "--json"]);
