@@ -280,7 +280,12 @@ fn new_sender_storm(pid: u32, n: u64) -> Result<()> {
     }
     let mut status = 0;
     // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(spawner, &mut status, 0) };
+    while unsafe { libc::waitpid(spawner, &mut status, 0) } < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            bail!("waiting for the new-sender storm's spawner: {err}");
+        }
+    }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("the new-sender storm's spawner failed (status {status:#x})");
     }
