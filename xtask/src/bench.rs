@@ -249,20 +249,35 @@ fn storm(pid: u32, n: u64) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Forks a child that dies with us (PDEATHSIG), runs `child` and exits with 0 if it returns.
+///
+/// # Safety
+/// `child` runs in a copy of a process with threads: it may make only async-signal-safe calls.
+unsafe fn fork_child(child: impl FnOnce()) -> Result<libc::pid_t> {
+    // SAFETY: the caller's promise covers the child; the parent only reads the result.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        child();
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    Ok(pid)
+}
+
 /// Sends `n` SIGUSR1, each from a new process: a sender the tracer sees for the first time,
 /// right after a fork (as a `kill` or `pkill` run from a shell is). A spawner forks them one
 /// after the other; with SIGCHLD ignored their exits generate no signal, so the runs counted
 /// are the `n` kills and the spawner's own SIGCHLD.
 fn new_sender_storm(pid: u32, n: u64) -> Result<()> {
-    // SAFETY: between fork and _exit, the children call only async-signal-safe functions.
-    let spawner = unsafe { libc::fork() };
-    if spawner < 0 {
-        bail!("fork: {}", std::io::Error::last_os_error());
-    }
-    if spawner == 0 {
-        // SAFETY: see above; a failed fork ends the spawner, which the parent reports.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    // SAFETY: the spawner and its children make only async-signal-safe calls; a failed fork
+    // ends the spawner with 1, which is reported below.
+    let spawner = unsafe {
+        fork_child(|| {
             libc::signal(libc::SIGCHLD, libc::SIG_IGN);
             for _ in 0..n {
                 match libc::fork() {
@@ -275,9 +290,8 @@ fn new_sender_storm(pid: u32, n: u64) -> Result<()> {
                     _ => libc::waitpid(-1, std::ptr::null_mut(), 0),
                 };
             }
-            libc::_exit(0);
-        }
-    }
+        })
+    }?;
     let mut status = 0;
     // SAFETY: waiting for our own child.
     while unsafe { libc::waitpid(spawner, &mut status, 0) } < 0 {
@@ -960,15 +974,9 @@ impl BusyNode {
         let mut node = Self(Vec::with_capacity(processes));
         for i in 0..processes {
             // SAFETY: the child makes only async-signal-safe syscalls (the path is a static C
-            // string) and never returns; it dies with us (PDEATHSIG) or when killed on drop.
-            let pid = unsafe { libc::fork() };
-            if pid < 0 {
-                bail!("fork: {}", std::io::Error::last_os_error());
-            }
-            if pid == 0 {
-                // SAFETY: see above.
-                unsafe {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // string) and never returns; it dies with us or when killed on drop.
+            let pid = unsafe {
+                fork_child(|| {
                     if i < namespaces && libc::unshare(libc::CLONE_NEWNET) != 0 {
                         libc::_exit(1);
                     }
@@ -985,8 +993,8 @@ impl BusyNode {
                     loop {
                         libc::pause();
                     }
-                }
-            }
+                })
+            }?;
             node.0.push(pid);
         }
         Ok(node)
