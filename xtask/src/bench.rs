@@ -254,14 +254,22 @@ fn storm(pid: u32, n: u64) -> f64 {
 /// # Safety
 /// `child` runs in a copy of a process with threads: it may make only async-signal-safe calls.
 unsafe fn fork_child(child: impl FnOnce()) -> Result<libc::pid_t> {
+    // SAFETY: plain syscall.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the caller's promise covers the child; the parent only reads the result.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         bail!("fork: {}", std::io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: as above.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // SAFETY: as above. A parent that died before PDEATHSIG was set would never send it:
+        // the child then ends at once instead of outliving the bench.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
         child();
         // SAFETY: as above.
         unsafe { libc::_exit(0) };
