@@ -223,11 +223,16 @@ pub enum Command {
     /// Show what this kernel supports and which hook each tracer will use.
     Doctor,
 
-    /// Attach an empty program to a tracer's hook until interrupted: the benchmark's baseline.
-    #[command(name = "bench-empty-hook", hide = true)]
-    BenchEmptyHook {
+    /// Attach a benchmark's program to a tracer's hook until interrupted: an empty one (the
+    /// baseline), or one reporting only each event's header (the floor of a report).
+    #[command(name = "bench-hook", hide = true)]
+    BenchHook {
         /// `signal_generate` or `kfree_skb`.
         hook: String,
+
+        /// Write each event's header into the ring buffer (read and dropped here).
+        #[arg(long)]
+        header_record: bool,
     },
 
     /// Print a shell completion script: `source <(tracer completions bash)`, or save it where

@@ -356,24 +356,32 @@ fn explain(e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Empty programs on the tracers' hooks, for `cargo xtask bench` (`tracer bench-empty-hook`).
+/// A benchmark's program on a tracer's hook (named by its tracepoint).
+macro_rules! bench_hook {
+    ($tracepoint:literal, $program:literal) => {
+        HookSpec {
+            purpose: $tracepoint,
+            candidates: &[Candidate {
+                program: $program,
+                attach: Attach::TpBtf($tracepoint),
+            }],
+            required: true,
+        }
+    };
+}
+
+/// Empty programs on the tracers' hooks, for `cargo xtask bench` (`tracer bench-hook`): what a
+/// program there costs before it does any work.
 pub const EMPTY_HOOKS: &[HookSpec] = &[
-    HookSpec {
-        purpose: "signal_generate",
-        candidates: &[Candidate {
-            program: "bench_sig",
-            attach: Attach::TpBtf("signal_generate"),
-        }],
-        required: true,
-    },
-    HookSpec {
-        purpose: "kfree_skb",
-        candidates: &[Candidate {
-            program: "bench_skb",
-            attach: Attach::TpBtf("kfree_skb"),
-        }],
-        required: true,
-    },
+    bench_hook!("signal_generate", "bench_sig"),
+    bench_hook!("kfree_skb", "bench_skb"),
+];
+
+/// Programs on the same hooks writing only an event's header into the ring buffer
+/// (`tracer bench-hook --header-record`): the least any reported event costs there.
+pub const HEADER_HOOKS: &[HookSpec] = &[
+    bench_hook!("signal_generate", "bench_sig_header"),
+    bench_hook!("kfree_skb", "bench_skb_header"),
 ];
 
 /// Kernel features the tracers could use, probed for `tracer doctor`.

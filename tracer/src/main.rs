@@ -155,8 +155,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => doctor::run(),
-        Command::BenchEmptyHook { hook } => {
-            session::attach_empty_hook(&hook)?;
+        Command::BenchHook {
+            hook,
+            header_record,
+        } => {
+            session::attach_bench_hook(&hook, header_record)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {

@@ -2,8 +2,12 @@
 //! the pipeline run until a stop condition, the summary written, everything detached.
 
 use anyhow::{Context as _, Result};
+use aya::maps::RingBuf;
 use serde_json::{json, Map, Value};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
 
 use crate::{
     enrich::identity::Identities,
@@ -50,29 +54,56 @@ pub fn prepare<T: Tracer>(
     prepared.map_err(Interrupted::or)
 }
 
-/// `tracer bench-empty-hook`: an empty program on `hook` until Ctrl-C or SIGTERM.
-pub fn attach_empty_hook(hook: &str) -> Result<()> {
-    let spec = hooks::EMPTY_HOOKS
+/// `tracer bench-hook`: a benchmark's program on `hook` until Ctrl-C or SIGTERM: an empty one,
+/// or with `header_record` one writing each event's header into the ring buffer, which this
+/// reads and drops (a full buffer would make every run a cheaper failed reservation).
+pub fn attach_bench_hook(hook: &str, header_record: bool) -> Result<()> {
+    let specs = if header_record {
+        hooks::HEADER_HOOKS
+    } else {
+        hooks::EMPTY_HOOKS
+    };
+    let spec = specs
         .iter()
         .find(|s| s.purpose == hook)
-        .with_context(|| format!("no empty program for hook `{hook}`"))?;
+        .with_context(|| format!("no benchmark program for hook `{hook}`"))?;
     preflight::require_privileges()?;
     let kernel = KernelContext::new(&KernelBtf::from_sys_fs()?, std::slice::from_ref(spec))?;
     let options = LoadOptions {
-        ring_buffer_bytes: 4096,
+        ring_buffer_bytes: if header_record { 8 << 20 } else { 4096 },
         globals: Vec::new(),
     };
     let ebpf = hooks::open(&kernel, options)?;
-    let _loaded = hooks::attach(ebpf, std::slice::from_ref(spec), &kernel).require_usable()?;
-    eprintln!("tracer: ready: empty program on {hook}");
+    let mut loaded = hooks::attach(ebpf, std::slice::from_ref(spec), &kernel).require_usable()?;
+    let ring = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map(hooks::EVENTS_MAP)
+            .context("no EVENTS map")?,
+    )?;
+    let what = if header_record {
+        "header-record"
+    } else {
+        "empty"
+    };
+    eprintln!("tracer: ready: {what} program on {hook}");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+        let mut ring = unsafe { AsyncFd::register(ring) }?;
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        // The programs wake the reader only when records pile up, as the tracers' do.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                guard = ring.readable_mut() => guard?.clear_ready(),
+                _ = tick.tick() => {}
+            }
+            while ring.get_mut().next().is_some() {}
         }
         anyhow::Ok(())
     })

@@ -548,7 +548,7 @@ fn against_empty(
     goal: &'static str,
 ) -> Result<Row> {
     let ns = kernel_ns_per_event(tracer, false, work)?;
-    let empty = kernel_ns_per_event(ours(&["bench-empty-hook", hook]), false, work)?;
+    let empty = kernel_ns_per_event(ours(&["bench-hook", hook]), false, work)?;
     Ok(Row::new(measure, ns, ("empty program", empty), "ns", goal))
 }
 
@@ -652,18 +652,23 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
         &signal_work,
     )?;
     let sig_empty = kernel_ns_per_event(
-        ours(&["bench-empty-hook", "signal_generate"]),
+        ours(&["bench-hook", "signal_generate"]),
         false,
         &signal_work,
     )?;
     let sig_bt = kernel_ns_per_event(bpftrace(&sig_script), true, &signal_work)?;
     let skb_ours = kernel_ns_per_event(ours(&["conntrack-drops", "--json"]), false, &drop_work)?;
-    let skb_empty =
-        kernel_ns_per_event(ours(&["bench-empty-hook", "kfree_skb"]), false, &drop_work)?;
+    let skb_empty = kernel_ns_per_event(ours(&["bench-hook", "kfree_skb"]), false, &drop_work)?;
     let skb_bt = kernel_ns_per_event(bpftrace(&skb_script), true, &drop_work)?;
-    for (hook, ours_ns, empty, bt) in [
-        ("signal_generate", sig_ours, sig_empty, sig_bt),
-        ("kfree_skb", skb_ours, skb_empty, skb_bt),
+    // The floor under any report on the hook: a record holding only the event's header.
+    let header_only = |hook: &str, work: &dyn Fn() -> Result<()>| {
+        kernel_ns_per_event(ours(&["bench-hook", hook, "--header-record"]), false, work)
+    };
+    let sig_header = header_only("signal_generate", &signal_work)?;
+    let skb_header = header_only("kfree_skb", &drop_work)?;
+    for (hook, ours_ns, empty, header, bt) in [
+        ("signal_generate", sig_ours, sig_empty, sig_header, sig_bt),
+        ("kfree_skb", skb_ours, skb_empty, skb_header, skb_bt),
     ] {
         rows.push(Row::new(
             &format!("kernel ns/event, {hook}"),
@@ -671,6 +676,13 @@ fn measure(scale: Scale, pid: u32, only: Only, rows: &mut Vec<Row>) -> Result<()
             ("empty program", empty),
             "ns",
             "<= 3",
+        ));
+        rows.push(Row::new(
+            &format!("kernel ns/event, {hook}, a record of the event's header only"),
+            header,
+            ("empty program", empty),
+            "ns",
+            "",
         ));
         rows.push(Row::new(
             &format!("kernel ns/event, {hook}"),
