@@ -774,6 +774,64 @@ fn genuine_kernel_signals_stay_the_kernels() {
     }
 }
 
+/// Makes the kernel signal `owner` as the owner of a pipe (F_SETOWN), with `chosen` as its
+/// F_SETSIG (0: plain SIGIO), by writing a byte to the pipe from this process.
+fn notify_pipe_owner(owner: u32, chosen: i32) {
+    // include/uapi/asm-generic/fcntl.h; not in the libc crate.
+    const F_SETSIG: i32 = 10;
+    let mut fds = [0; 2];
+    // SAFETY: plain syscalls on a pipe this function owns and closes.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let [read_end, write_end] = fds;
+        assert_eq!(libc::fcntl(read_end, libc::F_SETOWN, owner as i32), 0);
+        assert_eq!(libc::fcntl(read_end, F_SETSIG, chosen), 0);
+        let flags = libc::fcntl(read_end, libc::F_GETFL);
+        assert_eq!(
+            libc::fcntl(read_end, libc::F_SETFL, flags | libc::O_ASYNC),
+            0
+        );
+        assert_eq!(libc::write(write_end, b"x".as_ptr().cast(), 1), 1);
+        libc::close(read_end);
+        libc::close(write_end);
+    }
+}
+
+#[test]
+fn a_files_owner_signalled_on_a_write_is_the_kernels_io_notification() {
+    // F_SETSIG lets a process have any signal, SIGKILL too, sent to the owner it named on a
+    // write it makes itself: the kernel sends it, with the writer as the context.
+    for (chosen, signal) in [(9, 9), (0, 29)] {
+        let mut owner = sleeper(&[]);
+        let run = TracerRun::start(&["signals", "--json", "--pid", &owner.pid().to_string()]);
+        notify_pipe_owner(owner.pid(), chosen);
+        let status = owner
+            .wait_timeout(Duration::from_secs(10))
+            .expect("the owner was killed");
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+        let out = run.stop();
+        let events = out.of_type("signal");
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let e = events[0];
+        assert_eq!(e["signo"], signal, "{e:#}");
+        assert_eq!(e["sender"], Value::Null, "{e:#}");
+        assert_eq!(e["how"], "kernel", "{e:#}");
+        assert_eq!(e["kernel_reason"], "io", "{e:#}");
+        assert_eq!(e["context"]["pid"], std::process::id(), "{e:#}");
+        if signal == 9 {
+            // The exit code's cause names the kernel's reason and the writer.
+            let exit_codes = out.summary()["exit_codes"].to_string();
+            let me = std::process::id();
+            assert!(
+                exit_codes.contains("SIGKILL from [I/O notification] while")
+                    && (exit_codes.contains(&format!("({me}) ran"))
+                        || exit_codes.contains(&format!("({me}/"))),
+                "{exit_codes}"
+            );
+        }
+    }
+}
+
 #[test]
 fn odd_codes_and_targets_decode() {
     let me = std::process::id();

@@ -9,7 +9,9 @@ use tracer_common::{
 };
 
 use super::{
-    names::{code_name, reason_from_code, result_name, signal_name, KernelReason, SIGPIPE},
+    names::{
+        code_name, reason_from_code, result_name, signal_name, KernelReason, SIGIO, SIGPIPE, SIGURG,
+    },
     sender::{self, CodeFrom, How},
     senders::Description,
 };
@@ -224,8 +226,14 @@ impl SignalRecord {
         let verdict = sender::attribute(ev, info_kind);
         let kernel_reason = match info_kind {
             _ if verdict.by_process() => None,
-            InfoKind::Siginfo => Some(reason_from_code(ev.signo, ev.code)),
+            InfoKind::Siginfo => Some(reason_from_code(
+                ev.signo,
+                ev.code,
+                ev.sender.pid == ev.target.pid,
+            )),
             InfoKind::NoInfo if ev.signo == SIGPIPE => Some(KernelReason::Pipe),
+            // To a file's owner (F_SETOWN) without F_SETSIG, or for a socket's urgent data.
+            InfoKind::Priv if matches!(ev.signo, SIGIO | SIGURG) => Some(KernelReason::Io),
             // The OOM killer is recognised later, when its mark_victim record is matched.
             InfoKind::NoInfo | InfoKind::Priv => Some(KernelReason::Kernel),
         };

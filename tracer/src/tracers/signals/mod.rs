@@ -303,7 +303,13 @@ impl SignalsTracer {
                         oom.memcg.as_deref().unwrap_or("unknown")
                     ),
                     (Some(sender), None) => format!("{} with {}", sender.label(), r.how_label()),
-                    (None, None) => r.sender_label(),
+                    // The task the kernel generated it for: the writer of an F_SETSIG.
+                    (None, None) => match &r.context {
+                        Some(context) => {
+                            format!("{} while {} ran", r.sender_label(), context.label())
+                        }
+                        None => r.sender_label(),
+                    },
                 };
                 let target = match r.target.workload() {
                     Some(workload) => format!("{} in {workload}", r.target.label()),

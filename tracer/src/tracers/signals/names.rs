@@ -45,6 +45,9 @@ const SIGRTMAX: i32 = 64;
 pub const SIGKILL: i32 = 9;
 pub const SIGPIPE: i32 = 13;
 pub const SIGCHLD: i32 = 17;
+pub const SIGURG: i32 = 23;
+pub const SIGIO: i32 = 29;
+const SIGSYS: i32 = 31;
 
 /// `SIGKILL`, `SIGRTMIN+3`, or `signal 99` for a number outside the known range.
 pub fn signal_name(signo: i32) -> Cow<'static, str> {
@@ -126,7 +129,8 @@ pub enum KernelReason {
     Child,
     /// A POSIX timer or itimer expired.
     Timer,
-    /// I/O readiness or a message queue (SIGIO/SIGPOLL, mq_notify, AIO).
+    /// I/O readiness or a message queue: a file's owner (F_SETOWN, with the signal F_SETSIG
+    /// chose or SIGIO/SIGURG), mq_notify, AIO.
     Io,
     /// Sent with kernel privilege for another reason (tty job control, exit/exec of a thread
     /// group, rlimits, seccomp, ...).
@@ -170,6 +174,9 @@ const SI_SIGIO: i32 = -5;
 pub const SI_TKILL: i32 = -6;
 const SI_DETHREAD: i32 = -7;
 const SI_ASYNCNL: i32 = -60;
+/// `POLL_IN` to `POLL_HUP`: the codes of a signal sent to a file's owner (fs/fcntl.c).
+const POLL_IN: i32 = 1;
+const POLL_HUP: i32 = 6;
 
 /// The codes any signal may carry: value, name in `code`, the C name.
 const SI_CODES: [(i32, &str, &str); 10] = [
@@ -278,14 +285,21 @@ pub fn is_user_sent(code: i32) -> bool {
     matches!(code, SI_USER | SI_TKILL | SI_QUEUE)
 }
 
-/// The kernel's reason for a signal with a real siginfo that is not user-sent.
-pub fn reason_from_code(signo: i32, code: i32) -> KernelReason {
+/// The kernel's reason for a signal with a real siginfo that is not user-sent, generated while
+/// the target's own process ran (`to_own_process`) or another.
+pub fn reason_from_code(signo: i32, code: i32, to_own_process: bool) -> KernelReason {
     match (signo, code) {
         (_, SI_TIMER) => KernelReason::Timer,
         (_, SI_MESGQ | SI_ASYNCIO | SI_SIGIO | SI_ASYNCNL) => KernelReason::Io,
         (SIGCHLD, c) if c > 0 => KernelReason::Child,
-        (4 | 5 | 7 | 8 | 11, c) if c > 0 => KernelReason::Fault,
-        (29, c) if c > 0 => KernelReason::Io,
+        // A fault is raised on the task that made it.
+        (4 | 5 | 7 | 8 | 11, c) if c > 0 && to_own_process => KernelReason::Fault,
+        // SIGSYS's codes (seccomp, syscall user dispatch) share the numbers of POLL_*.
+        (SIGSYS, _) => KernelReason::Kernel,
+        // Any other signal with a POLL_* code went to a file's owner (F_SETOWN), as its
+        // F_SETSIG chose: SIGKILL too, on a write by whoever can write to the file.
+        (SIGIO, c) if c > 0 => KernelReason::Io,
+        (_, POLL_IN..=POLL_HUP) => KernelReason::Io,
         _ => KernelReason::Kernel,
     }
 }
@@ -359,10 +373,15 @@ mod tests {
         assert_eq!(si_code_symbol(9, -2), "SI_TIMER");
         assert_eq!(si_code_symbol(11, 2), "SEGV_ACCERR");
         assert!(is_user_sent(0) && is_user_sent(-6) && !is_user_sent(0x80));
-        assert_eq!(reason_from_code(11, 1), KernelReason::Fault);
-        assert_eq!(reason_from_code(17, 1), KernelReason::Child);
-        assert_eq!(reason_from_code(14, -2), KernelReason::Timer);
-        assert_eq!(reason_from_code(9, 0x80), KernelReason::Kernel);
+        assert_eq!(reason_from_code(11, 1, true), KernelReason::Fault);
+        assert_eq!(reason_from_code(17, 1, false), KernelReason::Child);
+        assert_eq!(reason_from_code(14, -2, false), KernelReason::Timer);
+        assert_eq!(reason_from_code(9, 0x80, false), KernelReason::Kernel);
+        // F_SETSIG's choice, with the reason F_SETOWN's signals carry.
+        assert_eq!(reason_from_code(9, 1, false), KernelReason::Io);
+        assert_eq!(reason_from_code(11, 1, false), KernelReason::Io);
+        assert_eq!(reason_from_code(29, 1, true), KernelReason::Io);
+        assert_eq!(reason_from_code(31, 1, true), KernelReason::Kernel);
     }
 
     #[test]
