@@ -199,3 +199,55 @@ fn unknown_formats_and_fields_list_the_valid_ones() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// Runs `tracer ARGS` with stdout, and stderr too if `stderr_too`, into a pipe whose reader
+/// is already gone (`| head -1` once it has its line); returns the exit code and stderr.
+fn with_reader_gone(args: &[&str], stderr_too: bool) -> (Option<i32>, String) {
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let stderr = if stderr_too {
+        Stdio::from(write_end.try_clone().unwrap())
+    } else {
+        Stdio::piped()
+    };
+    let out = tracer_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(stderr)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn answers_to_a_gone_reader_or_a_full_disk_end_with_an_exit_code_not_a_panic() {
+    let dir = TempDir::new("answers");
+    let recording = dir.0.join("recording.jsonl");
+    std::fs::write(&recording, "not json\n").unwrap();
+    let recording = recording.to_str().unwrap();
+    // A gone reader of the answer ends the command quietly, as it ends the tracers.
+    for args in [&["report", recording][..], &["exit-code", "137"]] {
+        assert_eq!(
+            with_reader_gone(args, false),
+            (Some(0), String::new()),
+            "{args:?}"
+        );
+    }
+    // An error with nowhere to be told: the exit code says it.
+    assert_eq!(
+        with_reader_gone(&["report", "/nonexistent/recording"], true).0,
+        Some(2)
+    );
+    let full = tracer_command()
+        .args(["exit-code", "137"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("writing to standard output"), "{stderr}");
+}

@@ -2,9 +2,9 @@
 //! them. Data flows one way: kernel hook (tracer-ebpf) → ring buffer → `pipeline` → the
 //! tracer's decoding and enrichment (`tracers::*`, `enrich`) → `output`.
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
 use tracer::{
@@ -41,13 +41,15 @@ fn main() -> ExitCode {
         // The reader went away (`tracer signals | head -1`): the programs are detached by
         // then, and there is no one left to tell; end quietly, as coreutils do.
         Err(e) if output::ReaderGone::caused(&e) => ExitCode::SUCCESS,
+        // Written without eprintln!, which panics when stderr is a pipe whose reader is gone
+        // too (`tracer report F 2>&1 | head -1`): then the exit code is all that is left.
         Err(e) => match stop::Interrupted::exit_code(&e) {
             Some(code) => {
-                eprintln!("tracer: {e:#}");
+                let _ = writeln!(std::io::stderr(), "tracer: {e:#}");
                 ExitCode::from(code)
             }
             None => {
-                eprintln!("tracer: error: {e:#}");
+                let _ = writeln!(std::io::stderr(), "tracer: error: {e:#}");
                 ExitCode::from(2)
             }
         },
@@ -171,7 +173,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::ExitCode { code } => {
-            println!("{}", tracers::signals::names::explain_exit_code(code));
+            let meaning = tracers::signals::names::explain_exit_code(code);
+            writeln!(output::answer_stdout(), "{meaning}").context("writing to standard output")?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -812,7 +812,7 @@ impl Analysis {
 /// a recording can come from anywhere (`kubectl logs`), and its text must not drive the
 /// terminal.
 pub fn print(path: &Path, json: bool) -> Result<()> {
-    write(path, json, &mut std::io::stdout().lock())
+    write(path, json, &mut crate::output::answer_stdout())
 }
 
 /// [`print`] into `w`.

@@ -217,6 +217,12 @@ impl std::error::Error for RecordingCut {}
 /// The output's writer, its broken pipe marked as [`ReaderGone`].
 struct MarksReaderGone(Box<dyn Write>);
 
+/// Standard output for a command's one answer (`report`, `exit-code`): a reader gone
+/// (`| head -1`) ends the command quietly, as it ends the tracers.
+pub fn answer_stdout() -> impl Write {
+    MarksReaderGone(Box::new(io::stdout().lock()))
+}
+
 fn mark_reader_gone(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::BrokenPipe {
         io::Error::new(io::ErrorKind::BrokenPipe, ReaderGone)
