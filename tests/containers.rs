@@ -127,6 +127,8 @@ fn signal_between_containers_of_two_pods_names_both() {
     assert_eq!(events.len(), 1, "{:#?}", out.objects);
     let e = events[0];
     assert_eq!(e["sender"]["comm"], "kill", "{e:#}");
+    // The path from the container's own `/` (its root mount), which the image made.
+    assert_eq!(e["sender"]["exe"], "/bin/busybox", "{e:#}");
     assert_identity(&e["sender"], &killer, "killer", &client);
     assert_identity(&e["target"], &postgres, "postgres", &db);
 }

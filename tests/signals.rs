@@ -774,6 +774,55 @@ fn genuine_kernel_signals_stay_the_kernels() {
     }
 }
 
+#[test]
+fn a_sender_run_from_another_mount_is_not_shown_as_a_path_from_root() {
+    // A tmpfs mounted anywhere (here in a mount namespace of its own, gone with it) can hold
+    // `usr/bin/kubelet`: walked up to its filesystem's root, its path reads `/usr/bin/kubelet`.
+    let dir = TempDir::new("other-mount");
+    let target = sleeper(&[Signal::SIGUSR1]);
+    let t = target.pid();
+    let run = TracerRun::start(&["signals", "--json", "--pid", &t.to_string()]);
+    let mount = dir.0.display();
+    let script = format!(
+        "mount -t tmpfs none {mount} && mkdir -p {mount}/usr/bin && \
+         cp /bin/sh {mount}/usr/bin/kubelet && exec {mount}/usr/bin/kubelet -c 'kill -USR1 {t}'"
+    );
+    for command in [
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ][..],
+        &["sh", "-c", &format!("kill -USR1 {t}")],
+    ] {
+        let status = Command::new(command[0])
+            .args(&command[1..])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{command:?}: {status:?}");
+    }
+    let out = run.stop();
+    let exes: Vec<&Value> = out
+        .of_type("signal")
+        .into_iter()
+        .map(|e| &e["sender"]["exe"])
+        .collect();
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(
+        exes,
+        [
+            &Value::from("(another mount)/usr/bin/kubelet"),
+            &Value::from(sh.to_str().unwrap()),
+        ],
+        "{:#?}",
+        out.objects
+    );
+}
+
 /// Makes the kernel signal `owner` as the owner of a pipe (F_SETOWN), with `chosen` as its
 /// F_SETSIG (0: plain SIGIO), by writing a byte to the pipe from this process.
 fn notify_pipe_owner(owner: u32, chosen: i32) {

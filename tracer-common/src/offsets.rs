@@ -45,6 +45,13 @@ pub struct KernelOffsets {
     /// component.
     pub dentry_d_shortname: u32,
     pub dentry_d_parent: u32,
+    /// Whether the exe path's walk ended at the task's own root (tracer-ebpf/src/signals.rs):
+    /// the file's mount (`file.f_path.mnt`) and the task's root (`task_struct.fs`,
+    /// `fs_struct.root`).
+    pub file_f_path_mnt: u32,
+    pub task_struct_fs: u32,
+    pub fs_struct_root_mnt: u32,
+    pub fs_struct_root_dentry: u32,
     pub sk_buff_nfct: u32,
     pub sk_buff_dev: u32,
     pub sk_buff_sk: u32,
@@ -141,6 +148,10 @@ impl KernelOffsets {
             dentry_d_name_name: MISSING,
             dentry_d_shortname: MISSING,
             dentry_d_parent: MISSING,
+            file_f_path_mnt: MISSING,
+            task_struct_fs: MISSING,
+            fs_struct_root_mnt: MISSING,
+            fs_struct_root_dentry: MISSING,
             sk_buff_nfct: MISSING,
             sk_buff_dev: MISSING,
             sk_buff_sk: MISSING,

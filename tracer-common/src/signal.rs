@@ -102,7 +102,11 @@ pub struct SenderDescription {
     pub exe_truncated: u16,
     pub ancestry_len: u16,
     pub ancestry_truncated: u16,
-    pub _pad: u32,
+    /// Non-zero when the exe path's walk ended at the root of a mount that is not the task's
+    /// `/`: the path is then inside that mount's filesystem, not from the process's root (a
+    /// tmpfs mounted anywhere, a bind mount, a memfd, a file outside a chroot).
+    pub exe_other_mount: u16,
+    pub _pad: u16,
     /// The sender's executable, one path component a row, the file name first.
     pub exe: [[u8; EXE_NAME_LEN]; EXE_DEPTH],
     /// The sender's parents, parent first.

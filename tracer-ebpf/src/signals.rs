@@ -192,7 +192,7 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
     fill_task_info(target, &mut ev.target);
     // Described last, for the same reason: whether it changed, carried through the fills
     // above, doubled the states the verifier walked there (27k instructions, 156 ms to load).
-    let changed = describe(sender, slot, loop_helper);
+    let changed = describe(sender, slot, kernel);
     if changed {
         // The description goes with the signal: the large record only when it changed.
         let Some(mut entry) = EVENTS.reserve::<DescribedSignalEvent>(0) else {
@@ -227,8 +227,8 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
 /// is compared, so an unchanged slot is exactly a fresh capture, whatever happened in between
 /// (an exec, a reused pid, a parent's death, a rename).
 #[inline(always)]
-fn describe(task: Typed, slot: &mut SenderDescription, loop_helper: bool) -> bool {
-    let diff = fill_exe(task, slot) | fill_ancestry(task, slot, loop_helper);
+fn describe(task: Typed, slot: &mut SenderDescription, kernel: Kernel) -> bool {
+    let diff = fill_exe(task, slot) | fill_ancestry(task, slot, kernel >= Kernel::HasLoop);
     slot.valid == 0 || diff != 0
 }
 
@@ -284,15 +284,18 @@ fn fill_send_context(current: Typed, info: u64, read_regs: bool, cx: &mut SendCo
     cx.info_on_stack = (info > 1 && stack != 0 && info >= stack && info < regs.addr()) as u32;
 }
 
-/// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its root.
+/// The sender's executable path, walking `mm->exe_file->f_path.dentry` up to its
+/// filesystem's root, and whether that root is the task's own `/` (its root dentry on its root
+/// mount). It is not when the file is on another mount: the path is then the file's path
+/// inside that mount's filesystem, and is marked as such (a tmpfs's `usr/bin/kubelet` must
+/// not read as `/usr/bin/kubelet`). The mounts are compared at the end only: crossing them at
+/// every step (as `d_path` does) cost several milliseconds of verification at start-up.
 #[inline(always)]
 fn fill_exe(task: Typed, slot: &mut SenderDescription) -> u64 {
     let mut diff = 0;
     let mut depth = 0u16;
-    let mut dentry = task
-        .ptr(off!(task_struct_mm))
-        .ptr(off!(mm_struct_exe_file))
-        .ptr(off!(file_f_path_dentry));
+    let file = task.ptr(off!(task_struct_mm)).ptr(off!(mm_struct_exe_file));
+    let mut dentry = file.ptr(off!(file_f_path_dentry));
     let mut reached_root = dentry.is_null();
     for row in slot.exe.iter_mut() {
         let parent = dentry.ptr(off!(dentry_d_parent));
@@ -307,13 +310,22 @@ fn fill_exe(task: Typed, slot: &mut SenderDescription) -> u64 {
         dentry = parent;
     }
     let mut truncated = 0;
+    let mut other_mount = 0;
     if !reached_root {
         // One more parent that is not the root: the path was deeper than we keep.
         let parent = dentry.ptr(off!(dentry_d_parent));
         truncated = (!parent.is_null() && parent.addr() != dentry.addr()) as u16;
     }
+    if truncated == 0 && !dentry.is_null() {
+        let fs = task.ptr(off!(task_struct_fs));
+        let root_dentry = fs.get::<u64>(off!(fs_struct_root_dentry)).unwrap_or(0);
+        let root_mount = fs.get::<u64>(off!(fs_struct_root_mnt)).unwrap_or(0);
+        let mount = file.get::<u64>(off!(file_f_path_mnt)).unwrap_or(0);
+        other_mount = (dentry.addr() != root_dentry || mount != root_mount) as u16;
+    }
     diff |= set(&mut slot.exe_depth, depth);
     diff |= set(&mut slot.exe_truncated, truncated);
+    diff |= set(&mut slot.exe_other_mount, other_mount);
     diff
 }
 

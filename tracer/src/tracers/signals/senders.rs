@@ -45,11 +45,21 @@ impl Description {
     }
 }
 
+/// What starts an executable's path inside a filesystem mounted elsewhere than the process's
+/// `/` (where, the kernel program does not capture).
+pub const OTHER_MOUNT: &str = "(another mount)";
+
 /// Joins the executable path components the kernel captured (file name first).
 fn exe_path(raw: &SenderDescription) -> Option<String> {
     let depth = (raw.exe_depth as usize).min(raw.exe.len());
+    // A path inside another mount's filesystem must not read as one from `/`.
+    let start = if raw.exe_other_mount != 0 {
+        OTHER_MOUNT
+    } else {
+        ""
+    };
     if depth == 0 {
-        return None;
+        return (!start.is_empty()).then(|| start.to_string());
     }
     let mut parts: Vec<String> = raw.exe[..depth]
         .iter()
@@ -59,7 +69,7 @@ fn exe_path(raw: &SenderDescription) -> Option<String> {
     if raw.exe_truncated != 0 {
         parts.insert(0, "...".into());
     }
-    Some(format!("/{}", parts.join("/")))
+    Some(format!("{start}/{}", parts.join("/")))
 }
 
 /// What each (CPU, slot) last sent. At most CPUs x [`SENDER_SLOTS`] entries.
