@@ -472,6 +472,27 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
     expect_plain_life(run, cookie, inode);
 }
 
+#[test]
+fn a_task_asleep_in_the_nodes_own_namespace_does_not_make_it_stuck() {
+    // The node's namespace is never torn down: kernel workers, which all live there, and any
+    // process asleep in it keep nothing alive.
+    let mut holder = NetnsHolder::start(env!("CARGO_BIN_EXE_netns-holder"), "vfork-here");
+    let parent = holder.parent.pid();
+    // Kernel threads live in it; kthreadd is pid 2 (pid 1's may be unreadable).
+    let node = netns_of(2).expect("kthreadd's namespace");
+    assert_eq!(netns_of(parent), Some(node));
+    wait_for(
+        "the parent to block in D state",
+        Duration::from_secs(10),
+        || status_field(parent, "State:").filter(|s| s.starts_with('D')),
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let (_, objects) = snapshot(&["--inode", &node.to_string(), "--stuck-after", "1s"]);
+    let ns = report(&objects, node);
+    assert!(!flag_names(ns).contains(&"stuck"), "{:#}", ns["flags"]);
+    holder.end();
+}
+
 /// `netns-holder MODE` holding `netns` from outside it.
 fn outside_holder(mode: &str, netns: &Path) -> OutsideHolder {
     OutsideHolder::start(env!("CARGO_BIN_EXE_netns-holder"), mode, netns)

@@ -5,6 +5,8 @@
 //! - `clone`: starts a child in a new namespace with clone(`CLONE_NEWNET`); the parent stays
 //!   outside and waits for it.
 //!
+//! `vfork-here` is `vfork` in the namespace the holder started in.
+//!
 //! The child runs on a stack of its own and dies with its parent.
 //!
 //! Or holds an existing namespace NETNS (a path such as /run/netns/NAME) from outside it, with
@@ -18,7 +20,8 @@
 //! lets go (closes the fd, ends the thread): it prints `closed` and stays alive, holding
 //! nothing, until killed or SECONDS passed.
 //!
-//! Usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket|thread SECONDS NETNS
+//! Usage: netns-holder vfork|vfork-here|clone SECONDS | netns-holder fd|socket|thread SECONDS
+//! NETNS
 
 use std::ffi::c_void;
 
@@ -154,10 +157,12 @@ fn main() {
             }
             libc::CLONE_VFORK | libc::CLONE_VM
         }
+        // The same D state, in the namespace it started in (the node's).
+        Some("vfork-here") => libc::CLONE_VFORK | libc::CLONE_VM,
         Some("clone") => libc::CLONE_NEWNET,
         _ => {
             eprintln!(
-                "usage: netns-holder vfork|clone SECONDS | netns-holder fd|socket|thread SECONDS NETNS"
+                "usage: netns-holder vfork|vfork-here|clone SECONDS | netns-holder fd|socket|thread SECONDS NETNS"
             );
             std::process::exit(2);
         }

@@ -100,6 +100,15 @@ pub fn net_ns_link(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
+/// kthreadd's pid: kernel threads always live in the initial network namespace (the node's).
+pub const KTHREADD: u32 = 2;
+
+/// The inode of the initial network namespace, the node's own (pid 1's may not be readable:
+/// some init processes refuse it even to root).
+pub fn initial_net_ns() -> Option<u64> {
+    net_ns_of(KTHREADD)
+}
+
 /// The inode of the network namespace of `pid`; `None` once it has exited (or is a zombie).
 pub fn net_ns_of(pid: u32) -> Option<u64> {
     fs::metadata(net_ns_link(pid)).ok().map(|m| m.ino())

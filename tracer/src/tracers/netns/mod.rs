@@ -127,9 +127,8 @@ fn kernel_config() -> NetnsConfig {
         }
         Err(e) => log::warn!("{e:#}; teardown will not be reported"),
     }
-    // Kernel threads always live in the initial namespace; kthreadd is pid 2.
-    let init_net = crate::kernel::netns::net_ns_link(2);
-    match crate::kernel::netns::net_ns_of(2)
+    let init_net = crate::kernel::netns::net_ns_link(crate::kernel::netns::KTHREADD);
+    match crate::kernel::netns::initial_net_ns()
         .context("kthreadd's namespace")
         .and_then(|inode| crate::kernel::netns::cookie_of(&init_net, inode))
     {

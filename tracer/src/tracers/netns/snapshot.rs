@@ -174,7 +174,12 @@ impl Event for NamespaceReport {
         Column {
             name: "flags",
             default: true,
-            value: |r| list_column(r.flags.iter().map(|f| f.flag.to_string())),
+            // Each flag once: two holders asleep are one `stuck` (the explanations name both).
+            value: |r| {
+                let names: std::collections::BTreeSet<&str> =
+                    r.flags.iter().map(|f| f.flag).collect();
+                list_column(names.into_iter().map(str::to_string))
+            },
         },
         Column {
             name: "pod",
@@ -430,10 +435,15 @@ fn take_all(
         })
         .collect();
     let mut conflicts = flags::ip_conflicts(&configured);
+    // The node's own namespace is never torn down: a task asleep in it, such as a kernel
+    // worker (they all live there), keeps nothing alive.
+    let node_namespace = crate::kernel::netns::initial_net_ns();
     for report in &mut reports {
-        report
-            .flags
-            .extend(flags::stuck(&report.holders, stuck_after));
+        if Some(report.inode) != node_namespace {
+            report
+                .flags
+                .extend(flags::stuck(&report.holders, stuck_after));
+        }
         report
             .flags
             .extend(conflicts.remove(&report.inode).unwrap_or_default());
