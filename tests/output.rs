@@ -188,6 +188,10 @@ fn unknown_formats_and_fields_list_the_valid_ones() {
             &["signals", "-o", "line", "--json"],
             &["cannot be used with"],
         ),
+        // Accepted by a snapshot's parser, which never used them.
+        (&["netns", "--count", "1"], &["netns --watch"]),
+        // An existing path that is not a file: no advice to remove a device.
+        (&["record", "-o", "/dev/full"], &["not a regular file"]),
     ];
     for (args, expected) in cases {
         let out = tracer(args);

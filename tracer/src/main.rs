@@ -119,15 +119,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             trace(&mut tracer, session, &run)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Netns(args) => tracers::netns::snapshot::run(&SnapshotOptions {
-            format: args
-                .run
-                .config::<NamespaceReport>(cli::DEFAULT_BUFFER_MB)?
-                .format,
-            workload: args.pods.selector(),
-            inodes: args.inode,
-            stuck_after: args.stuck_after,
-        }),
+        Command::Netns(args) => {
+            let run = &args.run;
+            if run.duration.is_some() || run.count.is_some() || run.buffer_mb.is_some() {
+                anyhow::bail!(
+                    "--duration, --count and --buffer-mb are for `netns --watch`; a snapshot \
+                     ends by itself"
+                );
+            }
+            snapshot(args)
+        }
         Command::Record(args) => record::run(args),
         Command::Serve(args) => {
             serve::run(args)?;
@@ -178,6 +179,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `tracer netns` without `--watch`: one snapshot.
+fn snapshot(args: cli::NetnsArgs) -> Result<ExitCode> {
+    tracers::netns::snapshot::run(&SnapshotOptions {
+        format: args
+            .run
+            .config::<NamespaceReport>(cli::DEFAULT_BUFFER_MB)?
+            .format,
+        workload: args.pods.selector(),
+        inodes: args.inode,
+        stuck_after: args.stuck_after,
+    })
 }
 
 #[cfg(test)]

@@ -160,9 +160,20 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         .create_new(true)
         .open(&path)
         .map_err(|e| match e.kind() {
+            // Removing it is advice for an earlier recording, never for a device (/dev/full).
+            io::ErrorKind::AlreadyExists
+                if std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| m.is_file() || m.file_type().is_symlink()) =>
+            {
+                anyhow::anyhow!(
+                    "{} exists (or is a symlink): record writes a new file only; remove it or \
+                     choose another -o",
+                    path.display()
+                )
+            }
             io::ErrorKind::AlreadyExists => anyhow::anyhow!(
-                "{} exists (or is a symlink): record writes a new file only; remove it or \
-                 choose another -o",
+                "{} exists and is not a regular file: record writes a new file only; choose \
+                 another -o",
                 path.display()
             ),
             _ => anyhow::anyhow!(e).context(format!("creating the recording {}", path.display())),
