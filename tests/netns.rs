@@ -418,6 +418,16 @@ fn clone_into_a_new_namespace_is_a_creation() {
     expect_plain_life(run, cookie, inode);
 }
 
+/// Waits until `pid` has been in D state for over a second (`--stuck-after 1s`).
+fn asleep_past_a_second(pid: u32) {
+    wait_for(
+        "the holder to block in D state",
+        Duration::from_secs(10),
+        || status_field(pid, "State:").filter(|s| s.starts_with('D')),
+    );
+    thread::sleep(Duration::from_millis(1500));
+}
+
 #[test]
 fn holder_in_uninterruptible_sleep_is_stuck() {
     let mut run = watch();
@@ -427,12 +437,7 @@ fn holder_in_uninterruptible_sleep_is_stuck() {
     let create = event(&mut run, "create", "inode", inode);
     assert_eq!(create["pid"], parent, "{create:#}");
     let cookie = cookie_of(&create);
-    wait_for(
-        "the parent to block in D state",
-        Duration::from_secs(10),
-        || status_field(parent, "State:").filter(|s| s.starts_with('D')),
-    );
-    thread::sleep(Duration::from_millis(1500));
+    asleep_past_a_second(parent);
 
     let (code, objects) = snapshot(&["--inode", &inode.to_string(), "--stuck-after", "1s"]);
     let ns = report(&objects, inode);
@@ -481,12 +486,7 @@ fn a_task_asleep_in_the_nodes_own_namespace_does_not_make_it_stuck() {
     // Kernel threads live in it; kthreadd is pid 2 (pid 1's may be unreadable).
     let node = netns_of(2).expect("kthreadd's namespace");
     assert_eq!(netns_of(parent), Some(node));
-    wait_for(
-        "the parent to block in D state",
-        Duration::from_secs(10),
-        || status_field(parent, "State:").filter(|s| s.starts_with('D')),
-    );
-    thread::sleep(Duration::from_millis(1500));
+    asleep_past_a_second(parent);
     let (_, objects) = snapshot(&["--inode", &node.to_string(), "--stuck-after", "1s"]);
     let ns = report(&objects, node);
     assert!(!flag_names(ns).contains(&"stuck"), "{:#}", ns["flags"]);
