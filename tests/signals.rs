@@ -823,6 +823,47 @@ fn a_sender_run_from_another_mount_is_not_shown_as_a_path_from_root() {
     );
 }
 
+#[test]
+fn a_signal_a_ptrace_tracer_injects_names_the_tracer() {
+    // Resumed from a syscall stop with a signal, a tracee is sent that signal by the kernel,
+    // with kernel privilege, as it sends its own: the tracer must not pass for the kernel.
+    let mut tracee = sleeper(&[]);
+    let pid = tracee.pid() as libc::pid_t;
+    let run = TracerRun::start(&["signals", "--json", "--pid", &pid.to_string()]);
+    let stop = || {
+        let mut status = 0;
+        // SAFETY: plain syscall on the test's own child.
+        let waited = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        assert!(waited == pid && libc::WIFSTOPPED(status), "{status:#x}");
+    };
+    // SAFETY: ptrace requests on the test's own child, from this one thread.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0), 0);
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0), 0);
+        stop();
+        // On to the stop at the next syscall (sleep's nanosleep restarting).
+        assert_eq!(libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, 0), 0);
+        stop();
+        assert_eq!(libc::ptrace(libc::PTRACE_CONT, pid, 0, libc::SIGKILL), 0);
+    }
+    let status = tracee
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the tracee was killed");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let out = run.stop();
+    let kills: Vec<&Value> = out
+        .of_type("signal")
+        .into_iter()
+        .filter(|e| e["signo"] == 9)
+        .collect();
+    assert_eq!(kills.len(), 1, "{:#?}", out.objects);
+    let e = kills[0];
+    assert_eq!(e["sender"], Value::Null, "{e:#}");
+    assert_eq!(e["kernel_reason"], "ptrace", "{e:#}");
+    assert_eq!(e["ptracer_pid"], std::process::id(), "{e:#}");
+    assert_eq!(e["context"]["pid"], pid, "{e:#}");
+}
+
 /// Makes the kernel signal `owner` as the owner of a pipe (F_SETOWN), with `chosen` as its
 /// F_SETSIG (0: plain SIGIO), by writing a byte to the pipe from this process.
 fn notify_pipe_owner(owner: u32, chosen: i32) {

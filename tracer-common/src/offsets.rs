@@ -86,6 +86,9 @@ pub struct KernelOffsets {
     pub work_struct_func: u32,
     pub task_struct_stack: u32,
     pub task_struct_flags: u32,
+    /// `task_struct.ptrace` (non-zero while traced) and `parent` (the tracer then).
+    pub task_struct_ptrace: u32,
+    pub task_struct_parent: u32,
     /// `task_struct.thread_info.status` (x86: `TS_COMPAT` marks a 32-bit syscall).
     pub task_struct_thread_info_status: u32,
     /// The user registers' syscall number (x86: `pt_regs.orig_ax`); [`MISSING`] on an
@@ -179,6 +182,8 @@ impl KernelOffsets {
             work_struct_func: MISSING,
             task_struct_stack: MISSING,
             task_struct_flags: MISSING,
+            task_struct_ptrace: MISSING,
+            task_struct_parent: MISSING,
             task_struct_thread_info_status: MISSING,
             pt_regs_syscall_nr: MISSING,
             pt_regs_syscall_ret: MISSING,

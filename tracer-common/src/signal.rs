@@ -58,6 +58,10 @@ pub struct SendContext {
     pub info_on_stack: u32,
     /// Non-zero: the registers were read (the loader knows this architecture's `pt_regs`).
     pub regs_known: u32,
+    /// The process ptrace-attached to the task (`parent` while `ptrace` is set), 0 if none: a
+    /// tracer can have the kernel send the task a signal of its choosing, as the kernel's own.
+    pub ptracer_pid: u32,
+    pub _pad: u32,
 }
 
 /// One `signal_generate` event. The sender's description (executable and ancestry) is not in

@@ -100,6 +100,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         net_btf_id: struct_id("net")?,
         ip_conntrack_stat_btf_id: struct_id("ip_conntrack_stat")?,
         task_struct_flags: optional("task_struct", "flags"),
+        task_struct_ptrace: optional("task_struct", "ptrace"),
+        task_struct_parent: optional("task_struct", "parent"),
         task_struct_thread_info_status: optional("task_struct", "thread_info.status"),
         pt_regs_syscall_nr: regs_field(&optional, SyscallRegister::Nr),
         pt_regs_syscall_ret: regs_field(&optional, SyscallRegister::Ret),

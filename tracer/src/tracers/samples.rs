@@ -75,6 +75,8 @@ pub fn kill(privileged: bool) -> DescribedSignalEvent {
         status: 0,
         info_on_stack: 1,
         regs_known: 1,
+        ptracer_pid: 0,
+        _pad: 0,
     };
     described
 }

@@ -209,6 +209,10 @@ pub struct SignalRecord {
     pub ancestry_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oom: Option<OomDetail>,
+    /// With `kernel_reason: "ptrace"`: the pid of the process that ptrace-attached to the
+    /// target, which may have injected the signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptracer_pid: Option<u32>,
     pub cpu: u32,
     #[serde(skip)]
     pub ktime_ns: u64,
@@ -234,6 +238,10 @@ impl SignalRecord {
             InfoKind::NoInfo if ev.signo == SIGPIPE => Some(KernelReason::Pipe),
             // To a file's owner (F_SETOWN) without F_SETSIG, or for a socket's urgent data.
             InfoKind::Priv if matches!(ev.signo, SIGIO | SIGURG) => Some(KernelReason::Io),
+            // A traced thread's own: its tracer may have chosen it at a syscall stop.
+            InfoKind::Priv if ev.context.ptracer_pid != 0 && ev.sender.tid == ev.target.tid => {
+                Some(KernelReason::Ptrace)
+            }
             // The OOM killer is recognised later, when its mark_victim record is matched.
             InfoKind::NoInfo | InfoKind::Priv => Some(KernelReason::Kernel),
         };
@@ -282,6 +290,8 @@ impl SignalRecord {
             context,
             ancestry,
             oom: None,
+            ptracer_pid: (kernel_reason == Some(KernelReason::Ptrace))
+                .then_some(ev.context.ptracer_pid),
             cpu: ev.header.cpu,
             ktime_ns: ev.header.ktime_ns,
         }
@@ -324,6 +334,11 @@ impl SignalRecord {
     pub fn sender_label(&self) -> String {
         match (&self.sender, self.kernel_reason) {
             (Some(sender), _) => sender.label(),
+            (None, Some(KernelReason::Ptrace)) => format!(
+                "[{} {}]",
+                KernelReason::Ptrace.describe(),
+                self.ptracer_pid.unwrap_or(0)
+            ),
             (None, Some(reason)) => format!("[{}]", reason.describe()),
             (None, None) => "[unknown]".into(),
         }

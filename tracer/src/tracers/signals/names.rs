@@ -132,6 +132,9 @@ pub enum KernelReason {
     /// I/O readiness or a message queue: a file's owner (F_SETOWN, with the signal F_SETSIG
     /// chose or SIGIO/SIGURG), mq_notify, AIO.
     Io,
+    /// Sent with kernel privilege to a ptraced task by itself: the kernel's own, or one its
+    /// tracer injected at a syscall stop (PTRACE_CONT with a signal), which looks the same.
+    Ptrace,
     /// Sent with kernel privilege for another reason (tty job control, exit/exec of a thread
     /// group, rlimits, seccomp, ...).
     Kernel,
@@ -147,6 +150,7 @@ impl KernelReason {
             KernelReason::Child => "child",
             KernelReason::Timer => "timer",
             KernelReason::Io => "io",
+            KernelReason::Ptrace => "ptrace",
             KernelReason::Kernel => "kernel",
         }
     }
@@ -159,6 +163,7 @@ impl KernelReason {
             KernelReason::Child => "child state change",
             KernelReason::Timer => "timer",
             KernelReason::Io => "I/O notification",
+            KernelReason::Ptrace => "kernel, or the ptrace tracer",
             KernelReason::Kernel => "kernel",
         }
     }

@@ -334,6 +334,8 @@ mod tests {
             status: 0,
             info_on_stack: 1,
             regs_known: 1,
+            ptracer_pid: 0,
+            _pad: 0,
         };
         ev
     }
