@@ -187,10 +187,15 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
     // The last use of `info`: the verifier carries its outcomes (integer or pointer) as
     // distinct states only until here.
     fill_send_context(current, info, read_regs, &mut ev.context);
-    // A product, not a branch: the parent is the tracer only while the task is traced.
-    let traced = (sender.get::<u32>(off!(task_struct_ptrace)).unwrap_or(0) != 0) as u32;
-    let parent = sender.ptr(off!(task_struct_parent));
-    ev.context.ptracer_pid = traced * parent.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32;
+    // Only a privileged signal can be a tracer's (see SendContext::ptracer_pid): a kill(2)
+    // storm does not pay for the two lines read. The parent is the tracer while traced.
+    ev.context.ptracer_pid = 0;
+    if info == 1 {
+        let traced = (sender.get::<u32>(off!(task_struct_ptrace)).unwrap_or(0) != 0) as u32;
+        let parent = sender.ptr(off!(task_struct_parent));
+        ev.context.ptracer_pid =
+            traced * parent.get::<i32>(off!(task_struct_tgid)).unwrap_or(0) as u32;
+    }
     ev.sender_slot = slot_index;
     fill_task_info(sender, &mut ev.sender);
     fill_task_info(target, &mut ev.target);
