@@ -201,7 +201,7 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
     fill_task_info(target, &mut ev.target);
     // Described last, for the same reason: whether it changed, carried through the fills
     // above, doubled the states the verifier walked there (27k instructions, 156 ms to load).
-    let changed = describe(sender, slot, kernel);
+    let changed = describe(sender, slot, loop_helper);
     if changed {
         // The description goes with the signal: the large record only when it changed.
         let Some(mut entry) = EVENTS.reserve::<DescribedSignalEvent>(0) else {
@@ -236,8 +236,8 @@ fn generate(ctx: &BtfTracePointContext, kernel: Kernel) -> i32 {
 /// is compared, so an unchanged slot is exactly a fresh capture, whatever happened in between
 /// (an exec, a reused pid, a parent's death, a rename).
 #[inline(always)]
-fn describe(task: Typed, slot: &mut SenderDescription, kernel: Kernel) -> bool {
-    let diff = fill_exe(task, slot) | fill_ancestry(task, slot, kernel >= Kernel::HasLoop);
+fn describe(task: Typed, slot: &mut SenderDescription, loop_helper: bool) -> bool {
+    let diff = fill_exe(task, slot) | fill_ancestry(task, slot, loop_helper);
     slot.valid == 0 || diff != 0
 }
 
