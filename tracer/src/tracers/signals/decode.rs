@@ -236,12 +236,13 @@ impl SignalRecord {
                 ev.sender.pid == ev.target.pid,
             )),
             InfoKind::NoInfo if ev.signo == SIGPIPE => Some(KernelReason::Pipe),
-            // To a file's owner (F_SETOWN) without F_SETSIG, or for a socket's urgent data.
-            InfoKind::Priv if matches!(ev.signo, SIGIO | SIGURG) => Some(KernelReason::Io),
-            // A traced thread's own: its tracer may have chosen it at a syscall stop.
+            // A traced thread's own: its tracer may have chosen it at a syscall stop, whatever
+            // the signal.
             InfoKind::Priv if ev.context.ptracer_pid != 0 && ev.sender.tid == ev.target.tid => {
                 Some(KernelReason::Ptrace)
             }
+            // To a file's owner (F_SETOWN) without F_SETSIG, or for a socket's urgent data.
+            InfoKind::Priv if matches!(ev.signo, SIGIO | SIGURG) => Some(KernelReason::Io),
             // The OOM killer is recognised later, when its mark_victim record is matched.
             InfoKind::NoInfo | InfoKind::Priv => Some(KernelReason::Kernel),
         };
